@@ -1,0 +1,15 @@
+"""Version shims, in one place: Python 3.10 lacks tomllib, TaskGroup and asyncio.timeout."""
+
+from __future__ import annotations
+
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+    from asyncio import TaskGroup, timeout
+else:  # pragma: no cover - exercised on 3.10 boxes only
+    import tomli as tomllib
+    from taskgroup import TaskGroup, timeout
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup  # noqa: F401
+
+__all__ = ["tomllib", "TaskGroup", "timeout"]

@@ -1,0 +1,1 @@
+"""Device drivers: frames and profiles, nothing of buffers or uplinks."""

@@ -1,0 +1,1 @@
+"""Device simulators and hardware-in-the-loop scenarios."""

@@ -1,0 +1,1 @@
+"""Seeded physics shared by the device simulators and by model training."""
