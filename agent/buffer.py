@@ -1,0 +1,469 @@
+"""Durable store-and-forward buffer on SQLite (WAL).
+
+Guarantees
+- `append()` returns only after the readings are committed with fsync-level durability
+  (WAL + synchronous=FULL: the WAL is fsynced at every commit). A reading that was acknowledged
+  survives kill -9 and power loss.
+- Sequence numbers are per box, assigned at commit, strictly increasing, never reused (the next
+  seq is kept in the same transaction as the rows).
+- Delivery order is seq order; rows leave the buffer only when `ack(upto)` is called after the
+  uplink confirmed them (at-least-once; the fleet server deduplicates by (box, seq)).
+
+Group commit: every write goes through ONE writer thread that owns the write connection. It
+takes whatever appends are queued (up to `commit_max_rows`, waiting at most `commit_max_delay_s`
+for more) and commits them in one transaction, so one fsync covers many callers and the event
+loop never blocks on disk. Reads for the drain use a second connection, also off the loop.
+
+Disk cap (a hard cap, not a row estimate): the database may not grow beyond `max_bytes` minus
+the WAL allowance (`PRAGMA max_page_count`), and the WAL is truncated back to its allowance after
+checkpoints (`journal_size_limit`). Eviction policy when the cap is near:
+    1. oldest ROUTINE readings first;
+    2. then oldest EVENT records;
+    3. ALARM records only when nothing else is left.
+TTL: routine/event rows older than `ttl_s` and alarms older than `alarm_ttl_s` are deleted by
+`expire()`. Every dropped row is counted by (reason, class) in the `drops` table, in the same
+transaction as the delete, so the counters are as durable as the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from agent.errors import BufferClosed, StorageError
+from agent.reading import Quality, Reading, RecordClass
+
+log = logging.getLogger(__name__)
+
+_CLS_CODE = {RecordClass.ROUTINE: 0, RecordClass.ALARM: 1, RecordClass.EVENT: 2}
+_CODE_CLS = {v: k for k, v in _CLS_CODE.items()}
+_EVICTION_ORDER = (0, 2, 1)  # routine, then event, then alarm
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq     INTEGER PRIMARY KEY,
+    ts      REAL    NOT NULL,
+    device  TEXT    NOT NULL,
+    point   TEXT    NOT NULL,
+    value   REAL,
+    unit    TEXT    NOT NULL,
+    quality INTEGER NOT NULL,
+    cls     INTEGER NOT NULL,
+    text    TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS drops (
+    reason TEXT NOT NULL, cls TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (reason, cls)
+);
+"""
+_INSERT = "INSERT INTO readings (seq, ts, device, point, value, unit, quality, cls, text) VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSettings:
+    path: Path
+    max_bytes: int = 256 * 1024 * 1024
+    ttl_s: float = 7 * 86400.0
+    alarm_ttl_s: float = 30 * 86400.0
+    commit_max_rows: int = 5000
+    commit_max_delay_s: float = 0.002
+    page_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 256 * 1024:
+            raise ValueError(f"buffer max_bytes must be at least 262144 (256 KiB), got {self.max_bytes}")
+        if self.ttl_s <= 0 or self.alarm_ttl_s <= 0:
+            raise ValueError("buffer ttl_s and alarm_ttl_s must be positive")
+        if self.commit_max_rows < 1 or self.commit_max_delay_s < 0:
+            raise ValueError("commit_max_rows must be >= 1 and commit_max_delay_s >= 0")
+
+    @property
+    def wal_allowance(self) -> int:
+        return max(64 * 1024, min(self.max_bytes // 10, 16 * 1024 * 1024))
+
+    @property
+    def max_pages(self) -> int:
+        return (self.max_bytes - self.wal_allowance) // self.page_size
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    first_seq: int
+    last_seq: int
+
+
+class _Op:
+    __slots__ = ("kind", "arg", "future")
+
+    def __init__(self, kind: str, arg: Any, future: asyncio.Future | None) -> None:
+        self.kind = kind
+        self.arg = arg
+        self.future = future
+
+
+def _to_row(r: Reading) -> tuple:
+    return (r.ts, r.device, r.point, r.value, r.unit, int(r.quality), _CLS_CODE[r.cls], r.text)
+
+
+def _from_db(row: tuple) -> Reading:
+    seq, ts, device, point, value, unit, quality, cls, text = row
+    return Reading(device, point, value, unit, ts, Quality(quality), _CODE_CLS[cls], text, seq)
+
+
+class DurableBuffer:
+    """See module docstring. Use as `async with DurableBuffer(settings) as buf:`."""
+
+    def __init__(self, settings: BufferSettings, *, on_drop: Callable[[str, str, int], None] | None = None) -> None:
+        self.settings = settings
+        self._on_drop = on_drop
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = True
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._new_data = asyncio.Event()
+        # Figures kept by the writer thread; read by stats() (ints are replaced atomically).
+        self._depth = 0
+        self._next_seq = 1
+        self._drops: dict[tuple[str, str], int] = {}
+        self._used_bytes = 0
+        self._sent_upto = 0
+        self._acked_upto = 0
+        self._oldest_ts: float | None = None
+
+    # --- life cycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> "DurableBuffer":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.settings.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future = self._loop.create_future()
+        self._thread = threading.Thread(target=self._writer_main, args=(ready,), name="buffer-writer", daemon=True)
+        self._thread.start()
+        await ready
+        self._reader = await asyncio.to_thread(self._connect)
+        self._closed = False
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer. Safe to call twice."""
+        if self._thread is None:
+            return
+        self._closed = True
+        self._ops.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
+            self._reader = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.settings.path, isolation_level=None, check_same_thread=False)
+            db.execute(f"PRAGMA page_size={self.settings.page_size}")
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StorageError(f"{self.settings.path}: cannot switch SQLite to WAL mode (got {mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA max_page_count={self.settings.max_pages}")
+            db.execute(f"PRAGMA journal_size_limit={self.settings.wal_allowance}")
+            db.execute("PRAGMA busy_timeout=5000")
+            return db
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.settings.path}: cannot open buffer database: {exc}") from exc
+
+    # --- public API (event loop side) -------------------------------------------------------
+    async def append(self, readings: Sequence[Reading]) -> AppendResult:
+        """Store readings durably; returns their seq range once committed and fsynced."""
+        if self._closed:
+            raise BufferClosed("buffer is closed; reading not stored")
+        if not readings:
+            raise ValueError("append() needs at least one reading")
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._ops.put(_Op("append", [_to_row(r) for r in readings], fut))
+        return await fut
+
+    async def peek(self, limit: int, after_seq: int | None = None) -> list[Reading]:
+        """The oldest unsent readings in seq order (after `after_seq`, default: after the last one handed out)."""
+        if self._reader is None:
+            raise BufferClosed("buffer is closed")
+        start = self._sent_upto if after_seq is None else after_seq
+        return await asyncio.to_thread(self._peek_sync, start, limit)
+
+    def _peek_sync(self, after: int, limit: int) -> list[Reading]:
+        with self._reader_lock:
+            try:
+                rows = self._reader.execute(  # type: ignore[union-attr]
+                    "SELECT seq, ts, device, point, value, unit, quality, cls, text FROM readings "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.settings.path}: read failed: {exc}") from exc
+        return [_from_db(r) for r in rows]
+
+    def mark_handed_out(self, upto_seq: int) -> None:
+        """The drain sent rows up to this seq; later peeks start after it (not durable: a restart resends)."""
+        self._sent_upto = max(self._sent_upto, upto_seq)
+
+    def rewind(self) -> None:
+        """Forget in-flight hand-outs (after an uplink failure): the next peek starts at the oldest unacked row."""
+        self._sent_upto = self._acked_upto
+
+    async def ack(self, upto_seq: int, *, wait: bool = False) -> None:
+        """The uplink confirmed every row up to `upto_seq`: delete them.
+
+        Without `wait` the delete is queued for the next group commit (losing it in a crash only
+        causes a resend, which the fleet server deduplicates).
+        """
+        self._acked_upto = max(self._acked_upto, upto_seq)
+        self._sent_upto = max(self._sent_upto, upto_seq)
+        fut = self._loop.create_future() if wait else None  # type: ignore[union-attr]
+        self._ops.put(_Op("ack", upto_seq, fut))
+        if fut is not None:
+            await fut
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete rows past their TTL; returns how many were dropped."""
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._ops.put(_Op("expire", time.time() if now is None else now, fut))
+        return await fut
+
+    async def wait_for_data(self, timeout: float) -> None:
+        """Wait until an append commits (or the timeout passes)."""
+        self._new_data.clear()
+        if self._depth > 0 and self._next_seq - 1 > self._sent_upto:
+            return
+        try:
+            await asyncio.wait_for(self._new_data.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "depth": self._depth,
+            "bytes": self._used_bytes,
+            "next_seq": self._next_seq,
+            "oldest_unsent_ts": self._oldest_ts if self._depth > 0 else None,
+            "dropped": dict(self._drops),
+        }
+
+    # --- writer thread ------------------------------------------------------------------------
+    def _writer_main(self, ready: asyncio.Future) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            db = self._connect()
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            max_row = db.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
+            self._next_seq = max(row[0] if row else 1, max_row + 1)
+            self._depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+            self._drops = {(r[0], r[1]): r[2] for r in db.execute("SELECT reason, cls, count FROM drops")}
+            self._refresh_used(db)
+        except BaseException as exc:  # report any start-up failure to the opener, then stop
+            err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
+            loop.call_soon_threadsafe(_set_exc, ready, err)
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        try:
+            self._writer_loop(db)
+        finally:
+            db.close()
+
+    def _writer_loop(self, db: sqlite3.Connection) -> None:
+        s = self.settings
+        stopping = False
+        while not stopping:
+            op = self._ops.get()
+            batch: list[_Op] = []
+            if op is None:
+                stopping = True
+            else:
+                batch.append(op)
+            rows = len(op.arg) if op is not None and op.kind == "append" else 0
+            deadline = time.monotonic() + s.commit_max_delay_s
+            while rows < s.commit_max_rows and not stopping:
+                try:
+                    nxt = self._ops.get_nowait() if s.commit_max_delay_s == 0 else self._ops.get(
+                        timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                if nxt.kind == "append":
+                    rows += len(nxt.arg)
+            if batch:
+                self._commit_group(db, batch)
+
+    def _commit_group(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+        appends = [op for op in batch if op.kind == "append"]
+        acks = [op.arg for op in batch if op.kind == "ack"]
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            if acks:
+                self._delete_acked(db, max(acks))
+            if appends:
+                ranges = self._insert_with_eviction(db, appends)
+                results.extend((op, rng, None) for op, rng in zip(appends, ranges))
+            for op in batch:
+                if op.kind == "ack":
+                    results.append((op, None, None))
+                elif op.kind == "expire":
+                    results.append((op, self._expire(db, op.arg), None))
+        except BaseException as exc:  # noqa: BLE001 - every caller must learn of the failure
+            err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
+            log.error("buffer commit failed: %s", err)
+            results = [(op, None, err) for op in batch]
+        self._refresh_used(db)
+        self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
+
+    def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]], appended: bool) -> None:
+        for op, value, err in results:
+            if op.future is None or op.future.done():
+                continue
+            if err is not None:
+                op.future.set_exception(err)
+            else:
+                op.future.set_result(value)
+        if appended:
+            self._new_data.set()
+
+    def _insert_with_eviction(self, db: sqlite3.Connection, appends: list[_Op]) -> list[AppendResult]:
+        n_rows = sum(len(op.arg) for op in appends)
+        self._make_room(db, n_rows)
+        for attempt in range(8):
+            seq = self._next_seq
+            ranges: list[AppendResult] = []
+            params: list[tuple] = []
+            for op in appends:
+                first = seq
+                for r in op.arg:
+                    params.append((seq, *r))
+                    seq += 1
+                ranges.append(AppendResult(first, seq - 1))
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(_INSERT, params)
+                db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (seq,))
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                _rollback(db)
+                if "full" not in str(exc).lower():
+                    raise StorageError(f"{self.settings.path}: write failed: {exc}") from exc
+                # Cap (or the real disk) reached: evict by policy and retry with more room.
+                freed = self._evict(db, max(n_rows, 1000) * (attempt + 1), reason="disk_cap")
+                if freed == 0:
+                    raise StorageError(f"{self.settings.path}: disk full and nothing left to evict") from exc
+                continue
+            self._next_seq = seq
+            self._depth += len(params)
+            return ranges
+        raise StorageError(f"{self.settings.path}: could not make room for {n_rows} readings")
+
+    def _make_room(self, db: sqlite3.Connection, n_rows: int) -> None:
+        """Proactive eviction: keep used pages under 90 % of the cap before inserting."""
+        page_count, free = _pages(db)
+        high = int(self.settings.max_pages * 0.9)
+        est_pages = n_rows * 64 // self.settings.page_size + 1
+        if page_count - free + est_pages <= high or self._depth == 0:
+            return
+        avg_row_pages = max((page_count - free) / max(self._depth, 1), 1e-6)
+        target_free_pages = page_count - free + est_pages - int(self.settings.max_pages * 0.8)
+        self._evict(db, int(target_free_pages / avg_row_pages) + 1, reason="disk_cap")
+
+    def _evict(self, db: sqlite3.Connection, n: int, *, reason: str) -> int:
+        """Delete up to n rows by the eviction policy; returns how many were deleted."""
+        done = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for code in _EVICTION_ORDER:
+                if done >= n:
+                    break
+                cur = db.execute(
+                    "DELETE FROM readings WHERE seq IN "
+                    "(SELECT seq FROM readings WHERE cls=? ORDER BY seq LIMIT ?)", (code, n - done))
+                if cur.rowcount > 0:
+                    self._count_drop(db, reason, _CODE_CLS[code].value, cur.rowcount)
+                    done += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        self._depth -= done
+        return done
+
+    def _delete_acked(self, db: sqlite3.Connection, upto: int) -> None:
+        cur = db.execute("DELETE FROM readings WHERE seq <= ?", (upto,))
+        self._depth = max(0, self._depth - max(cur.rowcount, 0))
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> int:
+        total = 0
+        for code, ttl in ((0, self.settings.ttl_s), (2, self.settings.ttl_s), (1, self.settings.alarm_ttl_s)):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = db.execute("DELETE FROM readings WHERE cls=? AND ts < ?", (code, now - ttl))
+                if cur.rowcount > 0:
+                    self._count_drop(db, "ttl", _CODE_CLS[code].value, cur.rowcount)
+                    total += cur.rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        self._depth -= total
+        return total
+
+    def _count_drop(self, db: sqlite3.Connection, reason: str, cls: str, n: int) -> None:
+        db.execute("INSERT INTO drops(reason, cls, count) VALUES(?,?,?) "
+                   "ON CONFLICT(reason, cls) DO UPDATE SET count = count + excluded.count", (reason, cls, n))
+        self._drops[(reason, cls)] = self._drops.get((reason, cls), 0) + n
+        if self._on_drop is not None:
+            self._on_drop(reason, cls, n)
+        log.warning("buffer dropped %d %s readings (%s)", n, cls, reason)
+
+    def _refresh_used(self, db: sqlite3.Connection) -> None:
+        page_count, free = _pages(db)
+        try:
+            wal = os.path.getsize(str(self.settings.path) + "-wal")
+        except OSError:
+            wal = 0
+        self._used_bytes = (page_count - free) * self.settings.page_size + wal
+        row = db.execute("SELECT ts FROM readings ORDER BY seq LIMIT 1").fetchone()
+        self._oldest_ts = row[0] if row else None
+
+
+def _pages(db: sqlite3.Connection) -> tuple[int, int]:
+    return db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

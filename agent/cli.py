@@ -1,0 +1,246 @@
+"""The `quanedge` command.
+
+Sub-commands are registered lazily: `quanedge agent ...` imports only the agent, so a box never
+loads the fleet server's stack (FastAPI, SQLite store), TUF tooling or training libraries.
+
+    quanedge agent run|check-config|enroll|read
+    quanedge fleet serve|token
+    quanedge sim wxt530
+    quanedge demo
+    quanedge manifest ...   (signed update metadata)
+    quanedge models ...     (edge models)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from agent.errors import QuanedgeError
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="Box config file (TOML).")
+
+
+def _fail(exc: BaseException, code: int = 2) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- agent ---------------------------------------------------------------------------------------
+def _agent_app() -> typer.Typer:
+    app = typer.Typer(help="Run and manage the edge agent on a box.", no_args_is_help=True)
+
+    @app.command("run")
+    def run(config: Path = ConfigOpt, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        """Run the agent until SIGTERM/SIGINT."""
+        import asyncio
+
+        from agent.config import load_config
+        from agent.runtime import run_agent
+
+        _setup_logging(verbose)
+        try:
+            cfg = load_config(config)
+            asyncio.run(run_agent(cfg))
+        except QuanedgeError as exc:
+            _fail(exc)
+
+    @app.command("check-config")
+    def check_config(config: Path = typer.Argument(..., help="Box config file (TOML).")) -> None:
+        """Validate a box config; print a summary or the first error (file, key, value, expected)."""
+        from agent.config import load_config
+
+        try:
+            cfg = load_config(config)
+        except QuanedgeError as exc:
+            _fail(exc)
+        typer.echo(f"ok: box {cfg.box.id} ({cfg.box.hardware}, site {cfg.box.site}), "
+                   f"{len(cfg.buses)} bus(es), {len(cfg.devices)} device(s), uplink {cfg.uplink.kind}, "
+                   f"buffer cap {cfg.buffer.max_bytes} bytes at {cfg.buffer.path}, {len(cfg.models)} model(s)")
+
+    @app.command("enroll")
+    def enroll_cmd(config: Path = ConfigOpt, server: str = typer.Option(..., help="Fleet server URL."),
+                   token: str = typer.Option(..., help="One-time enrollment token.")) -> None:
+        """Enroll this box with the fleet server and store its credential."""
+        from agent.config import load_config
+        from agent.enroll import enroll
+
+        try:
+            cfg = load_config(config)
+            cred = enroll(cfg, server, token)
+        except QuanedgeError as exc:
+            _fail(exc)
+        typer.echo(f"enrolled box {cred.box_id} with {cred.server}; credential stored in {cfg.credential_path}")
+
+    @app.command("read")
+    def read(config: Path = ConfigOpt, device: str = typer.Option(..., help="Device name from the config."),
+             interval: float = typer.Option(1.0, help="Seconds between reads."),
+             count: int = typer.Option(0, help="Stop after this many reads (0 = until Ctrl-C).")) -> None:
+        """Show a device's live decoded points in a refreshing table (for installers)."""
+        import asyncio
+
+        from agent.config import load_config
+        from agent.live_read import live_read
+
+        try:
+            cfg = load_config(config)
+            asyncio.run(live_read(cfg, device, interval, count))
+        except QuanedgeError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            pass
+
+    return app
+
+
+# --- fleet ---------------------------------------------------------------------------------------
+def _fleet_app() -> typer.Typer:
+    app = typer.Typer(help="Run and administer the fleet server.", no_args_is_help=True)
+
+    @app.command("serve")
+    def serve(
+        db: Path = typer.Option(Path("var/fleet.db"), help="SQLite database file (embedded default)."),
+        host: str = typer.Option("127.0.0.1"),
+        port: int = typer.Option(8080),
+        admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN", help="Bearer token for admin calls."),
+        mqtt_host: Optional[str] = typer.Option(None, help="Broker to take telemetry from (none: HTTP only)."),
+        mqtt_port: int = typer.Option(1883),
+        topic_prefix: str = typer.Option("quanedge"),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Serve the fleet API (and the MQTT bridge when a broker is given)."""
+        from fleet_server.server import serve as serve_fleet
+        from fleet_server.settings import ServerSettings
+
+        _setup_logging(verbose)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
+                                  mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix)
+        serve_fleet(settings)
+
+    @app.command("token")
+    def token(server: str = typer.Option("http://127.0.0.1:8080"),
+              admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN"),
+              ttl_s: int = typer.Option(3600), max_uses: int = typer.Option(1),
+              note: str = typer.Option("")) -> None:
+        """Create an enrollment token (print it) for installers."""
+        import httpx
+
+        try:
+            r = httpx.post(server.rstrip("/") + "/api/v1/enrollment-tokens",
+                           headers={"Authorization": f"Bearer {admin_token}"},
+                           json={"ttl_s": ttl_s, "max_uses": max_uses, "note": note}, timeout=10)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {server}: {exc}")
+        if r.status_code != 200:
+            _fail(f"server refused ({r.status_code}): {r.text[:300]}")
+        typer.echo(r.json()["token"])
+
+    return app
+
+
+# --- simulators ----------------------------------------------------------------------------------
+def _sim_app() -> typer.Typer:
+    app = typer.Typer(help="Device simulators (for demos, tests and installer training).", no_args_is_help=True)
+
+    @app.command("wxt530")
+    def wxt530(
+        tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
+        rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
+        unit: list[int] = typer.Option([1], "--unit", help="Slave id(s) to answer as; repeat for several."),
+        baudrate: int = typer.Option(19200), parity: str = typer.Option("N"),
+        seed: int = typer.Option(0, help="Weather seed (same seed, same weather)."),
+        control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
+    ) -> None:
+        """Simulated Vaisala WXT530 (Modbus RTU/TCP) with faults on demand. Prints one JSON line when ready."""
+        import asyncio
+
+        from hil_tests.sims.wxt530 import serve_wxt530
+
+        if tcp is None and not rtu:
+            _fail("give --tcp PORT and/or --rtu")
+
+        def ready(info: dict) -> None:
+            print(json.dumps(info), flush=True)
+
+        try:
+            asyncio.run(serve_wxt530(tcp_port=tcp, rtu=rtu, units=tuple(unit), baudrate=baudrate, parity=parity,
+                                     seed=seed, control_port=control, on_ready=ready))
+        except KeyboardInterrupt:
+            pass
+
+    return app
+
+
+def _demo(
+    seconds: float = typer.Option(20.0, help="How long the agent runs before the summary."),
+    workdir: Optional[Path] = typer.Option(None, help="Where to keep the demo's files (default: a temp dir)."),
+    broker: str = typer.Option("127.0.0.1:1883", help="MQTT broker to use when reachable."),
+) -> None:
+    """Simulated WXT530 -> agent -> fleet server (and the broker when one is reachable)."""
+    from agent.demo import run_demo
+
+    try:
+        raise typer.Exit(run_demo(seconds=seconds, workdir=workdir, broker=broker))
+    except QuanedgeError as exc:
+        _fail(exc)
+
+
+_GROUPS: dict[str, Callable[[], typer.Typer]] = {
+    "agent": _agent_app,
+    "fleet": _fleet_app,
+    "sim": _sim_app,
+}
+
+
+def _lazy_groups() -> dict[str, Callable[[], typer.Typer]]:
+    groups = dict(_GROUPS)
+
+    def manifest() -> typer.Typer:
+        from firmware_manifests.cli import app
+        return app
+
+    def models() -> typer.Typer:
+        from edge_models.cli import app
+        return app
+
+    groups["manifest"] = manifest
+    groups["models"] = models
+    return groups
+
+
+def build_app(argv: list[str] | None = None) -> typer.Typer:
+    """The root app; only the sub-app named in argv is imported (all of them for --help)."""
+    argv = sys.argv[1:] if argv is None else argv
+    app = typer.Typer(help="Quanedge: edge agent and fleet manager for city devices.", no_args_is_help=True,
+                      add_completion=False)
+    app.command("demo")(_demo)
+    wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    for name, make in _lazy_groups().items():
+        if wanted is not None and wanted != name:
+            continue
+        try:
+            app.add_typer(make(), name=name)
+        except ImportError as exc:  # e.g. the [fleet] extra is not installed on a box
+            if wanted == name:
+                typer.secho(f"error: `quanedge {name}` is not available here: {exc}", fg="red", err=True)
+                raise SystemExit(2)
+    return app
+
+
+def main() -> None:
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()
