@@ -75,7 +75,7 @@ class BufferSettings:
     ttl_s: float = 7 * 86400.0
     alarm_ttl_s: float = 30 * 86400.0
     commit_max_rows: int = 5000
-    commit_max_delay_s: float = 0.002
+    commit_max_delay_s: float = 0.0
     page_size: int = 4096
 
     def __post_init__(self) -> None:

@@ -169,7 +169,7 @@ def _buffer(t: Table | None, box: BoxConfig, file: str) -> BufferSettings:
         ttl_s=t.float("ttl_s", 7 * 86400.0, min=1, exclusive_min=False),
         alarm_ttl_s=t.float("alarm_ttl_s", 30 * 86400.0, min=1),
         commit_max_rows=t.int("commit_max_rows", 5000, min=1, max=100_000),
-        commit_max_delay_s=t.float("commit_max_delay_ms", 2.0, min=0, max=1000) / 1000.0,
+        commit_max_delay_s=t.float("commit_max_delay_ms", 0.0, min=0, max=1000) / 1000.0,
     )
     t.reject_unknown()
     return settings

@@ -81,7 +81,8 @@ class BusScheduler:
         self._clock = clock
         rng = rng or random.Random()
         for d in self.devices:
-            d.backoff = Backoff(base_s=max(d.poll_s, 0.5), cap_s=max(quarantine_cap_s, d.poll_s), rng=rng)
+            cap = max(quarantine_cap_s, d.poll_s)
+            d.backoff = Backoff(base_s=min(max(d.poll_s, 0.5), cap), cap_s=cap, rng=rng)
         self.late_polls = 0  # polls that started later than one interval after they were due
 
     async def run(self) -> None:
