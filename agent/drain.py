@@ -50,29 +50,34 @@ class Drain:
         self.sent_total = 0
         self.last_error: str | None = None
         self.last_sent_at: float | None = None
+        self._down_since: float | None = None
 
     async def run(self) -> None:
-        down_since: float | None = None
         while True:
             try:
                 async with self._make_uplink() as uplink:
-                    self._set_connected(True)
-                    if down_since is not None:
-                        log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - down_since)
-                        down_since = None
+                    if getattr(uplink, "connected", False):  # MQTT: entering means connected
+                        self._up()
                     await self._forward(uplink)
             except UplinkError as exc:
                 self.buffer.rewind()
                 self.last_error = str(exc)
                 self._set_connected(False)
-                if down_since is None:
-                    down_since = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                     level = logging.ERROR if isinstance(exc, UplinkRejected) else logging.WARNING
                     log.log(level, "uplink %s failed, readings stay buffered: %s", self.name, exc)
                 delay = self._backoff.next_delay()
                 if isinstance(exc, UplinkRejected):  # refused batches: don't hammer the server
                     delay = max(delay, self._backoff.cap_s / 2)
                 await asyncio.sleep(delay)
+
+    def _up(self) -> None:
+        """The uplink works (connected, or a batch was confirmed): log the recovery once."""
+        if self._down_since is not None:
+            log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - self._down_since)
+            self._down_since = None
+        self._set_connected(True)
 
     async def _forward(self, uplink: Uplink) -> None:
         while True:
@@ -82,6 +87,8 @@ class Drain:
                 continue
             await uplink.send(batch)
             await self.buffer.ack(batch[-1].seq)
+            if not self.connected:
+                self._up()
             self._backoff.reset()
             self.sent_total += len(batch)
             self.last_sent_at = time.time()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent.backoff import Backoff
@@ -40,6 +42,7 @@ class Pipeline:
         observer: StoreObserver | None = None,
         max_queued_batches: int = 10_000,
         max_rows_per_append: int = 20_000,
+        ack_log: Path | None = None,
     ) -> None:
         self.buffer = buffer
         self.stage = stage
@@ -49,6 +52,9 @@ class Pipeline:
         self.stage_failures = 0
         self.stored_total = 0
         self._backoff = Backoff(base_s=0.2, cap_s=10.0)
+        # Ack journal (diagnostic for crash tests and test rigs): one "first last" line per
+        # acknowledged append, written after the durable commit returned.
+        self._ack_fd = os.open(ack_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if ack_log else None
 
     async def submit(self, readings: list[Reading]) -> None:
         """Queue readings for storage (waits when the queue is full)."""
@@ -88,7 +94,7 @@ class Pipeline:
         warned = False
         while True:
             try:
-                await self.buffer.append(batch)
+                result = await self.buffer.append(batch)
             except StorageError as exc:
                 if not warned:
                     log.error("buffer append failed, retrying (readings held in memory): %s", exc)
@@ -96,6 +102,8 @@ class Pipeline:
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
+            if self._ack_fd is not None:
+                os.write(self._ack_fd, f"{result.first_seq} {result.last_seq}\n".encode())
             self.stored_total += len(batch)
             if self._observer:
                 self._observer.stored(len(batch))

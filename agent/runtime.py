@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from agent._compat import TaskGroup
@@ -97,10 +99,11 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
 
         stage = InferenceStage.from_config(cfg.models)
     async with AsyncExitStack() as stack:
-        buffer = DurableBuffer(cfg.buffer, on_drop=metrics.dropped)
+        buffer = DurableBuffer(cfg.buffer)  # drop counts reach /metrics via buffer.stats (durable)
         await buffer.open()
         stack.push_async_callback(buffer.close)
-        pipeline = Pipeline(buffer, stage=stage, observer=metrics)
+        ack_log = os.environ.get("QUANEDGE_ACK_LOG")
+        pipeline = Pipeline(buffer, stage=stage, observer=metrics, ack_log=Path(ack_log) if ack_log else None)
         schedulers = build_schedulers(cfg, pipeline, metrics, stack)
         drain = Drain(buffer, make_uplink, name=uplink_name, batch_size=cfg.uplink.batch_size, observer=metrics)
         metrics.buffer_stats = buffer.stats

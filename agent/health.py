@@ -1,0 +1,272 @@
+"""The agent's metrics and its health endpoint.
+
+`Metrics` owns its own prometheus CollectorRegistry (never the process-global one), so two agents
+in one test process, or a restart, never collide. Its methods match the scheduler's, pipeline's and
+drain's observer Protocols. The buffer's figures are pulled at scrape time from a plain callable
+(``metrics.buffer_stats = buffer.stats``), so the buffer knows nothing of prometheus:
+
+    buffer_stats() -> {"depth": int, "bytes": int, "oldest_unsent_ts": float | None,
+                       "dropped": {(reason, cls): count, ...}}
+
+It runs on the event loop at every scrape, so it must be cheap (cached counters, no disk scan).
+
+`serve_health` is a deliberately tiny HTTP/1.1 server on asyncio streams (the box stays lean: no
+web framework): ``GET /metrics`` (prometheus text), ``GET /healthz`` (JSON from `ready()`, 200 when
+its "status" is "ok", else 503), 404 elsewhere, 405 for other methods, 400 for malformed requests.
+One request per connection (``Connection: close``); a client gets `REQUEST_TIMEOUT_S` to send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+BufferStats = Callable[[], Mapping[str, Any]]
+REQUEST_TIMEOUT_S = 5.0
+_MAX_LINE = 8192
+_MAX_HEADERS = 64
+_MAX_BODY = 65536
+
+
+class Metrics:
+    """Every figure the agent exports. Methods are cheap; counters are thread-safe."""
+
+    def __init__(self, buffer_stats: BufferStats | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._read = Counter("quanedge_readings_read", "Readings read from devices.", ["device"], registry=r)
+        self._stored = Counter("quanedge_readings_stored", "Readings committed to the durable buffer.", registry=r)
+        self._sent = Counter("quanedge_readings_sent", "Readings confirmed by an uplink.", ["uplink"], registry=r)
+        self._online = Gauge("quanedge_device_online", "1 when the device answers, 0 when offline.", ["device"],
+                             registry=r)
+        self._errors = Counter("quanedge_device_errors", "Failed device polls by kind.", ["device", "kind"],
+                               registry=r)
+        self._uplink = Gauge("quanedge_uplink_connected", "1 when the uplink is connected.", ["uplink"], registry=r)
+        # The buffer's stats callable, pulled at each scrape; set it once the buffer exists. Without
+        # it the buffer gauges are absent (not zero) and drops come from `dropped()` pushes.
+        self.buffer_stats: BufferStats | None = buffer_stats
+        self._pushed_drops: dict[tuple[str, str], int] = {}
+        self._drops_lock = threading.Lock()
+        r.register(_BufferCollector(self, clock))
+
+    def device_read(self, device: str, n: int = 1) -> None:
+        self._read.labels(device=device).inc(n)
+
+    def device_state(self, device: str, online: bool) -> None:
+        self._online.labels(device=device).set(1 if online else 0)
+
+    def device_error(self, device: str, kind: str) -> None:
+        self._errors.labels(device=device, kind=kind).inc()
+
+    def stored(self, n: int) -> None:
+        self._stored.inc(n)
+
+    def sent(self, uplink: str, n: int) -> None:
+        self._sent.labels(uplink=uplink).inc(n)
+
+    def uplink_state(self, uplink: str, connected: bool) -> None:
+        self._uplink.labels(uplink=uplink).set(1 if connected else 0)
+
+    def dropped(self, reason: str, cls: str, n: int) -> None:
+        """Push hook for a buffer's on_drop callback (may be called from the buffer's writer thread).
+
+        The exported quanedge_readings_dropped_total comes from ONE source: `buffer_stats()["dropped"]`
+        when a stats callable is set (the buffer's durable counts, which already include these drops),
+        else the drops pushed here. Never both, so nothing is counted twice.
+        """
+        if n < 0:
+            raise ValueError(f"dropped count must be >= 0, got {n}")
+        with self._drops_lock:
+            self._pushed_drops[(reason, cls)] = self._pushed_drops.get((reason, cls), 0) + n
+
+    def pushed_drops(self) -> dict[tuple[str, str], int]:
+        with self._drops_lock:
+            return dict(self._pushed_drops)
+
+    def render(self) -> bytes:
+        """The prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+
+class _BufferCollector(Collector):
+    def __init__(self, metrics: Metrics, clock: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        # Without describe() the registry would call collect() (and so buffer_stats) at registration.
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        depth, size, dropped, age = self._families()
+        stats_fn = self._metrics.buffer_stats
+        if stats_fn is None:
+            for (reason, cls), count in sorted(self._metrics.pushed_drops().items()):
+                dropped.add_metric([reason, cls], float(count))
+            return iter((dropped,))
+        stats = stats_fn()
+        oldest = stats["oldest_unsent_ts"]
+        depth.add_metric([], float(stats["depth"]))
+        size.add_metric([], float(stats["bytes"]))
+        age.add_metric([], 0.0 if oldest is None else max(0.0, self._clock() - float(oldest)))
+        for (reason, cls), count in sorted(stats["dropped"].items()):
+            dropped.add_metric([str(reason), str(cls)], float(count))
+        return iter((depth, size, dropped, age))
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("quanedge_buffer_depth", "Readings in the buffer not yet confirmed by an uplink."),
+            GaugeMetricFamily("quanedge_buffer_bytes", "Bytes the buffer occupies on disk."),
+            CounterMetricFamily("quanedge_readings_dropped", "Readings evicted or refused by the buffer.",
+                                labels=["reason", "cls"]),
+            GaugeMetricFamily("quanedge_oldest_unsent_age_seconds", "Age of the oldest unsent reading (0 if none)."),
+        )
+
+
+class _BadRequest(Exception):
+    pass
+
+
+async def serve_health(
+    metrics: Metrics,
+    host: str,
+    port: int,
+    ready: Callable[[], Mapping[str, Any]],
+    *,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve /metrics and /healthz until cancelled; `on_ready(bound_port)` once listening (port 0 = any)."""
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await _serve_one(reader, writer, metrics, ready)
+        finally:
+            handlers.discard(task)
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port, limit=_MAX_LINE)
+    try:
+        bound = server.sockets[0].getsockname()[1]
+        log.info("health endpoint on http://%s:%d (/metrics, /healthz)", host, bound)
+        if on_ready is not None:
+            on_ready(bound)
+        await asyncio.Future()  # until cancelled
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        if handlers:
+            await asyncio.wait(list(handlers))
+        await server.wait_closed()
+
+
+async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics,
+                     ready: Callable[[], Mapping[str, Any]]) -> None:
+    try:
+        method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+    except _BadRequest as exc:
+        await _write(writer, 400, "text/plain; charset=utf-8", f"bad request: {exc}\n".encode())
+        return
+    except asyncio.TimeoutError:
+        await _write(writer, 408, "text/plain; charset=utf-8", b"request timeout\n")
+        return
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return  # the client went away before finishing its request
+    if path not in ("/metrics", "/healthz"):
+        await _write(writer, 404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n",
+                     head=method == "HEAD")
+        return
+    if method not in ("GET", "HEAD"):
+        await _write(writer, 405, "text/plain; charset=utf-8", b"method not allowed\n", extra={"Allow": "GET, HEAD"})
+        return
+    try:
+        if path == "/metrics":
+            status, ctype, body = 200, CONTENT_TYPE_LATEST, metrics.render()
+        else:
+            report = ready()
+            status = 200 if report.get("status") == "ok" else 503
+            ctype, body = "application/json", json.dumps(report, allow_nan=False).encode()
+    except Exception as exc:  # a broken stats/ready callable must show up as a 500, not kill the server
+        log.exception("health endpoint failed to render %s", path)
+        await _write(writer, 500, "text/plain; charset=utf-8", f"internal error: {type(exc).__name__}\n".encode())
+        return
+    await _write(writer, status, ctype, body, head=method == "HEAD")
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    """Read one request head (and discard a small body); returns (method, path without query)."""
+    line = await _read_line(reader)
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper():
+        raise _BadRequest("malformed request line")
+    method, target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _BadRequest(f"unsupported version {version[:16]!r}")
+    if not target.startswith("/"):
+        raise _BadRequest("request target must be an absolute path")
+    headers: dict[str, str] = {}
+    while True:
+        line = await _read_line(reader)
+        if not line:
+            break
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or " " in name:
+            raise _BadRequest("malformed header line")
+        if len(headers) >= _MAX_HEADERS:
+            raise _BadRequest("too many headers")
+        headers[name.lower()] = value.strip()
+    if version == "HTTP/1.1" and "host" not in headers:
+        raise _BadRequest("HTTP/1.1 request without Host header")
+    if "transfer-encoding" in headers:
+        raise _BadRequest("request bodies with Transfer-Encoding are not accepted")
+    length = headers.get("content-length", "0")
+    if not length.isdigit() or int(length) > _MAX_BODY:
+        raise _BadRequest("bad Content-Length")
+    if int(length):
+        await reader.readexactly(int(length))
+    return method, target.split("?", 1)[0]
+
+
+async def _read_line(reader: asyncio.StreamReader) -> str:
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError as exc:
+        raise _BadRequest("line too long") from exc
+    try:
+        return raw.rstrip(b"\r\n").decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise _BadRequest("non-ASCII bytes in request head") from exc
+
+
+_PHRASES = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, *, head: bool = False,
+                 extra: Mapping[str, str] | None = None) -> None:
+    lines = [f"HTTP/1.1 {status} {_PHRASES[status]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
+             "Cache-Control: no-store", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else body))
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass  # the scraper hung up; nothing to tell it

@@ -1,0 +1,364 @@
+"""MQTT uplink: publishes telemetry batches at QoS 1 and returns only after the broker's PUBACK.
+
+Topics (``prefix`` = `MqttSettings.topic_prefix`):
+    {prefix}/{box_id}/telemetry   the `encode_batch` body, QoS 1, not retained
+    {prefix}/{box_id}/status      {"state": "online"|"offline", "ts": unix_s}, QoS 1, retained;
+                                  "offline" is also the last will, so an abrupt death shows up
+
+Design (the drain loop owns retry and backoff; this module owns one connection at a time):
+- One aiomqtt.Client per connection, never re-entered: aiomqtt keeps its CONNACK future done after
+  an unexpected disconnect, so re-entering a used client could report "connected" before CONNACK.
+  A fresh client also drops paho's queue of unacknowledged messages, so nothing is silently
+  re-sent behind the drain loop's back (the buffer is the durable store; clean_session=True).
+- aiomqtt does not wake a pending publish when the connection drops; it waits for its timeout.
+  A watcher task per connection (iterating `client.messages`, which ends on disconnect) lets
+  `send` race the PUBACK against the connection's end, so a dead broker fails a send at once.
+- `send` makes at most ONE connection attempt when not connected, then raises UplinkUnavailable.
+  A publish that times out or loses its connection discards the connection; the next send
+  reconnects. aiomqtt errors are translated to our tree in `_translate`, nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Iterator, Sequence
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.errors import ConfigError, UplinkError, UplinkRejected, UplinkUnavailable
+from agent.reading import Reading
+from agent.uplink.codec import encode_batch
+
+__all__ = ["MqttSettings", "MqttUplink"]
+
+log = logging.getLogger(__name__)
+
+# CONNACK reason codes (paho maps MQTT 3.1.1 codes 1..5 onto these v5 values) that retrying cannot
+# fix: unsupported protocol, bad client id, bad username/password, not authorised, banned, bad
+# auth method. Anything else (server unavailable, busy, quota) is transient.
+_REFUSED_FOR_GOOD = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
+_TOPIC_FORBIDDEN = ("+", "#", "\x00")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None      # PEM bundle to verify the broker; None = system CAs
+    cert_file: str | None = None    # client certificate (mutual TLS), needs key_file
+    key_file: str | None = None
+    insecure: bool = False          # TLS without hostname check (chain is still verified)
+    keepalive_s: int = 30
+    topic_prefix: str = "quanedge"
+    client_id: str | None = None    # None = "quanedge-{box_id}"
+    publish_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        def bad(key: str, message: str, value: Any, expected: str) -> ConfigError:
+            return ConfigError(message, key=f"uplink.mqtt.{key}", value=value, expected=expected)
+
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise bad("host", "broker host is empty", self.host, "a host name or IP address")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise bad("port", "port out of range", self.port, "an integer 1..65535")
+        if self.password is not None and self.username is None:
+            raise bad("password", "a password needs a username", "***", "username set as well")
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file"):
+                if getattr(self, key) is not None:
+                    raise bad(key, "TLS file given but tls = false", getattr(self, key), "tls = true")
+            if self.insecure:
+                raise bad("insecure", "insecure only applies to TLS", True, "tls = true, or insecure = false")
+        if (self.cert_file is None) != (self.key_file is None):
+            key = "key_file" if self.key_file is None else "cert_file"
+            raise bad(key, "a client certificate needs both cert_file and key_file", None, "both set, or neither")
+        if isinstance(self.keepalive_s, bool) or not isinstance(self.keepalive_s, int) or not 1 <= self.keepalive_s <= 65535:
+            raise bad("keepalive_s", "keepalive out of range", self.keepalive_s, "an integer 1..65535 seconds")
+        prefix = self.topic_prefix
+        if not isinstance(prefix, str) or not prefix or prefix.startswith("/") or prefix.endswith("/") \
+                or any(ch in prefix for ch in _TOPIC_FORBIDDEN):
+            raise bad("topic_prefix", "invalid topic prefix", prefix, "non-empty, no leading/trailing '/', no '+' or '#'")
+        if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
+            raise bad("client_id", "client_id is empty", self.client_id, "a non-empty string, or unset")
+        for key in ("publish_timeout_s", "connect_timeout_s"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise bad(key, "timeout must be positive", value, "a number of seconds > 0")
+
+
+@dataclass
+class _Connection:
+    """One connected aiomqtt client and the task that notices when its connection ends."""
+
+    client: aiomqtt.Client
+    watcher: asyncio.Task[str]
+
+    @property
+    def lost(self) -> bool:
+        return self.watcher.done()
+
+    def reason(self) -> str:
+        if self.watcher.done() and not self.watcher.cancelled():
+            return self.watcher.result()
+        return "connection closed"
+
+
+class MqttUplink:
+    """The `Uplink` over MQTT. Use as ``async with MqttUplink(settings, box_id) as up: await up.send(b)``.
+
+    Entering connects (one attempt): UplinkUnavailable when the broker cannot be reached,
+    UplinkRejected when retrying cannot help (bad credential, TLS verification); the drain backs
+    off and makes a new uplink. Once in, a send that finds the connection gone makes ONE reconnect
+    attempt before raising. Cancelling a connect waits for the connect thread to finish (bounded by
+    connect_timeout_s) and closes what it opened.
+    """
+
+    def __init__(self, settings: MqttSettings, box_id: str) -> None:
+        if not isinstance(box_id, str) or not box_id or "/" in box_id or any(c in box_id for c in _TOPIC_FORBIDDEN):
+            raise ConfigError("box id cannot be used in an MQTT topic", key="box.id", value=box_id,
+                              expected="non-empty, without '/', '+', '#'")
+        self.name = "mqtt"
+        self.settings = settings
+        self.box_id = box_id
+        self.telemetry_topic = f"{settings.topic_prefix}/{box_id}/telemetry"
+        self.status_topic = f"{settings.topic_prefix}/{box_id}/status"
+        self._client_id = settings.client_id or f"quanedge-{box_id}"
+        self._tls = _tls_context(settings) if settings.tls else None
+        self._conn: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._entered = False
+        self._closed = False
+        self._available: bool | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.lost
+
+    async def __aenter__(self) -> "MqttUplink":
+        if self._entered:
+            raise RuntimeError("an MqttUplink is entered once; make a new one")
+        self._entered = True
+        try:
+            async with self._lock:
+                await self._connect()
+        except BaseException:
+            self._closed = True  # __aexit__ will not run; this uplink is spent
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close(conn, goodbye=True)
+
+    async def send(self, batch: Sequence[Reading]) -> None:
+        """Publish one batch at QoS 1; return after PUBACK. Raises UplinkUnavailable / UplinkRejected."""
+        if not self._entered or self._closed:
+            raise RuntimeError("MqttUplink.send() outside its `async with` block")
+        if not batch:
+            return
+        try:
+            payload = encode_batch(self.box_id, batch)
+        except ValueError as exc:
+            raise UplinkRejected(str(exc)) from exc
+        async with self._lock:
+            conn = self._conn
+            if conn is None or conn.lost:
+                if conn is not None:
+                    self._conn = None
+                    self._mark(False, f"connection lost: {conn.reason()}")
+                    await self._close(conn, goodbye=False)
+                conn = await self._connect()  # the one attempt; raises when the broker is down
+            try:
+                await self._publish(conn, self.telemetry_topic, payload, self.settings.publish_timeout_s)
+            except UplinkUnavailable as exc:
+                self._conn = None
+                self._mark(False, str(exc))
+                await self._close(conn, goodbye=False)
+                raise
+
+    # -- connection lifecycle -------------------------------------------------------------------
+
+    async def _connect(self) -> _Connection:
+        s = self.settings
+        client = aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password, identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, keepalive=s.keepalive_s,
+            will=aiomqtt.Will(self.status_topic, _status("offline"), qos=1, retain=True),
+            timeout=s.connect_timeout_s,  # aiomqtt's default timeout, used for the CONNACK wait
+            tls_context=self._tls, tls_insecure=s.insecure if s.tls else None,
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+        )
+        _paho(client).connect_timeout = s.connect_timeout_s  # TCP connect + TLS handshake
+        # aiomqtt connects in an executor thread that cancellation cannot stop (and it keeps its
+        # lock on CancelledError), so the connect runs shielded; if we are cancelled we wait for
+        # it to finish and close whatever it opened.
+        entering = asyncio.ensure_future(client.__aenter__())
+        try:
+            with self._translated(f"connect to {s.host}:{s.port}"):
+                await asyncio.shield(entering)
+        except asyncio.CancelledError:
+            await asyncio.wait((entering,))
+            if entering.exception() is None:
+                await _close_client(client, s.connect_timeout_s)
+            else:
+                _abort(client)
+            raise
+        except UplinkError as exc:
+            _abort(client)  # a refused CONNACK leaves paho's socket open until the broker hangs up
+            self._mark(False, str(exc))
+            raise
+        conn = _Connection(client, asyncio.create_task(_watch(client), name=f"quanedge-mqtt-watch-{self.box_id}"))
+        try:
+            await self._publish(conn, self.status_topic, _status("online"), s.connect_timeout_s, retain=True)
+            if self._closed:
+                raise UplinkUnavailable("the MQTT uplink was closed while connecting")
+        except BaseException as exc:
+            await self._close(conn, goodbye=self._closed)  # closed meanwhile: do not leave "online" retained
+            if isinstance(exc, UplinkError):
+                self._mark(False, str(exc))
+            raise
+        self._conn = conn
+        self._mark(True, f"connected to {s.host}:{s.port} as {self._client_id}")
+        return conn
+
+    async def _close(self, conn: _Connection, *, goodbye: bool) -> None:
+        """Close one connection: optional retained "offline", graceful DISCONNECT, else abort."""
+        if goodbye and not conn.lost:
+            try:
+                await self._publish(conn, self.status_topic, _status("offline"), self.settings.publish_timeout_s,
+                                    retain=True)
+            except UplinkError as exc:
+                log.warning("could not publish offline status to %s: %s", self.status_topic, exc)
+        if not conn.lost:
+            await _close_client(conn.client, self.settings.connect_timeout_s)
+        else:
+            _abort(conn.client)  # no-op when paho already closed it; else (an error escaped paho) free it now
+        # The watcher ends by itself once aiomqtt sees the disconnect (and so collects its error).
+        done, _ = await asyncio.wait((conn.watcher,), timeout=1.0)
+        if not done:
+            conn.watcher.cancel()
+            await asyncio.wait((conn.watcher,))
+
+    async def _publish(self, conn: _Connection, topic: str, payload: bytes, timeout_s: float,
+                       *, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for PUBACK, the connection's end, or the timeout, whichever is first."""
+        publishing = asyncio.create_task(
+            conn.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf),
+            name=f"quanedge-mqtt-publish-{self.box_id}",
+        )
+        try:
+            done, _ = await asyncio.wait((publishing, conn.watcher), timeout=timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not publishing.done():
+                publishing.cancel()
+                await asyncio.wait((publishing,))
+        if publishing in done:
+            with self._translated(f"publish to {topic}"):
+                publishing.result()
+            return
+        if conn.watcher in done:
+            raise UplinkUnavailable(f"MQTT connection lost before PUBACK on {topic}: {conn.reason()}")
+        raise UplinkUnavailable(f"no PUBACK from {self.settings.host}:{self.settings.port} within {timeout_s:g} s")
+
+    # -- the one error boundary -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except aiomqtt.MqttError as exc:
+            raise _translate(exc, doing) from exc
+
+    def _mark(self, available: bool, detail: str) -> None:
+        """Log once when the broker becomes unreachable and once when it comes back."""
+        if available != self._available:
+            if available:
+                log.info("MQTT uplink up: %s", detail)
+            else:
+                log.warning("MQTT uplink down: %s", detail)
+            self._available = available
+
+
+def _translate(exc: aiomqtt.MqttError, doing: str) -> UplinkError:
+    if isinstance(exc, aiomqtt.MqttCodeError) and isinstance(exc.rc, ReasonCode):
+        if exc.rc.value in _REFUSED_FOR_GOOD:
+            return UplinkRejected(f"{doing}: broker refused the connection: {exc.rc} "
+                                  "(check username/password, client_id and the broker's ACL)")
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        # aiomqtt re-raises paho's ssl error as a bare MqttError(str(exc)), so the text is all we have.
+        return UplinkRejected(f"{doing}: TLS verification of the broker failed: {text} (check ca_file and host)")
+    return UplinkUnavailable(f"{doing}: {text or type(exc).__name__}")
+
+
+async def _watch(client: aiomqtt.Client) -> str:
+    """Wait for the connection to end; returns why. We subscribe to nothing, so no messages come."""
+    try:
+        async for _message in client.messages:
+            pass
+    except aiomqtt.MqttError as exc:
+        return str(exc.__cause__ or exc)
+    return "connection closed"  # pragma: no cover - the iterator only ends by raising
+
+
+async def _close_client(client: aiomqtt.Client, timeout_s: float) -> None:
+    """Graceful DISCONNECT (so the broker does not publish the will); abort if that fails."""
+    try:
+        await asyncio.wait_for(client.__aexit__(None, None, None), timeout_s)
+    except (aiomqtt.MqttError, asyncio.TimeoutError) as exc:
+        log.debug("MQTT disconnect did not complete (%s); aborting the socket", exc)
+        _abort(client)
+
+
+def _abort(client: aiomqtt.Client) -> None:
+    """Shut the socket down; paho's read callback then sees EOF and releases its reader and task."""
+    sock = _paho(client).socket()
+    if isinstance(sock, socket.socket):  # includes ssl.SSLSocket
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _paho(client: aiomqtt.Client) -> paho.Client:
+    # aiomqtt 2.5.1 exposes neither paho's connect_timeout nor its socket; this is the only place
+    # that reaches into the wrapped paho client.
+    return client._client  # noqa: SLF001
+
+
+def _status(state: str) -> bytes:
+    return json.dumps({"state": state, "ts": round(time.time(), 3)}, separators=(",", ":")).encode()
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load CA bundle: {exc}", key="uplink.mqtt.ca_file", value=settings.ca_file,
+                          expected="a readable PEM file") from exc
+    if settings.cert_file is not None:
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load client certificate/key: {exc}", key="uplink.mqtt.cert_file",
+                              value=settings.cert_file, expected="a PEM certificate matching key_file") from exc
+    context.check_hostname = not settings.insecure
+    return context
