@@ -1,0 +1,62 @@
+"""Prometheus metrics of one fleet server app, in a registry the app owns (not the global one).
+
+Owning the registry keeps two apps in one process (tests, or a server plus a tool) from
+colliding on metric names, and keeps the agent's metrics out of the server's scrape.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from fleet_server.store.base import IngestResult, Store
+
+__all__ = ["FleetMetrics"]
+
+
+class FleetMetrics:
+    """Counters for ingest (per transport: http, mqtt), enrollments, and the enrolled-box gauge."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.readings_ingested = Counter(
+            "quanedge_fleet_readings_ingested", "Readings newly stored.",
+            ["transport"], registry=self.registry,
+        )
+        self.readings_duplicate = Counter(
+            "quanedge_fleet_readings_duplicate", "Re-delivered readings already stored (not stored again).",
+            ["transport"], registry=self.registry,
+        )
+        self.batches_rejected = Counter(
+            "quanedge_fleet_batches_rejected",
+            "Telemetry or status messages refused (nothing stored), by reason.",
+            ["transport", "reason"], registry=self.registry,
+        )
+        self.enrollments = Counter(
+            "quanedge_fleet_enrollments", "Enrollment attempts, by outcome.",
+            ["outcome"], registry=self.registry,
+        )
+        self.mqtt_connected = Gauge(
+            "quanedge_fleet_mqtt_connected", "1 while the MQTT bridge is connected and subscribed.",
+            registry=self.registry,
+        )
+        self.boxes_enrolled = Gauge(
+            "quanedge_fleet_boxes_enrolled", "Boxes enrolled (read from the store at scrape time).",
+            registry=self.registry,
+        )
+        self.boxes_enrolled.set_function(lambda: float(store.count_boxes()))
+
+    def ingested(self, transport: str, result: IngestResult) -> None:
+        self.readings_ingested.labels(transport).inc(result.accepted)
+        self.readings_duplicate.labels(transport).inc(result.duplicates)
+
+    def rejected(self, transport: str, reason: str) -> None:
+        self.batches_rejected.labels(transport, reason).inc()
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of one sample (0.0 when never touched); for health pages and tests."""
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,190 @@
+"""MQTT -> store bridge: telemetry and status from boxes, through the same ingest path as HTTP.
+
+Topics (QoS 1): `{prefix}/{box_id}/telemetry` (payload = the HTTP telemetry body) and
+`{prefix}/{box_id}/status` (payload {"state": "online"|"offline", "ts": unix seconds}).
+
+Delivery: a fixed client id with clean_session=False gives a persistent session, so the broker
+queues QoS 1 telemetry while the server is down. Messages are acknowledged (PUBACK) only AFTER the
+store committed them, or refused them for good: a message in flight when the server dies or the
+store fails is re-delivered, and the (box_id, seq) key turns that re-delivery into a duplicate.
+aiomqtt 2.5.1 has no public manual-ack API yet (aiomqtt issue #345 / PR #346); `_manual_ack` and
+`_ack` below are the only two places that reach into its paho client for it.
+
+A refused message (malformed, unknown box, topic/body mismatch) is counted, acknowledged and logged
+once per box until that box's messages are accepted again; it never stops the bridge. Connection
+loss and store failures reconnect with capped jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from typing import Any
+
+import aiomqtt
+
+from agent.backoff import Backoff
+from fleet_server.errors import FleetError, Forbidden, PayloadError, StoreError, UnknownBox
+from fleet_server.ingest import IngestService
+from fleet_server.settings import ServerSettings
+from fleet_server.store.base import check_box_id
+
+__all__ = ["MqttBridge", "parse_status"]
+
+log = logging.getLogger(__name__)
+
+_REFUSALS = (PayloadError, Forbidden, UnknownBox)
+_MAX_TRACKED_BOXES = 10_000  # bound on remembered "already logged" boxes (topics are attacker-chosen)
+
+
+def parse_status(payload: bytes) -> tuple[bool, float]:
+    """Decode a status payload into (online, ts); PayloadError naming the bad field otherwise."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError("bad_json", f"status is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise PayloadError("bad_body", f"status must be a JSON object, got {type(body).__name__}")
+    state, ts = body.get("state"), body.get("ts")
+    if state not in ("online", "offline"):
+        raise PayloadError("bad_body", f"status state must be 'online' or 'offline', got {state!r:.40}", field="state")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        raise PayloadError("bad_body", f"status ts must be a finite number, got {ts!r:.40}", field="ts")
+    return state == "online", float(ts)
+
+
+class MqttBridge:
+    """Run with `await bridge.run()` (until cancelled). `connected` is set while subscribed."""
+
+    def __init__(self, settings: ServerSettings, ingest: IngestService, *, backoff: Backoff | None = None) -> None:
+        if settings.mqtt_host is None:
+            raise ValueError("MqttBridge needs settings.mqtt_host")
+        self.settings = settings
+        self._host: str = settings.mqtt_host
+        self.ingest = ingest
+        self.backoff = backoff or Backoff(settings.mqtt_backoff_base_s, settings.mqtt_backoff_cap_s)
+        self.connected = asyncio.Event()
+        self.prefix = settings.topic_prefix
+        self._refusing: dict[str, str] = {}  # box id -> reason already logged
+        self._was_connected = True           # so the first failure is logged once, as a loss
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self._lost(f"MQTT connection to {self._where()} failed: {exc}")
+            except StoreError as exc:
+                self._lost(f"store failed, reconnecting so the broker re-delivers unacknowledged messages: {exc}")
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def _session(self) -> None:
+        client = self._client()
+        _manual_ack(client)  # before connecting: a persistent session delivers right after CONNACK
+        try:
+            async with client:
+                await client.subscribe(f"{self.prefix}/+/telemetry", qos=1)
+                await client.subscribe(f"{self.prefix}/+/status", qos=1)
+                self.backoff.reset()
+                self._up()
+                async for message in client.messages:
+                    await asyncio.to_thread(self._process, message.topic.value, _payload_bytes(message.payload))
+                    if message.qos > 0:
+                        _ack(client, message.mid, message.qos)
+        finally:
+            self._down()
+
+    def _process(self, topic: str, payload: bytes) -> None:
+        """Handle one message (in a worker thread). Returns normally when the message may be acked;
+        raises StoreError when it must not be (the broker re-delivers it after a reconnect)."""
+        segment, kind = self._split(topic)
+        metrics = self.ingest.metrics
+        try:
+            box_id = check_box_id(segment)
+            if kind not in ("telemetry", "status"):
+                raise ValueError(f"unexpected message kind {kind!r:.40}")
+        except ValueError as exc:
+            metrics.rejected("mqtt", "bad_topic")
+            self._refused(segment[:64], PayloadError("bad_topic", f"topic {topic!r:.120}: {exc}"))
+            return
+        try:
+            if kind == "telemetry":
+                self.ingest.ingest(box_id, payload, "mqtt")  # counts its own refusals
+            else:
+                try:
+                    online, ts = parse_status(payload)
+                    self.ingest.store.set_box_status(box_id, online, ts)
+                except _REFUSALS as exc:
+                    metrics.rejected("mqtt", f"status_{exc.code}")
+                    raise
+        except _REFUSALS as exc:
+            self._refused(box_id, exc)
+            return
+        self._accepted(box_id)
+
+    def _split(self, topic: str) -> tuple[str, str]:
+        """(box id segment, kind) of `{prefix}/{box_id}/{kind}`; segments unchecked."""
+        rest = topic[len(self.prefix) + 1:] if topic.startswith(self.prefix + "/") else ""
+        segment, _, kind = rest.partition("/")
+        return segment, kind
+
+    def _refused(self, box_id: str, exc: FleetError) -> None:
+        if self._refusing.get(box_id) == exc.code:
+            return
+        if box_id not in self._refusing and len(self._refusing) >= _MAX_TRACKED_BOXES:
+            return
+        self._refusing[box_id] = exc.code
+        log.warning("MQTT bridge refuses messages from box %s (%s): %s; "
+                    "further refusals for this box are only counted", box_id, exc.code, exc)
+
+    def _accepted(self, box_id: str) -> None:
+        if self._refusing.pop(box_id, None) is not None:
+            log.info("MQTT bridge accepts messages from box %s again", box_id)
+
+    def _up(self) -> None:
+        self.connected.set()
+        self.ingest.metrics.mqtt_connected.set(1)
+        self._was_connected = True
+        log.info("MQTT bridge subscribed at %s under %s/+/{telemetry,status}", self._where(), self.prefix)
+
+    def _down(self) -> None:
+        self.connected.clear()
+        self.ingest.metrics.mqtt_connected.set(0)
+
+    def _lost(self, message: str) -> None:
+        if self._was_connected:
+            log.warning("%s; retrying with backoff (logged once until reconnected)", message)
+            self._was_connected = False
+        else:
+            log.debug("%s", message)
+
+    def _where(self) -> str:
+        return f"{self._host}:{self.settings.mqtt_port}"
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        tls = (
+            aiomqtt.TLSParameters(ca_certs=s.mqtt_ca_file, certfile=s.mqtt_cert_file, keyfile=s.mqtt_key_file)
+            if s.mqtt_tls else None
+        )
+        return aiomqtt.Client(
+            self._host, s.mqtt_port, username=s.mqtt_username, password=s.mqtt_password,
+            identifier=s.mqtt_session_id, clean_session=False, tls_params=tls, keepalive=30,
+        )
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    return str(payload).encode()
+
+
+# The two reaches into aiomqtt's paho client (see module docstring); remove once aiomqtt has an API.
+def _manual_ack(client: aiomqtt.Client) -> None:
+    client._client.manual_ack_set(True)  # noqa: SLF001
+
+
+def _ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
+    client._client.ack(mid, qos)  # noqa: SLF001

@@ -1,0 +1,114 @@
+"""The fleet server's settings: one frozen, validated value handed to every component.
+
+Bad combinations fail here, at construction, with a `ConfigError` naming the key, the value and
+what was expected, never later inside a request or the MQTT bridge.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import ConfigError
+
+__all__ = ["ServerSettings"]
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    db_path: Path | str
+    admin_token: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # MQTT bridge: off unless mqtt_host is set.
+    mqtt_host: str | None = None
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    # Fixed client id: the broker keeps this persistent session (its subscriptions and queued
+    # QoS 1 telemetry) while the server is down. None: derived from topic_prefix (see
+    # `mqtt_session_id`), so servers on different prefixes of one broker never share a session.
+    mqtt_client_id: str | None = None
+    mqtt_backoff_base_s: float = 0.5
+    mqtt_backoff_cap_s: float = 30.0
+    topic_prefix: str = "quanedge"
+    # Telemetry limits.
+    max_batch: int = 10_000
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_page: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not str(self.db_path):
+            raise ConfigError("db_path must not be empty", key="db_path", value=self.db_path)
+        if not isinstance(self.admin_token, str) or len(self.admin_token) < 16:
+            # The value is a secret: never echo it.
+            raise ConfigError(
+                "admin_token is too short", key="admin_token",
+                expected="a random string of at least 16 characters",
+            )
+        for key in ("port", "mqtt_port"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise ConfigError("bad port", key=key, value=value, expected="an integer 0..65535")
+        for key in ("max_batch", "max_body_bytes", "max_page"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError("bad limit", key=key, value=value, expected="a positive integer")
+        self._check_mqtt()
+
+    def _check_mqtt(self) -> None:
+        prefix = self.topic_prefix
+        if (
+            not prefix or prefix.startswith("/") or prefix.endswith("/")
+            or any(ch in prefix for ch in "+#\x00") or "//" in prefix
+        ):
+            raise ConfigError(
+                "bad MQTT topic prefix", key="topic_prefix", value=prefix,
+                expected="a non-empty topic without wildcards (+ #) or leading/trailing '/'",
+            )
+        if self.mqtt_client_id is not None and not _CLIENT_ID.match(self.mqtt_client_id):
+            raise ConfigError(
+                "bad MQTT client id", key="mqtt_client_id", value=self.mqtt_client_id,
+                expected="1-64 characters [A-Za-z0-9._-]",
+            )
+        if self.mqtt_password is not None and self.mqtt_username is None:
+            raise ConfigError(
+                "mqtt_password is set without mqtt_username", key="mqtt_username",
+                expected="a user name whenever a password is given",
+            )
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ConfigError(
+                "client certificate and key must be given together",
+                key="mqtt_cert_file" if self.mqtt_cert_file is None else "mqtt_key_file",
+                expected="both mqtt_cert_file and mqtt_key_file, or neither",
+            )
+        uses_tls_files = any((self.mqtt_ca_file, self.mqtt_cert_file))
+        if uses_tls_files and not self.mqtt_tls:
+            raise ConfigError(
+                "TLS files are set but mqtt_tls is false", key="mqtt_tls", value=self.mqtt_tls,
+                expected="mqtt_tls = true when mqtt_ca_file / mqtt_cert_file are set",
+            )
+        if not 0 < self.mqtt_backoff_base_s <= self.mqtt_backoff_cap_s:
+            raise ConfigError(
+                "bad MQTT reconnect backoff", key="mqtt_backoff_base_s",
+                value=(self.mqtt_backoff_base_s, self.mqtt_backoff_cap_s),
+                expected="0 < mqtt_backoff_base_s <= mqtt_backoff_cap_s",
+            )
+
+    @property
+    def mqtt_enabled(self) -> bool:
+        return self.mqtt_host is not None
+
+    @property
+    def mqtt_session_id(self) -> str:
+        """The MQTT client id the bridge connects with: explicit, or `quanedge-fleet-<prefix>`."""
+        if self.mqtt_client_id is not None:
+            return self.mqtt_client_id
+        return "quanedge-fleet-" + self.topic_prefix.replace("/", ".")

@@ -1,0 +1,140 @@
+"""The storage seam of the fleet server: the `Store` Protocol and the values it trades in.
+
+The API and the MQTT bridge talk to storage only through this Protocol, so a PostgreSQL backend
+can replace the embedded SQLite one without touching them. Methods are synchronous; the API and
+the bridge call them off the event loop (threadpool / `asyncio.to_thread`).
+
+Contract every backend keeps:
+- secrets (box credentials, enrollment tokens) are `secrets.token_urlsafe(32)` and are stored only
+  as SHA-256 hashes (`hash_secret`); the plain value is returned once, at creation;
+- readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
+  again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
+- a refused call changes nothing; backend failures raise `StoreError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from agent.reading import Reading
+
+__all__ = ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id", "hash_secret", "new_secret"]
+
+#: A box id: 1-64 characters [A-Za-z0-9._-]. It appears in MQTT topics and URLs, so no '/', '+', '#'.
+BOX_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_BOX_ID = re.compile(BOX_ID_PATTERN)
+
+
+def check_box_id(box_id: object) -> str:
+    """Return `box_id` if it is a well-formed box id, else raise ValueError saying why."""
+    if not isinstance(box_id, str) or not _BOX_ID.fullmatch(box_id):
+        raise ValueError(f"box_id must be 1-64 characters [A-Za-z0-9._-], got {box_id!r:.80}")
+    return box_id
+
+
+def new_secret() -> str:
+    """A fresh credential or enrollment token (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """The only form in which a secret is stored: hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An enrolled box as the fleet server knows it."""
+
+    box_id: str
+    hardware: str
+    site: str
+    agent_version: str
+    tags: tuple[str, ...]
+    enrolled_at: float
+    last_seen: float | None = None   # server time of the last telemetry or status received
+    max_seq: int = 0                 # highest reading seq stored for this box (0: none yet)
+    online: bool = False             # last state the box reported on its status topic
+    status_ts: float | None = None   # the box's timestamp of that status report
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "box_id": self.box_id, "hardware": self.hardware, "site": self.site,
+            "agent_version": self.agent_version, "tags": list(self.tags),
+            "enrolled_at": self.enrolled_at, "last_seen": self.last_seen,
+            "max_seq": self.max_seq, "online": self.online, "status_ts": self.status_ts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Outcome of one batch: rows newly stored, rows already present, the box's highest seq."""
+
+    accepted: int
+    duplicates: int
+    max_seq: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Fleet storage. Every method is atomic; every refusal leaves the store unchanged."""
+
+    def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
+        """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""
+        ...
+
+    def enroll(
+        self, token: str, box_id: str, hardware: str, site: str, agent_version: str,
+        tags: Sequence[str],
+    ) -> str:
+        """Spend one use of `token` to enroll `box_id`; return its new credential (once).
+
+        Re-enrolling a box with the same `hardware` rotates its credential (the old one stops
+        working) and keeps its readings. Raises `EnrollmentRefused` (unknown_token, expired_token,
+        token_used_up) or `BoxIdTaken` when the id belongs to a different hardware identity.
+        """
+        ...
+
+    def box_for_credential(self, credential: str) -> Box | None:
+        """The box this credential belongs to, or None."""
+        ...
+
+    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
+        """Store a batch of readings (each with a seq) in one transaction; raise `UnknownBox`."""
+        ...
+
+    def readings(
+        self, box_id: str, after_seq: int = 0, limit: int = 1000,
+        device: str | None = None, point: str | None = None,
+    ) -> list[Reading]:
+        """Readings with seq > after_seq in seq order, at most `limit`; raise `UnknownBox`."""
+        ...
+
+    def list_boxes(self) -> list[Box]:
+        """Every enrolled box, ordered by box id."""
+        ...
+
+    def count_boxes(self) -> int:
+        """How many boxes are enrolled."""
+        ...
+
+    def get_box(self, box_id: str) -> Box | None:
+        """One box, or None."""
+        ...
+
+    def set_box_status(self, box_id: str, online: bool, ts: float) -> None:
+        """Record the box's reported online state and its timestamp `ts`. Raises `UnknownBox`.
+
+        Reports are applied in arrival order, NOT by `ts`: the broker keeps per-topic order, and
+        an MQTT last will ("offline") carries the timestamp of the connect, older than the
+        "online" report that followed it, so ordering by `ts` would keep dead boxes online."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's resources; later calls raise `StoreError`."""
+        ...

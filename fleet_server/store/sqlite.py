@@ -1,0 +1,251 @@
+"""The embedded default `Store`: one SQLite file through sqlite-utils.
+
+One connection, guarded by a lock (the API calls in from threadpool threads), WAL journal with
+synchronous=FULL: a batch the server has acknowledged is on disk, because the box deletes it from
+its own buffer on that acknowledgement. sqlite3 errors become `StoreError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from agent.reading import Quality, Reading, RecordClass
+from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
+from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
+from fleet_server.store.sqlite_schema import migrate
+
+__all__ = ["SqliteStore"]
+
+_BOX_COLUMNS = (
+    "box_id, hardware, site, agent_version, tags, enrolled_at, last_seen, max_seq, online, status_ts"
+)
+_READING_COLUMNS = "seq, ts, device, point, value, unit, quality, cls, text"
+_MAX_INT = 2**63 - 1  # SQLite INTEGER range
+# Only the (box_id, seq) key conflict is a duplicate; unlike INSERT OR IGNORE, this does not also
+# swallow NOT NULL violations (which would then be miscounted as duplicates).
+_INSERT_READING = (
+    "INSERT INTO readings (box_id, seq, ts, device, point, value, unit, quality, cls, text)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id, seq) DO NOTHING"
+)
+
+
+class SqliteStore:
+    """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open fleet database {self.path!r}: {exc}") from exc
+        try:
+            self._db = Database(conn, execute_plugins=False)
+            if self.path != ":memory:":
+                self._db.enable_wal()
+            conn.execute("PRAGMA synchronous=FULL")
+            self.migrations_applied = migrate(self._db)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
+        self._closed = False
+
+    @contextmanager
+    def _conn(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The single boundary: lock, optional transaction, sqlite3 errors -> StoreError."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"fleet database {self.path!r} is closed")
+            try:
+                if write:
+                    with self._db.atomic():
+                        yield self._db.conn
+                else:
+                    yield self._db.conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"fleet database {self.path!r}: {exc}") from exc
+
+    # -- enrollment ------------------------------------------------------------------------
+
+    def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str = "") -> str:
+        if not isinstance(ttl_s, (int, float)) or isinstance(ttl_s, bool) or not ttl_s > 0:
+            raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
+        if not isinstance(max_uses, int) or isinstance(max_uses, bool) or max_uses < 1:
+            raise ValueError(f"max_uses must be a positive integer, got {max_uses!r}")
+        token = new_secret()
+        now = self._clock()
+        with self._conn(write=True) as conn:
+            conn.execute(
+                "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, max_uses, uses, note)"
+                " VALUES (?, ?, ?, ?, 0, ?)",
+                (hash_secret(token), now, now + float(ttl_s), max_uses, note),
+            )
+        return token
+
+    def enroll(
+        self, token: str, box_id: str, hardware: str, site: str, agent_version: str,
+        tags: Sequence[str],
+    ) -> str:
+        check_box_id(box_id)
+        for name, text in (("hardware", hardware), ("site", site), ("agent_version", agent_version)):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be a string, got {text!r:.80}")
+        if not hardware:
+            raise ValueError("hardware must be a non-empty identity string")
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            raise ValueError(f"tags must be a list of strings, got {tags!r:.80}")
+        credential = new_secret()
+        now = self._clock()
+        with self._conn(write=True) as conn:
+            row = conn.execute(
+                "SELECT expires_at, max_uses, uses FROM enrollment_tokens WHERE token_hash = ?",
+                (hash_secret(token),),
+            ).fetchone()
+            if row is None:
+                raise EnrollmentRefused("unknown_token", "enrollment token is not known to this server")
+            expires_at, max_uses, uses = row
+            if now >= expires_at:
+                raise EnrollmentRefused("expired_token", "enrollment token has expired")
+            if uses >= max_uses:
+                raise EnrollmentRefused(
+                    "token_used_up", f"enrollment token has been used {uses} of {max_uses} times"
+                )
+            existing = conn.execute(
+                "SELECT hardware FROM boxes WHERE box_id = ?", (box_id,)
+            ).fetchone()
+            if existing is not None and existing[0] != hardware:
+                raise BoxIdTaken(box_id)
+            conn.execute(
+                "UPDATE enrollment_tokens SET uses = uses + 1 WHERE token_hash = ?",
+                (hash_secret(token),),
+            )
+            values = (hardware, site, agent_version, json.dumps(list(tags)), hash_secret(credential))
+            if existing is None:
+                conn.execute(
+                    "INSERT INTO boxes (box_id, hardware, site, agent_version, tags, credential_hash,"
+                    " enrolled_at, max_seq, online) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                    (box_id, *values, now),
+                )
+            else:  # same hardware re-enrolling (reinstalled box): rotate the credential
+                conn.execute(
+                    "UPDATE boxes SET hardware = ?, site = ?, agent_version = ?, tags = ?,"
+                    " credential_hash = ? WHERE box_id = ?",
+                    (*values, box_id),
+                )
+        return credential
+
+    # -- boxes -----------------------------------------------------------------------------
+
+    def box_for_credential(self, credential: str) -> Box | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_BOX_COLUMNS} FROM boxes WHERE credential_hash = ?",
+                (hash_secret(credential),),
+            ).fetchone()
+        return None if row is None else _box(row)
+
+    def get_box(self, box_id: str) -> Box | None:
+        with self._conn() as conn:
+            row = conn.execute(f"SELECT {_BOX_COLUMNS} FROM boxes WHERE box_id = ?", (box_id,)).fetchone()
+        return None if row is None else _box(row)
+
+    def list_boxes(self) -> list[Box]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {_BOX_COLUMNS} FROM boxes ORDER BY box_id").fetchall()
+        return [_box(row) for row in rows]
+
+    def count_boxes(self) -> int:
+        with self._conn() as conn:
+            return int(conn.execute("SELECT count(*) FROM boxes").fetchone()[0])
+
+    def set_box_status(self, box_id: str, online: bool, ts: float) -> None:
+        now = self._clock()
+        with self._conn(write=True) as conn:
+            cursor = conn.execute(
+                "UPDATE boxes SET online = ?, status_ts = ?, last_seen = ? WHERE box_id = ?",
+                (int(online), ts, now, box_id),
+            )
+            if not cursor.rowcount:
+                raise UnknownBox(box_id)
+
+    # -- readings --------------------------------------------------------------------------
+
+    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
+        params = [
+            (box_id, r.seq, r.ts, r.device, r.point, r.value, r.unit, int(r.quality), r.cls.value, r.text)
+            for r in rows
+        ]
+        batch_max = 0
+        for p in params:
+            seq, quality = p[1], p[7]
+            if seq is None or not 1 <= seq <= _MAX_INT:
+                raise ValueError(f"every reading needs a seq in 1..2**63-1 to be stored, got {seq!r}")
+            if not 0 <= quality <= _MAX_INT:
+                raise ValueError(f"quality must fit in 63 bits, got {quality!r}")
+            batch_max = max(batch_max, seq)
+        now = self._clock()
+        with self._conn(write=True) as conn:
+            if conn.execute("SELECT 1 FROM boxes WHERE box_id = ?", (box_id,)).fetchone() is None:
+                raise UnknownBox(box_id)
+            accepted = conn.executemany(_INSERT_READING, params).rowcount if params else 0
+            conn.execute(
+                "UPDATE boxes SET max_seq = max(max_seq, ?), last_seen = ? WHERE box_id = ?",
+                (batch_max, now, box_id),
+            )
+            max_seq = conn.execute("SELECT max_seq FROM boxes WHERE box_id = ?", (box_id,)).fetchone()[0]
+        return IngestResult(accepted=accepted, duplicates=len(params) - accepted, max_seq=int(max_seq))
+
+    def readings(
+        self, box_id: str, after_seq: int = 0, limit: int = 1000,
+        device: str | None = None, point: str | None = None,
+    ) -> list[Reading]:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        sql = f"SELECT {_READING_COLUMNS} FROM readings WHERE box_id = ? AND seq > ?"
+        args: list[Any] = [box_id, after_seq]
+        if device is not None:
+            sql += " AND device = ?"
+            args.append(device)
+        if point is not None:
+            sql += " AND point = ?"
+            args.append(point)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        with self._conn() as conn:
+            if conn.execute("SELECT 1 FROM boxes WHERE box_id = ?", (box_id,)).fetchone() is None:
+                raise UnknownBox(box_id)
+            rows = conn.execute(sql, args).fetchall()
+        return [_reading(row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+
+def _box(row: tuple[Any, ...]) -> Box:
+    box_id, hardware, site, agent_version, tags, enrolled_at, last_seen, max_seq, online, status_ts = row
+    return Box(
+        box_id=box_id, hardware=hardware, site=site, agent_version=agent_version,
+        tags=tuple(json.loads(tags)), enrolled_at=enrolled_at, last_seen=last_seen,
+        max_seq=int(max_seq), online=bool(online), status_ts=status_ts,
+    )
+
+
+def _reading(row: tuple[Any, ...]) -> Reading:
+    seq, ts, device, point, value, unit, quality, cls, text = row
+    return Reading(
+        device=device, point=point, value=value, unit=unit, ts=ts, quality=Quality(quality),
+        cls=RecordClass(cls), text=text, seq=seq,
+    )
