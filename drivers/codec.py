@@ -1,0 +1,212 @@
+"""Modbus register codec: pure functions from registers to numbers and back, and read planning.
+
+No I/O here, so every rule is testable without a socket.
+
+Byte orders. A 32-bit value has big-endian bytes A B C D (A most significant). Devices put them on
+the wire as registers (each register is two bytes, high byte first):
+
+    ABCD  [AB, CD]   big-endian, the Modbus default
+    CDAB  [CD, AB]   word swap ("little-endian words"; DFRobot rain gauge)
+    BADC  [BA, DC]   byte swap inside each word
+    DCBA  [DC, BA]   both: fully little-endian
+
+For 16-bit types only the byte swap matters: BADC/DCBA read a register as [BA].
+
+Invalid markers are compared with the raw integer after byte ordering and before scaling (e.g. a
+WXT530 S16 register holding 32767). For f32 they are compared with the 32-bit pattern; NaN and
+infinities are always reported missing, because a reading never carries a non-finite number.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.reading import Quality
+
+if TYPE_CHECKING:  # PointSpec lives with the profile loader; the codec only reads its fields.
+    from drivers.profile import PointSpec
+
+__all__ = [
+    "MAX_READ_REGISTERS",
+    "RAW_RANGE",
+    "REGISTER_COUNT",
+    "WORD_ORDERS",
+    "ReadBlock",
+    "decode_point",
+    "encode_point",
+    "plan_reads",
+]
+
+REGISTER_COUNT: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
+WORD_ORDERS: tuple[str, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
+# Range of the raw integer of each type; for f32 the range of its 32-bit pattern.
+RAW_RANGE: dict[str, tuple[int, int]] = {
+    "u16": (0, 0xFFFF), "s16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFF_FFFF), "s32": (-0x8000_0000, 0x7FFF_FFFF), "f32": (0, 0xFFFF_FFFF),
+}
+MAX_READ_REGISTERS = 125  # function 03/04 protocol limit
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBlock:
+    """One read request covering one or more points of the same function code."""
+
+    function: int
+    address: int
+    count: int
+    points: tuple[PointSpec, ...]
+
+
+def _wire_to_abcd(wire: bytes, word_order: str) -> bytes:
+    """Reorder the bytes as they came off the wire into most-significant-first order."""
+    if len(wire) == 2:
+        return wire[::-1] if word_order in ("BADC", "DCBA") else wire
+    a, b, c, d = wire
+    if word_order == "ABCD":
+        return bytes((a, b, c, d))
+    if word_order == "CDAB":
+        return bytes((c, d, a, b))
+    if word_order == "BADC":
+        return bytes((b, a, d, c))
+    return bytes((d, c, b, a))  # DCBA
+
+
+def _abcd_to_wire(data: bytes, word_order: str) -> bytes:
+    # Every one of these permutations is its own inverse.
+    return _wire_to_abcd(data, word_order)
+
+
+def _scaled(raw: float, scale: float, offset: float) -> float:
+    # Dividing by an integer divisor keeps decimal values clean (3/10 == 0.3, 3*0.1 != 0.3).
+    divisor = 1.0 / scale
+    if abs(divisor) >= 1 and abs(divisor - round(divisor)) < 1e-9:
+        return raw / round(divisor) + offset
+    return raw * scale + offset
+
+
+def _unscaled(value: float, scale: float, offset: float) -> float:
+    divisor = 1.0 / scale
+    if abs(divisor) >= 1 and abs(divisor - round(divisor)) < 1e-9:
+        return (value - offset) * round(divisor)
+    return (value - offset) / scale
+
+
+def decode_point(spec: PointSpec, regs: Sequence[int]) -> tuple[float | None, Quality]:
+    """Decode one point from exactly its registers.
+
+    Returns (value, Quality.GOOD), (value, Quality.OUT_OF_RANGE) when outside spec.min/max, or
+    (None, Quality.MISSING) for an invalid marker or a non-finite float. Raises ValueError only
+    for a wrong register count or a register outside 0..65535 (a caller bug, not device data).
+    """
+    count = REGISTER_COUNT[spec.type]
+    if len(regs) != count:
+        raise ValueError(f"point {spec.name!r} ({spec.type}) needs {count} register(s), got {len(regs)}")
+    for r in regs:
+        if not isinstance(r, int) or not 0 <= r <= 0xFFFF:
+            raise ValueError(f"point {spec.name!r}: register value must be an int 0..65535, got {r!r}")
+    data = _wire_to_abcd(b"".join(r.to_bytes(2, "big") for r in regs), spec.word_order)
+    if spec.type == "f32":
+        if int.from_bytes(data, "big") in spec.invalid:
+            return None, Quality.MISSING
+        raw: float = struct.unpack(">f", data)[0]
+        if not math.isfinite(raw):
+            return None, Quality.MISSING
+    else:
+        raw = int.from_bytes(data, "big", signed=spec.type.startswith("s"))
+        if raw in spec.invalid:
+            return None, Quality.MISSING
+    value = _scaled(raw, spec.scale, spec.offset)
+    if not math.isfinite(value):  # an f32 near its limit times a large scale
+        return None, Quality.MISSING
+    if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+        return value, Quality.OUT_OF_RANGE
+    return value, Quality.GOOD
+
+
+def encode_point(spec: PointSpec, value: float | None) -> list[int]:
+    """Encode a value into the point's registers, the exact inverse of decode_point.
+
+    None encodes the point's first invalid marker (how a device says "no value"). Raises
+    ValueError naming the point when the value does not fit the type or would encode to an
+    invalid marker (it would read back as missing).
+    """
+    if value is None:
+        if not spec.invalid:
+            raise ValueError(f"point {spec.name!r} has no invalid marker to encode a missing value")
+        lo, _ = RAW_RANGE[spec.type]
+        marker = spec.invalid[0]
+        if spec.type == "f32":
+            data = marker.to_bytes(4, "big")
+        else:
+            data = marker.to_bytes(REGISTER_COUNT[spec.type] * 2, "big", signed=lo < 0)
+    else:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"point {spec.name!r}: value must be a finite number, got {value!r}")
+        raw_f = _unscaled(float(value), spec.scale, spec.offset)
+        if spec.type == "f32":
+            try:
+                data = struct.pack(">f", raw_f)
+            except OverflowError:
+                raise ValueError(f"point {spec.name!r}: {value!r} does not fit a 32-bit float") from None
+            if int.from_bytes(data, "big") in spec.invalid:
+                raise ValueError(f"point {spec.name!r}: {value!r} encodes to an invalid marker")
+        else:
+            raw = round(raw_f)
+            lo, hi = RAW_RANGE[spec.type]
+            if not lo <= raw <= hi:
+                raise ValueError(
+                    f"point {spec.name!r}: {value!r} is raw {raw}, outside {spec.type} range {lo}..{hi}"
+                )
+            if raw in spec.invalid:
+                raise ValueError(f"point {spec.name!r}: {value!r} encodes to the invalid marker {raw}")
+            data = raw.to_bytes(REGISTER_COUNT[spec.type] * 2, "big", signed=lo < 0)
+    wire = _abcd_to_wire(data, spec.word_order)
+    return [int.from_bytes(wire[i:i + 2], "big") for i in range(0, len(wire), 2)]
+
+
+def plan_reads(
+    points: Sequence[PointSpec], max_registers: int = MAX_READ_REGISTERS, max_gap: int = 8
+) -> list[ReadBlock]:
+    """Coalesce points into as few read requests as the rules allow.
+
+    Points of the same function code share a request when the registers between them number at
+    most `max_gap` (those gap registers are read and ignored) and the request stays within
+    `max_registers`. Blocks come out ordered by function, then address; every point is in
+    exactly one block. Raises ValueError for bad limits or a point named twice.
+    """
+    if not isinstance(max_registers, int) or not 1 <= max_registers <= MAX_READ_REGISTERS:
+        raise ValueError(f"max_registers must be 1..{MAX_READ_REGISTERS}, got {max_registers!r}")
+    if not isinstance(max_gap, int) or max_gap < 0:
+        raise ValueError(f"max_gap must be a non-negative int, got {max_gap!r}")
+    seen: set[str] = set()
+    for p in points:
+        if p.name in seen:
+            raise ValueError(f"point {p.name!r} is listed twice")
+        seen.add(p.name)
+        if REGISTER_COUNT[p.type] > max_registers:
+            raise ValueError(f"point {p.name!r} needs {REGISTER_COUNT[p.type]} registers > max_registers")
+    ordered = sorted(points, key=lambda p: (p.function, p.address, p.name))
+    blocks: list[ReadBlock] = []
+    current: list[PointSpec] = []
+    start = end = 0  # end is exclusive
+    for p in ordered:
+        p_end = p.address + REGISTER_COUNT[p.type]
+        if (
+            current
+            and p.function == current[0].function
+            and p.address - end <= max_gap
+            and max(end, p_end) - start <= max_registers
+        ):
+            current.append(p)
+            end = max(end, p_end)
+            continue
+        if current:
+            blocks.append(ReadBlock(current[0].function, start, end - start, tuple(current)))
+        current, start, end = [p], p.address, p_end
+    if current:
+        blocks.append(ReadBlock(current[0].function, start, end - start, tuple(current)))
+    return blocks
