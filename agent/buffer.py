@@ -5,7 +5,8 @@ Guarantees
   (WAL + synchronous=FULL: the WAL is fsynced at every commit). A reading that was acknowledged
   survives kill -9 and power loss.
 - Sequence numbers are per box, assigned at commit, strictly increasing, never reused (the next
-  seq is kept in the same transaction as the rows).
+  seq is kept in the same transaction as the rows). A new buffer file starts at its creation time
+  in microseconds, so a wiped disk does not restart at 1 and collide with what was already sent.
 - Delivery order is seq order; rows leave the buffer only when `ack(upto)` is called after the
   uplink confirmed them (at-least-once; the fleet server deduplicates by (box, seq)).
 
@@ -14,9 +15,11 @@ takes whatever appends are queued (up to `commit_max_rows`, waiting at most `com
 for more) and commits them in one transaction, so one fsync covers many callers and the event
 loop never blocks on disk. Reads for the drain use a second connection, also off the loop.
 
-Disk cap (a hard cap, not a row estimate): the database may not grow beyond `max_bytes` minus
-the WAL allowance (`PRAGMA max_page_count`), and the WAL is truncated back to its allowance after
-checkpoints (`journal_size_limit`). Eviction policy when the cap is near:
+Disk cap (a hard cap, not a row estimate): the database file may not grow beyond `max_bytes`
+minus the WAL allowance (`PRAGMA max_page_count`: SQLite itself refuses the page), and the writer
+checkpoints and truncates the WAL whenever it passes half its allowance. Group commits are
+limited to a quarter of the allowance, so the WAL stays inside it even when a reader defers one
+checkpoint. (A single append larger than that still commits atomically, and may overshoot by itself.) Eviction policy when the cap is near:
     1. oldest ROUTINE readings first;
     2. then oldest EVENT records;
     3. ALARM records only when nothing else is left.
@@ -68,6 +71,9 @@ CREATE TABLE IF NOT EXISTS drops (
 _INSERT = "INSERT INTO readings (seq, ts, device, point, value, unit, quality, cls, text) VALUES (?,?,?,?,?,?,?,?,?)"
 
 
+MIN_MAX_BYTES = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class BufferSettings:
     path: Path
@@ -79,8 +85,8 @@ class BufferSettings:
     page_size: int = 4096
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 256 * 1024:
-            raise ValueError(f"buffer max_bytes must be at least 262144 (256 KiB), got {self.max_bytes}")
+        if self.max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"buffer max_bytes must be at least {MIN_MAX_BYTES} (1 MiB), got {self.max_bytes}")
         if self.ttl_s <= 0 or self.alarm_ttl_s <= 0:
             raise ValueError("buffer ttl_s and alarm_ttl_s must be positive")
         if self.commit_max_rows < 1 or self.commit_max_delay_s < 0:
@@ -88,7 +94,15 @@ class BufferSettings:
 
     @property
     def wal_allowance(self) -> int:
-        return max(64 * 1024, min(self.max_bytes // 10, 16 * 1024 * 1024))
+        """The WAL's share of the cap: 10 % (at least 256 KiB, at most 16 MiB)."""
+        return max(256 * 1024, min(self.max_bytes // 10, 16 * 1024 * 1024))
+
+    @property
+    def rows_per_commit(self) -> int:
+        """Group-commit size: configured, but never more than a quarter of the WAL allowance
+        (~128 bytes a row with its pages), so a commit, even behind a deferred checkpoint,
+        stays inside the cap."""
+        return max(1, min(self.commit_max_rows, self.wal_allowance // 4 // 128))
 
     @property
     def max_pages(self) -> int:
@@ -182,6 +196,7 @@ class DurableBuffer:
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA max_page_count={self.settings.max_pages}")
             db.execute(f"PRAGMA journal_size_limit={self.settings.wal_allowance}")
+            db.execute(f"PRAGMA wal_autocheckpoint={max(16, self.settings.wal_allowance // self.settings.page_size)}")
             db.execute("PRAGMA busy_timeout=5000")
             return db
         except sqlite3.Error as exc:
@@ -270,7 +285,13 @@ class DurableBuffer:
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             max_row = db.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
-            self._next_seq = max(row[0] if row else 1, max_row + 1)
+            if row is None and max_row == 0:
+                # A brand-new buffer (first boot, or a wiped/replaced disk) starts its seqs at the
+                # creation time in microseconds, so they land above anything an earlier buffer of
+                # this box sent: the fleet server's (box, seq) dedup never mistakes them for resends.
+                row = (max(1, int(time.time() * 1_000_000)),)
+                db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?)", row)
+            self._next_seq = max(row[0], max_row + 1)
             self._depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             self._drops = {(r[0], r[1]): r[2] for r in db.execute("SELECT reason, cls, count FROM drops")}
             self._refresh_used(db)
@@ -296,7 +317,7 @@ class DurableBuffer:
                 batch.append(op)
             rows = len(op.arg) if op is not None and op.kind == "append" else 0
             deadline = time.monotonic() + s.commit_max_delay_s
-            while rows < s.commit_max_rows and not stopping:
+            while rows < s.rows_per_commit and not stopping:
                 try:
                     nxt = self._ops.get_nowait() if s.commit_max_delay_s == 0 else self._ops.get(
                         timeout=max(0.0, deadline - time.monotonic()))
@@ -330,6 +351,7 @@ class DurableBuffer:
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
             log.error("buffer commit failed: %s", err)
             results = [(op, None, err) for op in batch]
+        self._bound_wal(db)
         self._refresh_used(db)
         self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
 
@@ -407,6 +429,7 @@ class DurableBuffer:
             _rollback(db)
             raise
         self._depth -= done
+        self._bound_wal(db)
         return done
 
     def _delete_acked(self, db: sqlite3.Connection, upto: int) -> None:
@@ -436,6 +459,18 @@ class DurableBuffer:
         if self._on_drop is not None:
             self._on_drop(reason, cls, n)
         log.warning("buffer dropped %d %s readings (%s)", n, cls, reason)
+
+    def _bound_wal(self, db: sqlite3.Connection) -> None:
+        """Keep the WAL inside its share of the cap: checkpoint and truncate it once it passes half."""
+        try:
+            wal = os.path.getsize(str(self.settings.path) + "-wal")
+        except OSError:
+            return
+        if wal > self.settings.wal_allowance // 2:
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # a busy reader: the next commit tries again
+                log.debug("WAL checkpoint deferred: %s", exc)
 
     def _refresh_used(self, db: sqlite3.Connection) -> None:
         page_count, free = _pages(db)

@@ -34,6 +34,10 @@ def _fail(exc: BaseException, code: int = 2) -> None:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pymodbus logs every timeout at ERROR with frame dumps; our DriverErrors carry the detail and
+    # the scheduler logs state changes once each way.
+    if not verbose:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 # --- agent ---------------------------------------------------------------------------------------
@@ -124,9 +128,12 @@ def _fleet_app() -> typer.Typer:
 
         _setup_logging(verbose)
         db.parent.mkdir(parents=True, exist_ok=True)
-        settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
-                                  mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix)
-        serve_fleet(settings)
+        try:
+            settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
+                                      mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix)
+            serve_fleet(settings)
+        except QuanedgeError as exc:
+            _fail(exc)
 
     @app.command("token")
     def token(server: str = typer.Option("http://127.0.0.1:8080"),
@@ -219,11 +226,16 @@ def _lazy_groups() -> dict[str, Callable[[], typer.Typer]]:
     return groups
 
 
+def _root() -> None:
+    """Quanedge: edge agent and fleet manager for city devices."""
+
+
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The root app; only the sub-app named in argv is imported (all of them for --help)."""
     argv = sys.argv[1:] if argv is None else argv
     app = typer.Typer(help="Quanedge: edge agent and fleet manager for city devices.", no_args_is_help=True,
                       add_completion=False)
+    app.callback()(_root)  # keeps `quanedge` a group even when only one sub-command is loaded
     app.command("demo")(_demo)
     wanted = argv[0] if argv and not argv[0].startswith("-") else None
     for name, make in _lazy_groups().items():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent._compat import tomllib
-from agent.buffer import BufferSettings
+from agent.buffer import MIN_MAX_BYTES, BufferSettings
 from agent.config_reader import NAME_RE, Table, parse_size
 from agent.errors import ConfigError
 
@@ -161,8 +161,8 @@ def _box(t: Table, base_dir: Path) -> BoxConfig:
 def _buffer(t: Table | None, box: BoxConfig, file: str) -> BufferSettings:
     t = t or Table({}, file, "buffer")
     max_bytes = parse_size(t, "max_bytes", 256 * 1024 * 1024)
-    if max_bytes < 256 * 1024:
-        raise t.error("max_bytes", "too small for a buffer", max_bytes, "at least 256KiB")
+    if max_bytes < MIN_MAX_BYTES:
+        raise t.error("max_bytes", "too small for a buffer", max_bytes, "at least 1MiB")
     settings = BufferSettings(
         path=box.data_dir / "buffer.db",
         max_bytes=max_bytes,

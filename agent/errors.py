@@ -17,7 +17,10 @@ so the rest of the agent never catches a third-party exception type.
     ├── UplinkError            forwarding failed; the records stay in the buffer
     │   ├── UplinkUnavailable  transient: broker/server unreachable, timeout; retry with backoff
     │   └── UplinkRejected     the far side refused the batch (bad credential, malformed); not retried blindly
-    └── EnrollmentError        enrollment with the fleet server failed
+    ├── EnrollmentError        enrollment with the fleet server failed
+    ├── UpdateRejected         agent.updater.verify: an update failed verification (reason_code says why)
+    ├── ManifestError          firmware_manifests: update repository tooling errors
+    └── FleetError             fleet_server.errors: the server's own tree (store, auth, payloads)
 """
 
 from __future__ import annotations

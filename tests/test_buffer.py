@@ -41,17 +41,18 @@ async def test_append_assigns_increasing_seqs_and_round_trips(tmp_path: Path) ->
     async with DurableBuffer(BufferSettings(tmp_path / "b.db")) as buf:
         a = await buf.append([reading(0), reading(1)])
         b = await buf.append([Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}')])
-        assert (a.first_seq, a.last_seq, b.first_seq, b.last_seq) == (1, 2, 3, 3)
+        s0 = a.first_seq
+        assert (a.last_seq, b.first_seq, b.last_seq) == (s0 + 1, s0 + 2, s0 + 2)
         rows = await buf.peek(10)
-        assert [r.seq for r in rows] == [1, 2, 3]
-        assert rows[2] == Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}', 3)
+        assert [r.seq for r in rows] == [s0, s0 + 1, s0 + 2]
+        assert rows[2] == Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}', s0 + 2)
 
 
 async def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None:
     async with DurableBuffer(BufferSettings(tmp_path / "b.db", commit_max_delay_s=0.005)) as buf:
         results = await asyncio.gather(*[buf.append([reading(i * 10 + k) for k in range(10)]) for i in range(200)])
         seqs = sorted((r.first_seq, r.last_seq) for r in results)
-        assert seqs[0][0] == 1 and seqs[-1][1] == 2000
+        assert seqs[-1][1] - seqs[0][0] == 1999
         assert all(b[0] == a[1] + 1 for a, b in zip(seqs, seqs[1:]))  # contiguous, no overlap
         assert len(await drain_all(buf)) == 2000
 
@@ -59,35 +60,44 @@ async def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -
 async def test_seqs_never_reused_after_everything_was_acked_and_reopened(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     async with DurableBuffer(BufferSettings(path)) as buf:
-        await buf.append([reading(i) for i in range(5)])
+        first = await buf.append([reading(i) for i in range(5)])
         await drain_all(buf)
-        await buf.ack(5, wait=True)
+        await buf.ack(first.last_seq, wait=True)
         assert buf.stats()["depth"] == 0
     async with DurableBuffer(BufferSettings(path)) as buf:
         r = await buf.append([reading(9)])
-        assert r.first_seq == 6
+        assert r.first_seq == first.last_seq + 1
+
+
+async def test_a_new_buffer_file_starts_above_what_a_wiped_one_sent(tmp_path: Path) -> None:
+    """A replaced SD card must not restart at seq 1: the server would drop the new readings as resends."""
+    async with DurableBuffer(BufferSettings(tmp_path / "old.db")) as buf:
+        old = await buf.append([reading(i) for i in range(1000)])
+    async with DurableBuffer(BufferSettings(tmp_path / "new.db")) as buf:
+        new = await buf.append([reading(0)])
+    assert new.first_seq > old.last_seq
 
 
 async def test_unacked_rows_are_resent_after_restart(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     async with DurableBuffer(BufferSettings(path)) as buf:
-        await buf.append([reading(i) for i in range(10)])
+        r = await buf.append([reading(i) for i in range(10)])
         first = await buf.peek(4)
         buf.mark_handed_out(first[-1].seq)          # sent, but the uplink never confirmed
     async with DurableBuffer(BufferSettings(path)) as buf:
-        assert [r.seq for r in await buf.peek(100)] == list(range(1, 11))
+        assert [x.seq for x in await buf.peek(100)] == list(range(r.first_seq, r.last_seq + 1))
 
 
 async def test_rewind_after_uplink_failure_resends_from_oldest_unacked(tmp_path: Path) -> None:
     async with DurableBuffer(BufferSettings(tmp_path / "b.db")) as buf:
-        await buf.append([reading(i) for i in range(10)])
+        s0 = (await buf.append([reading(i) for i in range(10)])).first_seq - 1
         a = await buf.peek(3)
         await buf.ack(a[-1].seq)
         b = await buf.peek(3)
         buf.mark_handed_out(b[-1].seq)
-        assert [r.seq for r in await buf.peek(3)] == [7, 8, 9]
+        assert [r.seq - s0 for r in await buf.peek(3)] == [7, 8, 9]
         buf.rewind()
-        assert [r.seq for r in await buf.peek(3)] == [4, 5, 6]
+        assert [r.seq - s0 for r in await buf.peek(3)] == [4, 5, 6]
 
 
 async def test_closed_buffer_refuses_appends(tmp_path: Path) -> None:
@@ -127,21 +137,21 @@ async def test_disk_cap_evicts_oldest_routine_first_and_keeps_alarms(tmp_path: P
 
 
 async def test_alarms_go_last_when_nothing_else_is_left(tmp_path: Path) -> None:
-    async with DurableBuffer(BufferSettings(tmp_path / "b.db", max_bytes=300 * 1024)) as buf:
-        for i in range(60):
-            await buf.append([reading(i * 100 + k, RecordClass.ALARM) for k in range(100)])
+    async with DurableBuffer(BufferSettings(tmp_path / "b.db", max_bytes=1024 * 1024)) as buf:
+        for i in range(150):
+            last = await buf.append([reading(i * 100 + k, RecordClass.ALARM) for k in range(100)])
         assert buf.stats()["dropped"].get(("disk_cap", "alarm"), 0) > 0
         rows = await drain_all(buf)
-        assert rows[-1].seq == 6000  # the newest alarms are the ones kept
+        assert rows[-1].seq == last.last_seq  # the newest alarms are the ones kept
 
 
 async def test_ttl_expiry_runs_per_class(tmp_path: Path) -> None:
     now = time.time()
     async with DurableBuffer(BufferSettings(tmp_path / "b.db", ttl_s=3600, alarm_ttl_s=86400)) as buf:
-        await buf.append([reading(1, ts=now - 7200), reading(2, RecordClass.ALARM, ts=now - 7200),
-                          reading(3, RecordClass.EVENT, ts=now - 7200), reading(4, ts=now)])
+        r = await buf.append([reading(1, ts=now - 7200), reading(2, RecordClass.ALARM, ts=now - 7200),
+                              reading(3, RecordClass.EVENT, ts=now - 7200), reading(4, ts=now)])
         assert await buf.expire(now) == 2
-        assert [r.seq for r in await buf.peek(10)] == [2, 4]
+        assert [x.seq - r.first_seq for x in await buf.peek(10)] == [1, 3]
         assert buf.stats()["dropped"] == {("ttl", "routine"): 1, ("ttl", "event"): 1}
         assert await buf.expire(now + 2 * 86400) == 2
 
@@ -164,7 +174,7 @@ def test_model_based_buffer_matches_a_simple_list(tmp_path_factory: pytest.TempP
 
     async def run() -> None:
         model: list[Reading] = []
-        next_seq = 1
+        next_seq: int | None = None
         buf = DurableBuffer(BufferSettings(path))
         await buf.open()
         try:
@@ -172,6 +182,7 @@ def test_model_based_buffer_matches_a_simple_list(tmp_path_factory: pytest.TempP
                 if op[0] == "append":
                     batch = [Reading(f"d{k}", "p", float(k), "u", 1.0 + k, Quality.GOOD, op[2]) for k in range(op[1])]
                     r = await buf.append(batch)
+                    next_seq = r.first_seq if next_seq is None else next_seq
                     assert r.first_seq == next_seq
                     model.extend(b.with_seq(next_seq + i) for i, b in enumerate(batch))
                     next_seq += len(batch)
@@ -221,7 +232,7 @@ def test_kill9_never_loses_an_acknowledged_reading(tmp_path: Path) -> None:
     assert acked, "the writer never acknowledged anything"
     conn = sqlite3.connect(db)
     stored = [r[0] for r in conn.execute("SELECT seq FROM readings ORDER BY seq")]
-    assert stored == list(range(1, len(stored) + 1))  # no gaps, no reuse across 8 crashes
+    assert stored == list(range(stored[0], stored[0] + len(stored)))  # no gaps, no reuse across 8 crashes
     assert max(last for _, last in acked) <= stored[-1]
     stored_set = set(stored)
     for first, last in acked:

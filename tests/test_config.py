@@ -83,7 +83,7 @@ BAD = [
     # (replace this, with this, key named, words expected in the message)
     ('id = "pole-0017"', 'id = "pole 17!"', "box.id", "1-64 chars"),
     ('max_bytes = "64MB"', 'max_bytes = "lots"', "buffer.max_bytes", "256MB"),
-    ('max_bytes = "64MB"', 'max_bytes = 1000', "buffer.max_bytes", "256KiB"),
+    ('max_bytes = "64MB"', 'max_bytes = 1000', "buffer.max_bytes", "at least 1MiB"),
     ('kind = "mqtt"', 'kind = "carrier-pigeon"', "uplink.kind", "one of http, mqtt"),
     ("port = 1883", "port = 70000", "uplink.mqtt.port", "from 1 to 65535"),
     ('listen = "127.0.0.1:0"', 'listen = "nowhere"', "health.listen", "HOST:PORT"),
@@ -91,7 +91,7 @@ BAD = [
     ('kind = "rtu"', 'kind = "rs232"', "bus[0].kind", "one of rtu, tcp"),
     ('bus = "rs485-1"', 'bus = "rs485-9"', "device[0].bus", "one of gw, rs485-1"),
     ("unit = 1\npoll_s = 2", "unit = 300\npoll_s = 2", "device[0].unit", "from 1 to 247"),
-    ("poll_s = 2", "poll_s = -1", "device[0].poll_s", ">= 0.01"),
+    ("poll_s = 2", "poll_s = -1", "device[0].poll_s", "from 0.01 to 86400"),
     ("poll_s = 2", "poll_s = 2\npoll_ms = 5", "device[0].poll_ms", "unknown key"),
     ('name = "wxt-2"', 'name = "wxt-1"', "device[1].name", "duplicate device name"),
 ]
