@@ -1,0 +1,1 @@
+"""A small signed example repository (``repo/``) and the script that generates it."""
