@@ -1,0 +1,191 @@
+"""Access controller client, Hikvision ISAPI style, over httpx (digest auth by default).
+
+Commands (PUT /ISAPI/AccessControl/RemoteControl/door/<n>, body
+``<RemoteControlDoor><cmd>open</cmd></RemoteControlDoor>``): open, close, always_open,
+always_close, resume - each refused unless listed in `allowed_commands` (holding a door open is a
+security decision, so only "open" is allowed by default).
+
+read() polls GET /ISAPI/AccessControl/AcsWorkStatus?format=json: door<n>_lock (doorLockStatus),
+door<n>_state (doorStatus: 1 sleep, 2 remain open, 3 remain closed, 4 normal), door<n>_magnet.
+
+Events (card, face, remote open) are pushed by the controller to our listener (`listen_port`) as
+AccessControllerEvent JSON; each becomes an ALARM Reading for `on_event`, its codes decoded to names.
+
+httpx errors are mapped here, at one boundary: timeouts -> DeviceTimeout, transport errors ->
+LinkError, a refusal (HTTP 4xx/5xx or ResponseStatus statusCode != 1) -> DeviceException,
+an unreadable body -> FrameError.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import httpx
+
+from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from agent.reading import Quality, Reading, RecordClass
+from drivers import gates
+from drivers.tinyhttp import HttpServer, Request, Response
+
+__all__ = ["AccessControllerSettings", "AccessControllerDriver"]
+
+_STATUS_KEYS = {"lock": "doorLockStatus", "state": "doorStatus", "magnet": "magneticStatus"}
+
+
+@dataclass(frozen=True, slots=True)
+class AccessControllerSettings:
+    base_url: str
+    username: str
+    password: str
+    doors: tuple[int, ...] = (1,)
+    auth: str = "digest"                      # "digest" (Hikvision default) or "basic"
+    timeout_s: float = 3.0
+    allowed_commands: frozenset[str] = frozenset({"open"})
+    listen_host: str = "0.0.0.0"
+    listen_port: int | None = None            # None: no event listener
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if not self.username:
+            raise ValueError("username must be set")
+        if self.auth not in ("digest", "basic"):
+            raise ValueError(f"auth must be 'digest' or 'basic', got {self.auth!r}")
+        if not self.doors or any(not isinstance(d, int) or not 1 <= d <= 64 for d in self.doors):
+            raise ValueError(f"doors must hold door numbers 1..64, got {self.doors}")
+        unknown = set(self.allowed_commands) - set(gates.DOOR_COMMANDS)
+        if unknown:
+            raise ValueError(f"allowed_commands holds unknown commands {sorted(unknown)}; known: {sorted(gates.DOOR_COMMANDS)}")
+        if not 0 < self.timeout_s <= 60:
+            raise ValueError(f"timeout_s must be in (0, 60], got {self.timeout_s}")
+        if self.listen_port is not None and not 0 <= self.listen_port < 65536:
+            raise ValueError(f"listen_port must be 0..65535, got {self.listen_port}")
+
+
+class AccessControllerDriver:
+    def __init__(self, name: str, settings: AccessControllerSettings, *,
+                 on_event: Callable[[Reading], None] | None = None, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.on_event = on_event
+        self._clock = clock
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._listener: HttpServer | None = None
+        self.listen_port: int | None = None
+        self.events = 0
+        self._seen: OrderedDict[int, None] = OrderedDict()   # event serial numbers already taken
+
+    async def open(self) -> None:
+        s = self.settings
+        auth = (httpx.DigestAuth if s.auth == "digest" else httpx.BasicAuth)(s.username, s.password)
+        self._client = httpx.AsyncClient(base_url=s.base_url, auth=auth, timeout=s.timeout_s, transport=self._transport)
+        if s.listen_port is not None:
+            self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}")
+            try:
+                await self._listener.start(s.listen_host, s.listen_port)
+            except OSError as exc:
+                await self._client.aclose()
+                raise LinkError(f"{self.name}: cannot listen for events on port {s.listen_port}: {exc}") from exc
+            self.listen_port = self._listener.port
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        if self._client is not None:
+            try:
+                await self._client.aclose()
+            except (httpx.HTTPError, OSError):
+                pass
+            self._client = None
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self._client is None:
+            raise LinkError(f"{self.name}: not open")
+        try:
+            resp = await self._client.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise DeviceTimeout(f"{self.name}: {method} {path}: no answer within {self.settings.timeout_s}s") from exc
+        except httpx.HTTPError as exc:  # connect refused, reset, protocol errors
+            raise LinkError(f"{self.name}: {method} {path}: {exc!r}") from exc
+        if resp.status_code == 401:
+            raise DeviceException(f"{self.name}: {method} {path}: authentication refused", 401)
+        if resp.status_code >= 400:
+            try:
+                code, text, sub = gates.parse_response_status(resp.content)
+                detail = f"{text} ({sub})"
+            except FrameError:
+                code, detail = resp.status_code, resp.reason_phrase
+            raise DeviceException(f"{self.name}: {method} {path}: HTTP {resp.status_code}: {detail}", code)
+        return resp
+
+    # --- Driver protocol ---------------------------------------------------------------------
+    async def read(self, points: Sequence[str] | None = None) -> list[Reading]:
+        wanted = list(points) if points is not None else [
+            f"door{d}_{k}" for d in self.settings.doors for k in _STATUS_KEYS]
+        specs = []
+        for point in wanted:
+            door, _, kind = point.removeprefix("door").partition("_")
+            if kind not in _STATUS_KEYS or not door.isdigit() or not point.startswith("door"):
+                raise CommandRefused(f"{self.name}: unknown point {point!r}; expected door<n>_lock/state/magnet")
+            specs.append((point, int(door) - 1, _STATUS_KEYS[kind]))
+        resp = await self._request("GET", "/ISAPI/AccessControl/AcsWorkStatus", params={"format": "json"})
+        try:
+            status = json.loads(resp.content)["AcsWorkStatus"]
+            if not isinstance(status, dict):
+                raise TypeError("AcsWorkStatus is not an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FrameError(f"{self.name}: AcsWorkStatus unreadable: {exc!r}") from None
+        ts = self._clock()
+        out = []
+        for point, i, key in specs:
+            values = status.get(key)
+            if not isinstance(values, list) or not 0 <= i < len(values) or not isinstance(values[i], int):
+                out.append(Reading(self.name, point, None, "", ts, Quality.MISSING, text=f"{key} not reported"))
+            else:
+                out.append(Reading(self.name, point, float(values[i]), "", ts))
+        return out
+
+    async def write(self, command: str, args: Mapping[str, Any]) -> None:
+        if command not in gates.DOOR_COMMANDS:
+            raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(gates.DOOR_COMMANDS)}")
+        if command not in self.settings.allowed_commands:
+            raise CommandRefused(f"{self.name}: {command} is not allowed on this controller")
+        door = args.get("door", self.settings.doors[0])
+        if door not in self.settings.doors or isinstance(door, bool):
+            raise CommandRefused(f"{self.name}: door {door!r} is not one of {self.settings.doors}")
+        path = f"/ISAPI/AccessControl/RemoteControl/door/{door}"
+        resp = await self._request("PUT", path, content=gates.remote_control_xml(gates.DOOR_COMMANDS[command]),
+                                   headers={"Content-Type": "application/xml"})
+        code, text, sub = gates.parse_response_status(resp.content)
+        if code != 1:
+            raise DeviceException(f"{self.name}: {command} door {door} refused: {text} ({sub})", code)
+
+    async def _on_push(self, req: Request) -> Response:
+        if req.method != "POST":
+            return Response(405)
+        try:
+            event = gates.parse_access_event(req.body)
+        except FrameError as exc:
+            return Response(400, gates.compact_json({"error": str(exc)}).encode())
+        ok = b'{"statusCode":1,"statusString":"OK"}'
+        if event.serial_no >= 0 and event.serial_no in self._seen:
+            return Response(200, ok)  # a re-push of an event we already took
+        if self.on_event is not None:
+            text = gates.compact_json({"event": event.name, "major": event.major, "minor": event.minor,
+                                       "card": event.card_no, "door": event.door, "serial": event.serial_no,
+                                       "time": event.time})
+            self.on_event(Reading(self.name, "access_event", 1.0 if event.name in gates.GRANTED else 0.0, "",
+                                  self._clock(), cls=RecordClass.ALARM, text=text))
+        self.events += 1
+        if event.serial_no >= 0:
+            self._seen[event.serial_no] = None
+            while len(self._seen) > 10_000:
+                self._seen.popitem(last=False)
+        return Response(200, ok)

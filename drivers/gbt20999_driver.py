@@ -1,0 +1,295 @@
+"""GB/T 20999-2017 signal controller over TCP: queries, guarded centre commands, reports, heartbeats.
+
+One TCP connection per controller. A reader task (owned by the driver, started in open(),
+cancelled in close()) cuts the stream into frames and routes them: replies to the waiting request
+(matched by sequence number), controller heartbeats (0x70) answered at once with 0x80, and
+unsolicited reports (0x60) turned into EVENT readings for `on_report`.
+
+Points: run_mode, current_plan, current_stage, det<n>_flow / det<n>_occupancy / det<n>_speed,
+plan<p>_cycle / plan<p>_offset / plan<p>_coord_seq. Commands: set_plan {plan}, set_stage {stage},
+set_mode {mode}; each refused unless the value is in the settings' allow-list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+from agent.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
+from agent.reading import Quality, Reading, RecordClass
+from drivers import gbt20999 as g
+
+__all__ = ["GbtSettings", "GbtDriver", "point_item"]
+
+_POINTS: dict[str, tuple[g.ItemId, str]] = {
+    "run_mode": (g.RUN_MODE, ""), "current_plan": (g.CURRENT_PLAN, ""), "current_stage": (g.CURRENT_STAGE, ""),
+}
+_ROWS = re.compile(r"^(det|plan)(\d{1,3})_(flow|occupancy|speed|cycle|offset|coord_seq)$")
+_ROW_ITEMS: dict[tuple[str, str], tuple[g.ItemId, str]] = {
+    ("det", "flow"): (g.DETECTOR_FLOW, "veh"), ("det", "occupancy"): (g.DETECTOR_OCCUPANCY, "%"),
+    ("det", "speed"): (g.DETECTOR_SPEED, "km/h"), ("plan", "cycle"): (g.PLAN_CYCLE, "s"),
+    ("plan", "offset"): (g.PLAN_OFFSET, "s"), ("plan", "coord_seq"): (g.PLAN_COORD_SEQ, ""),
+}
+_COMMANDS = {"set_plan": ("plan", g.ASSIGN_PLAN), "set_stage": ("stage", g.ASSIGN_STAGE),
+             "set_mode": ("mode", g.ASSIGN_MODE)}
+
+
+def point_item(point: str) -> tuple[g.ItemId, int, str]:
+    """(item id, element, unit) for a point name; ValueError for names we do not know."""
+    if point in _POINTS:
+        item, unit = _POINTS[point]
+        return item, 0, unit
+    m = _ROWS.match(point)
+    if m is None or (m.group(1), m.group(3)) not in _ROW_ITEMS or not 1 <= int(m.group(2)) <= 255:
+        raise ValueError(f"unknown GB/T 20999 point {point!r}")
+    item, unit = _ROW_ITEMS[(m.group(1), m.group(3))]
+    return item, int(m.group(2)), unit
+
+
+def _ids(values: Any, what: str) -> frozenset[int]:
+    ids = frozenset(values)
+    if any(not isinstance(v, int) or not 1 <= v <= 255 for v in ids):
+        raise ValueError(f"{what} must hold integers 1..255, got {sorted(ids, key=str)}")
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class GbtSettings:
+    host: str
+    port: int
+    centre: int = 1
+    controller: int = 1
+    road: int = 1
+    timeout_s: float = 2.0
+    heartbeat_s: float = 0.0          # >0: we also send heartbeats (0x70) at this interval
+    detectors: tuple[int, ...] = ()
+    plans: tuple[int, ...] = ()
+    allowed_plans: frozenset[int] = frozenset()   # set_plan guard; empty = refuse every plan
+    allowed_stages: frozenset[int] = frozenset()
+    allowed_modes: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host must be set")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        for name in ("centre", "road"):
+            if not 0 <= getattr(self, name) <= 255:
+                raise ValueError(f"{name} must be 0..255, got {getattr(self, name)}")
+        if not 0 <= self.controller <= 0xFFFFFFFF:
+            raise ValueError(f"controller must be a 32-bit id, got {self.controller}")
+        if not 0 < self.timeout_s <= 60 or self.heartbeat_s < 0:
+            raise ValueError(f"need 0 < timeout_s <= 60 and heartbeat_s >= 0, got {self.timeout_s}, {self.heartbeat_s}")
+        _ids(self.detectors, "detectors"), _ids(self.plans, "plans"), _ids(self.allowed_plans, "allowed_plans")
+        _ids(self.allowed_stages, "allowed_stages")
+        bad = [m for m in self.allowed_modes if m not in g.MODES]
+        if bad:
+            raise ValueError(f"allowed_modes holds unknown mode codes {bad}; known: {sorted(g.MODES)}")
+
+    def default_points(self) -> list[str]:
+        pts = ["run_mode", "current_plan", "current_stage"]
+        pts += [f"det{d}_{k}" for d in self.detectors for k in ("flow", "occupancy", "speed")]
+        return pts + [f"plan{p}_{k}" for p in self.plans for k in ("cycle", "offset")]
+
+
+class GbtDriver:
+    def __init__(
+        self, name: str, settings: GbtSettings, *, on_report: Callable[[Reading], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.on_report = on_report
+        self._clock = clock
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[int, asyncio.Future[g.Frame]] = {}
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._link_error: str | None = None
+        self.bad_frames = 0                 # frames that failed to decode or were not ours
+        self.last_bad_frame: str | None = None
+        self.last_heartbeat: float | None = None
+        self.reports_received = 0
+
+    # --- connection --------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        s = self.settings
+        try:
+            self._reader, self._writer = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), s.timeout_s)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise LinkError(f"{self.name}: cannot connect to {s.host}:{s.port}: {exc!r}") from exc
+        self._link_error = None
+        self._tasks = [asyncio.create_task(self._read_loop(), name=f"gbt20999-read-{self.name}")]
+        if s.heartbeat_s > 0:
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name=f"gbt20999-heartbeat-{self.name}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - close never raises; the task is gone either way
+                pass
+        self._tasks = []
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ConnectionError):
+                pass
+        self._fail_pending(LinkError(f"{self.name}: closed"))
+
+    def _fail_pending(self, exc: DriverError) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 255 + 1
+        return self._seq
+
+    def _frame(self, ftype: g.FrameType, seq: int, items: tuple[g.DataItem, ...] = ()) -> bytes:
+        s = self.settings
+        return g.encode_frame(g.Frame(ftype, seq, items, centre=s.centre, controller=s.controller, road=s.road))
+
+    def _send(self, data: bytes) -> None:
+        if self._writer is None or self._link_error:
+            raise LinkError(f"{self.name}: not connected ({self._link_error or 'not open'})")
+        self._writer.write(data)
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        splitter = g.FrameSplitter()
+        try:
+            while chunk := await self._reader.read(4096):
+                for frame in splitter.feed(chunk):
+                    self._dispatch(frame)
+            self._link_error = "connection closed by the controller"
+        except (OSError, ConnectionError) as exc:
+            self._link_error = f"connection lost: {exc!r}"
+        self._fail_pending(LinkError(f"{self.name}: {self._link_error}"))
+
+    def _dispatch(self, frame: g.Frame | FrameError) -> None:
+        s = self.settings
+        if isinstance(frame, FrameError):
+            self.bad_frames += 1
+            self.last_bad_frame = str(frame)
+            return
+        if (frame.controller, frame.road) != (s.controller, s.road):
+            self.bad_frames += 1
+            self.last_bad_frame = f"frame from controller {frame.controller} road {frame.road}, not ours"
+            return
+        if frame.ftype is g.FrameType.HEARTBEAT:
+            if self._writer is not None:
+                self._writer.write(self._frame(g.FrameType.HEARTBEAT_REPLY, frame.seq))
+        elif frame.ftype is g.FrameType.HEARTBEAT_REPLY:
+            self.last_heartbeat = self._clock()
+        elif frame.ftype is g.FrameType.REPORT:
+            self.reports_received += 1
+            self._report(frame)
+        else:
+            fut = self._pending.pop(frame.seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+
+    def _report(self, frame: g.Frame) -> None:
+        if self.on_report is None:
+            return
+        names = {item: p for p, (item, _) in _POINTS.items()}
+        ts = self._clock()
+        for it in frame.items:
+            point = names.get(it.item_id, f"item_{it.label()}")
+            try:
+                value = float(it.value())
+            except FrameError as exc:
+                self.on_report(Reading(self.name, point, None, "", ts, Quality.COMM_FAILURE, RecordClass.EVENT, str(exc)))
+                continue
+            text = g.MODES.get(int(value)) if it.item_id == g.RUN_MODE else None
+            self.on_report(Reading(self.name, point, value, "", ts, cls=RecordClass.EVENT, text=text))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                self._send(self._frame(g.FrameType.HEARTBEAT, self._next_seq()))
+            except LinkError:
+                return
+
+    async def _request(self, ftype: g.FrameType, items: tuple[g.DataItem, ...]) -> g.Frame:
+        async with self._lock:
+            seq = self._next_seq()
+            fut: asyncio.Future[g.Frame] = asyncio.get_running_loop().create_future()
+            errors_before = self.bad_frames
+            self._send(self._frame(ftype, seq, items))  # synchronous: no reply can slip in before the next line
+            self._pending[seq] = fut
+            try:
+                return await asyncio.wait_for(fut, self.settings.timeout_s)
+            except asyncio.TimeoutError:
+                self._pending.pop(seq, None)
+                if self.bad_frames != errors_before:
+                    raise FrameError(f"{self.name}: no valid reply; {self.last_bad_frame}") from None
+                raise DeviceTimeout(f"{self.name}: no reply to seq {seq} within {self.settings.timeout_s}s") from None
+
+    @staticmethod
+    def _raise_error_reply(name: str, reply: g.Frame) -> None:
+        code = reply.items[0].data[0] if reply.items and reply.items[0].data else 0x40
+        what = ", ".join(it.label() for it in reply.items) or "frame"
+        raise DeviceException(f"{name}: controller refused {what}: {g.ERRORS.get(code, 'unknown error')}", code)
+
+    # --- Driver protocol ---------------------------------------------------------------------
+    async def read(self, points: Sequence[str] | None = None) -> list[Reading]:
+        wanted = list(points) if points is not None else self.settings.default_points()
+        try:
+            specs = [point_item(p) for p in wanted]
+        except ValueError as exc:
+            raise CommandRefused(f"{self.name}: {exc}") from None
+        values: dict[tuple[g.ItemId, int], g.DataItem] = {}
+        for start in range(0, len(specs), 255):
+            chunk = specs[start:start + 255]
+            items = tuple(g.DataItem(i + 1, *item, element) for i, (item, element, _) in enumerate(chunk))
+            reply = await self._request(g.FrameType.QUERY, items)
+            if reply.ftype is g.FrameType.QUERY_ERROR:
+                self._raise_error_reply(self.name, reply)
+            if reply.ftype is not g.FrameType.QUERY_REPLY:
+                raise FrameError(f"{self.name}: query answered with frame type 0x{reply.ftype:02X}")
+            values.update({(it.item_id, it.element): it for it in reply.items})
+        ts = self._clock()
+        out = []
+        for point, (item, element, unit) in zip(wanted, specs):
+            it = values.get((item, element))
+            if it is None:
+                out.append(Reading(self.name, point, None, unit, ts, Quality.COMM_FAILURE, text="not in the reply"))
+                continue
+            try:
+                value = it.value()
+            except FrameError as exc:
+                out.append(Reading(self.name, point, None, unit, ts, Quality.COMM_FAILURE, text=str(exc)))
+                continue
+            text = g.MODES.get(value, f"mode 0x{value:02X}") if item == g.RUN_MODE else None
+            out.append(Reading(self.name, point, float(value), unit, ts, text=text))
+        return out
+
+    async def write(self, command: str, args: Mapping[str, Any]) -> None:
+        if command not in _COMMANDS:
+            raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(_COMMANDS)}")
+        key, item = _COMMANDS[command]
+        value = args.get(key)
+        allowed = {"plan": self.settings.allowed_plans, "stage": self.settings.allowed_stages,
+                   "mode": self.settings.allowed_modes}[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+            raise CommandRefused(f"{self.name}: {command} {key}={value!r} is not allowed (allowed: {sorted(allowed)})")
+        reply = await self._request(g.FrameType.SET, (g.item_with_value(1, item, 0, value),))
+        if reply.ftype in (g.FrameType.SET_ERROR, g.FrameType.QUERY_ERROR):
+            self._raise_error_reply(self.name, reply)
+        if reply.ftype is not g.FrameType.SET_REPLY:
+            raise FrameError(f"{self.name}: set answered with frame type 0x{reply.ftype:02X}")

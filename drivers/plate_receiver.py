@@ -1,0 +1,154 @@
+"""Plate-camera receiver: the HTTP endpoint Vzenith-style cameras push plate results and heartbeats to.
+
+Each push is decided locally (allow-list, deny-list, prefix rules; see drivers/gates.py) and
+answered at once: ``info: "ok"`` opens the barrier, anything else does not. Every *new* event
+(first time its (serialno, plateid) is seen) becomes one ALARM Reading handed to `on_event`, whose
+text is the compact JSON of the event and the decision. Re-sends - offline records pushed twice, a
+reply the camera never got - are answered with the same decision and produce no second Reading.
+
+The camera only gets its acknowledgement after `on_event` returned: if the pipeline refuses the
+reading (raises), the camera gets a 500 and re-sends later, so a gate event is never lost between
+the camera and the buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from agent.errors import CommandRefused, FrameError, LinkError
+from agent.reading import Quality, Reading, RecordClass
+from drivers import gates
+from drivers.tinyhttp import HttpServer, Request, Response
+
+__all__ = ["PlateReceiverSettings", "PlateReceiverDriver"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlateReceiverSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    rules: gates.GateRules = field(default_factory=gates.GateRules)
+    cameras: frozenset[str] = frozenset()     # known camera serials; empty = accept any camera
+    relay: int | None = None                   # also pulse this camera IO (ivs_ioctrl) when opening
+    heartbeat_timeout_s: float = 15.0
+    dedup_capacity: int = 20_000
+    max_body: int = 4 << 20                    # pushes may carry base64 images
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.relay is not None and not 0 <= self.relay <= 3:
+            raise ValueError(f"relay must be a camera IO 0..3, got {self.relay}")
+        if self.heartbeat_timeout_s <= 0 or self.dedup_capacity < 9000:
+            raise ValueError("need heartbeat_timeout_s > 0 and dedup_capacity >= 9000 (the camera's offline store)")
+        if self.max_body < 1024:
+            raise ValueError(f"max_body must be at least 1024 bytes, got {self.max_body}")
+
+
+class PlateReceiverDriver:
+    COMMANDS = ("allow_plate", "revoke_plate")
+
+    def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], None], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.settings = settings
+        self.rules = settings.rules
+        self.on_event = on_event
+        self._clock = clock
+        self._dedup = gates.Deduplicator(settings.dedup_capacity)
+        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}")
+        self.last_seen: dict[str, float] = {}
+        self.events = 0
+        self.duplicates = 0
+        self.rejected_bodies = 0
+        self.port = settings.port
+
+    async def open(self) -> None:
+        try:
+            await self._server.start(self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise LinkError(f"{self.name}: cannot listen on {self.settings.host}:{self.settings.port}: {exc}") from exc
+        self.port = self._server.port
+
+    async def close(self) -> None:
+        await self._server.stop()
+
+    async def _handle(self, req: Request) -> Response:
+        if req.method != "POST":
+            return Response(405, b'{"error":"POST only"}')
+        ctype = req.headers.get("content-type", "")
+        try:
+            if ctype.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+                beat = gates.parse_heartbeat(req.body, ctype)
+                if self._known(beat.serialno):
+                    self.last_seen[beat.serialno] = self._clock()
+                return Response(200, b"{}")
+            event = gates.parse_plate_push(req.body)
+        except FrameError as exc:
+            self.rejected_bodies += 1
+            return Response(400, gates.compact_json({"error": str(exc)}).encode())
+        return self._plate(event)
+
+    def _known(self, serial: str) -> bool:
+        return not self.settings.cameras or serial in self.settings.cameras
+
+    def _plate(self, event: gates.PlateEvent) -> Response:
+        now = self._clock()
+        key = (event.serialno, event.plate_id)
+        decision = self._dedup.get(key) if event.plate_id >= 0 else None
+        if decision is not None:
+            self.duplicates += 1
+            return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
+        if not self._known(event.serialno):
+            decision = gates.Decision(False, "unknown camera serial")
+        else:
+            decision = gates.decide(event, self.rules)
+            self.last_seen[event.serialno] = now
+        text = gates.compact_json({
+            "camera": event.serialno, "plate": event.plate, "plateid": event.plate_id,
+            "confidence": event.confidence, "offline": event.offline, "camera_ts": event.ts,
+            "open": decision.open, "reason": decision.reason,
+        })
+        reading = Reading(self.name, "plate", 1.0 if decision.open else 0.0, "", now,
+                          cls=RecordClass.ALARM, text=text)
+        self.on_event(reading)  # raises -> 500 -> the camera re-sends; nothing remembered
+        if event.plate_id >= 0:
+            self._dedup.remember(key, decision)
+        self.events += 1
+        return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
+
+    # --- Driver protocol ---------------------------------------------------------------------
+    async def read(self, points: Sequence[str] | None = None) -> list[Reading]:
+        now = self._clock()
+        cameras = sorted(self.settings.cameras | set(self.last_seen))
+        wanted = list(points) if points is not None else (
+            [f"online.{c}" for c in cameras] + ["events_total", "duplicates_total"])
+        out = []
+        for point in wanted:
+            if point == "events_total":
+                out.append(Reading(self.name, point, float(self.events), "", now))
+            elif point == "duplicates_total":
+                out.append(Reading(self.name, point, float(self.duplicates), "", now))
+            elif point.startswith("online."):
+                seen = self.last_seen.get(point[7:])
+                if seen is None:
+                    out.append(Reading(self.name, point, 0.0, "", now, text="never heard from"))
+                else:
+                    age = now - seen
+                    online = age <= self.settings.heartbeat_timeout_s
+                    out.append(Reading(self.name, point, 1.0 if online else 0.0, "", now, text=f"last seen {age:.1f}s ago"))
+            else:
+                out.append(Reading(self.name, point, None, "", now, Quality.COMM_FAILURE, text="unknown point"))
+        return out
+
+    async def write(self, command: str, args: Mapping[str, Any]) -> None:
+        plate = args.get("plate")
+        if command not in self.COMMANDS:
+            raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(self.COMMANDS)}")
+        if not isinstance(plate, str) or not gates.normalise_plate(plate):
+            raise CommandRefused(f"{self.name}: {command} needs a non-empty 'plate', got {plate!r}")
+        norm = gates.normalise_plate(plate)
+        allow = self.rules.allow | {norm} if command == "allow_plate" else self.rules.allow - {norm}
+        self.rules = replace(self.rules, allow=allow)
