@@ -161,11 +161,11 @@ def _summary(server_url: str, admin: str) -> int:
         row = latest[point]
         table.add_row(point, "missing" if row[4] is None else f"{row[4]:.1f}", row[5], str(row[6]), row[7], str(row[0]))
     console.print(table)
-    complete = bool(seqs) and seqs == list(range(1, len(seqs) + 1))
+    complete = bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     if complete:
-        console.print(f"[bold green]OK[/]: seq 1..{len(seqs)} stored exactly once, none missing")
+        console.print(f"[bold green]OK[/]: {len(seqs)} readings, seq {seqs[0]}..{seqs[-1]}, each stored exactly once, none missing")
         return 0
-    console.print(f"[bold red]FAILED[/]: stored seqs are not 1..N ({len(seqs)} rows)")
+    console.print(f"[bold red]FAILED[/]: stored seqs are not contiguous ({len(seqs)} rows)")
     return 1
 
 

@@ -150,6 +150,7 @@ def _readiness(schedulers: list[BusScheduler], drain: Drain, buffer: DurableBuff
         "status": status,
         "devices": devices,
         "buffer_depth": st["depth"],
+        "last_seq": st["next_seq"] - 1,
         "buffer_bytes": st["bytes"],
         "oldest_unsent_age_s": None if oldest is None else round(time.time() - oldest, 3),
         "dropped": {f"{r}:{c}": n for (r, c), n in st["dropped"].items()},
