@@ -9,6 +9,19 @@ offline and quarantined: retried with capped, jittered backoff (at least one pol
 most `quarantine_cap_s`), so a silent slave costs the bus one timeout per retry and no more. The
 change to offline and back to online is logged once each way and recorded as an EVENT reading
 (point `_online`, value 0/1), so the fleet sees it too.
+
+Bus-aware polling, for drivers that expose their `profile` (drivers.modbus.ModbusDevice, also when
+wrapped by something that keeps it as `inner`, like agent.devices.ManagedDriver):
+- a device's points are read in the coalesced requests the codec plans (never over 125 registers),
+  one request per driver call, so that the scheduler can pace every request on the wire;
+- on an RTU bus (the driver's `link.is_rtu`) the line stays quiet for t3.5 between a reply and the
+  next request, which pymodbus does not do by itself;
+- the first request that times out ends that device's poll: its remaining requests are not sent
+  (their points come back COMM_FAILURE), so a silent slave costs one timeout per poll, whatever the
+  size of its map;
+- counters in the profile get their derived `<point>_rate` readings (agent.rates);
+- the wire-time model (agent.bus_timing) predicts at start whether the bus can carry the requested
+  intervals: `capacity_report` holds the prediction and `run()` logs one WARNING per late device.
 """
 
 from __future__ import annotations
@@ -22,9 +35,13 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from agent.backoff import Backoff
-from agent.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
-from agent.reading import Reading, RecordClass
+from agent.bus_timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
+from agent.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
+from agent.rates import CounterRates
+from agent.reading import Quality, Reading, RecordClass
 from drivers.base import Driver
+from drivers.codec import plan_reads
+from drivers.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +65,29 @@ class PolledDevice:
     last_error: str | None = None
     last_success: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    polls: int = 0              # poll attempts so far
+    worst_start_delay_s: float = 0.0  # worst (start - due) of a poll made at its normal cadence
+
+
+@dataclass(frozen=True, slots=True)
+class PollRecord:
+    """One poll as it happened (for the `trace` hook: tests, benchmarks, diagnostics)."""
+
+    device: str
+    due: float       # scheduler clock
+    started: float
+    ended: float
+    ok: bool
+    requests: int    # requests put on the wire
+
+
+@dataclass(slots=True)
+class _Plan:
+    groups: list[tuple[str, ...]] | None  # point names per request; None: one driver.read call
+    reads: tuple[int, ...]                # register count per request (for the wire-time model)
+    units: dict[str, str]
+    order: dict[str, int]
+    rates: CounterRates | None
 
 
 def error_kind(exc: DriverError) -> str:
@@ -56,6 +96,41 @@ def error_kind(exc: DriverError) -> str:
         if isinstance(exc, cls):
             return kind
     return "other"
+
+
+def _inner(driver: object) -> object:
+    """The driver, or the one a wrapper holds as `inner` (agent.devices.ManagedDriver adds a lock)."""
+    for _ in range(4):
+        if isinstance(getattr(driver, "profile", None), Profile) or not hasattr(driver, "inner"):
+            break
+        driver = getattr(driver, "inner")
+    return driver
+
+
+def _plan(dev: PolledDevice) -> _Plan:
+    profile = getattr(_inner(dev.driver), "profile", None)
+    if not isinstance(profile, Profile):
+        return _Plan(None, (), {}, {}, None)
+    known = {p.name: p for p in profile.points}
+    if dev.points is not None:
+        unknown = [p for p in dev.points if p not in known]
+        if unknown or isinstance(dev.points, str):
+            raise ConfigError(f"device {dev.name}: unknown point", key="points", value=unknown or dev.points,
+                              expected=f"points of profile {profile.name}: {', '.join(known)}")
+    specs = [known[p] for p in dev.points] if dev.points is not None else list(profile.points)
+    blocks = plan_reads(specs, profile.max_registers_per_read, profile.max_read_gap)
+    rates = CounterRates(specs)
+    return _Plan([tuple(p.name for p in b.points) for b in blocks], tuple(b.count for b in blocks),
+                 {p.name: p.unit for p in specs}, {p.name: i for i, p in enumerate(profile.points)},
+                 rates if rates else None)
+
+
+def _rtu_line(devices: Sequence[PolledDevice]) -> LineTiming | None:
+    for d in devices:
+        link = getattr(_inner(d.driver), "link", None)
+        if link is not None and getattr(link, "is_rtu", False) is True and hasattr(link, "line"):
+            return LineTiming.of(link.line)
+    return None
 
 
 class BusScheduler:
@@ -70,7 +145,12 @@ class BusScheduler:
         quarantine_cap_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        line: LineTiming | None = None,
+        turnaround_s: float = DEFAULT_TURNAROUND_S,
+        trace: Callable[[PollRecord], None] | None = None,
     ) -> None:
+        """`line`: the RTU line settings (default: taken from the drivers' link when it is RTU;
+        None on TCP); `turnaround_s`: the slaves' reply delay assumed by the capacity model."""
         if not devices:
             raise ValueError(f"bus {bus!r} has no devices to poll")
         self.bus = bus
@@ -79,40 +159,117 @@ class BusScheduler:
         self._observer = observer
         self._offline_after = offline_after
         self._clock = clock
+        self._trace = trace
         rng = rng or random.Random()
         for d in self.devices:
             cap = max(quarantine_cap_s, d.poll_s)
             d.backoff = Backoff(base_s=min(max(d.poll_s, 0.5), cap), cap_s=cap, rng=rng)
         self.late_polls = 0  # polls that started later than one interval after they were due
+        self._plans = [_plan(d) for d in self.devices]
+        self.line = line if line is not None else _rtu_line(self.devices)
+        self._gap_s = self.line.t35_s if self.line is not None else 0.0
+        self._quiet_at = 0.0
+        self._sent = 0
+        self.capacity_report: CapacityReport | None = None
+        self.timeout_warnings: list[str] = []  # reads whose reply cannot arrive within the link's timeout
+        if self.line is not None and all(p.reads for p in self._plans):
+            loads = [DeviceLoad(d.name, d.poll_s, p.reads) for d, p in zip(self.devices, self._plans)]
+            self.capacity_report = capacity_report(bus, self.line, loads, turnaround_s)
+            self.timeout_warnings = self._check_timeouts(turnaround_s)
+
+    def _check_timeouts(self, turnaround_s: float) -> list[str]:
+        assert self.line is not None
+        out = []
+        for d, p in zip(self.devices, self._plans):
+            timeout = getattr(getattr(_inner(d.driver), "link", None), "timeout_s", None)
+            need = self.line.timeout_floor_s(max(p.reads), turnaround_s)
+            if isinstance(timeout, (int, float)) and timeout < need:
+                out.append(f"bus {self.bus}: device {d.name}'s largest read ({max(p.reads)} registers) needs "
+                           f"{need * 1000:.0f} ms at {self.line} with {turnaround_s * 1000:g} ms turnaround, more "
+                           f"than the {timeout * 1000:g} ms timeout: it will time out although the slave answers; "
+                           "raise the bus's timeout_ms")
+        return out
 
     async def run(self) -> None:
+        if self.capacity_report is not None:
+            self.capacity_report.log(log)
+        for text in self.timeout_warnings:
+            log.warning("%s", text)
         start = self._clock()
         # Stagger the first polls across the shortest interval so devices don't all fire at once.
         spread = min(d.poll_s for d in self.devices)
         heap = [(start + spread * i / len(self.devices), i) for i, _ in enumerate(self.devices)]
         heapq.heapify(heap)
+        me = asyncio.current_task()
         while True:
             due, i = heapq.heappop(heap)
             delay = due - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
             dev = self.devices[i]
-            nxt = await self._poll(dev, due)
+            nxt = await self._poll(dev, self._plans[i], due)
             heapq.heappush(heap, (nxt, i))
+            # asyncio.wait_for before Python 3.12 (used inside pymodbus) can swallow a cancel that
+            # lands as the reply arrives; the task would then poll on forever and its TaskGroup never
+            # exit. Task.cancelling() (3.11+) still tells that a cancel was asked for.
+            if me is not None and getattr(me, "cancelling", lambda: 0)():
+                raise asyncio.CancelledError()
 
-    async def _poll(self, dev: PolledDevice, due: float) -> float:
+    async def _request(self, dev: PolledDevice, points: Sequence[str] | None) -> list[Reading]:
+        """One driver call, after the line has been quiet for t3.5 since the last reply."""
+        wait = self._quiet_at - self._clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            return await dev.driver.read(points)
+        finally:
+            self._quiet_at = self._clock() + self._gap_s
+
+    async def _read(self, dev: PolledDevice, plan: _Plan) -> list[Reading]:
+        if plan.groups is None:
+            self._sent = 1
+            return await self._request(dev, dev.points)
+        readings: list[Reading] = []
+        first_error: DriverError | None = None
+        for k, group in enumerate(plan.groups):
+            self._sent += 1
+            try:
+                readings += await self._request(dev, group)
+            except LinkError:
+                raise
+            except DriverError as exc:
+                first_error = first_error or exc
+                silent = isinstance(exc, DeviceTimeout)  # the rest would time out too: skip them
+                ts = time.time()
+                readings += [Reading(dev.name, p, None, plan.units[p], ts, Quality.COMM_FAILURE, text=str(exc))
+                             for g in (plan.groups[k:] if silent else [group]) for p in g]
+                if silent:
+                    break
+        if first_error is not None and all(r.quality & Quality.COMM_FAILURE for r in readings):
+            raise first_error
+        readings.sort(key=lambda r: plan.order.get(r.point, len(plan.order)))
+        return readings
+
+    async def _poll(self, dev: PolledDevice, plan: _Plan, due: float) -> float:
         started = self._clock()
+        dev.polls += 1
         if started - due > dev.poll_s:
             self.late_polls += 1
+        if dev.online is not False:
+            dev.worst_start_delay_s = max(dev.worst_start_delay_s, started - due)
+        self._sent = 0  # requests put on the wire by this poll
         try:
-            readings = await dev.driver.read(dev.points)
+            readings = await self._read(dev, plan)
         except DriverError as exc:
+            self._record(dev, due, started, False)
             return await self._failed(dev, exc, started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a driver bug must not kill the bus: count it, report it, go on
             log.exception("driver %s raised an unexpected error", dev.name)
+            self._record(dev, due, started, False)
             return await self._failed(dev, DriverError(f"unexpected {type(exc).__name__}: {exc}"), started)
+        self._record(dev, due, started, True)
         dev.failures = 0
         dev.last_success = time.time()
         dev.backoff.reset()
@@ -120,6 +277,8 @@ class BusScheduler:
             if dev.online is False:
                 log.info("device %s is online again", dev.name)
             await self._set_state(dev, True, "ok")
+        if plan.rates is not None:
+            readings = plan.rates.derive(readings)
         if self._observer:
             self._observer.device_read(dev.name, len(readings))
         if readings:
@@ -127,6 +286,10 @@ class BusScheduler:
         # Keep the cadence; on an over-subscribed bus a late device goes to the back of the
         # queue at "now" (round robin), never into a catch-up burst.
         return max(due + dev.poll_s, self._clock())
+
+    def _record(self, dev: PolledDevice, due: float, started: float, ok: bool) -> None:
+        if self._trace is not None:
+            self._trace(PollRecord(dev.name, due, started, self._clock(), ok, self._sent))
 
     async def _failed(self, dev: PolledDevice, exc: DriverError, started: float) -> float:
         dev.failures += 1

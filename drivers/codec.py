@@ -36,9 +36,11 @@ __all__ = [
     "REGISTER_COUNT",
     "WORD_ORDERS",
     "ReadBlock",
+    "counter_delta",
     "decode_point",
     "encode_point",
     "plan_reads",
+    "raw_count",
 ]
 
 REGISTER_COUNT: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
@@ -166,6 +168,29 @@ def encode_point(spec: PointSpec, value: float | None) -> list[int]:
             data = raw.to_bytes(REGISTER_COUNT[spec.type] * 2, "big", signed=lo < 0)
     wire = _abcd_to_wire(data, spec.word_order)
     return [int.from_bytes(wire[i:i + 2], "big") for i in range(0, len(wire), 2)]
+
+
+def raw_count(spec: PointSpec, value: float) -> int:
+    """The raw integer behind a decoded value of an integer point (inverse of the scaling)."""
+    if spec.type == "f32":
+        raise ValueError(f"point {spec.name!r}: an f32 point has no raw count")
+    return round(_unscaled(value, spec.scale, spec.offset))
+
+
+def counter_delta(previous: int, current: int, wrap: int) -> tuple[int, bool]:
+    """How far a wrapping counter advanced from `previous` to `current` (raw counts).
+
+    The counter runs 0 .. wrap-1 (or the signed equivalent) and continues at the bottom after the
+    top, so the advance is (current - previous) mod wrap; `wrapped` is True when the raw value went
+    down, i.e. the counter passed its top in between. An advance of a whole wrap or more between two
+    reads cannot be seen: poll counters faster than they can wrap.
+    """
+    if not isinstance(wrap, int) or wrap < 2:
+        raise ValueError(f"wrap must be an integer >= 2, got {wrap!r}")
+    for name, v in (("previous", previous), ("current", current)):
+        if not isinstance(v, int) or not -wrap <= v < wrap:
+            raise ValueError(f"{name} must be an integer count within +-wrap ({wrap}), got {v!r}")
+    return (current - previous) % wrap, current < previous
 
 
 def plan_reads(

@@ -17,7 +17,8 @@ silently (the request then times out), which is why the link watches the receive
 the public `trace_packet` hook to tell garbage from silence. A slow RTU reply arriving after the
 timeout would be taken for the answer to the next request (RTU has no transaction id), so after
 any failure on a serial link the next request waits until the line has been quiet for
-`recovery_s` (default: the timeout), like libmodbus's error recovery; on TCP the transaction id
+`recovery_s` (default: the timeout) before a request to the same unit and two t3.5 gaps before
+another unit (see _gap_recovery_s), like libmodbus's error recovery; on TCP the transaction id
 identifies late replies, which are ignored. A TCP reply pymodbus cannot decode makes it drop the
 connection (asyncio logs "protocol.data_received() call failed"): that is a FrameError here and the
 next call reconnects. pymodbus's own reconnect
@@ -108,6 +109,7 @@ class ModbusLink:
         self.line = line if line is not None else LineDefaults()
         self.timeout_s = float(timeout_s)
         self.recovery_s = self.timeout_s if recovery_s is None else float(recovery_s)
+        self.switch_recovery_s = min(self.recovery_s, self._gap_recovery_s())
         self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
         self._closed = False  # close() was called: no more lazy opening
         self._lock = asyncio.Lock()
@@ -115,6 +117,22 @@ class ModbusLink:
         self._rx: list[bytes] = []     # receive-buffer snapshots during the current request
         self._last_rx = 0.0            # monotonic time of the last byte received
         self._dirty_since: float | None = None  # set after a failed serial request
+        self._last_unit: int | None = None      # the unit of the last request sent
+
+    def _gap_recovery_s(self) -> float:
+        """The quiet wait before a request to ANOTHER unit after a failure: two t3.5 gaps (>= 5 ms).
+
+        Only a request to the same unit could take a late reply for its own answer (RTU replies
+        carry no transaction id), so only that one waits the full `recovery_s`; a late reply
+        landing in another unit's exchange is caught as a frame from the wrong unit. Waiting a
+        whole timeout before every unit would make one silent slave cost the bus twice its
+        timeout per cycle (bench/bus.py measured 295 ms for a 200 ms timeout)."""
+        if self.serial_port is None:
+            return self.recovery_s
+        ln = self.line
+        bits = 1 + ln.bytesize + (0 if ln.parity == "N" else 1) + ln.stopbits
+        t35 = 0.00175 if ln.baudrate > 19200 else 3.5 * bits / ln.baudrate
+        return max(2 * t35, 0.005)
 
     @classmethod
     def rtu(
@@ -197,12 +215,22 @@ class ModbusLink:
         try:
             ok = await client.connect()
         except (OSError, ValueError) as exc:
+            self._discard(client)
             raise LinkError(f"cannot open {self}: {exc}") from exc
         if not ok:
+            self._discard(client)  # a half-open port would stay locked against the next try
             if self.serial_port is not None and "://" not in self.serial_port and not os.path.exists(self.serial_port):
                 raise LinkError(f"cannot open {self}: no such serial port")
             raise LinkError(f"cannot open {self}: connection refused, timed out or port busy")
         self._dirty_since = None
+
+    def _discard(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
+        try:
+            client.close()
+        except OSError:
+            pass
+        if self._client is client:
+            self._client = None
 
     async def close(self) -> None:
         """Close the port / connection. Never raises."""
@@ -221,13 +249,14 @@ class ModbusLink:
         await self._connect(self._client)  # first use, or a transparent reconnect after a loss
         return self._client
 
-    async def _settle(self) -> None:
+    async def _settle(self, unit: int) -> None:
         """After a failure on a serial line, wait for silence so a late reply cannot be mistaken."""
         if self._dirty_since is None or not self.is_rtu:
             return
-        give_up = time.monotonic() + 5 * self.recovery_s
+        wait = self.recovery_s if unit == self._last_unit else self.switch_recovery_s
+        give_up = time.monotonic() + 5 * wait
         while (now := time.monotonic()) < give_up:
-            quiet_at = max(self._last_rx, self._dirty_since) + self.recovery_s
+            quiet_at = max(self._last_rx, self._dirty_since) + wait
             if now >= quiet_at:
                 break
             await asyncio.sleep(quiet_at - now)
@@ -259,6 +288,7 @@ class ModbusLink:
         client = self._client
         assert client is not None
         self._rx = []
+        self._last_unit = unit
         try:
             response = await call()
         except asyncio.CancelledError:
@@ -298,7 +328,7 @@ class ModbusLink:
         what = f"{self} unit {unit} read fc{function:02d} {address}+{count}"
         async with self._lock:
             client = await self._ready()
-            await self._settle()
+            await self._settle(unit)
             reader = client.read_holding_registers if function == 3 else client.read_input_registers
             response = await self._execute(
                 what, unit, function, lambda: reader(address, count=count, device_id=unit))
@@ -316,7 +346,7 @@ class ModbusLink:
         what = f"{self} unit {unit} write fc16 {address}+{len(regs)}"
         async with self._lock:
             client = await self._ready()
-            await self._settle()
+            await self._settle(unit)
             response = await self._execute(
                 what, unit, 16, lambda: client.write_registers(address, regs, device_id=unit))
         if (getattr(response, "address", None), getattr(response, "count", None)) != (address, len(regs)):

@@ -26,6 +26,15 @@
     min = -50.0                        # optional physical range -> Quality.OUT_OF_RANGE
     max = 60.0
 
+    [points.tips]                      # a counter: the scheduler derives "<name>_rate" from it
+    function = 4
+    address = "0x000A"
+    type = "u32"
+    word_order = "CDAB"
+    counter = { wrap = 4294967296, rate_unit = "tips/h", rate_per_s = 3600, max_rate = 5000 }
+    # wrap: raw modulus (default 2**bits of the type); rate = wrap-safe delta * scale / seconds *
+    # rate_per_s; a rate above max_rate means the counter was reset, and no rate is reported
+
 Everything is validated once in `load_profile`; each failure is a ConfigError naming the file, the
 dotted key, the bad value and what was expected. Drivers receive only the typed objects below.
 """
@@ -42,7 +51,7 @@ from agent._compat import tomllib
 from agent.errors import ConfigError
 from drivers.codec import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
-__all__ = ["PROFILE_DIR", "LineDefaults", "PointSpec", "Profile", "SpecError", "load_profile"]
+__all__ = ["PROFILE_DIR", "CounterSpec", "LineDefaults", "PointSpec", "Profile", "SpecError", "load_profile"]
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -69,6 +78,26 @@ def _is_num(v: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class CounterSpec:
+    """A point that counts up and wraps (tips, pulses, accumulated mm): the box derives a rate."""
+
+    wrap: int                     # raw modulus: after wrap - 1 the raw value goes back to 0
+    rate_unit: str = ""           # unit of the derived "<point>_rate" reading, e.g. "mm/h"
+    rate_per_s: float = 1.0       # rate = delta / seconds * rate_per_s (3600 for "per hour")
+    max_rate: float | None = None  # a larger rate is a reset (or a jump), not data
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.wrap) or not 2 <= self.wrap <= 2**32:
+            raise SpecError("wrap", self.wrap, "an integer 2..4294967296 (the raw modulus)")
+        if not isinstance(self.rate_unit, str):
+            raise SpecError("rate_unit", self.rate_unit, "a string such as 'mm/h'")
+        if not _is_num(self.rate_per_s) or self.rate_per_s <= 0:
+            raise SpecError("rate_per_s", self.rate_per_s, "a positive number (3600 for per hour)")
+        if self.max_rate is not None and (not _is_num(self.max_rate) or self.max_rate <= 0):
+            raise SpecError("max_rate", self.max_rate, "a positive number")
+
+
+@dataclass(frozen=True, slots=True)
 class PointSpec:
     """One named value in a device's register map."""
 
@@ -83,6 +112,7 @@ class PointSpec:
     invalid: tuple[int, ...] = ()
     min: float | None = None
     max: float | None = None
+    counter: CounterSpec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -111,6 +141,15 @@ class PointSpec:
                 raise SpecError(key, v, "a finite number")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise SpecError("max", self.max, f"a number >= min ({self.min})")
+        if self.counter is not None:
+            if not isinstance(self.counter, CounterSpec):
+                raise SpecError("counter", self.counter, "a CounterSpec")
+            if self.type == "f32" or self.scale <= 0:
+                raise SpecError("counter", self.type if self.type == "f32" else self.scale,
+                                "an integer type with a positive scale for a counter")
+            if self.counter.wrap > 2 ** (16 * REGISTER_COUNT[self.type]):
+                raise SpecError("counter", self.counter.wrap,
+                                f"a wrap of at most {2 ** (16 * REGISTER_COUNT[self.type])} for {self.type}")
 
     @property
     def count(self) -> int:
@@ -163,6 +202,7 @@ _TOP_KEYS = {"name", "manufacturer", "model", "protocol", "default_unit", "max_r
              "max_read_gap", "line", "points"}
 _POINT_KEYS = {f.name for f in fields(PointSpec)} - {"name"}
 _LINE_KEYS = {f.name for f in fields(LineDefaults)}
+_COUNTER_KEYS = {f.name for f in fields(CounterSpec)}
 
 
 class _Loader:
@@ -215,11 +255,27 @@ class _Loader:
             args["invalid"] = tuple(self.register(v, f"{prefix}.invalid") for v in inv)
         if isinstance(args.get("scale"), int) and not isinstance(args.get("scale"), bool):
             args["scale"] = float(args["scale"])
+        if "counter" in args:
+            args["counter"] = self.counter(args["counter"], args.get("type", "u16"), f"{prefix}.counter")
         try:
             return PointSpec(name=name, **args)
         except SpecError as exc:
             key = prefix if exc.field == "name" else f"{prefix}.{exc.field}"
             raise self.fail(key, "bad value", exc.value, exc.expected) from None
+
+    def counter(self, table: Any, type_: Any, key: str) -> CounterSpec:
+        if table is True:
+            table = {}
+        if not isinstance(table, dict):
+            raise self.fail(key, "bad value", table,
+                            'true or a table such as { rate_unit = "mm/h", rate_per_s = 3600 }')
+        self.unknown(table, _COUNTER_KEYS, key + ".")
+        args = dict(table)
+        args.setdefault("wrap", 2 ** (16 * (REGISTER_COUNT.get(type_, 1) if isinstance(type_, str) else 1)))
+        try:
+            return CounterSpec(**args)
+        except SpecError as exc:
+            raise self.fail(f"{key}.{exc.field}", "bad value", exc.value, exc.expected) from None
 
     def profile(self, doc: dict[str, Any]) -> Profile:
         self.unknown(doc, _TOP_KEYS, "")
@@ -238,6 +294,10 @@ class _Loader:
         if not isinstance(points_doc, dict) or not points_doc:
             raise self.fail("points", "missing or empty", points_doc, "at least one [points.<name>] table")
         points = tuple(self.point(name, table) for name, table in points_doc.items())
+        for p in points:
+            if p.counter is not None and f"{p.name}_rate" in points_doc:
+                raise self.fail(f"points.{p.name}_rate", "name taken by the derived rate of a counter",
+                                f"{p.name}_rate", f"another name: the box derives {p.name}_rate from {p.name}")
         return Profile(
             name=self.text(doc, "name"),
             manufacturer=self.text(doc, "manufacturer"),

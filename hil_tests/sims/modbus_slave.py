@@ -8,15 +8,16 @@ this one is written from the spec: functions 03, 04, 06 and 16 with exception re
                     called before every read, and a switchable fault
     TcpSlaveServer  Modbus TCP (MBAP) on a port; several connections; several units (a gateway:
                     an unknown unit gets exception 0x0B, as a gateway answers)
-    RtuBus          Modbus RTU on a pty: CRC16, frames split by t3.5 silence, several slaves on
-                    one bus; an absent unit or a bad CRC stays silent like a real RS-485 slave;
-                    replies are paced to the wire time at the configured baud
+    RtuBus          Modbus RTU on a pty with the real wire timing and line checks
+                    (hil_tests.sims.modbus_rtu, re-exported here)
     ControlServer   JSON lines on TCP: {"unit": 1, "fault": "silent"} -> {"ok": true}
     serving()       starts any of the above and yields {"tcp_port", "rtu_path", "control_port"}
 
 Faults (SimSlave.set_fault or the control server): silent, delay (delay_s=...), exception
 (code=...), garbage, crc_error (on TCP: a reply whose byte count is wrong), wrong_unit (as_unit=...),
-disconnect (TCP drops the connection; on RTU it is silent). None clears the fault.
+disconnect (TCP drops the connection; on RTU it is silent), noise (noise_bytes=...: random bytes on
+the line between the request and the reply, each burst set apart by t3.5 of silence; on TCP they
+precede the reply in the stream). None clears the fault; clearing "disconnect" is the reconnect.
 """
 
 from __future__ import annotations
@@ -26,32 +27,21 @@ import contextlib
 import json
 import logging
 import math
-import os
-import pty
-import random
 import struct
-import time
-import tty
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hil_tests.sims.modbus_rtu import RtuBus, crc16
+from hil_tests.sims.modbus_rtu import garbage as _garbage
+
 __all__ = ["FAULTS", "ControlServer", "Fault", "RtuBus", "SimSlave", "TcpSlaveServer", "crc16", "serving", "set_fault"]
 log = logging.getLogger(__name__)
 
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE, GATEWAY_NO_RESPONSE = 1, 2, 3, 4, 0x0B
-FAULTS = ("silent", "delay", "exception", "garbage", "crc_error", "wrong_unit", "disconnect")
-
-
-def crc16(data: bytes) -> int:
-    """Modbus CRC16 (poly 0xA001, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc
+FAULTS = ("silent", "delay", "exception", "garbage", "crc_error", "wrong_unit", "disconnect", "noise")
+_FAULT_PARAMS = ("delay_s", "code", "as_unit", "noise_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +50,7 @@ class Fault:
     delay_s: float = 0.0
     code: int = DEVICE_FAILURE
     as_unit: int | None = None
+    noise_bytes: int = 8
 
     def __post_init__(self) -> None:
         if self.kind not in FAULTS:
@@ -72,6 +63,8 @@ class Fault:
             raise ValueError(f"exception code must be 1..127, got {self.code!r}")
         if self.as_unit is not None and (not isinstance(self.as_unit, int) or not 0 <= self.as_unit <= 255):
             raise ValueError(f"as_unit must be 0..255, got {self.as_unit!r}")
+        if not isinstance(self.noise_bytes, int) or not 1 <= self.noise_bytes <= 256:
+            raise ValueError(f"noise_bytes must be 1..256, got {self.noise_bytes!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +73,8 @@ class Answer:
 
     pdu: bytes
     unit: int
-    damage: str | None = None  # None, "garbage", "crc_error" or "disconnect"
+    damage: str | None = None  # None, "garbage", "crc_error", "disconnect" or "noise"
+    noise: int = 0             # bytes of line noise before the reply
 
 
 class SimSlave:
@@ -93,8 +87,9 @@ class SimSlave:
         input: dict[int, int] | None = None,
         refresh: Callable[[], None] | None = None,
     ) -> None:
-        if not isinstance(unit, int) or not 1 <= unit <= 247:
-            raise ValueError(f"slave unit must be 1..247, got {unit!r}")
+        # 1..247 are RTU addresses; some devices ship answering 255 (outside the range, but real)
+        if not isinstance(unit, int) or isinstance(unit, bool) or not 1 <= unit <= 255:
+            raise ValueError(f"slave unit must be 1..255, got {unit!r}")
         self.unit = unit
         self.holding = holding if holding is not None else {}
         self.input = input if input is not None else {}
@@ -109,9 +104,9 @@ class SimSlave:
                 raise ValueError(f"clearing a fault takes no parameters, got {sorted(params)}")
             self.fault = None
             return
-        unknown = set(params) - {"delay_s", "code", "as_unit"}
+        unknown = set(params) - set(_FAULT_PARAMS)
         if unknown:
-            raise ValueError(f"unknown fault parameter(s) {sorted(unknown)}; expected delay_s, code, as_unit")
+            raise ValueError(f"unknown fault parameter(s) {sorted(unknown)}; expected {', '.join(_FAULT_PARAMS)}")
         self.fault = Fault(fault, **params)
 
     def handle(self, pdu: bytes) -> bytes:
@@ -168,12 +163,8 @@ class SimSlave:
         unit = self.unit
         if fault.kind == "wrong_unit":
             unit = fault.as_unit if fault.as_unit is not None else self.unit % 247 + 1
-        damage = fault.kind if fault.kind in ("garbage", "crc_error") else None
-        return Answer(self.handle(pdu), unit, damage)
-
-
-def _garbage(length: int) -> bytes:
-    return bytes(random.getrandbits(8) for _ in range(max(length, 5)))
+        damage = fault.kind if fault.kind in ("garbage", "crc_error", "noise") else None
+        return Answer(self.handle(pdu), unit, damage, fault.noise_bytes if fault.kind == "noise" else 0)
 
 
 class _StreamServer:
@@ -238,104 +229,10 @@ class TcpSlaveServer(_StreamServer):
             if ans.damage == "crc_error" and len(out) > 2:
                 out = out[:1] + bytes([(out[1] + 7) & 0xFF]) + out[2:]  # a byte count that lies
             adu = struct.pack(">HHHB", tid, 0, len(out) + 1, ans.unit) + out
+            if ans.damage == "noise":
+                adu = _garbage(ans.noise)[:ans.noise] + adu
             writer.write(_garbage(len(adu)) if ans.damage == "garbage" else adu)
             await writer.drain()
-
-
-class RtuBus:
-    """One RS-485 bus on a pty: the sim holds the master side, a client opens `path`."""
-
-    def __init__(
-        self, slaves: Mapping[int, SimSlave], *, baudrate: int = 19200, parity: str = "N",
-        stopbits: int = 1, bytesize: int = 8, turnaround_s: float = 0.003,
-    ) -> None:
-        if parity not in ("N", "E", "O") or baudrate <= 0:
-            raise ValueError(f"bad line settings: baudrate={baudrate!r} parity={parity!r}")
-        self.slaves = slaves
-        self.char_s = (1 + bytesize + (parity != "N") + stopbits) / baudrate
-        self.t35 = 0.00175 if baudrate > 19200 else 3.5 * self.char_s
-        self.turnaround_s = turnaround_s
-        self.bad_frames = 0
-        self.path = ""
-        self._master = self._slave_fd = -1
-        self._rx = bytearray()
-        self._rx_start = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._frames: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-
-    async def start(self) -> str:
-        self._master, self._slave_fd = pty.openpty()
-        tty.setraw(self._slave_fd)  # we keep the slave side open so clients may come and go
-        os.set_blocking(self._master, False)
-        self.path = os.ttyname(self._slave_fd)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._master, self._on_readable)
-        self._worker = asyncio.create_task(self._work(), name=f"rtu-bus {self.path}")
-        return self.path
-
-    async def close(self) -> None:
-        if self._worker is None:
-            return
-        asyncio.get_running_loop().remove_reader(self._master)
-        if self._timer:
-            self._timer.cancel()
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
-        self._worker = None
-        os.close(self._master)
-        os.close(self._slave_fd)
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:  # EAGAIN, or EIO while no client side is open on some kernels
-            return
-        if not self._rx:
-            self._rx_start = time.monotonic()
-        self._rx += data
-        if self._timer:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.t35, self._end_of_frame)
-
-    def _end_of_frame(self) -> None:
-        self._timer = None
-        self._frames.put_nowait((bytes(self._rx), self._rx_start))
-        self._rx.clear()
-
-    async def _work(self) -> None:
-        while True:
-            await self._serve(*await self._frames.get())
-
-    async def _serve(self, frame: bytes, start: float) -> None:
-        if len(frame) < 4 or crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
-            self.bad_frames += 1  # a real slave ignores a frame it cannot trust
-            return
-        unit, pdu = frame[0], frame[1:-2]
-        if unit == 0:  # broadcast: writes are carried out, nobody answers
-            for slave in self.slaves.values():
-                if pdu[0] in (6, 16):
-                    slave.handle(pdu)
-            return
-        if unit not in self.slaves:
-            return  # absent unit: silence, the master times out
-        ans = await self.slaves[unit].answer(pdu)
-        if ans is None or ans.damage == "disconnect":
-            return
-        out = bytes([ans.unit]) + ans.pdu
-        out += crc16(out).to_bytes(2, "little")
-        if ans.damage == "crc_error":
-            out = out[:-2] + bytes([out[-2] ^ 0xFF, out[-1] ^ 0x5A])
-        elif ans.damage == "garbage":
-            out = _garbage(len(out))
-        # request on the wire, the t3.5 gap that ends it, turnaround, then the reply on the wire
-        ready = max(start + len(frame) * self.char_s + self.t35 + self.turnaround_s, time.monotonic())
-        await asyncio.sleep(max(0.0, ready + len(out) * self.char_s - time.monotonic()))
-        try:
-            os.write(self._master, out)
-        except BlockingIOError:
-            log.warning("rtu bus %s: nobody reads the line, reply dropped", self.path)
 
 
 class ControlServer(_StreamServer):
@@ -380,9 +277,13 @@ async def set_fault(control_port: int, unit: int, fault: str | None, *, host: st
 async def serving(
     slaves: Sequence[SimSlave], *, tcp_port: int | None = None, rtu: bool = False,
     control_port: int | None = None, baudrate: int = 19200, parity: str = "N", stopbits: int = 1,
-    bytesize: int = 8, host: str = "127.0.0.1",
+    bytesize: int = 8, host: str = "127.0.0.1", turnaround_s: float = 0.003, strict_gaps: bool = False,
+    buses: list[Any] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Serve the slaves over TCP and/or an RTU pty (port 0 = any free port); yields where."""
+    """Serve the slaves over TCP and/or an RTU pty (port 0 = any free port); yields where.
+
+    `buses`, when given, receives the server objects (RtuBus, TcpSlaveServer...) for inspection.
+    """
     by_unit = {s.unit: s for s in slaves}
     if len(by_unit) != len(slaves):
         raise ValueError(f"slave units must be unique, got {[s.unit for s in slaves]}")
@@ -391,7 +292,7 @@ async def serving(
         wanted.append(("tcp_port", TcpSlaveServer(by_unit, host, tcp_port)))
     if rtu:
         wanted.append(("rtu_path", RtuBus(by_unit, baudrate=baudrate, parity=parity, stopbits=stopbits,
-                                          bytesize=bytesize)))
+                                          bytesize=bytesize, turnaround_s=turnaround_s, strict_gaps=strict_gaps)))
     if control_port is not None:
         wanted.append(("control_port", ControlServer(by_unit, host, control_port)))
     info: dict[str, Any] = {"tcp_port": None, "rtu_path": None, "control_port": None}
@@ -400,6 +301,8 @@ async def serving(
         for key, server in wanted:
             info[key] = await server.start()
             started.append(server)
+            if buses is not None:
+                buses.append(server)
         yield info
     finally:
         for server in reversed(started):

@@ -1,0 +1,314 @@
+"""Simulators for the Modbus device family, fed by the shared physics (weather.py and air.py).
+
+Each model's register map is its shipped profile (drivers/profiles/<model>.toml), written with
+drivers.codec.encode_point, plus the registers a profile does not poll (identification,
+configuration) as devices.md describes them; tests check the raw registers against devices.md's
+numbers too, so a wrong profile is caught, not mirrored. Writes the devices understand:
+
+    lufft_ws               holding 7 != 0 resets the rain total
+    small_weather_station  90 written to 24578 ("24579") resets the rain
+    dfrobot_sen0575        holding 6 = rain window in hours (1-24), holding 7 = base rainfall x10000
+    renke_*                0x07D0 address / 0x07D1 baud code: stored, applied at the next power-up
+
+Time: the physics runs on model time = start + (wall clock - wall at start) * time_factor, sampled
+on every read (the SimSlave refresh hook); everything is seeded, so a scenario repeats exactly.
+Counters wrap like the devices' registers; `rain_start_mm` / `tip_start` start them near the top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from drivers.codec import RAW_RANGE, encode_point
+from drivers.profile import PointSpec, Profile, load_profile
+from hil_tests.physics.air import AirModel, AirState
+from hil_tests.physics.weather import WeatherModel, WeatherState
+from hil_tests.sims.modbus_slave import SimSlave, serving
+from hil_tests.sims.wxt530 import make_wxt530
+
+__all__ = ["MODELS", "ModelSim", "make_model", "parse_slaves", "serve_models"]
+
+RENKE_BAUD_CODES = {2400: 0, 4800: 1, 9600: 2}
+TIP_MM = 0.2794  # SEN0575 bucket: 0.2794 mm (0.011 in) per tip
+
+
+def _register_value(spec: PointSpec, value: float | None) -> list[int]:
+    """encode_point, with counters taken modulo their wrap and values clamped to the raw type."""
+    if value is not None:
+        lo, hi = RAW_RANGE[spec.type]
+        raw = round((value - spec.offset) / spec.scale)
+        if spec.counter is not None:
+            raw %= spec.counter.wrap
+            if lo < 0 and raw > hi:
+                raw -= hi - lo + 1
+        raw = min(max(raw, lo), hi)
+        while raw in spec.invalid:
+            raw -= 1
+        value = raw * spec.scale + spec.offset
+    return encode_point(spec, value)
+
+
+class ModelSim:
+    """One simulated device: registers recomputed from the physics on every refresh()."""
+
+    profile_name: ClassVar[str]
+    uses_air: ClassVar[bool] = False
+
+    def __init__(self, unit: int, *, seed: int = 0, time_factor: float = 1.0, start: float | None = None,
+                 clock: Callable[[], float] = time.time, weather: dict[str, float] | None = None,
+                 rain_start_mm: float = 0.0) -> None:
+        if not time_factor > 0:
+            raise ValueError(f"time_factor must be > 0, got {time_factor!r}")
+        self.unit = unit
+        self.profile: Profile = load_profile(self.profile_name)
+        self.clock, self.time_factor = clock, float(time_factor)
+        t0 = clock() if start is None else start
+        self.weather = WeatherModel(seed, start=t0, **(weather or {}))
+        self.air = AirModel(seed, start=t0) if self.uses_air else None
+        self._wall0, self._t0 = clock(), t0
+        self.rain_start_mm = rain_start_mm
+        self.rain_base_mm = 0.0  # physics total at the last reset
+        self.input: dict[int, int] = {}
+        self.holding: dict[int, int] = {}
+        self.values: dict[str, float | None] = {}
+        self.setup()
+        self.refresh()
+
+    def setup(self) -> None:
+        """Registers that do not come from the profile (identification, configuration)."""
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        raise NotImplementedError(f"{type(self).__name__} must map the physics to its points")
+
+    def model_time(self) -> float:
+        return self._t0 + (self.clock() - self._wall0) * self.time_factor
+
+    def rain_since_reset(self, w: WeatherState) -> float:
+        return self.rain_start_mm + w.rain_total_mm - self.rain_base_mm
+
+    def refresh(self) -> None:
+        """Advance the physics to now and rewrite every register (the SimSlave refresh hook)."""
+        w = self.weather.advance(self.model_time())
+        air = self.air.advance(w.t, w) if self.air is not None else None
+        values = self.physical(w, air)
+        for spec in self.profile.points:
+            regs = _register_value(spec, values[spec.name])
+            table = self.input if spec.function == 4 else self.holding
+            for i, r in enumerate(regs):
+                table[spec.address + i] = r
+            self.values[spec.name] = values[spec.name]
+
+    def slave(self) -> SimSlave:
+        return SimSlave(self.unit, holding=self.holding, input=self.input, refresh=self.refresh)
+
+
+class _Window:
+    """Instant/min/max/avg over the last `window_s` of model time, sampled (on reads) every `sample_s`."""
+
+    def __init__(self, window_s: float = 60.0, sample_s: float = 1.0) -> None:
+        self.window_s, self.sample_s = window_s, sample_s
+        self.samples: deque[WeatherState] = deque()
+
+    def add(self, w: WeatherState) -> None:
+        if not self.samples or w.t >= self.samples[-1].t + self.sample_s:
+            self.samples.append(w)
+        while self.samples[0].t < w.t - self.window_s:
+            self.samples.popleft()
+
+    def stats(self, out: dict[str, float | None], name: str, now: WeatherState,
+              pick: Callable[[WeatherState], float]) -> None:
+        xs = [pick(s) for s in self.samples] + [pick(now)]
+        out[name], out[name + "_min"], out[name + "_max"] = pick(now), min(xs), max(xs)
+        out[name + "_avg"] = sum(xs) / len(xs)
+
+
+class LufftWs(ModelSim):
+    profile_name = "lufft_ws"
+
+    def __init__(self, unit: int, *, model_code: int = 6, software: int = 31, **kw: Any) -> None:
+        self.model_code, self.software, self._window = model_code, software, _Window()
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.input.update({a: 0x7FFF for a in range(0, 100)})  # the map is dense; unused = invalid
+        self.input.update({a: 0 for a in range(2, 8)})        # sensor status words: all fine
+        self.holding.update({0: 0, 2: 1, 3: 1, 4: 1, 5: 1, 7: 0, 8: 0})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        if self.holding[7]:  # reset absolute rain
+            self.rain_base_mm, self.rain_start_mm, self.holding[7] = w.rain_total_mm, 0.0, 0
+        self._window.add(w)
+        out: dict[str, float | None] = {"model_version": float(self.model_code << 8 | self.software)}
+        for name, pick in (("relative_humidity", lambda s: s.humidity_pct), ("air_pressure", lambda s: s.pressure_hpa),
+                           ("wind_direction", lambda s: s.wind_dir_deg), ("air_temperature", lambda s: s.temperature_c),
+                           ("wind_speed_kmh", lambda s: s.wind_speed_ms * 3.6)):
+            self._window.stats(out, name, w, pick)
+        out["wind_speed_kmh_max"] = max(s.wind_gust_ms for s in self._window.samples) * 3.6
+        out["precipitation_type"] = 60.0 if w.rain_rate_mmh > 0 else 0.0
+        out["global_radiation"] = None if self.model_code < 10 else w.radiation_wm2  # WS501.. have one
+        out["dew_point"] = w.dew_point_c
+        out["rain_total"] = self.rain_since_reset(w)
+        out["rain_intensity"] = w.rain_rate_mmh
+        return out
+
+
+class _Renke(ModelSim):
+    def __init__(self, unit: int, *, baudrate: int = 4800, **kw: Any) -> None:
+        self.baudrate = baudrate
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.holding.update({0x07D0: self.unit, 0x07D1: RENKE_BAUD_CODES.get(self.baudrate, 1)})
+
+
+class RenkeWindSpeed(_Renke):
+    profile_name = "renke_wind_speed"
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        return {"wind_speed": w.wind_speed_ms}
+
+
+def sector(deg: float) -> int:
+    """0 N, 1 NE, ... 7 NW: the 45-degree sector centred on each direction."""
+    return round((deg % 360.0) / 45.0) % 8
+
+
+class RenkeWindDirection(_Renke):
+    profile_name = "renke_wind_direction"
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        deg = round(w.wind_dir_deg) % 360
+        return {"wind_sector": float(sector(deg)), "wind_direction": float(deg)}
+
+
+class SmallWeatherStation(ModelSim):
+    profile_name = "small_weather_station"
+    uses_air = True
+
+    def setup(self) -> None:
+        self.holding.update({512: 0, 2000: self.unit, 2001: 1, 24578: 0})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        assert air is not None
+        if self.holding[24578] == 90:  # "write 90 to 24579 resets rain"
+            self.rain_base_mm, self.rain_start_mm, self.holding[24578] = w.rain_total_mm, 0.0, 0
+        deg = float(round(w.wind_dir_deg) % 360)
+        return {"wind_speed": w.wind_speed_ms, "wind_direction": deg, "wind_sector": float(sector(deg)),
+                "wind_direction_2": deg, "relative_humidity": w.humidity_pct, "air_temperature": w.temperature_c,
+                "noise": air.noise_db, "pm25": air.pm25, "pm10": air.pm10, "air_pressure": w.pressure_hpa / 10.0,
+                "illuminance": w.radiation_wm2 * 120.0, "rain": self.rain_since_reset(w)}
+
+
+class DfrobotRainGauge(ModelSim):
+    profile_name = "dfrobot_sen0575"
+
+    def __init__(self, unit: int = 0xC0, *, tip_start: int = 0, **kw: Any) -> None:
+        self.tip_start = tip_start
+        self._history: deque[tuple[float, int]] = deque()  # (model time, tips) once a minute, 24 h
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.input.update({0: 0x00C0, 1: 0x7343, 2: self.unit, 3: 9600, 4: 0x0001, 5: 0x1000})
+        self.holding.update({6: 1, 7: 0})
+        self._base_written = 0
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        if self.holding[7] != self._base_written:  # base rainfall written (x10000 mm)
+            self._base_written = self.holding[7]
+            self.rain_start_mm, self.rain_base_mm = self.holding[7] / 10000.0, w.rain_total_mm
+        tips = self.tip_start + int(self.rain_since_reset(w) / TIP_MM + 1e-9)
+        if not self._history or w.t - self._history[-1][0] >= 60.0:
+            self._history.append((w.t, tips))
+        while self._history[0][0] < w.t - 86400.0:
+            self._history.popleft()
+        hours = min(max(self.holding[6], 1), 24)
+        old = next((n for t, n in self._history if t >= w.t - hours * 3600.0), tips)
+        return {"rainfall_window": (tips - old) * TIP_MM, "rainfall_total": tips * TIP_MM,
+                "tip_count": float(tips), "working_minutes": float(int((w.t - self._t0) / 60.0) % 65536)}
+
+
+class PmTransmitter(ModelSim):
+    profile_name = "pm_transmitter"
+    uses_air = True
+
+    def setup(self) -> None:
+        self.holding.update({a: 0 for a in range(10)})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        assert air is not None
+        return {"pm25": air.pm25, "pm10": air.pm10}
+
+
+class SixGas(ModelSim):
+    profile_name = "outdoor_six_gas"
+    uses_air = True
+
+    def setup(self) -> None:
+        self.holding.update({a: 0 for a in range(11)})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        assert air is not None
+        return {"so2": air.so2, "no2": air.no2, "co": air.co, "o3": air.o3, "pm25": air.pm25, "pm10": air.pm10,
+                "air_temperature": w.temperature_c, "relative_humidity": w.humidity_pct}
+
+
+MODELS: dict[str, type[ModelSim] | None] = {
+    "vaisala_wxt530": None,  # hil_tests.sims.wxt530 (its own module, shared with the ASCII/NMEA sims)
+    "lufft_ws": LufftWs, "renke_wind_speed": RenkeWindSpeed, "renke_wind_direction": RenkeWindDirection,
+    "small_weather_station": SmallWeatherStation, "dfrobot_sen0575": DfrobotRainGauge,
+    "pm_transmitter": PmTransmitter, "outdoor_six_gas": SixGas,
+}
+
+
+def make_model(model: str, unit: int | None = None, **kwargs: Any) -> tuple[SimSlave, Any]:
+    """A slave for one device model (unit defaults to the profile's), and its simulator."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    unit = load_profile(model).default_unit if unit is None else unit
+    cls = MODELS[model]
+    if cls is None:
+        allowed = {"seed", "time_factor", "start", "clock", "weather"}
+        return make_wxt530(unit, **{k: v for k, v in kwargs.items() if k in allowed})
+    sim = cls(unit, **kwargs)
+    return sim.slave(), sim
+
+
+def parse_slaves(specs: Iterable[str]) -> list[tuple[str, int]]:
+    """'model:unit' strings (unit optional: the profile's default) -> [(model, unit)], checked."""
+    out = []
+    for spec in specs:
+        model, _, unit_s = spec.partition(":")
+        if model not in MODELS:
+            raise ValueError(f"--slave {spec!r}: unknown model {model!r}; known: {', '.join(MODELS)}")
+        if unit_s and (not unit_s.isdigit() or not 1 <= int(unit_s) <= 255):
+            raise ValueError(f"--slave {spec!r}: unit must be 1..255")
+        out.append((model, int(unit_s) if unit_s else load_profile(model).default_unit))
+    if len({u for _, u in out}) != len(out):
+        raise ValueError(f"two slaves share a unit id on one bus: {specs!r}")
+    return out
+
+
+async def serve_models(
+    slaves: list[tuple[str, int]], *, tcp_port: int | None = None, rtu: bool = False, baudrate: int | None = None,
+    parity: str | None = None, seed: int = 0, control_port: int | None = None, time_factor: float = 1.0,
+    on_ready: Callable[[dict[str, Any]], None] | None = None, host: str = "127.0.0.1",
+    turnaround_s: float = 0.01, **model_kw: Any,
+) -> None:
+    """Serve several models on one bus until cancelled; the line defaults to the first model's."""
+    if not slaves:
+        raise ValueError("serve_models needs at least one (model, unit)")
+    if tcp_port is None and not rtu:
+        raise ValueError("serve_models needs tcp_port and/or rtu=True")
+    line = load_profile(slaves[0][0]).line
+    made = [make_model(m, u, seed=seed + i, time_factor=time_factor, **model_kw)[0] for i, (m, u) in enumerate(slaves)]
+    async with serving(made, tcp_port=tcp_port, rtu=rtu, control_port=control_port, host=host,
+                       baudrate=baudrate or line.baudrate, parity=parity or line.parity, stopbits=line.stopbits,
+                       turnaround_s=turnaround_s) as info:
+        if on_ready is not None:
+            on_ready({**info, "line": f"{baudrate or line.baudrate} 8{parity or line.parity}{line.stopbits}",
+                      "slaves": [f"{m}:{u}" for m, u in slaves]})
+        await asyncio.Event().wait()
