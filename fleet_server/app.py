@@ -1,9 +1,11 @@
 """The app factory: `create_app(settings, store=None) -> FastAPI`. No module-level state.
 
 Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
-own registry, one IngestService shared by the telemetry router and the MQTT bridge. The lifespan
-starts the bridge (when settings.mqtt_host is set) as a task it owns and awaits on shutdown, then
-closes the store if the app created it.
+own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
+RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. The lifespan loads
+the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
+MQTT bridge (when settings.mqtt_host is set), the rollout sweeper (per-box timeouts) and, with an
+update repository, the TUF timestamp keeper; then it closes the store if the app created it.
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import boxes, enrollment, health, telemetry
+from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
@@ -35,6 +40,10 @@ from fleet_server.errors import (
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
+from fleet_server.rollout.engine import RolloutEngine
+from fleet_server.rollout.errors import (
+    ActionClosed, RepositoryUnavailable, RolloutConflict, UnknownAction, UnknownRollout,
+)
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import Store
 from fleet_server.store.sqlite import SqliteStore
@@ -50,6 +59,11 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (BoxIdTaken, 409),
     (EnrollmentRefused, 403),
     (UnknownBox, 404),
+    (UnknownRollout, 404),
+    (UnknownAction, 404),
+    (RolloutConflict, 409),
+    (ActionClosed, 409),
+    (RepositoryUnavailable, 503),
     (BatchTooLarge, 413),
     (StoreError, 503),
 )
@@ -70,6 +84,8 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
     if isinstance(exc, PayloadError):
         body.update({k: v for k, v in (("row", exc.row), ("field", exc.field)) if v is not None})
+    if isinstance(exc, ActionClosed):
+        body.update(exc.extra())
     headers = {}
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
@@ -79,8 +95,11 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
 
-def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
-    """Build the fleet server app. A passed-in `store` stays the caller's to close."""
+def create_app(
+    settings: ServerSettings, store: Store | None = None, *, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """Build the fleet server app. A passed-in `store` stays the caller's to close; `clock` (unix
+    seconds) drives rollout deadlines and maintenance windows (injectable for tests)."""
     owns_store = store is None
     the_store: Store = SqliteStore(settings.db_path) if store is None else store
     metrics = FleetMetrics(the_store)
@@ -92,24 +111,66 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         bridge=MqttBridge(settings, ingest) if settings.mqtt_enabled else None,
     )
 
+    repo_dir = None if settings.tuf_repo_dir is None else Path(settings.tuf_repo_dir)
+    engine = RolloutEngine(
+        the_store, poll_interval_s=settings.checkin_interval_s, repo_dir=repo_dir,
+        public_url=settings.public_url, sweep_s=settings.rollout_sweep_s, clock=clock,
+        registry=metrics.registry,
+    )
+    keeper = None
+    if repo_dir is not None:
+        from fleet_server.rollout.timestamps import TimestampKeeper
+
+        keeper = TimestampKeeper(
+            repo_dir, keys_dir=None if settings.tuf_keys_dir is None else Path(settings.tuf_keys_dir),
+            passphrase=settings.tuf_key_passphrase, registry=metrics.registry, check_s=settings.tuf_check_s,
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state.bridge is not None:
-            state.bridge_task = asyncio.create_task(state.bridge.run(), name="mqtt-bridge")
-            state.bridge_task.add_done_callback(_report_bridge_end)
+        jobs: list[asyncio.Task[None]] = []
         try:
+            await engine.load()
+            if state.bridge is not None:
+                state.bridge_task = asyncio.create_task(state.bridge.run(), name="mqtt-bridge")
+                state.bridge_task.add_done_callback(_report_bridge_end)
+            jobs.append(_start(engine.run_writer, "rollout-writer"))
+            jobs.append(_start(engine.run_sweeper, "rollout-sweeper"))
+            if keeper is not None:
+                jobs.append(_start(keeper.run, "tuf-timestamp-keeper"))
             yield
         finally:
+            for job in jobs:
+                job.cancel()
+            if jobs:
+                await asyncio.wait(jobs)
             await _stop_bridge(state)
             if owns_store:
                 the_store.close()
 
     app = FastAPI(title="Quanedge fleet server", version="0.1.0", lifespan=lifespan)
     app.state.fleet = state
+    app.state.rollouts = engine
+    app.state.timestamps = keeper
     app.add_exception_handler(FleetError, _fleet_error)
-    for module in (enrollment, telemetry, boxes, health):
+    # The box's check-in first: it is the hot path and routes are matched in order.
+    app.include_router(checkin.router)
+    for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
         app.include_router(module.router)
+    app.include_router(rollouts.sites_router)
     return app
+
+
+def _start(job: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
+    """A lifespan-owned background job; its unexpected end is logged loudly."""
+    task = asyncio.create_task(job(), name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("background job %s stopped", name, exc_info=done.exception())
+
+    task.add_done_callback(report)
+    return task
 
 
 def _report_bridge_end(task: asyncio.Task[None]) -> None:

@@ -43,6 +43,15 @@ class ServerSettings:
     max_batch: int = 10_000
     max_body_bytes: int = 16 * 1024 * 1024
     max_page: int = 10_000
+    # Rollouts and updates (issue 4).
+    checkin_interval_s: int = 60          # the poll interval boxes are told in every check-in
+    tuf_repo_dir: Path | str | None = None   # served read-only at /tuf/ (metadata/, targets/)
+    tuf_keys_dir: Path | str | None = None   # online keys (snapshot, timestamp); default <repo>/keys
+    tuf_key_passphrase: str | None = None
+    tuf_check_s: float = 60.0             # how often to check whether the timestamp needs re-signing
+    public_url: str | None = None         # how boxes reach this server (repo_url); default: request's host
+    rollout_sweep_s: float = 1.0          # per-box timeouts and counter refresh period
+    access_log: bool = False              # one log line per request (costly at thousands of check-ins/s)
 
     def __post_init__(self) -> None:
         if not str(self.db_path):
@@ -62,6 +71,26 @@ class ServerSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError("bad limit", key=key, value=value, expected="a positive integer")
         self._check_mqtt()
+        self._check_rollouts()
+
+    def _check_rollouts(self) -> None:
+        value = self.checkin_interval_s
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 86400:
+            raise ConfigError("bad check-in interval", key="checkin_interval_s", value=value,
+                              expected="an integer number of seconds 1..86400")
+        for key in ("tuf_check_s", "rollout_sweep_s"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 86400:
+                raise ConfigError("bad period", key=key, value=value, expected="seconds, 0 < s <= 86400")
+        if self.public_url is not None and not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", self.public_url):
+            raise ConfigError("bad public URL", key="public_url", value=self.public_url,
+                              expected="http(s)://host[:port][/path]")
+        if self.tuf_repo_dir is not None and not (Path(self.tuf_repo_dir) / "repo.json").is_file():
+            raise ConfigError("not an update repository", key="tuf_repo_dir", value=str(self.tuf_repo_dir),
+                              expected="a directory made by `quanedge manifest init` (with repo.json)")
+        if self.tuf_keys_dir is not None and self.tuf_repo_dir is None:
+            raise ConfigError("tuf_keys_dir is set without tuf_repo_dir", key="tuf_keys_dir",
+                              expected="tuf_repo_dir as well")
 
     def _check_mqtt(self) -> None:
         prefix = self.topic_prefix

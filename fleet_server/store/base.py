@@ -9,7 +9,11 @@ Contract every backend keeps:
   as SHA-256 hashes (`hash_secret`); the plain value is returned once, at creation;
 - readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
   again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
-- a refused call changes nothing; backend failures raise `StoreError`.
+- a refused call changes nothing; backend failures raise `StoreError`;
+- rollouts: every decision (assign a box at check-in, close an action, pause on an error
+  threshold, cancel) is one transaction that reads the counters it decides on and applies the
+  pure rules of `fleet_server.rollout.planner`; at most one open action per box; creating a
+  rollout selects its targets in bulk (no per-box round trips). Times (`now`) are passed in.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from agent.reading import Reading
+
+if TYPE_CHECKING:
+    from fleet_server.rollout.model import (
+        ActionView, CheckinOutcome, Inventory, ReportOutcome, RolloutSpec, RolloutView, StatusReport,
+    )
+    from fleet_server.rollout.windows import SitePolicy
 
 __all__ = ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id", "hash_secret", "new_secret"]
 
@@ -133,6 +143,85 @@ class Store(Protocol):
         Reports are applied in arrival order, NOT by `ts`: the broker keeps per-topic order, and
         an MQTT last will ("offline") carries the timestamp of the connect, older than the
         "online" report that followed it, so ordering by `ts` would keep dead boxes online."""
+        ...
+
+    def credential_generation(self) -> int:
+        """A number that changes whenever an existing credential stops working (re-enrollment
+        rotates it). Callers may cache credential -> box lookups while it stays the same."""
+        ...
+
+    def provision_boxes(
+        self, boxes: Sequence[tuple[str, str, str, Sequence[str], Inventory | None]]
+    ) -> list[str]:
+        """Enroll many new boxes (box_id, hardware, site, tags, inventory) in one transaction;
+        return their credentials in order. ValueError (nothing stored) if any id is taken."""
+        ...
+
+    # -- rollouts ----------------------------------------------------------------------------
+
+    def save_inventory(self, box_id: str, inventory: Inventory, now: float) -> None:
+        """Replace what the box reports it runs (target filters read it). Raises `UnknownBox`."""
+        ...
+
+    def put_site_policy(self, policy: SitePolicy, now: float) -> None:
+        """Create or replace a site's maintenance policy."""
+        ...
+
+    def site_policies(self) -> list[SitePolicy]:
+        """Every site's maintenance policy."""
+        ...
+
+    def create_rollout(self, spec: RolloutSpec, rollout_id: str, now: float) -> RolloutView:
+        """Select the target boxes (enrolled, inventory reported, hardware the target supports,
+        matching `spec.filter`, not already at the version) and create the rollout, running.
+        PayloadError `empty_target_set` (nothing stored) when no box matches."""
+        ...
+
+    def get_rollout(self, rollout_id: str) -> RolloutView:
+        """One rollout with its wave counters; raises `UnknownRollout`."""
+        ...
+
+    def list_rollouts(self, active_only: bool = False) -> list[RolloutView]:
+        """Rollouts, oldest first (active_only: running or paused)."""
+        ...
+
+    def rollout_state_counts(self, rollout_id: str) -> dict[int | None, dict[str, int]]:
+        """{wave (None: not assigned yet): {state: count}}; raises `UnknownRollout`."""
+        ...
+
+    def rollout_actions(self, rollout_id: str, state: str | None = None, after_box: str = "",
+                        limit: int = 100) -> list[ActionView]:
+        """A page of the rollout's boxes, by box id after `after_box`, optionally in one state."""
+        ...
+
+    def pending_boxes(self, rollout_id: str) -> list[str]:
+        """Target boxes of the rollout not assigned yet."""
+        ...
+
+    def open_actions(self) -> list[ActionView]:
+        """Every open action (one per box at most)."""
+        ...
+
+    def command_rollout(self, rollout_id: str, command: str, now: float) -> tuple[RolloutView, list[str]]:
+        """pause | resume | cancel. Resume accepts the errors so far (thresholds count newer ones);
+        cancel closes open actions as canceled and drops unassigned targets. Returns the rollout and
+        the boxes whose action was closed. `RolloutConflict` when the status does not allow it."""
+        ...
+
+    def checkin(self, box_id: str, now: float, window_open: Callable[[str, str], bool]) -> CheckinOutcome:
+        """Close the box's action if past its deadline; return its open action, or assign one
+        from the oldest running rollout that targets it and may take it now.
+        `window_open(site, kind)` says whether the box's site is inside a maintenance window."""
+        ...
+
+    def report_action(self, box_id: str, action_id: str, report: StatusReport, now: float) -> ReportOutcome:
+        """Apply a box's status report (idempotent). A final state closes the action, updates the
+        wave counters and pauses the rollout when an error threshold is breached. Raises
+        `UnknownAction`, or `ActionClosed` for an action already closed in another final state."""
+        ...
+
+    def expire_actions(self, now: float) -> tuple[list[str], list[RolloutView]]:
+        """Close open actions past their deadline as failure (reason_code `timeout`)."""
         ...
 
     def close(self) -> None:

@@ -20,8 +20,10 @@ from sqlite_utils import Database
 
 from agent.reading import Quality, Reading, RecordClass
 from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
+from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
-from fleet_server.store.sqlite_schema import migrate
+from fleet_server.store.sqlite_rollouts import RolloutTables
+from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
 
 __all__ = ["SqliteStore"]
 
@@ -38,8 +40,11 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore:
-    """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests."""
+class SqliteStore(RolloutTables):
+    """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
+
+    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin.
+    """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = str(path)
@@ -55,10 +60,12 @@ class SqliteStore:
                 self._db.enable_wal()
             conn.execute("PRAGMA synchronous=FULL")
             self.migrations_applied = migrate(self._db)
+            self.rollout_migrations_applied = migrate_rollouts(self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
         self._closed = False
+        self._credential_generation = 0
 
     @contextmanager
     def _conn(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -142,7 +149,44 @@ class SqliteStore:
                     " credential_hash = ? WHERE box_id = ?",
                     (*values, box_id),
                 )
+                self._credential_generation += 1  # the old credential stops working: drop caches
         return credential
+
+    def credential_generation(self) -> int:
+        """Changes whenever an existing credential stops working (see `Store`)."""
+        return self._credential_generation
+
+    def provision_boxes(
+        self, boxes: Sequence[tuple[str, str, str, Sequence[str], Inventory | None]]
+    ) -> list[str]:
+        """Enroll many NEW boxes at once (box_id, hardware, site, tags, inventory); one credential each.
+
+        The admin's bulk path (factory pre-authorisation, simulators): no token is spent, and one
+        transaction covers all of them. Any id already enrolled refuses the whole batch.
+        """
+        credentials = [new_secret() for _ in boxes]
+        now = self._clock()
+        rows, inventory, versions = [], [], []
+        for (box_id, hardware, site, tags, inv), credential in zip(boxes, credentials):
+            check_box_id(box_id)
+            if not hardware or isinstance(tags, str):
+                raise ValueError(f"box {box_id!r}: hardware must be non-empty and tags a list")
+            rows.append((box_id, hardware, site, inv.agent_version if inv else "", json.dumps(list(tags)),
+                         hash_secret(credential), now))
+            if inv is not None:
+                inventory.append((box_id, inv.hardware, inv.agent_version, json.dumps(dict(inv.models)),
+                                  json.dumps(dict(inv.firmware)), now))
+                versions += [(box_id, *v) for v in inv.versions()]
+        with self._conn(write=True) as conn:
+            try:
+                conn.executemany(
+                    "INSERT INTO boxes (box_id, hardware, site, agent_version, tags, credential_hash,"
+                    " enrolled_at, max_seq, online) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)", rows)
+            except sqlite3.IntegrityError as exc:
+                raise ValueError(f"a box in the batch is already enrolled: {exc}") from None
+            conn.executemany("INSERT INTO box_inventory VALUES (?, ?, ?, ?, ?, ?)", inventory)
+            conn.executemany("INSERT INTO box_versions VALUES (?, ?, ?, ?)", versions)
+        return credentials
 
     # -- boxes -----------------------------------------------------------------------------
 

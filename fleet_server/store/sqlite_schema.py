@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["MIGRATIONS", "migrate"]
+__all__ = ["MIGRATIONS", "ROLLOUT_MIGRATIONS", "migrate", "migrate_rollouts"]
 
 MIGRATIONS = Migrations("quanedge_fleet")
 
@@ -66,4 +66,54 @@ def migrate(db: Database) -> list[str]:
     """Apply pending migrations; return the names applied now (empty when up to date)."""
     pending = [migration.name for migration in MIGRATIONS.pending(db)]
     MIGRATIONS.apply(db)
+    return pending
+
+
+# -- rollouts (issue 4): their own named set, so the core set above stays as it is ---------------
+
+ROLLOUT_MIGRATIONS = Migrations("quanedge_fleet_rollouts")
+
+
+@ROLLOUT_MIGRATIONS(name="0001_inventory_sites_rollouts")
+def _rollouts(db: Database) -> None:
+    for sql in _ROLLOUT_DDL:
+        db.execute(sql)
+
+
+_ROLLOUT_DDL = (
+    # What each box reports it runs; box_versions flattens it for target filters.
+    "CREATE TABLE IF NOT EXISTS box_inventory (box_id TEXT PRIMARY KEY, hardware TEXT NOT NULL,"
+    " agent_version TEXT NOT NULL, models TEXT NOT NULL, firmware TEXT NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS box_versions (box_id TEXT NOT NULL, kind TEXT NOT NULL,"
+    " component TEXT NOT NULL, version TEXT NOT NULL, PRIMARY KEY (box_id, kind, component)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS site_policies (site TEXT PRIMARY KEY, policy TEXT NOT NULL, updated_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rollouts (rollout_id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,"
+    " target_name TEXT NOT NULL, version TEXT NOT NULL, component TEXT NOT NULL, hardware TEXT NOT NULL,"
+    " filter TEXT NOT NULL, status TEXT NOT NULL, pause_reason TEXT, total INTEGER NOT NULL,"
+    " current_wave INTEGER NOT NULL, timeout_s INTEGER NOT NULL, rate_per_min REAL,"
+    " respect_windows INTEGER NOT NULL, min_finished INTEGER NOT NULL, tokens REAL NOT NULL,"
+    " tokens_at REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, rev INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rollouts_by_status ON rollouts (status, created_at)",
+    "CREATE TABLE IF NOT EXISTS rollout_waves (rollout_id TEXT NOT NULL, wave INTEGER NOT NULL,"
+    " capacity INTEGER NOT NULL, success_pct REAL NOT NULL, error_pct REAL NOT NULL,"
+    " assigned INTEGER NOT NULL DEFAULT 0, succeeded INTEGER NOT NULL DEFAULT 0,"
+    " failed INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,"
+    " canceled INTEGER NOT NULL DEFAULT 0, errors_acked INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (rollout_id, wave)) WITHOUT ROWID",
+    # One row per target box; it becomes the box's action when assigned (state != 'pending').
+    "CREATE TABLE IF NOT EXISTS rollout_boxes (rollout_id TEXT NOT NULL, box_id TEXT NOT NULL,"
+    " state TEXT NOT NULL, wave INTEGER, reason TEXT, reason_code TEXT, detail TEXT,"
+    " assigned_at REAL, updated_at REAL, deadline REAL, open INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (rollout_id, box_id)) WITHOUT ROWID",
+    # A box never runs two updates at once: at most one open action per box, enforced here.
+    "CREATE UNIQUE INDEX IF NOT EXISTS one_open_action_per_box ON rollout_boxes (box_id) WHERE open = 1",
+    "CREATE INDEX IF NOT EXISTS pending_targets_by_box ON rollout_boxes (box_id) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS open_actions_by_deadline ON rollout_boxes (deadline) WHERE open = 1",
+)
+
+
+def migrate_rollouts(db: Database) -> list[str]:
+    """Apply pending rollout migrations; return the names applied now."""
+    pending = [migration.name for migration in ROLLOUT_MIGRATIONS.pending(db)]
+    ROLLOUT_MIGRATIONS.apply(db)
     return pending
