@@ -3,12 +3,14 @@
 Sub-commands are registered lazily: `quanedge agent ...` imports only the agent, so a box never
 loads the fleet server's stack (FastAPI, SQLite store), TUF tooling or training libraries.
 
-    quanedge agent run|check-config|enroll|read
+    quanedge agent run|supervise|check-config|enroll|read|command
     quanedge fleet serve|token
-    quanedge sim wxt530
+    quanedge sim wxt530 | modbus --model M (the Modbus device family) | fleet
+    quanedge scan --port /dev/ttyUSB0   (installer: find and identify the slaves on a bus)
     quanedge demo
     quanedge manifest ...   (signed update metadata)
     quanedge models ...     (edge models)
+    quanedge rollout ...    (OTA rollouts, for fleet admins)
 """
 
 from __future__ import annotations
@@ -68,9 +70,33 @@ def _agent_app() -> typer.Typer:
             cfg = load_config(config)
         except QuanedgeError as exc:
             _fail(exc)
+        if cfg.models:  # the model files must be there and match their manifests (sha256)
+            from agent.runtime import _inference_stage
+
+            stage = _inference_stage(cfg)
+            stage.close()
+            if stage.load_errors:
+                _fail("; ".join(stage.load_errors))
+        updates = "updates on" if cfg.updater is not None and cfg.updater.enabled else "updates off"
         typer.echo(f"ok: box {cfg.box.id} ({cfg.box.hardware}, site {cfg.box.site}), "
                    f"{len(cfg.buses)} bus(es), {len(cfg.devices)} device(s), uplink {cfg.uplink.kind}, "
-                   f"buffer cap {cfg.buffer.max_bytes} bytes at {cfg.buffer.path}, {len(cfg.models)} model(s)")
+                   f"buffer cap {cfg.buffer.max_bytes} bytes at {cfg.buffer.path}, {len(cfg.models)} model(s), "
+                   f"{len(cfg.junctions)} junction(s), {updates}")
+
+    @app.command("supervise")
+    def supervise_cmd(config: Path = ConfigOpt,
+                      root: Optional[Path] = typer.Option(None, help="Updater root (default: [updater] root).")) -> None:
+        """Run the agent under the update supervisor: A/B slots, health check after a switch, rollback.
+
+        This is what the service manager runs on a box with updates on (`agent run` is the agent alone)."""
+        from agent.updater.launcher import supervise
+
+        _setup_logging(False)
+        try:
+            code = supervise(config, root)
+        except QuanedgeError as exc:
+            _fail(exc)
+        raise typer.Exit(code)
 
     @app.command("enroll")
     def enroll_cmd(config: Path = ConfigOpt, server: str = typer.Option(..., help="Fleet server URL."),
@@ -104,6 +130,37 @@ def _agent_app() -> typer.Typer:
         except KeyboardInterrupt:
             pass
 
+    @app.command("command")
+    def command_cmd(
+        config: Path = ConfigOpt,
+        device: str = typer.Option(..., help="Device name from the config."),
+        command: str = typer.Option(..., "--command", help="Command name, e.g. open, set_pattern, reset_rain."),
+        arg: Optional[list[str]] = typer.Option(None, "--arg", help="name=value (1, true, [1,2] are JSON); repeat."),
+        timeout: float = typer.Option(30.0, help="Seconds to wait for the agent's answer."),
+    ) -> None:
+        """Send a command to a device through the RUNNING agent: allow-listed, guarded and audited.
+
+        Exit status: 0 done, 3 refused, 4 the device failed, 2 config/agent unreachable."""
+        import getpass
+
+        from agent.commands import parse_arg, send_local_command
+        from agent.config import load_config
+
+        try:
+            cfg = load_config(config)
+            args = dict(parse_arg(a) for a in arg or [])
+            status, body = send_local_command(cfg, device, command, args, origin=f"cli:{getpass.getuser()}",
+                                              timeout_s=timeout)
+        except (QuanedgeError, ValueError) as exc:
+            _fail(exc)
+        if status == 200:
+            typer.echo(f"done: {command} on {device} {json.dumps(body.get('args', {}), ensure_ascii=False)} "
+                       f"in {body.get('took_ms')} ms (audited)")
+            return
+        outcome = {403: "refused", 502: "failed"}.get(status, f"error (HTTP {status})")
+        typer.secho(f"{outcome}: {body.get('message', body)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit({403: 3, 502: 4}.get(status, 2))
+
     return app
 
 
@@ -120,6 +177,12 @@ def _fleet_app() -> typer.Typer:
         mqtt_host: Optional[str] = typer.Option(None, help="Broker to take telemetry from (none: HTTP only)."),
         mqtt_port: int = typer.Option(1883),
         topic_prefix: str = typer.Option("quanedge"),
+        tuf_repo: Optional[Path] = typer.Option(None, "--tuf-repo", help="Update repository to serve at /tuf/ "
+                                                "(made with `quanedge manifest init`); enables rollouts."),
+        tuf_keys: Optional[Path] = typer.Option(None, "--tuf-keys", help="Online snapshot/timestamp keys "
+                                                "(default: <repo>/keys)."),
+        checkin_interval: int = typer.Option(60, "--checkin-interval", help="Seconds between box check-ins."),
+        public_url: Optional[str] = typer.Option(None, "--public-url", help="How boxes reach this server."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Serve the fleet API (and the MQTT bridge when a broker is given)."""
@@ -130,7 +193,9 @@ def _fleet_app() -> typer.Typer:
         db.parent.mkdir(parents=True, exist_ok=True)
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
-                                      mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix)
+                                      mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,
+                                      tuf_repo_dir=tuf_repo, tuf_keys_dir=tuf_keys,
+                                      checkin_interval_s=checkin_interval, public_url=public_url)
             serve_fleet(settings)
         except QuanedgeError as exc:
             _fail(exc)
@@ -186,6 +251,48 @@ def _sim_app() -> typer.Typer:
         except KeyboardInterrupt:
             pass
 
+    @app.command("modbus")
+    def modbus(
+        model: Optional[str] = typer.Option(None, "--model", help="Device model (a profile name), e.g. lufft_ws."),
+        unit: list[int] = typer.Option([], "--unit", help="Slave id(s) for --model; default: the profile's."),
+        slave: list[str] = typer.Option([], "--slave", help="MODEL:UNIT, repeat to mix models on one bus."),
+        tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
+        rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
+        baudrate: Optional[int] = typer.Option(None, help="Line speed (default: the first model's)."),
+        parity: Optional[str] = typer.Option(None, help="N, E or O (default: the first model's)."),
+        turnaround_ms: float = typer.Option(10.0, "--turnaround-ms", help="Slave reply delay on RTU."),
+        seed: int = typer.Option(0, help="Physics seed (same seed, same weather and air)."),
+        time_factor: float = typer.Option(1.0, "--time-factor", help="Model seconds per wall second."),
+        control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
+    ) -> None:
+        """Simulated Modbus devices (every shipped profile) on one bus, faults on demand. Prints one JSON line."""
+        import asyncio
+
+        from hil_tests.sims.modbus_devices import MODELS, parse_slaves, serve_models
+
+        specs = list(slave)
+        if model is not None:
+            if model not in MODELS:
+                _fail(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+            specs += [f"{model}:{u}" for u in unit] or [model]
+        elif unit:
+            _fail("--unit goes with --model; use --slave MODEL:UNIT to mix models")
+        if not specs:
+            _fail(f"give --model MODEL or --slave MODEL:UNIT; models: {', '.join(MODELS)}")
+        if tcp is None and not rtu:
+            _fail("give --tcp PORT and/or --rtu")
+        try:
+            slaves = parse_slaves(specs)
+            asyncio.run(serve_models(slaves, tcp_port=tcp, rtu=rtu, baudrate=baudrate, parity=parity, seed=seed,
+                                     control_port=control, time_factor=time_factor, turnaround_s=turnaround_ms / 1000,
+                                     on_ready=lambda info: print(json.dumps(info), flush=True)))
+        except ValueError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            pass
+
+    from hil_tests.fleet_sim_cli import fleet_command
+    app.command("fleet")(fleet_command)
     return app
 
 
@@ -221,8 +328,13 @@ def _lazy_groups() -> dict[str, Callable[[], typer.Typer]]:
         from edge_models.cli import app
         return app
 
+    def rollout() -> typer.Typer:
+        from fleet_server.rollout.cli import app
+        return app
+
     groups["manifest"] = manifest
     groups["models"] = models
+    groups["rollout"] = rollout
     return groups
 
 
@@ -238,6 +350,10 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     app.callback()(_root)  # keeps `quanedge` a group even when only one sub-command is loaded
     app.command("demo")(_demo)
     wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    if wanted in (None, "scan"):
+        from agent.scan import scan
+
+        app.command("scan")(scan)
     for name, make in _lazy_groups().items():
         if wanted is not None and wanted != name:
             continue

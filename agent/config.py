@@ -5,12 +5,17 @@ does not start half-way: `load_config` either returns a complete `AgentConfig` o
 
     [box]        id, site, hardware, tags, data_dir
     [buffer]     max_bytes, ttl_s, alarm_ttl_s, commit_max_rows, commit_max_delay_ms
-    [uplink]     kind = "mqtt" | "http", batch_size, [uplink.mqtt] / [uplink.http]
+    [uplink]     kind = "mqtt" | "http", batch_size, [uplink.mqtt] / [uplink.http]; absent: HTTP to
+                 the server this box enrolled with
     [health]     listen = "127.0.0.1:9108", enabled
     [[bus]]      name, kind = "rtu" | "tcp", serial: port, baudrate, parity, stopbits, bytesize;
                  tcp: host, port; timeout_ms
-    [[device]]   name, bus, profile, unit, poll_s, points, allow_commands
+    [[device]]   name, kind (default "modbus"), poll_s, points, allow_commands, and per kind:
+                 modbus: bus, profile, unit; the others see agent.device_config (wxt_serial, ntcip,
+                 gbt20999, plate_camera, access_controller)
     [[model]]    edge models (see agent.inference)
+    [[junction]] pattern-change policy of a signal controller (see agent.traffic_control)
+    [updater]    OTA updates (see agent.updater.config); absent: updates disabled
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Union
 
+from agent import device_config as dc
 from agent._compat import tomllib
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
 from agent.config_reader import NAME_RE, Table, parse_size
@@ -90,6 +96,9 @@ class BusConfig:
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
+    """A Modbus device (kind = "modbus", the default) on a [[bus]]."""
+
+    kind: ClassVar[str] = "modbus"
     name: str
     bus: str
     profile_name: str
@@ -100,6 +109,11 @@ class DeviceConfig:
     allow_commands: tuple[str, ...] = ()
 
 
+AnyDeviceConfig = Union[DeviceConfig, dc.WxtSerialDeviceConfig, dc.NtcipDeviceConfig, dc.GbtDeviceConfig,
+                        dc.PlateCameraDeviceConfig, dc.AccessControllerDeviceConfig]
+DEVICE_KINDS = ("modbus", *dc.PARSERS)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     path: Path
@@ -108,12 +122,22 @@ class AgentConfig:
     uplink: UplinkConfig
     health: HealthConfig
     buses: tuple[BusConfig, ...]
-    devices: tuple[DeviceConfig, ...]
+    devices: tuple[AnyDeviceConfig, ...]
     models: tuple[Any, ...] = field(default=())  # agent.inference.ModelSpec
+    junctions: tuple[Any, ...] = field(default=())  # agent.traffic_control.JunctionPolicy
+    updater: Any = None  # agent.updater.config.UpdaterConfig (disabled when [updater] is absent)
 
     @property
     def credential_path(self) -> Path:
         return self.box.data_dir / "credential.json"
+
+    @property
+    def control_token_path(self) -> Path:
+        """Written by the running agent; `quanedge agent command` presents it (agent.commands)."""
+        return self.box.data_dir / "control.token"
+
+    def device(self, name: str) -> AnyDeviceConfig | None:
+        return next((d for d in self.devices if d.name == name), None)
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
@@ -131,21 +155,33 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     base_dir = p.resolve().parent
     box = _box(root.table("box", required=True), base_dir)  # type: ignore[arg-type]
     buffer = _buffer(root.table("buffer"), box, file)
-    uplink = _uplink(root.table("uplink", required=True), base_dir)  # type: ignore[arg-type]
+    # No [uplink]: HTTP to the server this box enrolled with (the embedded default).
+    uplink = _uplink(root.table("uplink") or Table({"kind": "http"}, file, "uplink"), base_dir)
     health = _health(root.table("health"))
     buses = tuple(_bus(t) for t in root.tables("bus"))
     _unique(buses, "bus", file)
     devices = tuple(_device(t, {b.name: b for b in buses}, base_dir) for t in root.tables("device"))
     _unique(devices, "device", file)
     _unique_units(devices, file)
+    dc.check_exclusive(devices, {b.name: b.port for b in buses if b.kind == "rtu" and b.port},
+                       (health.host, health.port) if health.enabled and health.port else None, file)
     model_tables = root.raw("model", [])
     models: tuple[Any, ...] = ()
     if model_tables:
         from agent.inference import parse_model_specs  # only boxes that run models pay for it
 
         models = tuple(parse_model_specs(model_tables, file))
+    junction_tables = root.raw("junction", [])
+    junctions: tuple[Any, ...] = ()
+    if junction_tables:
+        from agent.traffic_control import parse_junctions
+
+        junctions = parse_junctions(junction_tables, {d.name: d for d in devices}, file)
+    from agent.updater.config import parse_updater
+
+    updater = parse_updater(root.table("updater"), data_dir=box.data_dir, base_dir=base_dir)
     root.reject_unknown()
-    return AgentConfig(p, box, buffer, uplink, health, buses, devices, models)
+    return AgentConfig(p, box, buffer, uplink, health, buses, devices, models, junctions, updater)
 
 
 def _box(t: Table, base_dir: Path) -> BoxConfig:
@@ -261,7 +297,16 @@ def _bus(t: Table) -> BusConfig:
     return cfg
 
 
-def _device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> DeviceConfig:
+def _device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> AnyDeviceConfig:
+    kind = t.str("kind", "modbus", choices=DEVICE_KINDS)
+    if kind != "modbus":
+        cfg = dc.PARSERS[kind](t, base_dir)
+        t.reject_unknown()
+        return cfg
+    return _modbus_device(t, buses, base_dir)
+
+
+def _modbus_device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> DeviceConfig:
     from drivers.profile import load_profile
 
     name = t.str("name", pattern=NAME_RE, expected="1-64 chars of letters, digits, '.', '_' or '-'")
@@ -292,10 +337,12 @@ def _unique(items: tuple[Any, ...], what: str, file: str) -> None:
         seen.add(item.name)
 
 
-def _unique_units(devices: tuple[DeviceConfig, ...], file: str) -> None:
+def _unique_units(devices: tuple[AnyDeviceConfig, ...], file: str) -> None:
     """Two slaves with one address on one RS-485 bus answer together and garble both replies."""
     seen: dict[tuple[str, int], str] = {}
     for i, d in enumerate(devices):
+        if not isinstance(d, DeviceConfig):
+            continue
         key = (d.bus, d.unit)
         if key in seen:
             raise ConfigError(f"unit id already used by device {seen[key]!r} on bus {d.bus!r}", file=file,

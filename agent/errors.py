@@ -6,6 +6,7 @@ so the rest of the agent never catches a third-party exception type.
 
     QuanedgeError
     ├── ConfigError            bad box config or device profile; names file, key, value, expected
+    │   └── ModelLoadError     edge_models.manifest: a model missing, corrupt or not matching its manifest
     ├── DriverError            anything that went wrong talking to a device
     │   ├── DeviceTimeout      no reply within the timeout (a silent RS-485 slave)
     │   ├── DeviceException    the device answered with a protocol exception (Modbus code 01..0B)
@@ -17,6 +18,7 @@ so the rest of the agent never catches a third-party exception type.
     ├── UplinkError            forwarding failed; the records stay in the buffer
     │   ├── UplinkUnavailable  transient: broker/server unreachable, timeout; retry with backoff
     │   └── UplinkRejected     the far side refused the batch (bad credential, malformed); not retried blindly
+    ├── ModelRunError          edge_models.runtime: a model failed at run time (readings go on unjudged)
     ├── EnrollmentError        enrollment with the fleet server failed
     ├── UpdateRejected         agent.updater.verify: an update failed verification (reason_code says why)
     ├── ManifestError          firmware_manifests: update repository tooling errors

@@ -14,16 +14,22 @@ It runs on the event loop at every scrape, so it must be cheap (cached counters,
 web framework): ``GET /metrics`` (prometheus text), ``GET /healthz`` (JSON from `ready()`, 200 when
 its "status" is "ok", else 503), 404 elsewhere, 405 for other methods, 400 for malformed requests.
 One request per connection (``Connection: close``); a client gets `REQUEST_TIMEOUT_S` to send it.
+
+Control hook: `post={"/commands": handler}` adds POST endpoints for local tools (`quanedge agent
+command`). They answer only to loopback peers (403 otherwise, whatever address the server listens
+on); the handler gets the request headers (lower-case names) and body and returns (status, JSON
+body). Authorisation beyond that (the control token) is the handler's job (agent.commands).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Awaitable, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +41,7 @@ __all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S"]
 log = logging.getLogger(__name__)
 
 BufferStats = Callable[[], Mapping[str, Any]]
+PostHandler = Callable[[Mapping[str, str], bytes], Awaitable[tuple[int, bytes]]]
 REQUEST_TIMEOUT_S = 5.0
 _MAX_LINE = 8192
 _MAX_HEADERS = 64
@@ -148,8 +155,11 @@ async def serve_health(
     ready: Callable[[], Mapping[str, Any]],
     *,
     on_ready: Callable[[int], None] | None = None,
+    post: Mapping[str, PostHandler] | None = None,
 ) -> None:
-    """Serve /metrics and /healthz until cancelled; `on_ready(bound_port)` once listening (port 0 = any)."""
+    """Serve /metrics and /healthz until cancelled; `on_ready(bound_port)` once listening (port 0 = any).
+
+    `post` maps paths to loopback-only POST handlers (see the module docstring)."""
     handlers: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -157,7 +167,7 @@ async def serve_health(
         assert task is not None
         handlers.add(task)
         try:
-            await _serve_one(reader, writer, metrics, ready)
+            await _serve_one(reader, writer, metrics, ready, post or {})
         finally:
             handlers.discard(task)
             writer.close()
@@ -179,9 +189,9 @@ async def serve_health(
 
 
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics,
-                     ready: Callable[[], Mapping[str, Any]]) -> None:
+                     ready: Callable[[], Mapping[str, Any]], post: Mapping[str, PostHandler]) -> None:
     try:
-        method, path = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
+        method, path, headers, body = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
     except _BadRequest as exc:
         await _write(writer, 400, "text/plain; charset=utf-8", f"bad request: {exc}\n".encode())
         return
@@ -190,6 +200,9 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         return
     except (asyncio.IncompleteReadError, ConnectionError):
         return  # the client went away before finishing its request
+    if path in post:
+        await _post(writer, post[path], method, headers, body)
+        return
     if path not in ("/metrics", "/healthz"):
         await _write(writer, 404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n",
                      head=method == "HEAD")
@@ -211,8 +224,31 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     await _write(writer, status, ctype, body, head=method == "HEAD")
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """Read one request head (and discard a small body); returns (method, path without query)."""
+async def _post(writer: asyncio.StreamWriter, handler: PostHandler, method: str, headers: Mapping[str, str],
+                body: bytes) -> None:
+    text = "text/plain; charset=utf-8"
+    if method != "POST":
+        await _write(writer, 405, text, b"method not allowed\n", extra={"Allow": "POST"})
+        return
+    peer = writer.get_extra_info("peername")
+    try:
+        loopback = ipaddress.ip_address(peer[0]).is_loopback if peer else False
+    except ValueError:
+        loopback = False
+    if not loopback:
+        await _write(writer, 403, text, b"control endpoints answer only on loopback\n")
+        return
+    try:
+        status, reply = await handler(headers, body)
+    except Exception as exc:  # a broken handler is a 500, never a dead server
+        log.exception("control handler failed")
+        await _write(writer, 500, text, f"internal error: {type(exc).__name__}\n".encode())
+        return
+    await _write(writer, status, "application/json", reply)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    """Read one request (a body up to _MAX_BODY); returns (method, path without query, headers, body)."""
     line = await _read_line(reader)
     parts = line.split(" ")
     if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper():
@@ -240,9 +276,8 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     length = headers.get("content-length", "0")
     if not length.isdigit() or int(length) > _MAX_BODY:
         raise _BadRequest("bad Content-Length")
-    if int(length):
-        await reader.readexactly(int(length))
-    return method, target.split("?", 1)[0]
+    body = await reader.readexactly(int(length)) if int(length) else b""
+    return method, target.split("?", 1)[0], headers, body
 
 
 async def _read_line(reader: asyncio.StreamReader) -> str:
@@ -256,13 +291,14 @@ async def _read_line(reader: asyncio.StreamReader) -> str:
         raise _BadRequest("non-ASCII bytes in request head") from exc
 
 
-_PHRASES = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_PHRASES = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 500: "Internal Server Error",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, *, head: bool = False,
                  extra: Mapping[str, str] | None = None) -> None:
-    lines = [f"HTTP/1.1 {status} {_PHRASES[status]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
              "Cache-Control: no-store", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else body))

@@ -32,20 +32,36 @@ def _table(device: str, readings: list[Reading], error: str | None, n: int, took
 
 
 async def live_read(cfg: AgentConfig, device_name: str, interval: float, count: int) -> None:
-    from agent.runtime import make_link
-    from drivers.modbus import ModbusDevice
+    """Any configured device, through the same driver factory the agent uses (agent.devices)."""
+    from contextlib import AsyncExitStack
 
-    dev_cfg = next((d for d in cfg.devices if d.name == device_name), None)
+    from agent.devices import FACTORIES, BuildContext, ManagedDriver
+
+    dev_cfg = cfg.device(device_name)
     if dev_cfg is None:
         raise ConfigError("no such device", file=str(cfg.path), key="device", value=device_name,
                           expected="one of " + ", ".join(d.name for d in cfg.devices))
-    bus = next(b for b in cfg.buses if b.name == dev_cfg.bus)
-    link = make_link(bus)
-    device = ModbusDevice(dev_cfg.name, link, dev_cfg.unit, dev_cfg.profile)
+    events: list[Reading] = []  # pushed by event-reporting devices (controllers, gates) meanwhile
+
+    async def keep(rs: list[Reading]) -> None:
+        events.extend(rs)
+        del events[:-10]
+
     console = Console()
     last: list[Reading] = []
     n = 0
-    try:
+    async with AsyncExitStack() as stack:
+        ctx = BuildContext({b.name: b for b in cfg.buses}, stack, keep)
+        try:
+            driver = FACTORIES[dev_cfg.kind](dev_cfg, ctx)
+        except ValueError as exc:
+            raise ConfigError(f"device settings refused by the {dev_cfg.kind} driver: {exc}", file=str(cfg.path),
+                              key="device", value=device_name) from exc
+        device = ManagedDriver(driver, asyncio.Lock(), owns_open=dev_cfg.kind != "modbus")
+        stack.push_async_callback(device.close)
+        for sink in ctx.sinks.values():  # events pushed by the device go to the table, acknowledged
+            task = asyncio.create_task(sink.run(), name=f"events:{sink.name}")
+            stack.callback(task.cancel)
         with Live(_table(device_name, [], "connecting...", 0, 0), console=console, refresh_per_second=4) as live:
             while count == 0 or n < count:
                 n += 1
@@ -55,7 +71,5 @@ async def live_read(cfg: AgentConfig, device_name: str, interval: float, count: 
                     last = await device.read(dev_cfg.points or None)
                 except DriverError as exc:
                     error = f"{type(exc).__name__}: {exc}"
-                live.update(_table(device_name, last, error, n, (time.perf_counter() - t0) * 1000))
+                live.update(_table(device_name, last + events, error, n, (time.perf_counter() - t0) * 1000))
                 await asyncio.sleep(interval)
-    finally:
-        await link.close()

@@ -33,6 +33,14 @@ class StoreObserver(Protocol):
     def stored(self, n: int) -> None: ...
 
 
+class _Durable(list):
+    """A queued batch whose submitter waits for its commit (Pipeline.store)."""
+
+    def __init__(self, readings: list[Reading], done: "asyncio.Future[None]") -> None:
+        super().__init__(readings)
+        self.done = done
+
+
 class Pipeline:
     def __init__(
         self,
@@ -48,6 +56,7 @@ class Pipeline:
         self.stage = stage
         self._observer = observer
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue(max_queued_batches)
+        self._stored_waiters: list[asyncio.Future[None]] = []  # resolved by the next append that commits
         self._max_rows = max_rows_per_append
         self.stage_failures = 0
         self.stored_total = 0
@@ -60,22 +69,53 @@ class Pipeline:
         """Queue readings for storage (waits when the queue is full)."""
         await self._queue.put(readings)
 
+    async def store(self, readings: list[Reading]) -> None:
+        """Queue readings and return only once they are committed to the buffer (durable).
+
+        For sources that acknowledge to a device (a plate camera, an access controller): the device
+        keeps its event until it has our answer, so the answer must wait for the commit. Cancelling
+        the wait does not take the readings back; they are stored all the same."""
+        done = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Durable(readings, done))
+        await asyncio.shield(done)
+
     def queued(self) -> int:
         return self._queue.qsize()
 
     async def run(self) -> None:
         while True:
-            batch = list(await self._queue.get())
+            first = await self._queue.get()
+            self._note(first)
+            batch = list(first)
             batch.extend(self._take_queued())
-            await self._store(await self._judge(batch))
+            try:
+                await self._store(await self._judge(batch))
+            except asyncio.CancelledError:  # stopped mid-batch: nobody may be told "stored"
+                for w in self._stored_waiters:
+                    w.cancel()
+                self._stored_waiters = []
+                raise
+            self._release()
+
+    def _note(self, item: list[Reading]) -> None:
+        if isinstance(item, _Durable):
+            self._stored_waiters.append(item.done)
+
+    def _release(self) -> None:
+        waiters, self._stored_waiters = self._stored_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def _take_queued(self) -> list[Reading]:
         out: list[Reading] = []
         while len(out) < self._max_rows:
             try:
-                out.extend(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
+            self._note(item)
+            out.extend(item)
         return out
 
     async def _judge(self, batch: list[Reading]) -> list[Reading]:
@@ -116,6 +156,7 @@ class Pipeline:
             batch.extend(self._take_queued())
         if batch:
             await self._store(await self._judge(batch))
+        self._release()
         return len(batch)
 
     def stats(self) -> dict[str, Any]:

@@ -1,7 +1,14 @@
 """Wiring: builds the data path from an AgentConfig and runs it under one TaskGroup.
 
-    bus schedulers -> pipeline (inference stage) -> durable buffer -> drain -> uplink
-                      health server (/healthz, /metrics)      TTL expiry
+    bus schedulers ----+
+    push listeners ----+-> pipeline (inference stage) -> durable buffer -> drain -> uplink
+    command router ----+   (audit records)
+                      health server (/healthz, /metrics, loopback POST /commands)      TTL expiry
+
+Devices are built by agent.devices: Modbus devices share one link and one scheduler per [[bus]];
+every other polled device (WXT serial, NTCIP, GB/T, the gates) has its own scheduler task; push
+devices (plate camera receiver, access-controller event listener) have a listener task and an
+event task each. All of them, and the command router's drivers, close through the exit stack.
 
 Every task has one owner (the TaskGroup). Stopping (SIGTERM/SIGINT or the `stop` event) cancels
 the producers, stores whatever the pipeline still holds, and closes the buffer cleanly.
@@ -20,14 +27,15 @@ from typing import Any
 
 from agent._compat import TaskGroup
 from agent.buffer import DurableBuffer
+from agent.commands import CommandRouter, ControlEndpoint, write_control_token
 from agent.config import AgentConfig, BusConfig
+from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
 from agent.errors import ConfigError
 from agent.health import Metrics, serve_health
 from agent.pipeline import Pipeline
-from agent.scheduler import BusScheduler, PolledDevice
-from agent.uplink.base import Uplink
+from agent.reading import Reading, RecordClass
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +76,6 @@ def make_uplink_factory(cfg: AgentConfig):
     return "http", lambda: HttpUplink(settings, box_id)
 
 
-def build_schedulers(cfg: AgentConfig, pipeline: Pipeline, metrics: Metrics, stack: AsyncExitStack) -> list[BusScheduler]:
-    from drivers.modbus import ModbusDevice
-
-    schedulers = []
-    for bus in cfg.buses:
-        devs = [d for d in cfg.devices if d.bus == bus.name]
-        if not devs:
-            log.warning("bus %s has no devices; not polled", bus.name)
-            continue
-        link = make_link(bus)
-        stack.push_async_callback(link.close)
-        polled = [PolledDevice(d.name, ModbusDevice(d.name, link, d.unit, d.profile), d.poll_s, d.points or None)
-                  for d in devs]
-        schedulers.append(BusScheduler(bus.name, polled, pipeline.submit, metrics))
-    return schedulers
-
-
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, install_signals: bool = True) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,39 +84,67 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
             loop.add_signal_handler(sig, stop.set)
     uplink_name, make_uplink = make_uplink_factory(cfg)
     metrics = Metrics()
-    stage = None
-    if cfg.models:
-        from agent.inference import InferenceStage
+    stage = _inference_stage(cfg)
+    decider = None
+    if cfg.junctions:
+        from agent.traffic_control import PatternDecider
 
-        stage = InferenceStage.from_config(cfg.models)
+        decider = PatternDecider(cfg.junctions, _late_sender)  # bound to the router below
     async with AsyncExitStack() as stack:
+        if stage is not None:
+            stack.callback(stage.close)
         buffer = DurableBuffer(cfg.buffer)  # drop counts reach /metrics via buffer.stats (durable)
         await buffer.open()
         stack.push_async_callback(buffer.close)
         ack_log = os.environ.get("QUANEDGE_ACK_LOG")
-        pipeline = Pipeline(buffer, stage=stage, observer=metrics, ack_log=Path(ack_log) if ack_log else None)
-        schedulers = build_schedulers(cfg, pipeline, metrics, stack)
+        chain = ChainStage([s for s in (stage, decider) if s is not None])
+        pipeline = Pipeline(buffer, stage=chain or None, observer=metrics,
+                            ack_log=Path(ack_log) if ack_log else None)
+        if stage is not None and stage.load_errors:
+            await pipeline.submit([Reading(cfg.box.id, "model_status.load", 1.0, "", time.time(), cls=RecordClass.EVENT,
+                                           text=err[:1000]) for err in stage.load_errors])
+        devices = build_devices(cfg, pipeline.submit, metrics, stack, store=pipeline.store)
+        router = CommandRouter(devices.drivers, {d.name: d.allow_commands for d in cfg.devices}, pipeline.submit,
+                               config_file=str(cfg.path))
+        if decider is not None:
+            decider.bind(router.sender("traffic_control", emit=decider.audit))
         drain = Drain(buffer, make_uplink, name=uplink_name, batch_size=cfg.uplink.batch_size, observer=metrics)
         metrics.buffer_stats = buffer.stats
-        log.info("agent %s starting: %d bus(es), %d device(s), uplink %s, buffer %s",
-                 cfg.box.id, len(schedulers), len(cfg.devices), uplink_name, cfg.buffer.path)
+        log.info("agent %s starting: %d line(s), %d device(s), %d listener(s), uplink %s, buffer %s",
+                 cfg.box.id, len(devices.schedulers), len(cfg.devices), len(devices.listeners), uplink_name,
+                 cfg.buffer.path)
         producers: list[asyncio.Task] = []
         async with TaskGroup() as tg:
-            for s in schedulers:
+            for s in devices.schedulers:
                 producers.append(tg.create_task(s.run(), name=f"bus:{s.bus}"))
+            for lst in devices.listeners:
+                producers.append(tg.create_task(lst.run(), name=f"listen:{lst.name}"))
+            for sink in devices.sinks:
+                producers.append(tg.create_task(sink.run(), name=f"events:{sink.name}"))
             others = [
                 tg.create_task(pipeline.run(), name="pipeline"),
                 tg.create_task(drain.run(), name="drain"),
                 tg.create_task(_expire_loop(buffer), name="ttl"),
             ]
             if cfg.health.enabled:
-                ready = lambda: _readiness(schedulers, drain, buffer, pipeline)  # noqa: E731
+                control = ControlEndpoint(router, write_control_token(cfg.control_token_path))
+                ready = lambda: _readiness(devices, drain, buffer, pipeline, stage, decider)  # noqa: E731
                 others.append(tg.create_task(
-                    serve_health(metrics, cfg.health.host, cfg.health.port, ready), name="health"))
+                    serve_health(metrics, cfg.health.host, cfg.health.port, ready, post={"/commands": control}),
+                    name="health"))
+            updater = None
+            if cfg.updater is not None and cfg.updater.enabled:
+                from agent.updater.service import UpdaterService
+
+                updater = UpdaterService(cfg, cfg.updater, emit=buffer.append, inference_stage=stage)
+                others.append(tg.create_task(updater.run(), name="updater"))
             await stop.wait()
             log.info("stopping: finishing the pipeline, then closing the buffer")
             for t in producers + others:
                 t.cancel()
+        pushed = [r for sink in devices.sinks for r in sink.leftovers()]  # events taken, not yet queued
+        if pushed:
+            await pipeline.submit(pushed)
         stored = await pipeline.flush()
         if stored:
             log.info("stored %d queued readings before exit", stored)
@@ -137,10 +156,48 @@ async def _expire_loop(buffer: DurableBuffer) -> None:
         await asyncio.sleep(TTL_INTERVAL_S)
 
 
-def _readiness(schedulers: list[BusScheduler], drain: Drain, buffer: DurableBuffer, pipeline: Pipeline) -> dict:
-    devices = {d.name: {"online": d.online, "failures": d.failures, "last_error": d.last_error,
-                        "last_success": d.last_success}
-               for s in schedulers for d in s.devices}
+def _inference_stage(cfg: AgentConfig) -> Any:
+    """The models declared in the config (committed OTA model updates win over older versions).
+
+    A missing, corrupt or mismatched model is logged as a clear error and reported (/healthz
+    "models.load_errors", a `model_status` event) while the box keeps reading its devices:
+    exiting would make the service manager restart it into the same error, a crash loop in which
+    no reading is stored. `quanedge agent check-config` fails on the same model, for installers.
+    """
+    if not cfg.models:
+        return None
+    from agent.inference import InferenceStage
+
+    specs, models_dir = tuple(cfg.models), None
+    if cfg.updater is not None and cfg.updater.enabled:
+        from agent.updater.models import runtime_models
+
+        specs, models_dir = runtime_models(cfg.models, cfg.updater)
+    return InferenceStage.from_config(specs, models_dir, strict=False, status_device=cfg.box.id)
+
+
+async def _late_sender(device: str, command: str, args: Any) -> None:
+    raise RuntimeError("PatternDecider used before it was bound to the command router")
+
+
+class ChainStage:
+    """Pipeline stages in order (the inference stage, then the pattern decider)."""
+
+    def __init__(self, stages: list[Any]) -> None:
+        self.stages = stages
+
+    def __bool__(self) -> bool:
+        return bool(self.stages)
+
+    async def process(self, readings: list[Any]) -> list[Any]:
+        for stage in self.stages:
+            readings = await stage.process(readings)
+        return readings
+
+
+def _readiness(device_set: DeviceSet, drain: Drain, buffer: DurableBuffer, pipeline: Pipeline,
+               stage: Any = None, decider: Any = None) -> dict:
+    devices = device_set.status()
     st = buffer.stats()
     oldest = st["oldest_unsent_ts"]
     status = "ok"
@@ -157,4 +214,6 @@ def _readiness(schedulers: list[BusScheduler], drain: Drain, buffer: DurableBuff
         "uplink": {"name": drain.name, "connected": drain.connected, "sent": drain.sent_total,
                    "last_error": drain.last_error},
         "pipeline": pipeline.stats(),
+        **({"models": stage.stats()} if stage is not None else {}),
+        **({"junctions": decider.stats()} if decider is not None else {}),
     }

@@ -10,6 +10,9 @@ door<n>_state (doorStatus: 1 sleep, 2 remain open, 3 remain closed, 4 normal), d
 
 Events (card, face, remote open) are pushed by the controller to our listener (`listen_port`) as
 AccessControllerEvent JSON; each becomes an ALARM Reading for `on_event`, its codes decoded to names.
+When `on_event` returns an awaitable (the agent's event sink: completes on the buffer's commit) the
+controller's answer waits for it (up to STORE_TIMEOUT_S; otherwise 503 and the controller re-pushes),
+so an acknowledged event is a stored event; a re-push meanwhile waits for the first copy.
 
 httpx errors are mapped here, at one boundary: timeouts -> DeviceTimeout, transport errors ->
 LinkError, a refusal (HTTP 4xx/5xx or ResponseStatus statusCode != 1) -> DeviceException,
@@ -18,6 +21,8 @@ an unreadable body -> FrameError.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import time
 from collections import OrderedDict
@@ -33,6 +38,7 @@ from drivers.tinyhttp import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSettings", "AccessControllerDriver"]
 
+STORE_TIMEOUT_S = 5.0  # an event's answer waits this long for the buffer's commit
 _STATUS_KEYS = {"lock": "doorLockStatus", "state": "doorStatus", "magnet": "magneticStatus"}
 
 
@@ -68,7 +74,7 @@ class AccessControllerSettings:
 
 class AccessControllerDriver:
     def __init__(self, name: str, settings: AccessControllerSettings, *,
-                 on_event: Callable[[Reading], None] | None = None, clock: Callable[[], float] = time.time,
+                 on_event: Callable[[Reading], Any] | None = None, clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = name
         self.settings = settings
@@ -80,6 +86,7 @@ class AccessControllerDriver:
         self.listen_port: int | None = None
         self.events = 0
         self._seen: OrderedDict[int, None] = OrderedDict()   # event serial numbers already taken
+        self._pending: dict[int, asyncio.Future[Any]] = {}   # taken, their commit not confirmed yet
 
     async def open(self) -> None:
         s = self.settings
@@ -167,6 +174,16 @@ class AccessControllerDriver:
         if code != 1:
             raise DeviceException(f"{self.name}: {command} door {door} refused: {text} ({sub})", code)
 
+    async def _stored(self, stored: "asyncio.Future[Any]") -> bool:
+        return await gates.wait_stored(stored, STORE_TIMEOUT_S)
+
+    def _settled(self, serial: int, f: "asyncio.Future[Any]") -> None:
+        self._pending.pop(serial, None)
+        if not f.cancelled() and f.exception() is None:
+            self._seen[serial] = None
+            while len(self._seen) > 10_000:
+                self._seen.popitem(last=False)
+
     async def _on_push(self, req: Request) -> Response:
         if req.method != "POST":
             return Response(405)
@@ -175,15 +192,26 @@ class AccessControllerDriver:
         except FrameError as exc:
             return Response(400, gates.compact_json({"error": str(exc)}).encode())
         ok = b'{"statusCode":1,"statusString":"OK"}'
+        later = b'{"statusCode":0,"statusString":"not stored yet, re-send"}'
         if event.serial_no >= 0 and event.serial_no in self._seen:
             return Response(200, ok)  # a re-push of an event we already took
+        if event.serial_no >= 0 and event.serial_no in self._pending:  # first copy still being stored
+            return Response(200, ok) if await self._stored(self._pending[event.serial_no]) else Response(503, later)
         if self.on_event is not None:
             text = gates.compact_json({"event": event.name, "major": event.major, "minor": event.minor,
                                        "card": event.card_no, "door": event.door, "serial": event.serial_no,
                                        "time": event.time})
-            self.on_event(Reading(self.name, "access_event", 1.0 if event.name in gates.GRANTED else 0.0, "",
-                                  self._clock(), cls=RecordClass.ALARM, text=text))
-        self.events += 1
+            stored = self.on_event(Reading(self.name, "access_event", 1.0 if event.name in gates.GRANTED else 0.0,
+                                           "", self._clock(), cls=RecordClass.ALARM, text=text))
+            self.events += 1
+            if inspect.isawaitable(stored):  # the controller's answer waits for the buffer's commit
+                stored = asyncio.ensure_future(stored)
+                if event.serial_no >= 0:
+                    self._pending[event.serial_no] = stored
+                    stored.add_done_callback(lambda f, n=event.serial_no: self._settled(n, f))
+                return Response(200, ok) if await self._stored(stored) else Response(503, later)
+        else:
+            self.events += 1
         if event.serial_no >= 0:
             self._seen[event.serial_no] = None
             while len(self._seen) > 10_000:

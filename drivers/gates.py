@@ -17,6 +17,8 @@ Plate camera protocol (Vzenith HTTP push):
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import re
 from collections import OrderedDict
@@ -313,3 +315,21 @@ def access_event_json(major: int, minor: int, *, card_no: str = "", door: int = 
                        "eventState": "active", "AccessControllerEvent": {
                            "majorEventType": major, "subEventType": minor, "cardNo": card_no, "doorNo": door,
                            "serialNo": serial_no}}).encode()
+
+
+async def wait_stored(stored: "asyncio.Future[Any]", timeout_s: float) -> bool:
+    """Wait (bounded) for the agent's commit of a pushed event (see plate_receiver, access_controller).
+
+    True: stored, answer the device "ok". False: not in time, refused, or the agent is stopping;
+    answer so that the device keeps the event and re-sends it."""
+    try:
+        await asyncio.wait_for(asyncio.shield(stored), timeout_s)
+    except asyncio.TimeoutError:
+        return False
+    except asyncio.CancelledError:
+        if stored.cancelled():  # the agent is stopping and could not store it
+            return False
+        raise
+    except Exception:  # noqa: BLE001 - refused by the pipeline: the device re-sends
+        return False
+    return True

@@ -6,13 +6,18 @@ answered at once: ``info: "ok"`` opens the barrier, anything else does not. Ever
 text is the compact JSON of the event and the decision. Re-sends - offline records pushed twice, a
 reply the camera never got - are answered with the same decision and produce no second Reading.
 
-The camera only gets its acknowledgement after `on_event` returned: if the pipeline refuses the
-reading (raises), the camera gets a 500 and re-sends later, so a gate event is never lost between
-the camera and the buffer.
+The camera only gets its acknowledgement after the event is stored: `on_event` may return an
+awaitable (the agent's event sink returns one that completes on the buffer's commit), which is
+awaited for up to `store_timeout_s`. If the pipeline refuses the reading (raises) or the commit
+does not come in time, the camera gets a 503 and re-sends later, so a gate event is never lost
+between the camera and the buffer. A re-send arriving while the first copy is still on its way
+to the buffer waits for that copy (one Reading, the same answer).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
@@ -34,6 +39,7 @@ class PlateReceiverSettings:
     relay: int | None = None                   # also pulse this camera IO (ivs_ioctrl) when opening
     heartbeat_timeout_s: float = 15.0
     dedup_capacity: int = 20_000
+    store_timeout_s: float = 5.0   # the camera's answer waits this long for the buffer's commit
     max_body: int = 4 << 20                    # pushes may carry base64 images
 
     def __post_init__(self) -> None:
@@ -41,6 +47,8 @@ class PlateReceiverSettings:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.relay is not None and not 0 <= self.relay <= 3:
             raise ValueError(f"relay must be a camera IO 0..3, got {self.relay}")
+        if not 0 < self.store_timeout_s <= 60:
+            raise ValueError(f"store_timeout_s must be 0 < seconds <= 60, got {self.store_timeout_s!r}")
         if self.heartbeat_timeout_s <= 0 or self.dedup_capacity < 9000:
             raise ValueError("need heartbeat_timeout_s > 0 and dedup_capacity >= 9000 (the camera's offline store)")
         if self.max_body < 1024:
@@ -50,7 +58,7 @@ class PlateReceiverSettings:
 class PlateReceiverDriver:
     COMMANDS = ("allow_plate", "revoke_plate")
 
-    def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], None], *,
+    def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], Any], *,
                  clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.settings = settings
@@ -58,6 +66,7 @@ class PlateReceiverDriver:
         self.on_event = on_event
         self._clock = clock
         self._dedup = gates.Deduplicator(settings.dedup_capacity)
+        self._pending: dict[tuple[str, int], tuple[gates.Decision, asyncio.Future[Any]]] = {}
         self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}")
         self.last_seen: dict[str, float] = {}
         self.events = 0
@@ -89,15 +98,21 @@ class PlateReceiverDriver:
         except FrameError as exc:
             self.rejected_bodies += 1
             return Response(400, gates.compact_json({"error": str(exc)}).encode())
-        return self._plate(event)
+        return await self._plate(event)
 
     def _known(self, serial: str) -> bool:
         return not self.settings.cameras or serial in self.settings.cameras
 
-    def _plate(self, event: gates.PlateEvent) -> Response:
+    async def _plate(self, event: gates.PlateEvent) -> Response:
         now = self._clock()
         key = (event.serialno, event.plate_id)
         decision = self._dedup.get(key) if event.plate_id >= 0 else None
+        if decision is None and key in self._pending:  # the first copy is still being stored
+            pending_decision, stored = self._pending[key]
+            if not await self._stored(stored):
+                self.duplicates += 1
+                return Response(503, b'{"error":"event not stored yet; re-send"}')
+            decision = pending_decision
         if decision is not None:
             self.duplicates += 1
             return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
@@ -113,11 +128,26 @@ class PlateReceiverDriver:
         })
         reading = Reading(self.name, "plate", 1.0 if decision.open else 0.0, "", now,
                           cls=RecordClass.ALARM, text=text)
-        self.on_event(reading)  # raises -> 500 -> the camera re-sends; nothing remembered
-        if event.plate_id >= 0:
-            self._dedup.remember(key, decision)
+        stored = self.on_event(reading)  # raises -> 500 -> the camera re-sends; nothing remembered
         self.events += 1
+        if inspect.isawaitable(stored):
+            stored = asyncio.ensure_future(stored)
+            if event.plate_id >= 0:
+                self._pending[key] = (decision, stored)
+                stored.add_done_callback(lambda f, k=key, d=decision: self._settled(k, d, f))
+            if not await self._stored(stored):
+                return Response(503, b'{"error":"event not stored yet; re-send"}')
+        elif event.plate_id >= 0:
+            self._dedup.remember(key, decision)
         return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
+
+    async def _stored(self, stored: "asyncio.Future[Any]") -> bool:
+        return await gates.wait_stored(stored, self.settings.store_timeout_s)
+
+    def _settled(self, key: tuple[str, int], decision: gates.Decision, f: "asyncio.Future[Any]") -> None:
+        self._pending.pop(key, None)
+        if not f.cancelled() and f.exception() is None:
+            self._dedup.remember(key, decision)
 
     # --- Driver protocol ---------------------------------------------------------------------
     async def read(self, points: Sequence[str] | None = None) -> list[Reading]:

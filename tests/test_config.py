@@ -114,8 +114,10 @@ def test_two_slaves_with_one_address_on_one_bus_are_refused(tmp_path: Path) -> N
 
 
 def test_missing_section_and_broken_toml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"\[uplink\]: required key is missing"):
-        load_config(write(tmp_path, '[box]\nid = "a"\n'))
+    with pytest.raises(ConfigError, match=r"\[box\]: required key is missing"):
+        load_config(write(tmp_path, '[uplink]\nkind = "http"\n'))
+    # No [uplink]: HTTP to the enrolled server, the embedded default.
+    assert load_config(write(tmp_path, '[box]\nid = "a"\n')).uplink.kind == "http"
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[box\nid = 1"))
     with pytest.raises(ConfigError, match="config file not found"):
