@@ -292,7 +292,11 @@ def _sim_app() -> typer.Typer:
             pass
 
     from hil_tests.fleet_sim_cli import fleet_command
+    from hil_tests.sims.cli import COMMANDS as DEVICE_SIMS
+
     app.command("fleet")(fleet_command)
+    for name, command in DEVICE_SIMS.items():   # wxt-serial, ntcip, gbt20999, plate-camera, access-controller
+        app.command(name)(command)
     return app
 
 
