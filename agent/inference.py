@@ -4,7 +4,8 @@
     onnxruntime --> SUSPECT flags on judged readings + derived readings + alarm/event records
 
 - Models are declared in the box config (`[[model]]` name, version, devices, point_map,
-  threshold) and loaded with `InferenceStage.from_config`; each file's sha256 is checked against
+  threshold; a point_map value may carry `{n}`, the detector number: `volume = "det{n}_volume"`
+  binds NTCIP's det3_volume as detector 3) and loaded with `InferenceStage.from_config`; each file's sha256 is checked against
   its manifest first. A missing, corrupt or mismatched model is a `ModelLoadError` (a
   ConfigError) at start-up; with `strict=False` the stage starts without it and reports it.
 - Every process() call runs each model at most once per wave over all devices (one
@@ -89,6 +90,10 @@ def parse_model_specs(raw: list[dict], file: str) -> tuple[ModelSpec, ...]:
                 isinstance(k, str) and isinstance(v, str) and k and v for k, v in pm_raw.items()):
             raise t.error("point_map", "must be a table of model input = device point", pm_raw,
                           '{ air_temperature = "temp_2m" }')
+        for k, v in pm_raw.items():
+            if v.count("{n}") > 1 or "{" in v.replace("{n}", "") or "}" in v.replace("{n}", ""):
+                raise t.error(f"point_map.{k}", "only one {n} (the detector number) may appear", v,
+                              '"det{n}_volume" or a plain point name')
         threshold = t.float("threshold", None, min=0.0, max=1.0, exclusive_min=True)
         if threshold is not None and threshold >= 1.0:
             raise t.error("threshold", "out of range", threshold, "a probability between 0 and 1")
@@ -97,6 +102,19 @@ def parse_model_specs(raw: list[dict], file: str) -> tuple[ModelSpec, ...]:
             raise t.error("name", "model declared twice", name, "each model once")
         specs.append(ModelSpec(name, version, devices, dict(pm_raw), threshold))
     return tuple(specs)
+
+
+def _suffixes(base: str, seen: dict[str, str]) -> set[str]:
+    """Detector suffixes (".3") under which a device has `base`: `base`/`base.3`, or `det{n}_volume` -> det3_volume."""
+    if "{n}" not in base:
+        return {p[len(base):] for p in seen if p == base or p.startswith(base + ".")}
+    head, tail = base.split("{n}", 1)
+    rx = re.compile(re.escape(head) + r"([0-9A-Za-z]+)" + re.escape(tail) + r"\Z")
+    return {"." + m.group(1) for p in seen if (m := rx.match(p))}
+
+
+def _point_for(base: str, sfx: str) -> str:
+    return base.replace("{n}", sfx[1:]) if "{n}" in base else base + sfx
 
 
 class _Runner:
@@ -128,13 +146,13 @@ class _Runner:
             return []
         suffixes: set[str] | None = None
         for base in self.points:
-            found = {p[len(base):] for p in seen if p == base or p.startswith(base + ".")}
+            found = _suffixes(base, seen)
             suffixes = found if suffixes is None else suffixes & found
         new = []
         for sfx in sorted(suffixes or ()):
             if (device, sfx) in self.by_key:
                 continue
-            pts = tuple(b + sfx for b in self.points)
+            pts = tuple(_point_for(b, sfx) for b in self.points)
             bad = [(p, seen[p], u) for p, u in zip(pts, self.head.units()) if not units_compatible(seen[p], u)]
             if bad:
                 log.error("%s not run on %s: unit of %s is %r, the model needs %r",

@@ -155,3 +155,32 @@ async def test_junction_day_pattern_changes_respect_the_guards(allow: bool) -> N
         assert s.ped_walk == 0 and s.ped_clear == 0, "never during a pedestrian phase"
     assert any("pedestrian phase active" in d["reason"] for _, d in decisions), "the guard was exercised"
     assert INTERVAL_S == 300.0
+
+
+async def test_ntcip_detector_names_bind_through_a_numbered_point_map() -> None:
+    """NTCIP's driver names detectors det3_volume / det3_occupancy; `{n}` in point_map binds them per
+    detector, and the forecasts equal those made from the model's own point names."""
+    mapped = ModelSpec("traffic_demand", "1.0.0",
+                       point_map={"volume": "det{n}_volume", "occupancy": "det{n}_occupancy"})
+    forecasts: dict[str, list[tuple[str, float, float]]] = {}
+    for label, spec, rename in (("default", ModelSpec("traffic_demand", "1.0.0"), None), ("ntcip", mapped, True)):
+        traffic = TrafficModel(seed=9, start=1_750_000_000.0)
+        stage = InferenceStage.from_config([spec])
+        got = forecasts.setdefault(label, [])
+        try:
+            for _ in range(30):
+                iv = traffic.step()
+                batch = []
+                for d, (v, o) in enumerate(zip(iv.volume, iv.occupancy), start=1):
+                    names = (f"det{d}_volume", f"det{d}_occupancy") if rename else \
+                        (f"detector_volume.{d}", f"detector_occupancy.{d}")
+                    batch += [Reading("sig-1", names[0], float(v), "veh", iv.t_end),
+                              Reading("sig-1", names[1], float(o), "%", iv.t_end),
+                              Reading("sig-1", f"det{d}_volumes", 1.0, "veh", iv.t_end)]  # not a detector point
+                out = await stage.process(batch)
+                got += [(r.point, r.ts, r.value) for r in out if r.point.startswith("volume_15min_forecast")]
+            assert stage.stats()["models"]["traffic_demand"]["bindings"] == len(iv.volume)
+        finally:
+            stage.close()
+    assert forecasts["ntcip"] and forecasts["ntcip"] == forecasts["default"]
+    assert {p for p, _, _ in forecasts["ntcip"]} == {f"volume_15min_forecast.{d}" for d in range(1, len(iv.volume) + 1)}

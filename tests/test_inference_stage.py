@@ -66,6 +66,10 @@ def test_parse_model_specs_accepts_a_full_table() -> None:
     ({"name": "wx_fault", "version": "1.0.0", "threshold": 1.5}, "model[0].threshold", "1.5"),
     ({"name": "wx_fault", "version": "1.0.0", "point_map": {"air_temperature": 3}}, "model[0].point_map", "3"),
     ({"name": "wx_fault", "version": "1.0.0", "devices": "wxt-1"}, "model[0].devices", "wxt-1"),
+    ({"name": "traffic_demand", "version": "1.0.0", "point_map": {"volume": "det{n}_{n}"}},
+     "model[0].point_map.volume", "only one {n}"),
+    ({"name": "traffic_demand", "version": "1.0.0", "point_map": {"volume": "det{k}_volume"}},
+     "model[0].point_map.volume", "det{k}_volume"),
     ({"name": "wx_fault", "version": "1.0.0", "treshold": 0.5}, "model[0].treshold", "unknown"),
 ])
 def test_parse_model_specs_errors_name_file_key_value(table: dict, key: str, fragment: str) -> None:
