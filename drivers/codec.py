@@ -82,8 +82,13 @@ def _abcd_to_wire(data: bytes, word_order: str) -> bytes:
     return _wire_to_abcd(data, word_order)
 
 
+_PACK_REGS = {1: struct.Struct(">H").pack, 2: struct.Struct(">HH").pack, 4: struct.Struct(">HHHH").pack}
+
+
 def _scaled(raw: float, scale: float, offset: float) -> float:
     # Dividing by an integer divisor keeps decimal values clean (3/10 == 0.3, 3*0.1 != 0.3).
+    if scale == 1:
+        return raw * scale + offset
     divisor = 1.0 / scale
     if abs(divisor) >= 1 and abs(divisor - round(divisor)) < 1e-9:
         return raw / round(divisor) + offset
@@ -110,7 +115,7 @@ def decode_point(spec: PointSpec, regs: Sequence[int]) -> tuple[float | None, Qu
     for r in regs:
         if not isinstance(r, int) or not 0 <= r <= 0xFFFF:
             raise ValueError(f"point {spec.name!r}: register value must be an int 0..65535, got {r!r}")
-    data = _wire_to_abcd(b"".join(r.to_bytes(2, "big") for r in regs), spec.word_order)
+    data = _wire_to_abcd(_PACK_REGS[count](*regs), spec.word_order)
     if spec.type == "f32":
         if int.from_bytes(data, "big") in spec.invalid:
             return None, Quality.MISSING

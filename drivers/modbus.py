@@ -369,6 +369,7 @@ class ModbusDevice:
         self.owns_link = owns_link
         self._order = {p.name: i for i, p in enumerate(profile.points)}
         self._all_blocks = self._plan(profile.points)
+        self._selections: dict[tuple[str, ...], list[ReadBlock]] = {}  # the scheduler asks the same few
 
     def _plan(self, specs: Sequence[PointSpec]) -> list[ReadBlock]:
         return plan_reads(specs, self.profile.max_registers_per_read, self.profile.max_read_gap)
@@ -382,6 +383,15 @@ class ModbusDevice:
             await self.link.close()
 
     def _select(self, points: Sequence[str]) -> list[ReadBlock]:
+        key = tuple(points) if not isinstance(points, str) else None
+        blocks = self._selections.get(key) if key is not None else None
+        if blocks is None:
+            blocks = self._plan_selection(points)
+            if len(self._selections) < 256:
+                self._selections[key] = blocks  # type: ignore[index]
+        return blocks
+
+    def _plan_selection(self, points: Sequence[str]) -> list[ReadBlock]:
         if isinstance(points, str) or len(set(points)) != len(points):
             raise ConfigError(f"device {self.name}: points must be a list of distinct names", key="points",
                               value=points, expected="e.g. ['air_temperature']")

@@ -11,7 +11,8 @@ numbers too, so a wrong profile is caught, not mirrored. Writes the devices unde
     renke_*                0x07D0 address / 0x07D1 baud code: stored, applied at the next power-up
 
 Time: the physics runs on model time = start + (wall clock - wall at start) * time_factor, sampled
-on every read (the SimSlave refresh hook); everything is seeded, so a scenario repeats exactly.
+on reads, at most every UPDATE_S of model time and at once after a write (the SimSlave refresh
+hook); everything is seeded, so a scenario repeats exactly.
 Counters wrap like the devices' registers; `rain_start_mm` / `tip_start` start them near the top.
 """
 
@@ -57,6 +58,7 @@ class ModelSim:
 
     profile_name: ClassVar[str]
     uses_air: ClassVar[bool] = False
+    UPDATE_S: ClassVar[float] = 0.1  # model seconds between measurement updates seen by reads
 
     def __init__(self, unit: int, *, seed: int = 0, time_factor: float = 1.0, start: float | None = None,
                  clock: Callable[[], float] = time.time, weather: dict[str, float] | None = None,
@@ -75,6 +77,9 @@ class ModelSim:
         self.input: dict[int, int] = {}
         self.holding: dict[int, int] = {}
         self.values: dict[str, float | None] = {}
+        self._slave: SimSlave | None = None
+        self._writes_seen = 0
+        self._refreshed_at = float("-inf")
         self.setup()
         self.refresh()
 
@@ -91,8 +96,9 @@ class ModelSim:
         return self.rain_start_mm + w.rain_total_mm - self.rain_base_mm
 
     def refresh(self) -> None:
-        """Advance the physics to now and rewrite every register (the SimSlave refresh hook)."""
-        w = self.weather.advance(self.model_time())
+        """Advance the physics to now and rewrite every register."""
+        self._refreshed_at = now = self.model_time()
+        w = self.weather.advance(now)
         air = self.air.advance(w.t, w) if self.air is not None else None
         values = self.physical(w, air)
         for spec in self.profile.points:
@@ -102,8 +108,20 @@ class ModelSim:
                 table[spec.address + i] = r
             self.values[spec.name] = values[spec.name]
 
+    def refresh_if_due(self) -> None:
+        """The read hook: like a real station, registers change at its update rate (UPDATE_S of
+        model time), not on every request, and at once after a write (a reset, a setting). The
+        blocks of one poll then see one consistent measurement, and a busy simulator no longer
+        recomputes its whole map for every request."""
+        slave = self._slave
+        writes = slave.writes if slave is not None else 0
+        if writes != self._writes_seen or self.model_time() >= self._refreshed_at + self.UPDATE_S:
+            self._writes_seen = writes
+            self.refresh()
+
     def slave(self) -> SimSlave:
-        return SimSlave(self.unit, holding=self.holding, input=self.input, refresh=self.refresh)
+        self._slave = SimSlave(self.unit, holding=self.holding, input=self.input, refresh=self.refresh_if_due)
+        return self._slave
 
 
 class _Window:

@@ -96,6 +96,7 @@ class SimSlave:
         self.refresh = refresh
         self.fault: Fault | None = None
         self.requests = 0
+        self.writes = 0  # successful fc 06/16 requests: a refresh hook may react to them
         self.log: deque[tuple[int, int, int]] = deque(maxlen=256)  # (function, address, count)
 
     def set_fault(self, fault: str | None, **params: Any) -> None:
@@ -127,6 +128,7 @@ class SimSlave:
                 if address not in self.holding:
                     return fail(ILLEGAL_ADDRESS)
                 self.holding[address] = count
+                self.writes += 1
                 return pdu
             if fc == 16:
                 if not 1 <= count <= 123 or len(pdu) != 6 + 2 * count or pdu[5] != 2 * count:
@@ -135,6 +137,7 @@ class SimSlave:
                     return fail(ILLEGAL_ADDRESS)
                 for i in range(count):
                     self.holding[address + i] = int.from_bytes(pdu[6 + 2 * i:8 + 2 * i], "big")
+                self.writes += 1
                 return pdu[:5]
             if not 1 <= count <= 125:
                 return fail(ILLEGAL_VALUE)
