@@ -175,6 +175,18 @@ def model_metrics() -> dict:
     return out
 
 
+def cpu_reference_ms() -> float:
+    """Milliseconds for one million pure-Python additions (best of 3): how fast this host's core is
+    today, so that figures from different days (the machine is shared and its speed moves) compare."""
+    best = float("inf")
+    for _ in range(3):
+        t0, s = time.perf_counter(), 0
+        for i in range(1_000_000):
+            s += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
+
+
 def machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -235,6 +247,7 @@ def main() -> None:
     result.update(rss())
     result["models"] = model_metrics()
     result["machine"] = machine()
+    result["cpu_reference_ms_per_1m_adds"] = cpu_reference_ms()
     print(json.dumps(result, indent=1))
     if "--results" in sys.argv[1:]:
         write_results(result, Path(__file__).resolve().parent / "RESULTS.md")
