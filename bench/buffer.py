@@ -9,6 +9,8 @@
 - drain_mqtt_per_s: readings/s from a full buffer to a real mosquitto at QoS 1 (PUBACK-confirmed),
   through the agent's Drain and MqttUplink; raw_broker_per_s is paho publishing the same payloads
   at QoS 1 (the broker's limit, same run).
+- encode_batch_rows_per_s: the uplink codec alone (agent.uplink.codec.encode_batch, 1000-row
+  batches, 1 s); both uplinks spend it on every batch they send.
 - agent_rss_mb: RSS of a real `quanedge agent run` process polling 20 simulated WXT530s
   (Modbus TCP) once a second, after QUANEDGE_BENCH_RSS_S seconds (default 60).
 
@@ -136,6 +138,17 @@ def _raw_broker(host: str, port: int, prefix: str, payload: bytes, rows: int) ->
         c.disconnect()
 
 
+def encode_rate(seconds: float = 1.0) -> float:
+    from agent.uplink.codec import encode_batch
+
+    batch = [Reading(f"ws-{i % 10}", "air_temp", 21.5 + i * 0.01, "degC", 1.7e9 + i, seq=i + 1) for i in range(1000)]
+    rows, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        encode_batch("box-1", batch)
+        rows += len(batch)
+    return rows / (time.perf_counter() - started)
+
+
 def agent_rss(work: Path) -> float:
     """RSS (MB) of a real agent process polling 20 simulated WXT530s once a second."""
     from agent.demo import free_port
@@ -177,6 +190,7 @@ def main() -> None:
     out["durable_ingest_per_s"] = round(asyncio.run(pipeline_ingest(work / "p.db", ROWS)))
     out["ingest_vs_raw"] = round(out["durable_ingest_per_s"] / out["sqlite_limit_per_s"], 3)
     out.update({k: round(v) for k, v in asyncio.run(drain_mqtt(work / "d.db", ROWS)).items()})
+    out["encode_batch_rows_per_s"] = round(encode_rate())
     out["agent_rss_mb"] = round(agent_rss(work), 1)
     out["agent_rss_after_s"] = RSS_S
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -11,7 +11,11 @@
 - rollout_create_100k_s: wall seconds of POST /api/v1/rollouts over 100,000 enrolled boxes with
   inventory (target selection, waves, and the server loading the pending set), seen by the client.
 
-    python -m bench.fleet [--only checkins|rollout|create]
+- telemetry_1000_batch_p50_ms / _p99_ms / telemetry_rows_per_s: 1,000-row POST /api/v1/telemetry
+  batches sent one after another (each committed durably, deduplicated by (box, seq)) to a server
+  process, wall time seen by the client.
+
+    python -m bench.fleet [--only checkins|rollout|create|telemetry]
 Environment: QUANEDGE_BENCH_BOXES (default 10000) for rollout_10k_s.
 """
 
@@ -136,6 +140,33 @@ def bench_create(work: Path, boxes: int = 100_000) -> dict[str, Any]:
     return {"rollout_create_100k_s": round(elapsed, 2)}
 
 
+def bench_telemetry(work: Path, batches: int = 40) -> dict[str, Any]:
+    """POST /api/v1/telemetry of 1,000-row batches, one after another, to a server process."""
+    import statistics
+
+    from agent.reading import Reading
+
+    with ServerProcess(work, checkin_interval_s=60) as server:
+        box, credential = next(iter(provision_sqlite(server.db_path, SimConfig(boxes=1, prefix="tele")).items()))
+        wall: list[float] = []
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}) as c:
+            for i in range(batches):
+                first = 1 + i * 1000
+                body = json.dumps({"box_id": box, "readings": [
+                    Reading("rs1", "air_temp", 20.0 + seq / 10, "degC", 1_700_000_000.0 + seq, seq=seq).to_row()
+                    for seq in range(first, first + 1000)]}).encode()
+                started = time.perf_counter()
+                r = c.post("/api/v1/telemetry", content=body)
+                wall.append(time.perf_counter() - started)
+                r.raise_for_status()
+                assert r.json()["accepted"] == 1000, r.text
+    wall.sort()
+    return {"telemetry_1000_batch_p50_ms": round(statistics.median(wall) * 1000, 2),
+            "telemetry_1000_batch_p99_ms": round(wall[int(0.99 * (len(wall) - 1))] * 1000, 2),
+            "telemetry_rows_per_s": round(1000 * len(wall) / sum(wall))}
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     try:
@@ -148,7 +179,7 @@ def _machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--only", choices=("checkins", "rollout", "create"))
+    parser.add_argument("--only", choices=("checkins", "rollout", "create", "telemetry"))
     parser.add_argument("--loadgen", nargs=4, metavar=("URL", "CREDS", "SECONDS", "CONNECTIONS"))
     args = parser.parse_args()
     if args.loadgen:
@@ -157,7 +188,8 @@ def main() -> None:
         print(json.dumps(asyncio.run(_loadgen(url, creds, float(seconds), int(conns)))))
         return
     result: dict[str, Any] = {}
-    for name, fn in (("checkins", bench_checkins), ("rollout", bench_rollout), ("create", bench_create)):
+    for name, fn in (("checkins", bench_checkins), ("rollout", bench_rollout), ("create", bench_create),
+                     ("telemetry", bench_telemetry)):
         if args.only in (None, name):
             with tempfile.TemporaryDirectory(prefix=f"qe-bench-{name}-") as work:
                 result.update(fn(Path(work)))

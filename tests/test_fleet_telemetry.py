@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,19 +217,22 @@ def test_two_apps_keep_separate_metrics(tmp_path: Path) -> None:
         assert 'readings_ingested_total{transport="http"}' not in b.get("/metrics").text
 
 
-def test_thousand_row_batch_is_ingested_well_under_20ms(tmp_path: Path) -> None:
-    app = create_app(ServerSettings(db_path=tmp_path / "perf.db", admin_token=ADMIN))  # default limits
+def test_thousand_row_batches_with_default_limits_are_stored_in_full(tmp_path: Path) -> None:
+    """Seven 1,000-row batches through the whole ASGI stack with the server's default limits: every
+    row is accepted and stored once. (How fast: `python -m bench.fleet --only telemetry`.)"""
+    db = tmp_path / "perf.db"
+    app = create_app(ServerSettings(db_path=db, admin_token=ADMIN))  # default limits
     with TestClient(app) as client:
         credential = enroll(client, "fast", "hw-fast")
-        cpu, wall = [], []
         for i in range(7):
             body = json.dumps({"box_id": "fast", "readings": rows(1 + i * 1000, 1000)}).encode()
-            start_cpu, start_wall = time.process_time(), time.perf_counter()
             r = client.post("/api/v1/telemetry", content=body, headers=bearer(credential))
-            cpu.append(time.process_time() - start_cpu)
-            wall.append(time.perf_counter() - start_wall)
-            assert r.json()["accepted"] == 1000
-    # The whole request through the ASGI stack (client side included). CPU time of this process,
-    # not wall time, so that other jobs on a shared machine do not make the bound flaky; wall time
-    # (with the fsync of the commit) measured ~9-12 ms on the 2-core dev machine.
-    assert statistics.median(cpu) < 0.020, (cpu, wall)
+            assert r.status_code == 200 and r.json()["accepted"] == 1000, r.text
+        again = client.post("/api/v1/telemetry", content=body, headers=bearer(credential))
+        assert again.status_code == 200 and again.json()["accepted"] == 0, again.text
+    store = SqliteStore(db)
+    try:
+        stored = store.readings("fast", limit=10_000)
+    finally:
+        store.close()
+    assert [r.seq for r in stored] == list(range(1, 7001))
