@@ -170,7 +170,8 @@ async def test_a_silent_slave_costs_one_timeout_per_poll_not_per_request() -> No
             await run_for(sched, 1.5)
     lufft = [p for p in r.polls if p.device == "lufft_ws-1"]
     assert lufft and all(p.requests == 1 and not p.ok for p in lufft)  # its 3 other requests were not sent
-    assert r.slaves[1].requests == len(lufft)
+    # one request per poll; a poll in flight when the run was stopped sent its request but left no record
+    assert len(lufft) <= r.slaves[1].requests <= len(lufft) + 1
     assert max(p.ended - p.started for p in lufft) < TIMEOUT + 0.06
 
 
