@@ -63,6 +63,19 @@ def _ready(info: dict[str, Any]) -> None:
     print(json.dumps(info), flush=True)
 
 
+async def _serve(ctl: Any, host: str, control: int | None, info: dict[str, Any], stop: Any,
+                 stop_sim: Callable[[], Awaitable[None]]) -> None:
+    """Open the control port, print the ready line (with control_port), run until `stop`, then
+    close the control port and the simulator, whatever happened."""
+    try:
+        await ctl.start(host, control)
+        _ready({**info, "control_port": ctl.port})
+        await stop.wait()
+    finally:
+        await ctl.stop()
+        await stop_sim()
+
+
 def _run(main: Callable[[Any], Awaitable[None]]) -> None:
     """asyncio.run(main(stop)) where `stop` (an asyncio.Event) is set by SIGINT or SIGTERM."""
     import asyncio
@@ -200,14 +213,9 @@ def wxt_serial_command(
         ctl = _Control({"fault": _enum_fault(Fault, lambda f: setattr(sim, "fault", f))},
                        lambda: {"fault": sim.fault.value, "requests": len(sim.requests),
                                 "polled_mode": sim.polled_mode})
-        try:
-            await ctl.start(host, control)
-            _ready({"device": "wxt530", "protocol": mode, "pty": sim.port, "address": address,
-                    "line": f"{sim.baudrate} 8N1", "seed": seed, "control_port": ctl.port})
-            await stop.wait()
-        finally:
-            await ctl.stop()
-            await sim.stop()
+        info = {"device": "wxt530", "protocol": mode, "pty": sim.port, "address": address,
+                "line": f"{sim.baudrate} 8N1", "seed": seed}
+        await _serve(ctl, host, control, info, stop, sim.stop)
 
     _run(main)
 
@@ -268,15 +276,9 @@ def ntcip_command(
         ctl = _Control({"fault": fault, "detector": detector},
                        lambda: {"fault": sim.fault, "requests": sim.requests, "pattern": sim.pattern,
                                 "command": sim.command, "sets": len(sim.sets)})
-        try:
-            await ctl.start(host, control)
-            _ready({"device": "ntcip1202", "host": host, "udp_port": sim.port, "community": community,
-                    "write_community": write_community, "pattern": pattern, "time_unit": time_unit,
-                    "seed": seed, "control_port": ctl.port})
-            await stop.wait()
-        finally:
-            await ctl.stop()
-            await sim.stop()
+        info = {"device": "ntcip1202", "host": host, "udp_port": sim.port, "community": community,
+                "write_community": write_community, "pattern": pattern, "time_unit": time_unit, "seed": seed}
+        await _serve(ctl, host, control, info, stop, sim.stop)
 
     _run(main)
 
@@ -336,14 +338,9 @@ def gbt20999_command(
         ctl = _Control({"fault": _enum_fault(Fault, lambda f: setattr(sim, "fault", f)), "drop_connections": drop},
                        lambda: {"fault": sim.fault.value, "frames_in": len(sim.frames_in), "plan": sim.plan,
                                 "mode": g.MODES.get(sim.mode, sim.mode), "stage": sim.stage_at(sim.clock())})
-        try:
-            await ctl.start(host, control)
-            _ready({"device": "gbt20999", "host": host, "tcp_port": sim.port, "controller": controller, "road": road,
-                    "plan": plan, "mode": g.MODES[mode_code], "seed": seed, "control_port": ctl.port})
-            await stop.wait()
-        finally:
-            await ctl.stop()
-            await sim.stop()
+        info = {"device": "gbt20999", "host": host, "tcp_port": sim.port, "controller": controller, "road": road,
+                "plan": plan, "mode": g.MODES[mode_code], "seed": seed}
+        await _serve(ctl, host, control, info, stop, sim.stop)
 
     _run(main)
 
