@@ -235,7 +235,9 @@ def test_kill_9_during_a_model_swap_ends_on_the_new_model(make_box, point: str) 
     marker = box.tmp / "paused"
     box.start(QUANEDGE_UPDATER_PAUSE_AT=point, QUANEDGE_UPDATER_PAUSE_FILE=str(marker))
     wait_until(box.healthy, 60, f"agent healthy ({box.log()})")
-    assert box.server.inventory[box.name][-1]["models"] == {"wx_fault": "1.0.0"}
+    # healthy does not mean the first inventory report has landed yet: wait for it
+    wait_until(lambda: box.server.inventory.get(box.name, [{}])[-1].get("models") == {"wx_fault": "1.0.0"}, 30,
+               f"the first inventory report ({box.log()})")
     action_id = box.server.offer(box.name, kind="model", target_name=MODEL_TARGET, version="1.1.0",
                                  repo_url=box.repo.url)
     wait_until(marker.exists, 90, f"the pause at {point} ({box.log()})")

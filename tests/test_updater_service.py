@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import pytest
 
@@ -66,10 +67,15 @@ async def until(pred, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-async def run_until_final(service: UpdaterService, world, action_id: str, timeout: float = 30) -> dict:
+async def run_until_final(service: UpdaterService, world, action_id: str, timeout: float = 30,
+                          then: Callable[[], Any] | None = None) -> dict:
+    """Run the service until the action's final report (and `then()`, if given, holds)."""
     task = asyncio.create_task(service.run())
     try:
-        return await until(lambda: world.server.final(action_id), timeout, f"final report of {action_id}")
+        final = await until(lambda: world.server.final(action_id), timeout, f"final report of {action_id}")
+        if then is not None:
+            await until(then, timeout, "what follows the final report")
+        return final
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -107,7 +113,9 @@ async def test_model_hot_swap_under_load_loses_no_reading(world) -> None:
         return {(r.device, r.point, r.ts) for r in await buffer.peek(10**7, after_seq=0) if r.point in names}
 
     try:
-        final = await run_until_final(service, world, action_id)
+        # after success the box reports its inventory; stop the service only once that landed
+        final = await run_until_final(service, world, action_id, then=lambda: any(
+            inv.get("models") == {"wx_fault": "1.1.0"} for inv in world.server.inventory.get(BOX, [])))
         await asyncio.sleep(0.3)  # keep producing after the swap
     finally:
         tasks[1].cancel()

@@ -134,6 +134,8 @@ class ContractServer:
                 if m is None or box != m[1]:
                     return self._send(401, {"detail": "bad credential"})
                 body = self._body()
+                if not isinstance(body, dict):  # e.g. the client went away before its body arrived
+                    return self._send(400, {"detail": "inventory must be a JSON object"})
                 with server.lock:
                     server.inventory.setdefault(box, []).append(body)
                 self._send(200, {"box_id": box, "saved": True})
