@@ -5,8 +5,8 @@
 
 - Models are declared in the box config (`[[model]]` name, version, devices, point_map,
   threshold; a point_map value may carry `{n}`, the detector number: `volume = "det{n}_volume"`
-  binds NTCIP's det3_volume as detector 3) and loaded with `InferenceStage.from_config`; each file's sha256 is checked against
-  its manifest first. A missing, corrupt or mismatched model is a `ModelLoadError` (a
+  binds NTCIP's det3_volume as detector 3) and loaded with `InferenceStage.from_config`; each
+  file's sha256 is checked against its manifest first. A missing, corrupt or mismatched model is a `ModelLoadError` (a
   ConfigError) at start-up; with `strict=False` the stage starts without it and reports it.
 - Every process() call runs each model at most once per wave over all devices (one
   session.run), in ONE dedicated worker thread (onnxruntime: one intra-op, one inter-op thread).
@@ -91,7 +91,8 @@ def parse_model_specs(raw: list[dict], file: str) -> tuple[ModelSpec, ...]:
             raise t.error("point_map", "must be a table of model input = device point", pm_raw,
                           '{ air_temperature = "temp_2m" }')
         for k, v in pm_raw.items():
-            if v.count("{n}") > 1 or "{" in v.replace("{n}", "") or "}" in v.replace("{n}", ""):
+            rest = v.replace("{n}", "", 1)  # a second {n}, or any other brace, is left in `rest`
+            if "{" in rest or "}" in rest:
                 raise t.error(f"point_map.{k}", "only one {n} (the detector number) may appear", v,
                               '"det{n}_volume" or a plain point name')
         threshold = t.float("threshold", None, min=0.0, max=1.0, exclusive_min=True)
@@ -105,7 +106,8 @@ def parse_model_specs(raw: list[dict], file: str) -> tuple[ModelSpec, ...]:
 
 
 def _suffixes(base: str, seen: dict[str, str]) -> set[str]:
-    """Detector suffixes (".3") under which a device has `base`: `base`/`base.3`, or `det{n}_volume` -> det3_volume."""
+    """Detector suffixes (".3") under which a device has `base`: `base` / `base.3`, or for
+    `det{n}_volume`, det3_volume."""
     if "{n}" not in base:
         return {p[len(base):] for p in seen if p == base or p.startswith(base + ".")}
     head, tail = base.split("{n}", 1)

@@ -82,13 +82,13 @@ def _abcd_to_wire(data: bytes, word_order: str) -> bytes:
     return _wire_to_abcd(data, word_order)
 
 
-_PACK_REGS = {1: struct.Struct(">H").pack, 2: struct.Struct(">HH").pack, 4: struct.Struct(">HHHH").pack}
+_PACK_REGS = {1: struct.Struct(">H").pack, 2: struct.Struct(">HH").pack}  # by REGISTER_COUNT
 
 
 def _scaled(raw: float, scale: float, offset: float) -> float:
     # Dividing by an integer divisor keeps decimal values clean (3/10 == 0.3, 3*0.1 != 0.3).
-    if scale == 1:
-        return raw * scale + offset
+    if scale == 1:  # the common case; the same float the divisor branch gives (raw / 1)
+        return raw / 1 + offset
     divisor = 1.0 / scale
     if abs(divisor) >= 1 and abs(divisor - round(divisor)) < 1e-9:
         return raw / round(divisor) + offset

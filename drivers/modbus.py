@@ -383,12 +383,12 @@ class ModbusDevice:
             await self.link.close()
 
     def _select(self, points: Sequence[str]) -> list[ReadBlock]:
-        key = tuple(points) if not isinstance(points, str) else None
-        blocks = self._selections.get(key) if key is not None else None
+        key = points if isinstance(points, str) else tuple(points)  # a str is refused below, never cached
+        blocks = self._selections.get(key)
         if blocks is None:
-            blocks = self._plan_selection(points)
+            blocks = self._plan_selection(points)  # raises for a str, duplicates, unknown names
             if len(self._selections) < 256:
-                self._selections[key] = blocks  # type: ignore[index]
+                self._selections[key] = blocks
         return blocks
 
     def _plan_selection(self, points: Sequence[str]) -> list[ReadBlock]:

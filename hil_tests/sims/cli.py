@@ -64,14 +64,25 @@ def _ready(info: dict[str, Any]) -> None:
 
 
 async def _serve(ctl: Any, host: str, control: int | None, info: dict[str, Any], stop: Any,
-                 stop_sim: Callable[[], Awaitable[None]]) -> None:
-    """Open the control port, print the ready line (with control_port), run until `stop`, then
-    close the control port and the simulator, whatever happened."""
+                 stop_sim: Callable[[], Awaitable[None]], *, start: Callable[[], Awaitable[Any]] | None = None,
+                 background: tuple[Callable[[], Awaitable[None]], ...] = ()) -> None:
+    """Open the control port, run `start`, start the `background` loops, print the ready line (with
+    control_port) and run until `stop`; then, whatever happened, cancel the loops and close the
+    control port and the simulator."""
+    import asyncio
+
+    tasks: list[asyncio.Task] = []
     try:
         await ctl.start(host, control)
+        if start is not None:
+            await start()
+        tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in background]
         _ready({**info, "control_port": ctl.port})
         await stop.wait()
     finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await ctl.stop()
         await stop_sim()
 
@@ -428,22 +439,10 @@ def plate_camera_command(
         ctl = _Control({"plate": on_plate, "lose_replies": lose, "push_offline": push_offline},
                        lambda: {"sent": cam.sent, "opened": len(cam.opened), "offline": len(cam.offline),
                                 "heartbeats": cam.heartbeats_sent})
-        tasks: list[asyncio.Task] = []
-        try:
-            await ctl.start(host, control)
-            if heartbeat_s:
-                await cam.start_heartbeats()
-            if interval:
-                tasks.append(asyncio.create_task(traffic(), name="camera-traffic"))
-            _ready({"device": "plate_camera", "push_url": push_url, "heartbeat_url": cam.heartbeat_url,
-                    "serialno": serialno, "seed": seed, "control_port": ctl.port})
-            await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await ctl.stop()
-            await cam.close()
+        info = {"device": "plate_camera", "push_url": push_url, "heartbeat_url": cam.heartbeat_url,
+                "serialno": serialno, "seed": seed}
+        await _serve(ctl, host, control, info, stop, cam.close,
+                     start=cam.start_heartbeats if heartbeat_s else None, background=(traffic,) if interval else ())
 
     _run(main)
 
@@ -535,21 +534,9 @@ def access_controller_command(
         ctl = _Control({"swipe": swipe, "face": face, "event_url": set_url, "repush": repush},
                        lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures,
                                 "doors": {str(d): {"lock": s.lock, "state": s.state} for d, s in sim.doors.items()}})
-        tasks: list[asyncio.Task] = []
-        try:
-            await ctl.start(host, control)
-            if interval:
-                tasks.append(asyncio.create_task(people(), name="acs-people"))
-            _ready({"device": "access_controller", "url": f"http://{host}:{sim.port}", "host": host,
-                    "tcp_port": sim.port, "username": username, "doors": doors, "event_url": event_url,
-                    "seed": seed, "control_port": ctl.port})
-            await stop.wait()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await ctl.stop()
-            await sim.stop()
+        info = {"device": "access_controller", "url": f"http://{host}:{sim.port}", "host": host,
+                "tcp_port": sim.port, "username": username, "doors": doors, "event_url": event_url, "seed": seed}
+        await _serve(ctl, host, control, info, stop, sim.stop, background=(people,) if interval else ())
 
     _run(main)
 
