@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from enum import Enum, IntFlag
 from typing import Any, Sequence
 
+from agent.validate import INT64_MAX, check_float, check_int, check_text, check_ts
+
 
 class RecordClass(str, Enum):
     """What kind of record this is; decides eviction priority in the buffer."""
@@ -68,32 +70,67 @@ class Reading:
 ROW_FIELDS = ("seq", "ts", "device", "point", "value", "unit", "quality", "cls", "text")
 
 
+#: Longest device / point name, unit and free text a row may carry (the fleet server and the
+#: buffer refuse longer ones; they would be a forged or runaway value, not a measurement).
+MAX_NAME_LEN = 128
+MAX_UNIT_LEN = 32
+MAX_TEXT_LEN = 8192
+#: Highest quality value: the union of every Quality flag.
+MAX_QUALITY = int(Quality.DERIVED | Quality.WRAPPED | Quality.SUSPECT | Quality.OUT_OF_RANGE
+                  | Quality.MISSING | Quality.COMM_FAILURE)
+
+
 def from_row(row: Sequence[Any]) -> Reading:
-    """Decode one wire row, checking every field; raises ValueError naming the bad field."""
+    """Decode one wire row, checking every field; raises ValueError naming the bad field.
+
+    The checks are `agent.validate`'s boundary rules: seq in 1..2**63-1, ts within 1970..2100,
+    value finite (no 400-digit integers), quality a known flag set, strings valid UTF-8 without NUL
+    and length-capped. A row that passes can be stored by SQLite and PostgreSQL as it is.
+    """
     if not isinstance(row, (list, tuple)) or len(row) != len(ROW_FIELDS):
-        raise ValueError(f"a reading row has {len(ROW_FIELDS)} fields {ROW_FIELDS}, got {row!r:.80}")
+        raise ValueError(f"a reading row has {len(ROW_FIELDS)} fields {ROW_FIELDS}, got {_short(row)}")
     seq, ts, device, point, value, unit, quality, cls, text = row
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise ValueError(f"seq must be a positive integer, got {seq!r}")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-        raise ValueError(f"ts must be a finite number (unix seconds), got {ts!r}")
-    if not isinstance(device, str) or not device:
-        raise ValueError(f"device must be a non-empty string, got {device!r}")
-    if not isinstance(point, str) or not point:
-        raise ValueError(f"point must be a non-empty string, got {point!r}")
-    if value is not None and (
-        not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-    ):
-        raise ValueError(f"value must be a finite number or null, got {value!r}")
-    if not isinstance(unit, str):
-        raise ValueError(f"unit must be a string, got {unit!r}")
-    if not isinstance(quality, int) or isinstance(quality, bool) or quality < 0:
-        raise ValueError(f"quality must be a non-negative integer, got {quality!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= INT64_MAX:
+        raise ValueError(f"seq must be a positive integer up to 2**63-1, got {_short(seq)}")
+    ts = check_ts(ts, "ts")
+    check_text(device, "device", max_len=MAX_NAME_LEN, allow_empty=False)
+    check_text(point, "point", max_len=MAX_NAME_LEN, allow_empty=False)
+    if value is not None:
+        value = check_float(value, "value")
+    check_text(unit, "unit", max_len=MAX_UNIT_LEN)
+    if not isinstance(quality, int) or isinstance(quality, bool) or not 0 <= quality <= MAX_QUALITY:
+        raise ValueError(f"quality must be an integer flag set 0..{MAX_QUALITY}, got {_short(quality)}")
     if not isinstance(cls, str):
-        raise ValueError(f"cls must be a string, got {cls!r}")
-    if text is not None and not isinstance(text, str):
-        raise ValueError(f"text must be a string or null, got {text!r}")
+        raise ValueError(f"cls must be a string, got {_short(cls)}")
+    if text is not None:
+        check_text(text, "text", max_len=MAX_TEXT_LEN)
     return Reading(
-        device=device, point=point, value=None if value is None else float(value), unit=unit,
-        ts=float(ts), quality=Quality(quality), cls=RecordClass.parse(cls), text=text, seq=seq,
+        device=device, point=point, value=value, unit=unit,
+        ts=ts, quality=Quality(quality), cls=RecordClass.parse(cls), text=text, seq=seq,
     )
+
+
+def check_reading(reading: Reading) -> None:
+    """The same rules for a Reading made on the box (before it is committed to the buffer):
+    ValueError naming the field, so the buffer refuses that one record and goes on."""
+    if reading.seq is not None:
+        check_int(reading.seq, "seq", lo=1)
+    check_ts(reading.ts, "ts")
+    check_text(reading.device, "device", max_len=MAX_NAME_LEN, allow_empty=False)
+    check_text(reading.point, "point", max_len=MAX_NAME_LEN, allow_empty=False)
+    if reading.value is not None:
+        check_float(reading.value, "value")
+    check_text(reading.unit, "unit", max_len=MAX_UNIT_LEN)
+    if not 0 <= int(reading.quality) <= MAX_QUALITY:
+        raise ValueError(f"quality must be an integer flag set 0..{MAX_QUALITY}, got {int(reading.quality)}")
+    if not isinstance(reading.cls, RecordClass):
+        raise ValueError(f"cls must be a RecordClass, got {_short(reading.cls)}")
+    if reading.text is not None:
+        check_text(reading.text, "text", max_len=MAX_TEXT_LEN)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -42,12 +42,14 @@ def free_port() -> int:
 
 # -- codec -------------------------------------------------------------------------------------
 
+# Text a reading may carry: valid Unicode (no lone surrogates), no NUL (see agent.validate).
+clean = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 readings = st.builds(
     Reading,
-    device=st.text(min_size=1, max_size=12), point=st.text(min_size=1, max_size=12),
-    value=st.none() | st.floats(allow_nan=False, allow_infinity=False), unit=st.text(max_size=6),
+    device=st.text(clean, min_size=1, max_size=12), point=st.text(clean, min_size=1, max_size=12),
+    value=st.none() | st.floats(min_value=-1e300, max_value=1e300), unit=st.text(clean, max_size=6),
     ts=st.floats(min_value=0, max_value=4e9), quality=st.sampled_from(list(Quality)),
-    cls=st.sampled_from(list(RecordClass)), text=st.none() | st.text(max_size=20),
+    cls=st.sampled_from(list(RecordClass)), text=st.none() | st.text(clean, max_size=20),
     seq=st.integers(min_value=1, max_value=2**53),
 )
 
