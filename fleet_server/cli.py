@@ -1,0 +1,76 @@
+"""`quanedge fleet ...`: run and administer the fleet server.
+
+    quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
+    quanedge fleet token --server URL --admin-token T        one-time enrollment token
+
+Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
+so a box never imports the server stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from agent.cli import _fail, _setup_logging
+from agent.errors import QuanedgeError
+
+__all__ = ["build_app"]
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(help="Run and administer the fleet server.", no_args_is_help=True)
+
+    @app.command("serve")
+    def serve(
+        db: Path = typer.Option(Path("var/fleet.db"), help="SQLite database file (embedded default)."),
+        host: str = typer.Option("127.0.0.1"),
+        port: int = typer.Option(8080),
+        admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN", help="Bearer token for admin calls."),
+        mqtt_host: Optional[str] = typer.Option(None, help="Broker to take telemetry from (none: HTTP only)."),
+        mqtt_port: int = typer.Option(1883),
+        topic_prefix: str = typer.Option("quanedge"),
+        tuf_repo: Optional[Path] = typer.Option(None, "--tuf-repo", help="Update repository to serve at /tuf/ "
+                                                "(made with `quanedge manifest init`); enables rollouts."),
+        tuf_keys: Optional[Path] = typer.Option(None, "--tuf-keys", help="Online snapshot/timestamp keys "
+                                                "(default: <repo>/keys)."),
+        checkin_interval: int = typer.Option(60, "--checkin-interval", help="Seconds between box check-ins."),
+        public_url: Optional[str] = typer.Option(None, "--public-url", help="How boxes reach this server."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ) -> None:
+        """Serve the fleet API (and the MQTT bridge when a broker is given)."""
+        from fleet_server.server import serve as serve_fleet
+        from fleet_server.settings import ServerSettings
+
+        _setup_logging(verbose)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
+                                      mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,
+                                      tuf_repo_dir=tuf_repo, tuf_keys_dir=tuf_keys,
+                                      checkin_interval_s=checkin_interval, public_url=public_url)
+            serve_fleet(settings)
+        except QuanedgeError as exc:
+            _fail(exc)
+
+    @app.command("token")
+    def token(server: str = typer.Option("http://127.0.0.1:8080"),
+              admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN"),
+              ttl_s: int = typer.Option(3600), max_uses: int = typer.Option(1),
+              note: str = typer.Option("")) -> None:
+        """Create an enrollment token (print it) for installers."""
+        import httpx
+
+        try:
+            r = httpx.post(server.rstrip("/") + "/api/v1/enrollment-tokens",
+                           headers={"Authorization": f"Bearer {admin_token}"},
+                           json={"ttl_s": ttl_s, "max_uses": max_uses, "note": note}, timeout=10)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {server}: {exc}")
+        if r.status_code != 200:
+            _fail(f"server refused ({r.status_code}): {r.text[:300]}")
+        typer.echo(r.json()["token"])
+
+    return app
