@@ -9,11 +9,16 @@ update repository, the TUF timestamp keeper; then it closes the store if the app
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
+An exception outside that tree is a bug: it is logged with its traceback and answered
+500 {"error": "internal", "detail": "internal server error"} (nothing of the exception leaks).
+Request bodies are capped by `api.limits.BodyCap`, the outermost middleware (before parsing, before
+any credential check): settings.max_body_bytes for telemetry, 64 KiB for every other route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -22,9 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
+from fleet_server.api.limits import DEFAULT_LIMIT, BodyCap
+from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
@@ -81,6 +90,13 @@ def status_for(exc: FleetError) -> int:
 
 async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FleetError)
+    if isinstance(exc, StoreError):
+        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+    return _error_response(exc)
+
+
+def _error_response(exc: FleetError) -> JSONResponse:
+    """The HTTP answer for a FleetError (also used by the body-cap middleware)."""
     body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
     if isinstance(exc, PayloadError):
         body.update({k: v for k, v in (("row", exc.row), ("field", exc.field)) if v is not None})
@@ -90,9 +106,30 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
         headers["Retry-After"] = "5"
-    return JSONResponse(body, status_code=status_for(exc), headers=headers)
+    if isinstance(exc, BatchTooLarge):
+        headers["Connection"] = "close"  # the rest of an unread body is not worth reading
+    return _AsciiJSON(body, status_code=status_for(exc), headers=headers)
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON escaped to ASCII: an error may quote what the client sent, lone surrogates included,
+    which UTF-8 cannot encode (the default rendering would turn a 422 into a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 (the shape its OpenAPI documents), rendered safely."""
+    assert isinstance(exc, RequestValidationError)
+    return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception: a bug. Logged in full here; the client learns nothing of it."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
 
 
 def create_app(
@@ -153,12 +190,27 @@ def create_app(
     app.state.rollouts = engine
     app.state.timestamps = keeper
     app.add_exception_handler(FleetError, _fleet_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
     for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
+    # Added last = outermost of the app's middleware: a body is refused before any other layer
+    # (an auth middleware included) touches the request.
+    app.add_middleware(BodyCap, refuse=_body_refusal(metrics), limits={TELEMETRY_PATH: settings.max_body_bytes},
+                       default=DEFAULT_LIMIT)
     return app
+
+
+def _body_refusal(metrics: FleetMetrics) -> Callable[[Any, FleetError], JSONResponse]:
+    def refuse(scope: Any, exc: FleetError) -> JSONResponse:
+        if scope["path"] == TELEMETRY_PATH:
+            metrics.rejected("http", exc.code)
+        return _error_response(exc)
+
+    return refuse
 
 
 def _start(job: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
