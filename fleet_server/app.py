@@ -31,7 +31,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
+from fleet_server.api import boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf
 from fleet_server.api.limits import DEFAULT_LIMIT, BodyCap
 from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
@@ -194,7 +194,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
+    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     # Added last = outermost of the app's middleware: a body is refused before any other layer
