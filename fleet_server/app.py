@@ -3,9 +3,11 @@
 Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
 own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
 RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. The lifespan loads
-the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
-MQTT bridge (when settings.mqtt_host is set), the rollout sweeper (per-box timeouts) and, with an
-update repository, the TUF timestamp keeper; then it closes the store if the app created it.
+the engine's memory from the store, then starts under one `Supervisor` (`app.state.supervisor`:
+a task that dies is restarted with capped backoff and /healthz is 503 until it runs again) the
+MQTT bridge (when settings.mqtt_host is set), the rollout writer and sweeper (per-box timeouts)
+and, with an update repository, the TUF timestamp keeper; on shutdown it cancels them all, then
+closes the store if the app created it.
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
@@ -17,11 +19,10 @@ any credential check): settings.max_body_bytes for telemetry, 64 KiB for every o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from fleet_server.rollout.errors import (
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import Store
 from fleet_server.store.sqlite import SqliteStore
+from fleet_server.supervisor import Supervisor
 
 __all__ = ["create_app", "status_for"]
 
@@ -163,25 +165,22 @@ def create_app(
             passphrase=settings.tuf_key_passphrase, registry=metrics.registry, check_s=settings.tuf_check_s,
         )
 
+    supervisor = Supervisor(metrics.registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs: list[asyncio.Task[None]] = []
         try:
             await engine.load()
             if state.bridge is not None:
-                state.bridge_task = asyncio.create_task(state.bridge.run(), name="mqtt-bridge")
-                state.bridge_task.add_done_callback(_report_bridge_end)
-            jobs.append(_start(engine.run_writer, "rollout-writer"))
-            jobs.append(_start(engine.run_sweeper, "rollout-sweeper"))
+                state.bridge_task = supervisor.start("mqtt-bridge", state.bridge.run)
+            supervisor.start("rollout-writer", engine.run_writer)
+            supervisor.start("rollout-sweeper", engine.run_sweeper)
             if keeper is not None:
-                jobs.append(_start(keeper.run, "tuf-timestamp-keeper"))
+                supervisor.start("tuf-timestamp-keeper", keeper.run)
             yield
         finally:
-            for job in jobs:
-                job.cancel()
-            if jobs:
-                await asyncio.wait(jobs)
-            await _stop_bridge(state)
+            await supervisor.stop()
+            state.bridge_task = None
             if owns_store:
                 the_store.close()
 
@@ -189,6 +188,7 @@ def create_app(
     app.state.fleet = state
     app.state.rollouts = engine
     app.state.timestamps = keeper
+    app.state.supervisor = supervisor
     app.add_exception_handler(FleetError, _fleet_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unexpected)
@@ -211,30 +211,3 @@ def _body_refusal(metrics: FleetMetrics) -> Callable[[Any, FleetError], JSONResp
         return _error_response(exc)
 
     return refuse
-
-
-def _start(job: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
-    """A lifespan-owned background job; its unexpected end is logged loudly."""
-    task = asyncio.create_task(job(), name=name)
-
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error("background job %s stopped", name, exc_info=done.exception())
-
-    task.add_done_callback(report)
-    return task
-
-
-def _report_bridge_end(task: asyncio.Task[None]) -> None:
-    """A bridge that ends before shutdown is a bug: log it loudly (healthz turns 503)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("MQTT bridge stopped", exc_info=task.exception())
-
-
-async def _stop_bridge(state: FleetState) -> None:
-    task = state.bridge_task
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait({task})  # the bridge's own failure was already logged by the done-callback
-    state.bridge_task = None
