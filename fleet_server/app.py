@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from fleet_server.api import boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf
 from fleet_server.api.limits import DEFAULT_LIMIT, BodyCap
+from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
@@ -197,6 +198,7 @@ def create_app(
     for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
+    document_errors(app)
     # Added last = outermost of the app's middleware: a body is refused before any other layer
     # (an auth middleware included) touches the request.
     app.add_middleware(BodyCap, refuse=_body_refusal(metrics), limits={TELEMETRY_PATH: settings.max_body_bytes},

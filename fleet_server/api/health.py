@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from fleet_server.api.deps import FleetState, fleet
 from fleet_server.errors import StoreError
@@ -46,7 +46,7 @@ def healthz(request: Request, state: Annotated[FleetState, Depends(fleet)]) -> J
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(state: Annotated[FleetState, Depends(fleet)]) -> Response:
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
