@@ -147,3 +147,35 @@ def test_an_empty_body_is_422_and_a_malformed_content_length_400(fleet: Fleet) -
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"POST /api/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n{}")
         assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/api/v1/rollouts", '{"target_name": "agent-0.2.0.tar", "kind": "agent", "name": "\\ud800"}'),
+    ("POST", "/api/v1/rollouts", '{"target_name": "x", "kind": "agent", "filter": {"tags": ["\\udfff"]}}'),
+    ("PUT", "/api/v1/sites/s1/maintenance", '{"timezone": "UTC", "windows": [{"start": "00:00", "end": "01:00",'
+                                            ' "kinds": [[1]]}]}'),
+    ("PUT", "/api/v1/sites/s1/maintenance", "[" * 50_000),
+    ("POST", "/api/v1/rollouts", "[" * 50_000),
+    ("POST", "/api/v1/rollouts", b"\xff\xfe"),
+])
+def test_admin_bodies_with_surrogates_odd_types_or_deep_nesting_are_4xx(fleet: Fleet, method: str, path: str,
+                                                                        body: str | bytes) -> None:
+    r = httpx.request(method, fleet.url + path, content=body, headers={**_admin(fleet), "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+@pytest.mark.parametrize("body", [
+    '{"agent_version": "\\ud800", "hardware": "hw-b"}',
+    '{"agent_version": "1", "hardware": "hw-b", "models": {"\\ud800": "1"}}',
+    '{"agent_version": ' + HUGE + ', "hardware": "hw-b"}',
+    "[" * 50_000,
+])
+def test_box_inventory_with_hostile_values_is_4xx(fleet: Fleet, credential: str, body: str) -> None:
+    r = httpx.put(fleet.url + "/api/v1/boxes/box-b/inventory", content=body,
+                  headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_a_site_path_of_invalid_utf8_is_decoded_with_replacement_characters_not_a_500(fleet: Fleet) -> None:
+    r = httpx.put(fleet.url + "/api/v1/sites/%ED%A0%80/maintenance", json={"timezone": "UTC"}, headers=_admin(fleet))
+    assert r.status_code == 200 and r.json()["site"] == "\ufffd" * 3

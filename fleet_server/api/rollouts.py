@@ -154,10 +154,10 @@ async def rollout_actions(
 
 
 @sites_router.put("/{site}/maintenance")
-async def put_site(site: Annotated[str, Path(min_length=1, max_length=128)], request: Request) -> JSONResponse:
+async def put_site(site: Annotated[CleanStr, Path(min_length=1, max_length=128)], request: Request) -> JSONResponse:
     try:
         data = json.loads(await request.body())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the parser's depth
         raise PayloadError("bad_json", f"body is not valid JSON: {exc}") from None
     policy = SitePolicy.from_json(site, data)
     await _engine(request).put_site(policy)

@@ -75,7 +75,7 @@ class Window:
         if start == end:
             raise PayloadError("bad_window", "a window needs start != end", field="end")
         kinds = data.get("kinds") or []
-        if not isinstance(kinds, list) or any(k not in KINDS for k in kinds):
+        if not isinstance(kinds, list) or any(not isinstance(k, str) or k not in KINDS for k in kinds):
             raise PayloadError("bad_window", f"kinds must be a list of {', '.join(KINDS)}", field="kinds")
         return cls(_days(data.get("days")), start, end, frozenset(kinds))
 
