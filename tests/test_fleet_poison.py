@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -120,6 +122,13 @@ def test_poison_is_quarantined_and_acked_the_next_box_is_stored_and_a_restart_is
         metrics = httpx.get(fleet.url + "/metrics").text
         assert 'quanedge_fleet_quarantined_total{reason="bad_row",transport="mqtt"} 3.0' in metrics
         assert _seqs(fleet, "box-a") == []
+        cli = subprocess.run([sys.executable, "-m", "agent.cli", "fleet", "quarantine", "list", "--server", fleet.url,
+                              "--admin-token", fleet.admin, "--reason", "bad_json"],
+                             capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0, cli.stderr
+        lines = cli.stdout.splitlines()
+        assert len(lines) == 2 and all("bad_json" in line and f"{PREFIX}/box-a/telemetry" in line for line in lines)
+        assert "2 shown, 8 in quarantine" in cli.stderr
     finally:
         stop(fleet.proc)
 
