@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -124,9 +125,22 @@ class _AsciiJSON(JSONResponse):
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's own 422 (the shape its OpenAPI documents), rendered safely."""
+    """FastAPI's own 422 (the shape its OpenAPI documents: loc, msg, type, ctx), rendered safely:
+    without echoing the refused `input` (up to 64 KiB, and NaN or a lone surrogate in it would not
+    render), and with any non-finite number in `ctx` as text."""
     assert isinstance(exc, RequestValidationError)
-    return _AsciiJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+    errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return _AsciiJSON({"detail": _finite(jsonable_encoder(errors))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

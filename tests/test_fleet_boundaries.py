@@ -157,6 +157,10 @@ def test_an_empty_body_is_422_and_a_malformed_content_length_400(fleet: Fleet) -
     ("PUT", "/api/v1/sites/s1/maintenance", "[" * 50_000),
     ("POST", "/api/v1/rollouts", "[" * 50_000),
     ("POST", "/api/v1/rollouts", b"\xff\xfe"),
+    ("POST", "/api/v1/rollouts", '{"target_name": "a", "kind": "agent", "success_pct": NaN}'),
+    ("POST", "/api/v1/rollouts", '{"target_name": "a", "kind": "agent", "rate_per_min": -Infinity}'),
+    ("POST", "/api/v1/enrollment-tokens", '{"ttl_s": NaN}'),
+    ("POST", "/api/v1/enrollment-tokens", '{"note": "\\ud800", "bogus": NaN}'),
 ])
 def test_admin_bodies_with_surrogates_odd_types_or_deep_nesting_are_4xx(fleet: Fleet, method: str, path: str,
                                                                         body: str | bytes) -> None:
