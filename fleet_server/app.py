@@ -14,7 +14,8 @@ This is also the ONE place where the FleetError tree becomes HTTP: every error b
 An exception outside that tree is a bug: it is logged with its traceback and answered
 500 {"error": "internal", "detail": "internal server error"} (nothing of the exception leaks).
 Request bodies are capped by `api.limits.BodyCap`, the outermost middleware (before parsing, before
-any credential check): settings.max_body_bytes for telemetry, 64 KiB for every other route.
+any credential check): settings.max_body_bytes for telemetry, 8 MiB for creating a rollout, 64 KiB
+for every other route.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fleet_server.api import boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf
-from fleet_server.api.limits import DEFAULT_LIMIT, BodyCap
+from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
 from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
@@ -215,8 +216,8 @@ def create_app(
     document_errors(app)
     # Added last = outermost of the app's middleware: a body is refused before any other layer
     # (an auth middleware included) touches the request.
-    app.add_middleware(BodyCap, refuse=_body_refusal(metrics), limits={TELEMETRY_PATH: settings.max_body_bytes},
-                       default=DEFAULT_LIMIT)
+    app.add_middleware(BodyCap, refuse=_body_refusal(metrics), default=DEFAULT_LIMIT,
+                       limits={TELEMETRY_PATH: settings.max_body_bytes, "/api/v1/rollouts": ROLLOUT_LIMIT})
     return app
 
 

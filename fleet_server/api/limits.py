@@ -2,7 +2,8 @@
 parses it or checks its credential.
 
 Limits (bytes of request body, per route):
-    POST /api/v1/telemetry   settings.max_body_bytes (a telemetry batch)
+    POST /api/v1/telemetry   settings.max_body_bytes (a telemetry batch; default 16 MiB)
+    POST /api/v1/rollouts    ROLLOUT_LIMIT = 8 MiB (its filter may list up to 100,000 box ids)
     everything else          DEFAULT_LIMIT = 64 KiB (enrolment, admin bodies, box reports)
 
 A body whose Content-Length exceeds the limit is answered 413 without reading a byte of it (and a
@@ -22,9 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet_server.errors import BatchTooLarge, FleetError, PayloadError
 
-__all__ = ["DEFAULT_LIMIT", "BodyCap"]
+__all__ = ["DEFAULT_LIMIT", "ROLLOUT_LIMIT", "BodyCap"]
 
 DEFAULT_LIMIT = 64 * 1024
+ROLLOUT_LIMIT = 8 * 1024 * 1024
 
 
 Refuse = Callable[[Scope, FleetError], Response]
