@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.validate import TS_MAX, TS_MIN, is_clean_text
@@ -19,6 +19,7 @@ from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge, parse_status
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
+from test_fleet_helpers import Clock, TestClient, bearer, enroll, open_client, open_store
 
 # JSON-ish values with the hostile cases weighted in: huge ints, lone surrogates, NaN, nesting.
 _scalars = st.one_of(
@@ -30,7 +31,22 @@ _scalars = st.one_of(
 _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=10) | st.dictionaries(st.text(max_size=8), inner,
                                                                                             max_size=6), max_leaves=40)
 _rowish = st.lists(_scalars, min_size=9, max_size=9)
+_VALID_ROW = [1, 1_700_000_000.5, "rs1", "air_temp", 21.5, "degC", 0, "routine", None]
+
+
+def _one_field_changed(index_and_value: tuple[int, Any]) -> list[Any]:
+    index, value = index_and_value
+    row = list(_VALID_ROW)
+    row[index] = value
+    return row
+
+
+_near_valid = st.tuples(st.integers(min_value=0, max_value=8), st.one_of(
+    _scalars, st.floats(min_value=-1e300, max_value=1e300), st.integers(min_value=1, max_value=2**63 - 1),
+    st.text(min_size=1, max_size=300), st.floats(min_value=0, max_value=4_102_444_800.0),
+)).map(_one_field_changed)
 _row_like = st.one_of(
+    _near_valid, st.just(list(_VALID_ROW)),
     _rowish,
     st.tuples(st.integers(min_value=-5, max_value=2**64), st.one_of(st.floats(), st.integers()), st.text(max_size=70),
               st.text(max_size=70), _scalars, st.text(max_size=20), st.integers(min_value=-1, max_value=2**64),
@@ -45,7 +61,8 @@ def _dumps(value: Any) -> bytes:
 def _telemetry_payloads() -> st.SearchStrategy[bytes]:
     body = st.fixed_dictionaries({"box_id": st.one_of(st.just("box-1"), _scalars),
                                   "readings": st.one_of(st.lists(_row_like, max_size=5), _json)})
-    return st.one_of(body.map(_dumps), _json.map(_dumps), st.binary(max_size=200),
+    near = st.fixed_dictionaries({"box_id": st.just("box-1"), "readings": st.lists(_near_valid, min_size=1, max_size=2)})
+    return st.one_of(near.map(_dumps), near.map(_dumps), body.map(_dumps), _json.map(_dumps), st.binary(max_size=200),
                      st.integers(min_value=0, max_value=5000).map(lambda n: b"[" * n))
 
 
@@ -102,3 +119,23 @@ def test_the_bridge_handles_any_message_without_raising(rig: tuple[MqttBridge, S
     before = store.count_quarantined()
     bridge._process(topic, payload)  # noqa: SLF001 - the unit under test
     assert store.count_quarantined() in (before, before + 1)
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    tmp = tmp_path_factory.mktemp("http")
+    for store in open_store(tmp, Clock()):
+        for client in open_client(tmp, store):
+            yield client, enroll(client, "box-1")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=_telemetry_payloads())
+def test_post_telemetry_answers_any_body_without_a_5xx(http: tuple[TestClient, str], payload: bytes) -> None:
+    """The whole HTTP path (cap, auth, parse, store): stored (200) or refused with a 4xx."""
+    client, credential = http
+    r = client.post("/api/v1/telemetry", content=payload, headers=bearer(credential))
+    event(f"HTTP {r.status_code}")
+    assert r.status_code == 200 or 400 <= r.status_code < 500, r.text
+    if r.status_code != 200:
+        assert set(r.json()) >= {"error", "detail"}
