@@ -99,9 +99,13 @@ class Supervisor:
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
                 raise
-            error = runner.exception()
-            status.last_error = "returned (a long-running task must not end)" if error is None else (
-                f"{type(error).__name__}: {error}"[:500])
+            error = None if runner.cancelled() else runner.exception()
+            if runner.cancelled():
+                status.last_error = "cancelled from inside (not by shutdown)"
+            elif error is None:
+                status.last_error = "returned (a long-running task must not end)"
+            else:
+                status.last_error = f"{type(error).__name__}: {error}"[:500]
             status.last_error_at = self.clock()
             self._set_up(status, False)
             delay = backoff.next_delay()
