@@ -60,7 +60,10 @@ class BodyCap:
                 return
             await self.app(scope, receive, send)  # the server enforces the declared length itself
             return
-        # No Content-Length: take the body in, up to the limit, before the app sees any of it.
+        if not any(k == b"transfer-encoding" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)  # neither header: HTTP/1.1 has no body (a GET check-in)
+            return
+        # Chunked: take the body in, up to the limit, before the app sees any of it.
         messages: list[Message] = []
         size = 0
         while True:
