@@ -3,28 +3,41 @@
 Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
 own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
 RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. The lifespan loads
-the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
-MQTT bridge (when settings.mqtt_host is set), the rollout sweeper (per-box timeouts) and, with an
-update repository, the TUF timestamp keeper; then it closes the store if the app created it.
+the engine's memory from the store, then starts under one `Supervisor` (`app.state.supervisor`:
+a task that dies is restarted with capped backoff and /healthz is 503 until it runs again) the
+MQTT bridge (when settings.mqtt_host is set), the rollout writer and sweeper (per-box timeouts)
+and, with an update repository, the TUF timestamp keeper; on shutdown it cancels them all, then
+closes the store if the app created it.
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
+An exception outside that tree is a bug: it is logged with its traceback and answered
+500 {"error": "internal", "detail": "internal server error"} (nothing of the exception leaks).
+Request bodies are capped by `api.limits.BodyCap`, the outermost middleware (before parsing, before
+any credential check): settings.max_body_bytes for telemetry, 8 MiB for creating a rollout, 64 KiB
+for every other route.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
+from fleet_server.api import boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf
+from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
+from fleet_server.api.openapi import document_errors
+from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
@@ -47,6 +60,7 @@ from fleet_server.rollout.errors import (
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import Store
 from fleet_server.store.sqlite import SqliteStore
+from fleet_server.supervisor import Supervisor
 
 __all__ = ["create_app", "status_for"]
 
@@ -81,6 +95,13 @@ def status_for(exc: FleetError) -> int:
 
 async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FleetError)
+    if isinstance(exc, StoreError):
+        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+    return _error_response(exc)
+
+
+def _error_response(exc: FleetError) -> JSONResponse:
+    """The HTTP answer for a FleetError (also used by the body-cap middleware)."""
     body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
     if isinstance(exc, PayloadError):
         body.update({k: v for k, v in (("row", exc.row), ("field", exc.field)) if v is not None})
@@ -90,9 +111,43 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
         headers["Retry-After"] = "5"
-    return JSONResponse(body, status_code=status_for(exc), headers=headers)
+    if isinstance(exc, BatchTooLarge):
+        headers["Connection"] = "close"  # the rest of an unread body is not worth reading
+    return _AsciiJSON(body, status_code=status_for(exc), headers=headers)
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON escaped to ASCII: an error may quote what the client sent, lone surrogates included,
+    which UTF-8 cannot encode (the default rendering would turn a 422 into a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own 422 (the shape its OpenAPI documents: loc, msg, type, ctx), rendered safely:
+    without echoing the refused `input` (up to 64 KiB, and NaN or a lone surrogate in it would not
+    render), and with any non-finite number in `ctx` as text."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return _AsciiJSON({"detail": _finite(jsonable_encoder(errors))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Any other exception: a bug. Logged in full here; the client learns nothing of it."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
 
 
 def create_app(
@@ -126,25 +181,22 @@ def create_app(
             passphrase=settings.tuf_key_passphrase, registry=metrics.registry, check_s=settings.tuf_check_s,
         )
 
+    supervisor = Supervisor(metrics.registry)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs: list[asyncio.Task[None]] = []
         try:
             await engine.load()
             if state.bridge is not None:
-                state.bridge_task = asyncio.create_task(state.bridge.run(), name="mqtt-bridge")
-                state.bridge_task.add_done_callback(_report_bridge_end)
-            jobs.append(_start(engine.run_writer, "rollout-writer"))
-            jobs.append(_start(engine.run_sweeper, "rollout-sweeper"))
+                state.bridge_task = supervisor.start("mqtt-bridge", state.bridge.run)
+            supervisor.start("rollout-writer", engine.run_writer)
+            supervisor.start("rollout-sweeper", engine.run_sweeper)
             if keeper is not None:
-                jobs.append(_start(keeper.run, "tuf-timestamp-keeper"))
+                supervisor.start("tuf-timestamp-keeper", keeper.run)
             yield
         finally:
-            for job in jobs:
-                job.cancel()
-            if jobs:
-                await asyncio.wait(jobs)
-            await _stop_bridge(state)
+            await supervisor.stop()
+            state.bridge_task = None
             if owns_store:
                 the_store.close()
 
@@ -152,37 +204,27 @@ def create_app(
     app.state.fleet = state
     app.state.rollouts = engine
     app.state.timestamps = keeper
+    app.state.supervisor = supervisor
     app.add_exception_handler(FleetError, _fleet_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
+    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
+    document_errors(app)
+    # Added last = outermost of the app's middleware: a body is refused before any other layer
+    # (an auth middleware included) touches the request.
+    app.add_middleware(BodyCap, refuse=_body_refusal(metrics), default=DEFAULT_LIMIT,
+                       limits={TELEMETRY_PATH: settings.max_body_bytes, "/api/v1/rollouts": ROLLOUT_LIMIT})
     return app
 
 
-def _start(job: Callable[[], Coroutine[Any, Any, None]], name: str) -> asyncio.Task[None]:
-    """A lifespan-owned background job; its unexpected end is logged loudly."""
-    task = asyncio.create_task(job(), name=name)
+def _body_refusal(metrics: FleetMetrics) -> Callable[[Any, FleetError], JSONResponse]:
+    def refuse(scope: Any, exc: FleetError) -> JSONResponse:
+        if scope["path"] == TELEMETRY_PATH:
+            metrics.rejected("http", exc.code)
+        return _error_response(exc)
 
-    def report(done: asyncio.Task[None]) -> None:
-        if not done.cancelled() and done.exception() is not None:
-            log.error("background job %s stopped", name, exc_info=done.exception())
-
-    task.add_done_callback(report)
-    return task
-
-
-def _report_bridge_end(task: asyncio.Task[None]) -> None:
-    """A bridge that ends before shutdown is a bug: log it loudly (healthz turns 503)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("MQTT bridge stopped", exc_info=task.exception())
-
-
-async def _stop_bridge(state: FleetState) -> None:
-    task = state.bridge_task
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait({task})  # the bridge's own failure was already logged by the done-callback
-    state.bridge_task = None
+    return refuse

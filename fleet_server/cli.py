@@ -2,6 +2,7 @@
 
     quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
+    quanedge fleet quarantine list --server URL --admin-token T   messages kept, not processed
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
 so a box never imports the server stack.
@@ -16,6 +17,7 @@ import typer
 
 from agent.cli import _fail, _setup_logging
 from agent.errors import QuanedgeError
+from fleet_server.cli_quarantine import build_quarantine_app
 
 __all__ = ["build_app"]
 
@@ -73,4 +75,5 @@ def build_app() -> typer.Typer:
             _fail(f"server refused ({r.status_code}): {r.text[:300]}")
         typer.echo(r.json()["token"])
 
+    app.add_typer(build_quarantine_app(), name="quarantine")
     return app

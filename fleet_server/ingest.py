@@ -3,7 +3,10 @@
 Payload (HTTP body and MQTT message alike):
     {"box_id": "...", "readings": [[seq, ts, device, point, value, unit, quality, cls, text], ...]}
 Every row is decoded with `agent.reading.from_row`, the same decoder the agent's codec pairs with,
-so agent and server cannot disagree on the wire form. A batch is all or nothing: one bad row
+so agent and server cannot disagree on the wire form. It applies the boundary rules of
+`agent.validate` (seq and quality within 64-bit range, ts within 1970..2100, finite values of sane
+magnitude, clean length-capped text), so a row that passes is storable as it is; nothing is
+checked twice here. A batch is all or nothing: one bad row
 refuses the whole batch (naming the row index and field) and nothing of it is stored.
 
 The body is parsed with `json.loads` and checked here, not through a pydantic model: `from_row`
@@ -23,9 +26,6 @@ from fleet_server.metrics import FleetMetrics
 from fleet_server.store.base import Box, IngestResult, Store, check_box_id
 
 __all__ = ["IngestService", "TelemetryBatch", "parse_telemetry"]
-
-_MAX_INT = 2**63 - 1  # what a store's 64-bit INTEGER column holds
-
 
 @dataclass(frozen=True, slots=True)
 class TelemetryBatch:
@@ -63,15 +63,6 @@ def parse_telemetry(payload: bytes | str, *, max_batch: int) -> TelemetryBatch:
             raise PayloadError(
                 "bad_row", f"readings[{index}]: {exc}", row=index, field=_field_named_in(str(exc))
             ) from None
-        if reading.seq is not None and reading.seq > _MAX_INT:
-            raise PayloadError(
-                "bad_row", f"readings[{index}]: seq must be at most 2**63-1, got {reading.seq}",
-                row=index, field="seq",
-            )
-        if int(reading.quality) > _MAX_INT:
-            raise PayloadError(
-                "bad_row", f"readings[{index}]: quality must be at most 2**63-1", row=index, field="quality"
-            )
         readings.append(reading)
     return TelemetryBatch(box_id=box_id, readings=readings)
 

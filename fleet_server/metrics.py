@@ -14,7 +14,8 @@ __all__ = ["FleetMetrics"]
 
 
 class FleetMetrics:
-    """Counters for ingest (per transport: http, mqtt), enrollments, and the enrolled-box gauge."""
+    """Counters for ingest (per transport: http, mqtt), quarantined messages, enrollments, and the
+    enrolled-box gauge."""
 
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -29,6 +30,11 @@ class FleetMetrics:
         self.batches_rejected = Counter(
             "quanedge_fleet_batches_rejected",
             "Telemetry or status messages refused (nothing stored), by reason.",
+            ["transport", "reason"], registry=self.registry,
+        )
+        self.quarantined_messages = Counter(
+            "quanedge_fleet_quarantined",
+            "Messages acknowledged but not processed, kept in the quarantine, by reason.",
             ["transport", "reason"], registry=self.registry,
         )
         self.enrollments = Counter(
@@ -51,6 +57,9 @@ class FleetMetrics:
 
     def rejected(self, transport: str, reason: str) -> None:
         self.batches_rejected.labels(transport, reason).inc()
+
+    def quarantined(self, transport: str, reason: str) -> None:
+        self.quarantined_messages.labels(transport, reason).inc()
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of one sample (0.0 when never touched); for health pages and tests."""

@@ -10,9 +10,13 @@ store fails is re-delivered, and the (box_id, seq) key turns that re-delivery in
 aiomqtt 2.5.1 has no public manual-ack API yet (aiomqtt issue #345 / PR #346); `_manual_ack` and
 `_ack` below are the only two places that reach into its paho client for it.
 
-A refused message (malformed, unknown box, topic/body mismatch) is counted, acknowledged and logged
-once per box until that box's messages are accepted again; it never stops the bridge. Connection
-loss and store failures reconnect with capped jittered backoff.
+Poison never blocks. A refused message (malformed, unknown box, topic/body mismatch) is counted,
+logged once per box until that box's messages are accepted again, kept in the quarantine
+(`fleet_server.quarantine`) and acknowledged. A message that makes the bridge's own code fail
+(any exception but a store outage) is quarantined as `internal` and acknowledged too: with a
+persistent session an unacknowledged poison message would come back after every restart and stop
+the bridge for every box. Only a StoreError leaves a message unacknowledged (the store is down, not
+the message bad): the bridge reconnects with capped jittered backoff, as on connection loss.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from typing import Any
 
 import aiomqtt
 
 from agent.backoff import Backoff
+from agent.validate import check_ts
 from fleet_server.errors import FleetError, Forbidden, PayloadError, StoreError, UnknownBox
 from fleet_server.ingest import IngestService
+from fleet_server.quarantine import QuarantineKeeper
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import check_box_id
 
@@ -47,23 +52,28 @@ def parse_status(payload: bytes) -> tuple[bool, float]:
         raise PayloadError("bad_json", f"status is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise PayloadError("bad_body", f"status must be a JSON object, got {type(body).__name__}")
-    state, ts = body.get("state"), body.get("ts")
+    state = body.get("state")
     if state not in ("online", "offline"):
-        raise PayloadError("bad_body", f"status state must be 'online' or 'offline', got {state!r:.40}", field="state")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-        raise PayloadError("bad_body", f"status ts must be a finite number, got {ts!r:.40}", field="ts")
-    return state == "online", float(ts)
+        shown = repr(state)[:40] if isinstance(state, (str, type(None), bool, float)) else type(state).__name__
+        raise PayloadError("bad_body", f"status state must be 'online' or 'offline', got {shown}", field="state")
+    try:
+        ts = check_ts(body.get("ts"), "ts")  # unix seconds within 1970..2100, never a 400-digit int
+    except ValueError as exc:
+        raise PayloadError("bad_body", f"status {exc}", field="ts") from None
+    return state == "online", ts
 
 
 class MqttBridge:
     """Run with `await bridge.run()` (until cancelled). `connected` is set while subscribed."""
 
-    def __init__(self, settings: ServerSettings, ingest: IngestService, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, settings: ServerSettings, ingest: IngestService, *, backoff: Backoff | None = None,
+                 quarantine: QuarantineKeeper | None = None) -> None:
         if settings.mqtt_host is None:
             raise ValueError("MqttBridge needs settings.mqtt_host")
         self.settings = settings
         self._host: str = settings.mqtt_host
         self.ingest = ingest
+        self.quarantine = quarantine or QuarantineKeeper(ingest.store, ingest.metrics)
         self.backoff = backoff or Backoff(settings.mqtt_backoff_base_s, settings.mqtt_backoff_cap_s)
         self.connected = asyncio.Event()
         self.prefix = settings.topic_prefix
@@ -97,8 +107,18 @@ class MqttBridge:
             self._down()
 
     def _process(self, topic: str, payload: bytes) -> None:
-        """Handle one message (in a worker thread). Returns normally when the message may be acked;
-        raises StoreError when it must not be (the broker re-delivers it after a reconnect)."""
+        """Handle one message (in a worker thread). Returns normally when the message may be acked
+        (stored, or refused / failed and quarantined); raises StoreError when it must not be (the
+        broker re-delivers it after a reconnect)."""
+        try:
+            self._handle(topic, payload)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - poison: keep it (StoreError if that fails) and go on
+            self.quarantine.keep("mqtt", topic, payload, exc)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        """Store one message; a refusal is counted, logged (once per box) and raised."""
         segment, kind = self._split(topic)
         metrics = self.ingest.metrics
         try:
@@ -107,8 +127,9 @@ class MqttBridge:
                 raise ValueError(f"unexpected message kind {kind!r:.40}")
         except ValueError as exc:
             metrics.rejected("mqtt", "bad_topic")
-            self._refused(segment[:64], PayloadError("bad_topic", f"topic {topic!r:.120}: {exc}"))
-            return
+            refusal = PayloadError("bad_topic", f"topic {topic!r:.120}: {exc}")
+            self._refused(repr(segment)[:64], refusal)
+            raise refusal from None
         try:
             if kind == "telemetry":
                 self.ingest.ingest(box_id, payload, "mqtt")  # counts its own refusals
@@ -121,7 +142,7 @@ class MqttBridge:
                     raise
         except _REFUSALS as exc:
             self._refused(box_id, exc)
-            return
+            raise
         self._accepted(box_id)
 
     def _split(self, topic: str) -> tuple[str, str]:

@@ -224,7 +224,9 @@ def test_box_endpoints(client: TestClient, clock: Clock) -> None:
 def test_healthz(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0}
+    running = {"state": "running", "restarts": 0, "last_error": None, "last_error_at": None}
+    assert r.json() == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
+                        "tasks": {"rollout-writer": running, "rollout-sweeper": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:
@@ -265,23 +267,44 @@ def test_lifespan_runs_the_bridge_and_stops_it(tmp_path: Path) -> None:
         state.store.list_boxes()  # the app closed the store it created
 
 
-def test_a_crashed_bridge_is_logged_and_turns_healthz_503(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_crashed_bridge_is_logged_restarted_and_turns_healthz_503_until_it_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
         connected = asyncio.Event()
+        runs = 0
 
         async def run(self) -> None:
-            raise RuntimeError("bug in the bridge")
+            self.runs += 1
+            if self.runs <= 2:
+                raise RuntimeError("bug in the bridge")
+            await asyncio.Event().wait()  # the third run stays up
 
     app = create_app(ServerSettings(db_path=tmp_path / "c.db", admin_token=ADMIN))
-    app.state.fleet.bridge = Broken()
+    app.state.fleet.bridge = bridge = Broken()
+    supervisor = app.state.supervisor
+    supervisor.base_s, supervisor.cap_s, supervisor.settle_s = 0.05, 0.1, 0.3
     with TestClient(app) as c:
-        for _ in range(100):
-            if app.state.fleet.bridge_task.done():
+        r = c.get("/healthz")
+        for _ in range(200):
+            if r.status_code == 503:
                 break
             time.sleep(0.01)
-        r = c.get("/healthz")
-        assert (r.status_code, r.json()["status"], r.json()["mqtt"]) == (503, "failing", "stopped")
-    assert any("MQTT bridge stopped" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+            r = c.get("/healthz")
+        body = r.json()
+        assert (r.status_code, body["status"], body["mqtt"], body["failing"]) == (503, "failing", "restarting",
+                                                                                  ["mqtt-bridge"])
+        assert body["tasks"]["mqtt-bridge"]["last_error"] == "RuntimeError: bug in the bridge"
+        assert body["tasks"]["rollout-sweeper"]["state"] == "running"
+        for _ in range(300):
+            r = c.get("/healthz")
+            if r.status_code == 200:
+                break
+            time.sleep(0.01)
+        body = r.json()
+        assert (r.status_code, body["mqtt"], body["tasks"]["mqtt-bridge"]["state"]) == (200, "connecting", "running")
+        assert bridge.runs == 3 and body["tasks"]["mqtt-bridge"]["restarts"] == 2
+        assert 'quanedge_fleet_task_restarts_total{task="mqtt-bridge"} 2.0' in c.get("/metrics").text
+    assert any("server task mqtt-bridge died" in rec.getMessage() and rec.exc_info for rec in caplog.records)
 
 
 # -- settings ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.api.deps import require_admin
+from fleet_server.api.fields import CleanStr
 from fleet_server.errors import PayloadError
 from fleet_server.rollout.engine import RolloutEngine
 from fleet_server.rollout.model import BOX_STATES, TargetFilter, WaveSpec
@@ -40,7 +41,8 @@ __all__ = ["router", "sites_router"]
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"], dependencies=[Depends(require_admin)])
 sites_router = APIRouter(prefix="/api/v1/sites", tags=["rollouts"], dependencies=[Depends(require_admin)])
 
-Name = Annotated[str, Field(min_length=1, max_length=128)]
+Name = Annotated[CleanStr, Field(min_length=1, max_length=128)]
+WaveSize = Annotated[CleanStr, Field(min_length=1, max_length=16)]
 RolloutId = Annotated[str, Path(pattern=r"^r-[0-9a-f]{1,32}$")]
 _STATES = ("pending", "assigned", *BOX_STATES)
 
@@ -51,7 +53,7 @@ class FilterBody(BaseModel):
     tags: list[Name] = Field(default_factory=list, max_length=32)
     sites: list[Name] = Field(default_factory=list, max_length=1000)
     hardware: list[Name] = Field(default_factory=list, max_length=100)
-    current_versions: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list,
+    current_versions: list[Annotated[CleanStr, Field(min_length=1, max_length=64)]] = Field(default_factory=list,
                                                                                        max_length=100)
     box_ids: list[Annotated[str, Field(pattern=BOX_ID_PATTERN)]] = Field(default_factory=list, max_length=100_000)
 
@@ -59,37 +61,39 @@ class FilterBody(BaseModel):
 class WaveBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    size: str = Field(min_length=1, max_length=16)
-    success_pct: float | None = Field(None, ge=0, le=100)
-    error_pct: float | None = Field(None, ge=0, le=100)
+    size: WaveSize
+    success_pct: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    error_pct: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
 
 
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    target_name: str = Field(min_length=1, max_length=256)
+    target_name: CleanStr = Field(min_length=1, max_length=256)
     kind: str = Field(pattern=r"^(agent|model|firmware|config)$")
-    version: str | None = Field(None, max_length=64)
-    component: str = Field("", max_length=128)
-    name: str = Field("", max_length=200)
+    version: CleanStr | None = Field(None, max_length=64)
+    component: CleanStr = Field("", max_length=128)
+    name: CleanStr = Field("", max_length=200)
     filter: FilterBody = Field(default_factory=FilterBody)
-    waves: list[str | WaveBody] = Field(default_factory=lambda: ["1", "1%", "10%", "50%", "100%"],
+    waves: list[WaveSize | WaveBody] = Field(default_factory=lambda: ["1", "1%", "10%", "50%", "100%"],
                                         min_length=1, max_length=20)
-    success_pct: float = Field(90.0, ge=0, le=100)
-    error_pct: float = Field(10.0, ge=0, le=100)
+    success_pct: float = Field(90.0, ge=0, le=100, allow_inf_nan=False)
+    error_pct: float = Field(10.0, ge=0, le=100, allow_inf_nan=False)
     min_finished: int = Field(10, ge=1, le=1_000_000)
     timeout_s: int = Field(3600, ge=10, le=30 * 86400)
-    rate_per_min: float | None = Field(None, gt=0, le=1_000_000)
+    rate_per_min: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
     respect_windows: bool = True
 
     def wave_specs(self) -> tuple[WaveSpec, ...]:
+        """The waves as WaveSpecs (already validated by the model; WaveSpec raises PayloadError for
+        a size that is not 'N' or 'P%'). Never builds a model here: a ValidationError raised after
+        FastAPI's own validation would be a 500."""
         out = []
         for wave in self.waves:
-            if isinstance(wave, str):
-                wave = WaveBody(size=wave)
-            out.append(WaveSpec(wave.size,
-                                self.success_pct if wave.success_pct is None else wave.success_pct,
-                                self.error_pct if wave.error_pct is None else wave.error_pct))
+            size, success, error = (wave, None, None) if isinstance(wave, str) else (
+                wave.size, wave.success_pct, wave.error_pct)
+            out.append(WaveSpec(size, self.success_pct if success is None else success,
+                                self.error_pct if error is None else error))
         return tuple(out)
 
 
@@ -150,10 +154,10 @@ async def rollout_actions(
 
 
 @sites_router.put("/{site}/maintenance")
-async def put_site(site: Annotated[str, Path(min_length=1, max_length=128)], request: Request) -> JSONResponse:
+async def put_site(site: Annotated[CleanStr, Path(min_length=1, max_length=128)], request: Request) -> JSONResponse:
     try:
         data = json.loads(await request.body())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the parser's depth
         raise PayloadError("bad_json", f"body is not valid JSON: {exc}") from None
     policy = SitePolicy.from_json(site, data)
     await _engine(request).put_site(policy)

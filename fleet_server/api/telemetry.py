@@ -16,12 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from fleet_server.api.deps import FleetState, bearer_token, fleet
 from fleet_server.ingest import IngestService
 
-__all__ = ["router"]
+__all__ = ["TELEMETRY_PATH", "router"]
 
-router = APIRouter(prefix="/api/v1", tags=["telemetry"])
+TELEMETRY_PATH = "/api/v1/telemetry"  # its body cap is settings.max_body_bytes (api.limits.BodyCap)
+router = APIRouter(tags=["telemetry"])
 
 
-@router.post("/telemetry")
+@router.post(TELEMETRY_PATH)
 async def post_telemetry(request: Request, state: Annotated[FleetState, Depends(fleet)]) -> dict[str, int]:
     service = state.ingest
     box = await run_in_threadpool(service.authenticate, bearer_token(request), "http")

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.validate import is_clean_text
 from fleet_server.errors import PayloadError
 
 __all__ = [
@@ -47,6 +48,8 @@ def _text(value: object, name: str, *, max_len: int = _TEXT_MAX, empty: bool = T
     if not isinstance(value, str) or len(value) > max_len or (not empty and not value):
         raise PayloadError("bad_body", f"{name} must be a string of at most {max_len} characters"
                            + ("" if empty else ", not empty"), field=name)
+    if not is_clean_text(value):  # a lone surrogate would fail at the store's insert (a 500)
+        raise PayloadError("bad_body", f"{name} must be valid Unicode text without NUL", field=name)
     return value
 
 

@@ -28,6 +28,12 @@ from fleet_server.rollout.model import KINDS
 __all__ = ["SitePolicy", "Window"]
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: An IANA zone name: 1-4 segments of letters, digits and _+-, the first starting with a letter.
+#: Checked BEFORE zoneinfo sees it: zoneinfo opens a file named by it, so a 300-character name is
+#: ENAMETOOLONG and "Europe" IsADirectoryError.
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]{0,29}(/[A-Za-z0-9_+-]{1,30}){0,3}$"
+TIMEZONE_MAX = 64
+_TIMEZONE = re.compile(TIMEZONE_PATTERN)
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -69,7 +75,7 @@ class Window:
         if start == end:
             raise PayloadError("bad_window", "a window needs start != end", field="end")
         kinds = data.get("kinds") or []
-        if not isinstance(kinds, list) or any(k not in KINDS for k in kinds):
+        if not isinstance(kinds, list) or any(not isinstance(k, str) or k not in KINDS for k in kinds):
             raise PayloadError("bad_window", f"kinds must be a list of {', '.join(KINDS)}", field="kinds")
         return cls(_days(data.get("days")), start, end, frozenset(kinds))
 
@@ -109,10 +115,10 @@ class SitePolicy:
             raise PayloadError("bad_body", "maintenance policy is {timezone, windows, blackouts}")
         tz = data.get("timezone")
         try:
-            if not isinstance(tz, str) or not tz:
+            if not isinstance(tz, str) or len(tz) > TIMEZONE_MAX or not _TIMEZONE.fullmatch(tz):
                 raise ValueError
             ZoneInfo(tz)
-        except (ValueError, ZoneInfoNotFoundError):
+        except (ValueError, OSError, ZoneInfoNotFoundError):  # "Europe" is a directory: IsADirectoryError
             raise PayloadError("bad_timezone", f"timezone must be an IANA zone like Europe/Berlin, got {tz!r:.60}",
                                field="timezone") from None
         lists = []

@@ -22,6 +22,7 @@ from agent.reading import Quality, Reading, RecordClass
 from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
+from fleet_server.store.sqlite_quarantine import QuarantineTables, migrate_quarantine
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
 
@@ -40,10 +41,11 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore(RolloutTables):
+class SqliteStore(RolloutTables, QuarantineTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
-    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin.
+    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin, the
+    quarantine of unprocessable messages in `QuarantineTables`.
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -61,6 +63,7 @@ class SqliteStore(RolloutTables):
             conn.execute("PRAGMA synchronous=FULL")
             self.migrations_applied = migrate(self._db)
             self.rollout_migrations_applied = migrate_rollouts(self._db)
+            self.quarantine_migrations_applied = migrate_quarantine(self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
