@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from agent.reading import Reading
+from fleet_server.store.access import AuditStore, UserStore
 
 if TYPE_CHECKING:
     from fleet_server.rollout.model import (
@@ -91,8 +92,10 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """Fleet storage. Every method is atomic; every refusal leaves the store unchanged."""
+class Store(UserStore, AuditStore, Protocol):
+    """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
+
+    API users and the audit log: `fleet_server.store.access` (the two Protocols included here)."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""

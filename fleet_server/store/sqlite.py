@@ -22,8 +22,10 @@ from agent.reading import Quality, Reading, RecordClass
 from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
+from fleet_server.store.sqlite_audit import AuditTables, migrate_audit
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
+from fleet_server.store.sqlite_users import UserTables, migrate_users
 
 __all__ = ["SqliteStore"]
 
@@ -40,10 +42,11 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore(RolloutTables):
+class SqliteStore(RolloutTables, UserTables, AuditTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
-    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin.
+    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin, API
+    users in `UserTables`, the append-only audit log in `AuditTables`.
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -61,6 +64,8 @@ class SqliteStore(RolloutTables):
             conn.execute("PRAGMA synchronous=FULL")
             self.migrations_applied = migrate(self._db)
             self.rollout_migrations_applied = migrate_rollouts(self._db)
+            self.user_migrations_applied = migrate_users(self._db)
+            self.audit_migrations_applied = migrate_audit(self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
