@@ -23,8 +23,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
-from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
+from fleet_server.access import UnknownUser, UserExists
+from fleet_server.api import audit, boxes, checkin, enrollment, health, rollouts, telemetry, tuf, users
+from fleet_server.api.audit_trail import AuditMiddleware
+from fleet_server.api.auth import AuthMiddleware
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
@@ -61,6 +65,8 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (UnknownBox, 404),
     (UnknownRollout, 404),
     (UnknownAction, 404),
+    (UnknownUser, 404),
+    (UserExists, 409),
     (RolloutConflict, 409),
     (ActionClosed, 409),
     (RepositoryUnavailable, 503),
@@ -81,6 +87,11 @@ def status_for(exc: FleetError) -> int:
 
 async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FleetError)
+    return error_response(exc, request.scope)
+
+
+def error_response(exc: FleetError, scope: Scope) -> JSONResponse:
+    """The HTTP answer to a FleetError (also used by the middlewares, which answer before routing)."""
     body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
     if isinstance(exc, PayloadError):
         body.update({k: v for k, v in (("row", exc.row), ("field", exc.field)) if v is not None})
@@ -90,7 +101,7 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+        log.error("store failure on %s %s: %s", scope.get("method"), scope.get("path"), exc)
         headers["Retry-After"] = "5"
     return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
@@ -155,9 +166,12 @@ def create_app(
     app.add_exception_handler(FleetError, _fleet_error)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
+    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, users, audit):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
+    # The last added runs first: audit (records every outcome) -> auth (401 before the body) -> routes.
+    app.add_middleware(AuthMiddleware, state=state, render_error=error_response)
+    app.add_middleware(AuditMiddleware, state=state, clock=clock)
     return app
 
 

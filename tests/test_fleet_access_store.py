@@ -36,9 +36,10 @@ def entry(ts: float, principal: str = "alice", action: str = "create_rollout", s
 
 def test_users_are_created_listed_and_found_by_token_stored_only_as_hash(store: SqliteStore, tmp_path: Path,
                                                                         clock: Clock) -> None:
-    token = store.create_user("alice", Role.OPERATOR, "night shift", "bootstrap-admin")
+    created, token = store.create_user("alice", Role.OPERATOR, "night shift", "bootstrap-admin")
     assert len(token) >= 43
     user = store.user_for_token(token)
+    assert user == created
     assert user is not None and (user.name, user.role, user.note, user.created_by) == (
         "alice", Role.OPERATOR, "night shift", "bootstrap-admin")
     assert user.created_at == clock.now and user.active
@@ -49,7 +50,7 @@ def test_users_are_created_listed_and_found_by_token_stored_only_as_hash(store: 
 
 
 def test_revocation_takes_effect_at_once_and_names_are_never_reused(store: SqliteStore, clock: Clock) -> None:
-    token = store.create_user("bob", Role.VIEWER, "", "root")
+    _, token = store.create_user("bob", Role.VIEWER, "", "root")
     store.create_user("carol", Role.ADMIN, "", "root")
     clock.now += 5
     revoked = store.revoke_user("bob", "carol")

@@ -20,8 +20,9 @@ __all__ = ["AuditStore", "UserStore"]
 
 @runtime_checkable
 class UserStore(Protocol):
-    def create_user(self, name: str, role: Role, note: str, created_by: str) -> str:
-        """Create an active API user; return its token (once). `UserExists` when the name is taken."""
+    def create_user(self, name: str, role: Role, note: str, created_by: str) -> tuple[User, str]:
+        """Create an active API user; return it and its token (once). `UserExists` when the name
+        is taken."""
         ...
 
     def list_users(self, include_revoked: bool = False) -> list[User]:

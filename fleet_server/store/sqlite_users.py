@@ -48,21 +48,22 @@ class UserTables:
     _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
     _clock: Callable[[], float]
 
-    def create_user(self, name: str, role: Role, note: str, created_by: str) -> str:
+    def create_user(self, name: str, role: Role, note: str, created_by: str) -> tuple[User, str]:
         if not isinstance(role, Role):
             raise ValueError(f"role must be a Role, got {role!r:.40}")
         if name == BOOTSTRAP_ADMIN:
             raise UserExists(name)
         token = new_secret()
+        user = User(name=name, role=role, note=note, created_at=self._clock(), created_by=created_by)
         with self._conn(write=True) as conn:
             if conn.execute("SELECT 1 FROM api_users WHERE name = ?", (name,)).fetchone() is not None:
                 raise UserExists(name)
             conn.execute(
                 "INSERT INTO api_users (name, role, token_hash, note, created_at, created_by)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, role.value, hash_secret(token), note, self._clock(), created_by),
+                (name, role.value, hash_secret(token), note, user.created_at, created_by),
             )
-        return token
+        return user, token
 
     def list_users(self, include_revoked: bool = False) -> list[User]:
         sql = f"SELECT {_COLS} FROM api_users"

@@ -1,0 +1,98 @@
+"""Who is calling: the bearer principal of every user-facing API request, resolved before the body.
+
+`AuthMiddleware` is a pure ASGI middleware. For a user-facing route (everything under /api/v1/
+except the box-facing ones below) it reads only the `Authorization: Bearer <token>` header and
+resolves the principal: the server's configured admin token (compared in constant time) is the
+bootstrap admin; any other token must belong to an active API user (looked up in the store on
+every request: no cache, so a revocation counts from the next request). Without a valid token the
+request is answered 401 at once: not one body byte is read. Otherwise the principal is put in the
+ASGI scope (`principal_of`) and the route's role dependency (`deps.require_*`) decides 403 or go.
+
+Box-facing routes (telemetry, enrollment, check-in, inventory, action status) carry a box's own
+credential or an enrollment token and are checked by their routes; /tuf/, /healthz, /metrics and
+the docs are outside /api/v1 and pass untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from anyio import to_thread
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fleet_server.access import BOOTSTRAP_ADMIN, Principal, Role
+from fleet_server.errors import FleetError, NotAuthenticated
+
+if TYPE_CHECKING:
+    from fleet_server.api.deps import FleetState
+
+__all__ = ["BOX_FACING", "AuthMiddleware", "bearer_of", "is_user_facing", "principal_of"]
+
+#: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
+BOX_FACING = re.compile(
+    r"^/api/v1/(?:telemetry|enroll|boxes/[^/]+/(?:checkin|inventory|actions/[^/]+/status))/?$"
+)
+_SCOPE_KEY = "quanedge.principal"
+
+ErrorRenderer = Callable[[FleetError, Scope], Response]
+
+
+def is_user_facing(path: str) -> bool:
+    """True for the API users' routes: /api/v1/... except the box-facing ones."""
+    return path.startswith("/api/v1/") and BOX_FACING.match(path) is None
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """The principal `AuthMiddleware` resolved for this request (None: not resolved)."""
+    principal: Principal | None = scope.get(_SCOPE_KEY)
+    return principal
+
+
+def bearer_of(scope: Scope) -> str | None:
+    """The token of the request's `Authorization: Bearer <token>` header, or None."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
+
+
+class AuthMiddleware:
+    """Resolve the principal of user-facing requests; refuse (401) those without one, unread.
+
+    `render_error` turns a FleetError into the app's error response (the one mapping, in app.py).
+    """
+
+    def __init__(self, app: ASGIApp, *, state: FleetState, render_error: ErrorRenderer) -> None:
+        self.app = app
+        self.state = state
+        self.render_error = render_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_user_facing(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self._resolve(bearer_of(scope))
+        except FleetError as exc:   # NotAuthenticated, or StoreError while looking the token up
+            await self.render_error(exc, scope)(scope, receive, send)
+            return
+        scope[_SCOPE_KEY] = principal
+        await self.app(scope, receive, send)
+
+    async def _resolve(self, token: str | None) -> Principal:
+        if token is None:
+            raise NotAuthenticated("this call needs an API token: Authorization: Bearer <token>")
+        expected = self.state.settings.admin_token
+        if hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8")):
+            return Principal(BOOTSTRAP_ADMIN, Role.ADMIN)
+        user = await to_thread.run_sync(self.state.store.user_for_token, token)
+        if user is None:
+            raise NotAuthenticated("unknown or revoked API token")
+        return Principal(user.name, user.role)
+
