@@ -2,6 +2,8 @@
 
     quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
+    quanedge fleet user create|list|revoke ...               API users and roles (fleet_server.cli_admin)
+    quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
 so a box never imports the server stack.
@@ -16,6 +18,7 @@ import typer
 
 from agent.cli import _fail, _setup_logging
 from agent.errors import QuanedgeError
+from fleet_server.cli_admin import register as register_admin_commands
 
 __all__ = ["build_app"]
 
@@ -73,4 +76,5 @@ def build_app() -> typer.Typer:
             _fail(f"server refused ({r.status_code}): {r.text[:300]}")
         typer.echo(r.json()["token"])
 
+    register_admin_commands(app)   # user create|list|revoke, audit
     return app
