@@ -28,7 +28,7 @@ from starlette.types import Scope
 from fleet_server.access import UnknownUser, UserExists
 from fleet_server.api import audit, boxes, checkin, enrollment, health, rollouts, telemetry, tuf, users
 from fleet_server.api.audit_trail import AuditMiddleware
-from fleet_server.api.auth import AuthMiddleware
+from fleet_server.api.auth import AuthMiddleware, document_auth
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
@@ -172,6 +172,7 @@ def create_app(
     # The last added runs first: audit (records every outcome) -> auth (401 before the body) -> routes.
     app.add_middleware(AuthMiddleware, state=state, render_error=error_response)
     app.add_middleware(AuditMiddleware, state=state, clock=clock)
+    document_auth(app)
     return app
 
 

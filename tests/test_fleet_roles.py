@@ -222,3 +222,20 @@ def test_a_large_body_without_a_token_is_refused_unread(tmp_path: Path) -> None:
             ("create_user", 401, "anonymous", "{}"), ("create_rollout", 401, "anonymous", "{}")]
     finally:
         store.close()
+
+
+def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: Path) -> None:
+    app = create_app(ServerSettings(db_path=tmp_path / "x.db", admin_token=ADMIN))
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["apiToken"] == {
+        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["apiToken"]["description"]}
+    for method, path, *_ in ROUTES:
+        template = path.replace("{rid}", "{rollout_id}").replace("{victim}", "{name}").replace("b00000", "{box_id}")
+        template = template.replace("/s1/", "/{site}/")
+        for command in ("pause", "resume", "cancel"):
+            template = template.replace(f"/{command}", "/{command}")
+        operation = schema["paths"][template][method.lower()]
+        assert operation["security"] == [{"apiToken": []}], (method, path)
+        assert {"401", "403"} <= set(operation["responses"]), (method, path)
+    assert "security" not in schema["paths"]["/api/v1/telemetry"]["post"]
+    assert "security" not in schema["paths"]["/healthz"]["get"]

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
+from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,13 +31,17 @@ from fleet_server.errors import FleetError, NotAuthenticated
 if TYPE_CHECKING:
     from fleet_server.api.deps import FleetState
 
-__all__ = ["BOX_FACING", "AuthMiddleware", "bearer_of", "is_user_facing", "principal_of"]
+__all__ = [
+    "API_TOKEN_SCHEME", "BOX_FACING", "AuthMiddleware", "bearer_of", "document_auth", "is_user_facing", "principal_of",
+]
 
 #: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
 BOX_FACING = re.compile(
     r"^/api/v1/(?:telemetry|enroll|boxes/[^/]+/(?:checkin|inventory|actions/[^/]+/status))/?$"
 )
 _SCOPE_KEY = "quanedge.principal"
+#: The OpenAPI name of the API users' bearer scheme (declared by the `deps.require_*` dependencies).
+API_TOKEN_SCHEME = "apiToken"
 
 ErrorRenderer = Callable[[FleetError, Scope], Response]
 
@@ -96,3 +101,29 @@ class AuthMiddleware:
             raise NotAuthenticated("unknown or revoked API token")
         return Principal(user.name, user.role)
 
+
+_ERROR_SCHEMA = {
+    "type": "object", "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+
+
+def document_auth(app: FastAPI) -> None:
+    """Declare the 401 / 403 answers (and their {"error", "detail"} body) on every operation that
+    uses the API token scheme, whoever's router it comes from."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                if any(API_TOKEN_SCHEME in req for req in operation.get("security", ())):
+                    responses = operation.setdefault("responses", {})
+                    responses.setdefault("401", {"description": "No valid API token", "content": body})
+                    responses.setdefault("403", {"description": "The token's role is below the one this call needs",
+                                                 "content": body})
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

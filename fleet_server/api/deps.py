@@ -19,7 +19,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from fleet_server.access import Principal, Role
-from fleet_server.api.auth import principal_of
+from fleet_server.api.auth import API_TOKEN_SCHEME, principal_of
 from fleet_server.errors import Forbidden, NotAuthenticated
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
@@ -62,7 +62,7 @@ def bearer_token(request: Request) -> str | None:
 
 # Declares the scheme in the OpenAPI; the token itself was checked by AuthMiddleware.
 _api_token = HTTPBearer(
-    scheme_name="apiToken", auto_error=False,
+    scheme_name=API_TOKEN_SCHEME, auto_error=False,
     description="An API user's token (`quanedge fleet user create`) or the server's admin token.",
 )
 
