@@ -143,5 +143,6 @@ def test_parameters_are_bounded() -> None:
     assert body["n"] == "<integer of 401 digits>" and body["deep"]["a"]["b"]["c"] == "{1 keys}"
     assert summarize(b"a=1&password=x", b"not json", 8) == '{"query":{"a":"1","password":"[redacted]"},"body_bytes":8}'
     assert summarize(b"", b'{"a": 1', 10_000) == '{"body_bytes":10000}'
+    assert summarize(b"", b"[" * 60_000 + b"]" * 60_000, 120_000) == '{"body_bytes":120000}'
     huge = {f"k{i}": "v" * 150 for i in range(20)}
     assert json.loads(summarize(b"", json.dumps(huge).encode(), len(json.dumps(huge))))["truncated"] is True

@@ -237,5 +237,9 @@ def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: P
         operation = schema["paths"][template][method.lower()]
         assert operation["security"] == [{"apiToken": []}], (method, path)
         assert {"401", "403"} <= set(operation["responses"]), (method, path)
-    assert "security" not in schema["paths"]["/api/v1/telemetry"]["post"]
-    assert "security" not in schema["paths"]["/healthz"]["get"]
+    for path, method in (("/api/v1/telemetry", "post"), ("/api/v1/boxes/{box_id}/checkin", "get"),
+                         ("/api/v1/boxes/{box_id}/inventory", "put"),
+                         ("/api/v1/boxes/{box_id}/actions/{action_id}/status", "post")):
+        assert schema["paths"][path][method]["security"] == [{"boxCredential": []}], path
+    for path, method in (("/api/v1/enroll", "post"), ("/healthz", "get"), ("/tuf/metadata/{name}", "get")):
+        assert "security" not in schema["paths"][path][method], path

@@ -65,7 +65,7 @@ def summarize(query: bytes, body: bytes | None, body_size: int) -> str:
             if body_size > len(body):
                 raise ValueError("truncated")
             out["body"] = _bounded(json.loads(body), 0)
-        except ValueError:
+        except (ValueError, RecursionError):   # not JSON, cut short, or nested beyond the parser
             out["body_bytes"] = body_size
     text = json.dumps(out, ensure_ascii=False, separators=(",", ":"))
     if len(text) > _MAX_PARAMS:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fleet_server.api.deps import FleetState
 
 __all__ = [
-    "API_TOKEN_SCHEME", "BOX_FACING", "AuthMiddleware", "bearer_of", "document_auth", "is_user_facing", "principal_of",
+    "API_TOKEN_SCHEME", "BOX_CREDENTIAL_SCHEME", "BOX_FACING", "AuthMiddleware", "bearer_of", "document_auth", "is_user_facing", "principal_of",
 ]
 
 #: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
@@ -42,6 +42,8 @@ BOX_FACING = re.compile(
 _SCOPE_KEY = "quanedge.principal"
 #: The OpenAPI name of the API users' bearer scheme (declared by the `deps.require_*` dependencies).
 API_TOKEN_SCHEME = "apiToken"
+#: The OpenAPI name of the boxes' credential scheme (box-facing routes; see `document_auth`).
+BOX_CREDENTIAL_SCHEME = "boxCredential"
 
 ErrorRenderer = Callable[[FleetError, Scope], Response]
 
@@ -109,18 +111,30 @@ _ERROR_SCHEMA = {
 
 
 def document_auth(app: FastAPI) -> None:
-    """Declare the 401 / 403 answers (and their {"error", "detail"} body) on every operation that
-    uses the API token scheme, whoever's router it comes from."""
+    """Complete the OpenAPI's security: 401 / 403 answers (with their {"error", "detail"} body) on
+    every operation that uses the API token scheme, whoever's router it comes from; and the box
+    credential scheme ("boxCredential", HTTP bearer) on the box-facing routes that take one
+    (all of them except /api/v1/enroll, which spends an enrollment token from its body)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = generate()
-        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        components.setdefault("securitySchemes", {})[BOX_CREDENTIAL_SCHEME] = {
+            "type": "http", "scheme": "bearer",
+            "description": "A box's own credential, returned once by POST /api/v1/enroll.",
+        }
         body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        for item in schema.get("paths", {}).values():
+        for path, item in schema.get("paths", {}).items():
+            box_route = BOX_FACING.match(path) is not None and not path.startswith("/api/v1/enroll")
             for operation in item.values():
-                if any(API_TOKEN_SCHEME in req for req in operation.get("security", ())):
-                    responses = operation.setdefault("responses", {})
+                responses = operation.setdefault("responses", {})
+                if box_route:
+                    operation.setdefault("security", [{BOX_CREDENTIAL_SCHEME: []}])
+                    responses.setdefault("401", {"description": "Unknown or revoked box credential",
+                                                 "content": body})
+                elif any(API_TOKEN_SCHEME in req for req in operation.get("security", ())):
                     responses.setdefault("401", {"description": "No valid API token", "content": body})
                     responses.setdefault("403", {"description": "The token's role is below the one this call needs",
                                                  "content": body})
