@@ -83,7 +83,8 @@ def test_reads_and_box_facing_calls_are_not_audited(client: TestClient) -> None:
     assert [e["action"] for e in audit(client)] == ["create_enrollment_token"]
 
 
-def test_every_outcome_of_a_route_is_recorded(client: TestClient, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_outcome_of_a_route_is_recorded(client: TestClient, store: SqliteStore,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.delete("/api/v1/users/ghost", headers=admin()).status_code == 404
     assert client.post("/api/v1/no-such-route", headers=admin()).status_code == 404
     assert client.patch("/api/v1/users", headers=admin()).status_code == 405

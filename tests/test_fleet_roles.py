@@ -127,11 +127,13 @@ def test_each_role_on_each_route(client: TestClient, tokens: dict[str, str], met
 def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
     covered = {(m, p.replace("{rid}", "{rollout_id}")) for m, p, *_ in ROUTES}
     templates = {
-        "/api/v1/boxes/b00000": "/api/v1/boxes/{box_id}", "/api/v1/boxes/b00000/readings": "/api/v1/boxes/{box_id}/readings",
+        "/api/v1/boxes/b00000": "/api/v1/boxes/{box_id}",
+        "/api/v1/boxes/b00000/readings": "/api/v1/boxes/{box_id}/readings",
         "/api/v1/rollouts/{rollout_id}/pause": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/resume": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/cancel": "/api/v1/rollouts/{rollout_id}/{command}",
-        "/api/v1/sites/s1/maintenance": "/api/v1/sites/{site}/maintenance", "/api/v1/users/{victim}": "/api/v1/users/{name}",
+        "/api/v1/sites/s1/maintenance": "/api/v1/sites/{site}/maintenance",
+        "/api/v1/users/{victim}": "/api/v1/users/{name}",
     }
     covered = {(m, templates.get(p, p)) for m, p in covered}
     app = create_app(ServerSettings(db_path=tmp_path / "x.db", admin_token=ADMIN))
@@ -183,8 +185,9 @@ def test_users_api(client: TestClient) -> None:
     assert [u["name"] for u in client.get("/api/v1/users", headers=erin).json()["users"]] == ["erin@city.example"]
     everyone = client.get("/api/v1/users?revoked=true", headers=erin).json()["users"]
     assert [(u["name"], u["active"]) for u in everyone] == [("erin@city.example", True), ("frank", False)]
-    for body, status in (({"name": "frank", "role": "viewer"}, 409), ({"name": "bootstrap-admin", "role": "admin"}, 409),
-                         ({"name": "x y", "role": "viewer"}, 422), ({"name": "g", "role": "root"}, 422),
+    for body, status in (({"name": "frank", "role": "viewer"}, 409),
+                         ({"name": "bootstrap-admin", "role": "admin"}, 409), ({"name": "x y", "role": "viewer"}, 422),
+                         ({"name": "g", "role": "root"}, 422),
                          ({"name": "g", "role": "viewer", "extra": 1}, 422)):
         assert client.post("/api/v1/users", json=body, headers=erin).status_code == status, body
     assert client.delete("/api/v1/users/nobody", headers=erin).json()["error"] == "unknown_user"
@@ -227,8 +230,8 @@ def test_a_large_body_without_a_token_is_refused_unread(tmp_path: Path) -> None:
 def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: Path) -> None:
     app = create_app(ServerSettings(db_path=tmp_path / "x.db", admin_token=ADMIN))
     schema = app.openapi()
-    assert schema["components"]["securitySchemes"]["apiToken"] == {
-        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["apiToken"]["description"]}
+    api_token = schema["components"]["securitySchemes"]["apiToken"]
+    assert (api_token["type"], api_token["scheme"]) == ("http", "bearer")
     for method, path, *_ in ROUTES:
         template = path.replace("{rid}", "{rollout_id}").replace("{victim}", "{name}").replace("b00000", "{box_id}")
         template = template.replace("/s1/", "/{site}/")
@@ -243,3 +246,23 @@ def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: P
         assert schema["paths"][path][method]["security"] == [{"boxCredential": []}], path
     for path, method in (("/api/v1/enroll", "post"), ("/healthz", "get"), ("/tuf/metadata/{name}", "get")):
         assert "security" not in schema["paths"][path][method], path
+
+
+def test_public_api_of_the_access_modules_is_pinned() -> None:
+    import importlib
+
+    expected = {
+        "fleet_server.access": ["BOOTSTRAP_ADMIN", "USER_NAME_PATTERN", "AuditEntry", "AuditQuery", "Principal",
+                                "Role", "UnknownUser", "User", "UserExists"],
+        "fleet_server.store.access": ["AuditStore", "UserStore"],
+        "fleet_server.api.auth": ["API_TOKEN_SCHEME", "BOX_CREDENTIAL_SCHEME", "BOX_FACING", "AuthMiddleware",
+                                  "bearer_of", "document_auth", "is_user_facing", "principal_of"],
+        "fleet_server.api.audit_trail": ["AuditMiddleware", "summarize"],
+        "fleet_server.api.deps": ["FleetState", "bearer_token", "caller", "fleet", "require_admin",
+                                  "require_operator", "require_viewer"],
+        "fleet_server.cli_admin": ["register"],
+    }
+    for name, names in expected.items():
+        module = importlib.import_module(name)
+        assert sorted(module.__all__) == sorted(names), name
+        assert all(hasattr(module, attr) for attr in names), name

@@ -81,7 +81,8 @@ def _require(role: Role) -> Callable[..., Principal]:
     ) -> Principal:
         principal = caller(request)
         if not principal.role.allows(role):
-            raise Forbidden(f"this call needs the {role.value} role; {principal.name!r} is {principal.role.value}")
+            raise Forbidden(f"this call needs the {role.value} role; {principal.name!r} has the "
+                            f"{principal.role.value} role")
         return principal
 
     dependency.__name__ = dependency.__qualname__ = f"require_{role.value}"
