@@ -147,3 +147,17 @@ def test_parameters_are_bounded() -> None:
     assert summarize(b"", b"[" * 60_000 + b"]" * 60_000, 120_000) == '{"body_bytes":120000}'
     huge = {f"k{i}": "v" * 150 for i in range(20)}
     assert json.loads(summarize(b"", json.dumps(huge).encode(), len(json.dumps(huge))))["truncated"] is True
+
+
+def test_anonymous_refusals_are_recorded_at_a_bounded_rate_per_source(client: TestClient, clock: Clock) -> None:
+    for _ in range(65):
+        assert client.post("/api/v1/users", json={}).status_code == 401
+    assert client.post("/api/v1/users", json={"name": "z", "role": "viewer"}, headers=admin()).status_code == 201
+    entries = audit(client)
+    assert len(entries) == 61 and entries[0]["principal"] == "bootstrap-admin"   # a user is always recorded
+    assert "quanedge_audit_suppressed_total 5.0" in client.get("/metrics").text
+    clock.now += 60
+    assert client.post("/api/v1/users%00x", json={}).status_code == 401
+    latest = audit(client)[0]
+    assert json.loads(latest["parameters"]) == {"suppressed_before": 5}
+    assert latest["target"] == "/api/v1/users?x"

@@ -12,6 +12,12 @@ header is never looked at), the client address, the time, the status, "ok" / "re
 "failed", and the error code of a refusal. The entry is written before the response is released
 to the client, so a call the client saw answered is in the log. A log write that fails is logged
 and counted (`quanedge_audit_write_failures_total`); it does not undo or fail the call.
+
+Calls without a valid token cost an outsider nothing, and every entry is a durable write on the
+store's one connection (which telemetry needs too), so they are recorded at most
+`ANONYMOUS_PER_MINUTE` per source address a minute; the rest are counted
+(`quanedge_audit_suppressed_total`) and the source's next recorded entry says how many were left
+out (`"suppressed_before": n` in its parameters).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -42,6 +49,8 @@ __all__ = ["AuditMiddleware", "summarize"]
 log = logging.getLogger(__name__)
 
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANONYMOUS_PER_MINUTE = 60   # recorded refusals without a valid token, per source address
+_TRACKED_SOURCES = 10_000   # memory bound of the per-source windows
 _SECRET = re.compile(r"token|secret|passw|passphrase|credential|api_?key|authoriz|private", re.IGNORECASE)
 _KEEP_BODY = 64 * 1024      # request body bytes kept for the parameters (more: recorded as truncated)
 _MAX_PARAMS = 2000          # characters of the stored parameters JSON
@@ -49,14 +58,16 @@ _MAX_TEXT = 200
 _MAX_ITEMS = 20
 _MAX_DEPTH = 4
 REDACTED = "[redacted]"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def summarize(query: bytes, body: bytes | None, body_size: int) -> str:
+def summarize(query: bytes, body: bytes | None, body_size: int, suppressed: int = 0) -> str:
     """The stored `parameters`: {"query": {...}, "body": ...}, bounded and with secrets redacted.
 
     `body` is None when the route never read it (a refusal before routing); a body that is not
-    JSON, or larger than what was kept, is recorded by its size only."""
-    out: dict[str, Any] = {}
+    JSON, or larger than what was kept, is recorded by its size only. `suppressed`: anonymous
+    calls from the same source left out of the log just before this one."""
+    out: dict[str, Any] = {"suppressed_before": suppressed} if suppressed else {}
     pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
     if pairs:
         out["query"] = _bounded({k: v for k, v in pairs[:_MAX_ITEMS]}, 0)
@@ -132,6 +143,43 @@ def _error_code(body: bytes) -> str:
     return ""
 
 
+@dataclass
+class _Window:
+    start: float
+    recorded: int = 0
+    suppressed: int = 0
+
+
+class _SourceLimit:
+    """At most `per_minute` recorded entries per key in each fixed one-minute window."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.windows: dict[str, _Window] = {}
+
+    def admit(self, key: str, now: float) -> tuple[bool, int]:
+        """(record it?, how many were suppressed before it, when it is recorded)."""
+        window = self.windows.get(key)
+        if window is None:
+            if len(self.windows) >= _TRACKED_SOURCES:
+                self._forget(now)
+            window = self.windows[key] = _Window(now)
+        elif now - window.start >= 60.0:   # a new window; the suppressed count carries over
+            window.start, window.recorded = now, 0
+        if window.recorded >= self.per_minute:
+            window.suppressed += 1
+            return False, 0
+        window.recorded += 1
+        suppressed, window.suppressed = window.suppressed, 0
+        return True, suppressed
+
+    def _forget(self, now: float) -> None:
+        """Drop the windows that ended (or all of them, when none did)."""
+        ended = [key for key, w in self.windows.items() if now - w.start >= 60.0]
+        for key in ended or list(self.windows):
+            del self.windows[key]
+
+
 def _outcome(status: int) -> str:
     return "ok" if status < 400 else "refused" if status < 500 else "failed"
 
@@ -146,6 +194,10 @@ class AuditMiddleware:
         self.lost = Counter("quanedge_audit_write_failures_total",
                             "Audit entries that could not be written (the call itself went on)",
                             registry=state.metrics.registry)
+        self.suppressed = Counter("quanedge_audit_suppressed_total",
+                                  "Calls without a valid token left out of the audit log (per-source limit)",
+                                  registry=state.metrics.registry)
+        self.anonymous = _SourceLimit(ANONYMOUS_PER_MINUTE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _CHANGING or not is_user_facing(scope["path"]):
@@ -182,14 +234,21 @@ class AuditMiddleware:
     async def _record(self, scope: Scope, call: _Call) -> None:
         principal = principal_of(scope)
         client = scope.get("client")
+        source = str(client[0]) if client else ""
+        now = self.clock()
+        suppressed = 0
+        if principal is None:
+            admitted, suppressed = self.anonymous.admit(source, now)
+            if not admitted:
+                self.suppressed.inc()
+                return
         entry = AuditEntry(
-            ts=self.clock(), principal=principal.name if principal else "anonymous",
+            ts=now, principal=principal.name if principal else "anonymous",
             role=principal.role.value if principal else "", method=scope["method"],
-            action=_action(scope), target=scope["path"][:512],
+            action=_action(scope), target=_printable(scope["path"]),
             parameters=summarize(scope.get("query_string", b""),
-                                 None if call.body is None else bytes(call.body), call.body_size),
-            source=client[0] if client else "", status=call.status, outcome=_outcome(call.status),
-            error=call.error,
+                                 None if call.body is None else bytes(call.body), call.body_size, suppressed),
+            source=source, status=call.status, outcome=_outcome(call.status), error=call.error,
         )
         try:
             await to_thread.run_sync(self.state.store.record_audit, entry)
@@ -197,6 +256,12 @@ class AuditMiddleware:
             self.lost.inc()
             log.error("audit entry lost (%s %s by %s -> %s): %s", entry.method, entry.target, entry.principal,
                       entry.status, exc)
+
+
+def _printable(path: str) -> str:
+    """The path as stored: control characters and lone surrogates replaced, at most 512 characters."""
+    text = _CONTROL.sub("?", path[:512])
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _action(scope: Scope) -> str:
