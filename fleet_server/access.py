@@ -11,7 +11,7 @@ The server's configured admin token is the bootstrap admin (principal "bootstrap
 other caller is a named API user whose token is stored only as a hash (`hash_secret`).
 
     FleetError
-    ├── UnknownUser     no API user with that name                       -> 404
+    ├── UnknownUser     no (active, for a token rotation) API user with that name   -> 404
     └── UserExists      the name is taken (also by a revoked user)        -> 409
 """
 

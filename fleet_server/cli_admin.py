@@ -2,6 +2,7 @@
 
     quanedge fleet user create NAME --role viewer|operator|admin [--note TEXT]   prints the token once
     quanedge fleet user list [--all] [--json]
+    quanedge fleet user rotate NAME                                   a new token, printed once; the old one dies
     quanedge fleet user revoke NAME
     quanedge fleet audit [--user U] [--action A] [--since T] [--until T] [--limit N] [--before ID] [--json]
 T is unix seconds, an ISO 8601 time (UTC unless it names its offset) or an age like 30m, 12h, 7d.
@@ -38,6 +39,7 @@ def register(app: typer.Typer) -> None:
     users = typer.Typer(help="Named API users and their roles (admin role).", no_args_is_help=True)
     users.command("create")(create_user)
     users.command("list")(list_users)
+    users.command("rotate")(rotate_user)
     users.command("revoke")(revoke_user)
     app.add_typer(users, name="user")
     app.command("audit")(audit)
@@ -100,6 +102,13 @@ def list_users(
         revoked = f"{_when(u['revoked_at'])} by {u['revoked_by']}" if u["revoked_at"] else ""
         table.add_row(u["name"], u["role"], status, _when(u["created_at"]), u["created_by"], revoked, u["note"])
     Console().print(table)
+
+
+def rotate_user(name: str = typer.Argument(...), server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Give a user a new token (printed once, last line); the old one is refused from now on."""
+    answer = _call(server, token, "POST", f"/api/v1/users/{name}/token")
+    typer.echo(f"new token for {answer['name']}, shown only this once (the old one no longer works):", err=True)
+    typer.echo(answer["token"])
 
 
 def revoke_user(name: str = typer.Argument(...), server: str = ServerOpt, token: str = TokenOpt) -> None:

@@ -65,6 +65,15 @@ def test_revocation_takes_effect_at_once_and_names_are_never_reused(store: Sqlit
         store.create_user("bootstrap-admin", Role.ADMIN, "", "root")
     with pytest.raises(UnknownUser):
         store.revoke_user("nobody", "root")
+    with pytest.raises(UnknownUser):
+        store.rotate_user_token("bob")   # revoked: stays revoked
+
+
+def test_rotation_replaces_the_token(store: SqliteStore) -> None:
+    _, old = store.create_user("ann", Role.OPERATOR, "", "root")
+    new = store.rotate_user_token("ann")
+    assert new != old and store.user_for_token(old) is None
+    assert store.user_for_token(new).name == "ann"  # type: ignore[union-attr]
 
 
 def test_audit_log_is_append_only_in_the_database(store: SqliteStore, tmp_path: Path) -> None:

@@ -47,6 +47,11 @@ def test_user_create_list_revoke(server: tuple[str, SqliteStore]) -> None:
     assert code == 1 and "403" in err and "needs the admin role" in err
     code, out, _ = run("fleet", "user", "list", "--server", url)
     assert code == 0 and "olga" in out and "operator" in out and "night shift" in out and token not in out
+    code, out, err = run("fleet", "user", "rotate", "olga", "--server", url)
+    assert code == 0 and "shown only this once" in err
+    assert store.user_for_token(token) is None
+    token = out.strip()
+    assert store.user_for_token(token).name == "olga"  # type: ignore[union-attr]
     code, out, _ = run("fleet", "user", "revoke", "olga", "--server", url)
     assert code == 0 and out.startswith("revoked olga (operator) at ")
     assert store.user_for_token(token) is None

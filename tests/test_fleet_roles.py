@@ -91,6 +91,7 @@ ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
     ("POST", "/api/v1/enrollment-tokens", {}, "admin", 200, _nothing),
     ("GET", "/api/v1/users", None, "admin", 200, _nothing),
     ("POST", "/api/v1/users", {"name": "new-{who}", "role": "viewer"}, "admin", 201, _nothing),
+    ("POST", "/api/v1/users/{victim}/token", None, "admin", 200, _victim),
     ("DELETE", "/api/v1/users/{victim}", None, "admin", 200, _victim),
     ("GET", "/api/v1/audit", None, "admin", 200, _nothing),
 ]
@@ -134,6 +135,7 @@ def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
         "/api/v1/rollouts/{rollout_id}/cancel": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/sites/s1/maintenance": "/api/v1/sites/{site}/maintenance",
         "/api/v1/users/{victim}": "/api/v1/users/{name}",
+        "/api/v1/users/{victim}/token": "/api/v1/users/{name}/token",
     }
     covered = {(m, templates.get(p, p)) for m, p in covered}
     app = create_app(ServerSettings(db_path=tmp_path / "x.db", admin_token=ADMIN))
@@ -165,6 +167,11 @@ def test_revoked_token_is_refused_at_once(client: TestClient) -> None:
     assert r.status_code == 201
     token = r.json()["token"]
     assert client.get("/api/v1/rollouts", headers=bearer(token)).status_code == 200
+    r = client.post("/api/v1/users/dave/token", headers=admin())
+    assert r.status_code == 200 and r.json()["name"] == "dave"
+    assert client.get("/api/v1/rollouts", headers=bearer(token)).status_code == 401   # the old one
+    token = r.json()["token"]
+    assert client.get("/api/v1/rollouts", headers=bearer(token)).status_code == 200
     r = client.delete("/api/v1/users/dave", headers=admin())
     assert r.status_code == 200 and r.json()["revoked_by"] == "bootstrap-admin" and not r.json()["active"]
     r = client.get("/api/v1/rollouts", headers=bearer(token))
@@ -191,6 +198,7 @@ def test_users_api(client: TestClient) -> None:
                          ({"name": "g", "role": "viewer", "extra": 1}, 422)):
         assert client.post("/api/v1/users", json=body, headers=erin).status_code == status, body
     assert client.delete("/api/v1/users/nobody", headers=erin).json()["error"] == "unknown_user"
+    assert client.post("/api/v1/users/frank/token", headers=erin).json()["error"] == "unknown_user"  # revoked
 
 
 def _answer(sock: socket.socket) -> str:

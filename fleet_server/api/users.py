@@ -3,6 +3,8 @@
     POST   /api/v1/users            {"name", "role": "viewer"|"operator"|"admin", "note"}
                                     -> 201 {user..., "token"}   the token is shown this once
     GET    /api/v1/users[?revoked=true]  -> {"users": [user, ...]}   (revoked ones too with revoked=true)
+    POST   /api/v1/users/{name}/token   -> {"name", "token"}   a new token, shown once; the old one is
+                                    refused from the next request on (404 for a revoked user)
     DELETE /api/v1/users/{name}     -> user (revoked; its token is refused from the next request on)
 user: {"name", "role", "note", "created_at", "created_by", "revoked_at", "revoked_by", "active"}.
 Names are never reused (409 user_exists, also for a revoked name); "bootstrap-admin" is reserved.
@@ -47,6 +49,11 @@ async def create_user(body: CreateUser, state: State, admin: Admin) -> dict[str,
 async def list_users(state: State, _: Admin, revoked: bool = False) -> dict[str, Any]:
     users = await to_thread.run_sync(state.store.list_users, revoked)
     return {"users": [u.to_dict() for u in users]}
+
+
+@router.post("/{name}/token")
+async def rotate_user_token(name: UserName, state: State, _: Admin) -> dict[str, str]:
+    return {"name": name, "token": await to_thread.run_sync(state.store.rotate_user_token, name)}
 
 
 @router.delete("/{name}")

@@ -34,6 +34,11 @@ class UserStore(Protocol):
         `UnknownUser` when no user has that name."""
         ...
 
+    def rotate_user_token(self, name: str) -> str:
+        """Give an active user a new token (returned once); the old one is refused from now on.
+        `UnknownUser` when no active user has that name."""
+        ...
+
     def user_for_token(self, token: str) -> User | None:
         """The active user this token belongs to, or None (unknown or revoked)."""
         ...

@@ -84,6 +84,14 @@ class UserTables:
             raise UnknownUser(name)
         return _user(row)
 
+    def rotate_user_token(self, name: str) -> str:
+        token = new_secret()
+        with self._conn(write=True) as conn:
+            if not conn.execute("UPDATE api_users SET token_hash = ? WHERE name = ? AND revoked_at IS NULL",
+                                (hash_secret(token), name)).rowcount:
+                raise UnknownUser(name)
+        return token
+
     def user_for_token(self, token: str) -> User | None:
         with self._conn() as conn:
             row = conn.execute(
