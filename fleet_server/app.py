@@ -6,6 +6,9 @@ RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. Th
 the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
 MQTT bridge (when settings.mqtt_host is set), the rollout sweeper (per-box timeouts) and, with an
 update repository, the TUF timestamp keeper; then it closes the store if the app created it.
+Two pure ASGI middlewares guard the user-facing API: `AuditMiddleware` (outer: records every
+state-changing call and its outcome) and `AuthMiddleware` (resolves the bearer principal, 401
+before the body is read); the routes' `require_*` dependencies check the role.
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
@@ -170,6 +173,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     # The last added runs first: audit (records every outcome) -> auth (401 before the body) -> routes.
+    # A layer that must run before both (the body cap) is added after these two lines.
     app.add_middleware(AuthMiddleware, state=state, render_error=error_response)
     app.add_middleware(AuditMiddleware, state=state, clock=clock)
     document_auth(app)

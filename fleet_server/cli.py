@@ -2,7 +2,7 @@
 
     quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
-    quanedge fleet user create|list|revoke ...               API users and roles (fleet_server.cli_admin)
+    quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
     quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
@@ -76,5 +76,5 @@ def build_app() -> typer.Typer:
             _fail(f"server refused ({r.status_code}): {r.text[:300]}")
         typer.echo(r.json()["token"])
 
-    register_admin_commands(app)   # user create|list|revoke, audit
+    register_admin_commands(app)   # user create|list|rotate|revoke, audit
     return app
