@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, post, rows
 
 from fleet_server.access import Role
@@ -161,3 +163,31 @@ def test_anonymous_refusals_are_recorded_at_a_bounded_rate_per_source(client: Te
     latest = audit(client)[0]
     assert json.loads(latest["parameters"]) == {"suppressed_before": 5}
     assert latest["target"] == "/api/v1/users?x"
+
+
+_MARK = "SECRET-MARK-0123456789"
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=20), inner, max_size=30),
+    max_leaves=200,
+)
+_secret_keys = st.sampled_from(["token", "password", "admin_token", "Credential", "client_secret", "apiKey"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json, key=_secret_keys, where=st.integers(0, 3), query=st.binary(max_size=200))
+def test_summarize_is_bounded_json_and_never_keeps_a_secret(value: Any, key: str, where: int, query: bytes) -> None:
+    nested: Any = {key: _MARK}
+    for _ in range(where):
+        nested = {"outer": [nested]}
+    body = json.dumps({"data": value, "nested": nested}).encode()
+    text = summarize(query, body, len(body))
+    assert len(text) <= 2000 and _MARK not in text
+    assert isinstance(json.loads(text), dict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=2000), query=st.binary(max_size=200))
+def test_summarize_takes_any_bytes(body: bytes, query: bytes) -> None:
+    text = summarize(query, body, len(body))
+    assert len(text) <= 2000 and isinstance(json.loads(text), dict)
