@@ -162,6 +162,19 @@ def test_unknown_user_facing_paths_need_a_token_first(client: TestClient) -> Non
     assert client.get("/api/v1/no-such-thing", headers=admin()).status_code == 404
 
 
+def test_refusals_are_counted(client: TestClient, tokens: dict[str, str]) -> None:
+    client.get("/api/v1/boxes")
+    client.get("/api/v1/boxes", headers={"Authorization": "Basic abc"})
+    client.get("/api/v1/boxes", headers=bearer("guess-0123456789"))
+    client.get("/api/v1/users", headers=bearer(tokens["operator"]))
+    client.get("/api/v1/users", headers=bearer(tokens["admin"]))
+    metrics = client.get("/metrics").text
+    for line in ('quanedge_api_auth_refusals_total{reason="no_token"} 2.0',
+                 'quanedge_api_auth_refusals_total{reason="bad_token"} 1.0',
+                 'quanedge_api_auth_refusals_total{reason="role"} 1.0'):
+        assert line in metrics, line
+
+
 def test_revoked_token_is_refused_at_once(client: TestClient) -> None:
     r = client.post("/api/v1/users", json={"name": "dave", "role": "operator", "note": "ops"}, headers=admin())
     assert r.status_code == 201

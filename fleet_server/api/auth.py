@@ -7,6 +7,7 @@ bootstrap admin; any other token must belong to an active API user (looked up in
 every request: no cache, so a revocation counts from the next request). Without a valid token the
 request is answered 401 at once: not one body byte is read. Otherwise the principal is put in the
 ASGI scope (`principal_of`) and the route's role dependency (`deps.require_*`) decides 403 or go.
+Refusals are counted: `quanedge_api_auth_refusals_total{reason="no_token"|"bad_token"|"role"}`.
 
 Box-facing routes (telemetry, enrollment, check-in, inventory, action status) carry a box's own
 credential or an enrollment token and are checked by their routes; /tuf/, /healthz, /metrics and
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 from fastapi import FastAPI
+from prometheus_client import Counter
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet_server.access import BOOTSTRAP_ADMIN, Principal, Role
 from fleet_server.errors import FleetError, NotAuthenticated
@@ -79,18 +81,32 @@ class AuthMiddleware:
         self.app = app
         self.state = state
         self.render_error = render_error
+        self.refused = Counter(
+            "quanedge_api_auth_refusals_total",
+            "User-facing API calls refused: no_token / bad_token (401), role (403: below the role needed)",
+            ["reason"], registry=state.metrics.registry,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_user_facing(scope["path"]):
             await self.app(scope, receive, send)
             return
+        token = bearer_of(scope)
         try:
-            principal = await self._resolve(bearer_of(scope))
+            principal = await self._resolve(token)
         except FleetError as exc:   # NotAuthenticated, or StoreError while looking the token up
+            if isinstance(exc, NotAuthenticated):
+                self.refused.labels("no_token" if token is None else "bad_token").inc()
             await self.render_error(exc, scope)(scope, receive, send)
             return
         scope[_SCOPE_KEY] = principal
-        await self.app(scope, receive, send)
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 403:
+                self.refused.labels("role").inc()
+            await send(message)
+
+        await self.app(scope, receive, counting)
 
     async def _resolve(self, token: str | None) -> Principal:
         if token is None:
