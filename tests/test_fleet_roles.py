@@ -162,6 +162,15 @@ def test_unknown_user_facing_paths_need_a_token_first(client: TestClient) -> Non
     assert client.get("/api/v1/no-such-thing", headers=admin()).status_code == 404
 
 
+def test_behind_a_root_path_the_same_rules_hold(tmp_path: Path, store: SqliteStore) -> None:
+    app = create_app(ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN), store)
+    with TestClient(app, root_path="/fleet") as c:
+        assert c.get("/fleet/api/v1/boxes").status_code == 401
+        assert c.get("/fleet/api/v1/boxes", headers=admin()).status_code == 200
+        assert c.post("/fleet/api/v1/enrollment-tokens", json={}, headers=admin()).status_code == 200
+    assert [e.target for e in store.audit_entries(AuditQuery())] == ["/fleet/api/v1/enrollment-tokens"]
+
+
 def test_refusals_are_counted(client: TestClient, tokens: dict[str, str]) -> None:
     client.get("/api/v1/boxes")
     client.get("/api/v1/boxes", headers={"Authorization": "Basic abc"})
@@ -277,7 +286,7 @@ def test_public_api_of_the_access_modules_is_pinned() -> None:
                                 "Role", "UnknownUser", "User", "UserExists"],
         "fleet_server.store.access": ["AuditStore", "UserStore"],
         "fleet_server.api.auth": ["API_TOKEN_SCHEME", "BOX_CREDENTIAL_SCHEME", "BOX_FACING", "AuthMiddleware",
-                                  "bearer_of", "document_auth", "is_user_facing", "principal_of"],
+                                  "bearer_of", "document_auth", "is_user_facing", "principal_of", "route_path"],
         "fleet_server.api.audit_trail": ["AuditMiddleware", "summarize"],
         "fleet_server.api.deps": ["FleetState", "bearer_token", "caller", "fleet", "require_admin",
                                   "require_operator", "require_viewer"],

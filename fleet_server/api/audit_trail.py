@@ -38,7 +38,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleet_server.access import AuditEntry
-from fleet_server.api.auth import is_user_facing, principal_of
+from fleet_server.api.auth import is_user_facing, principal_of, route_path
 from fleet_server.errors import FleetError
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class AuditMiddleware:
         self.anonymous = _SourceLimit(ANONYMOUS_PER_MINUTE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _CHANGING or not is_user_facing(scope["path"]):
+        if scope["type"] != "http" or scope["method"] not in _CHANGING or not is_user_facing(route_path(scope)):
             await self.app(scope, receive, send)
             return
         call = _Call()

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from fleet_server.api.deps import FleetState
 
 __all__ = [
-    "API_TOKEN_SCHEME", "BOX_CREDENTIAL_SCHEME", "BOX_FACING", "AuthMiddleware", "bearer_of", "document_auth", "is_user_facing", "principal_of",
+    "API_TOKEN_SCHEME", "BOX_CREDENTIAL_SCHEME", "BOX_FACING", "AuthMiddleware", "bearer_of", "document_auth",
+    "is_user_facing", "principal_of", "route_path",
 ]
 
 #: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
@@ -53,6 +54,15 @@ ErrorRenderer = Callable[[FleetError, Scope], Response]
 def is_user_facing(path: str) -> bool:
     """True for the API users' routes: /api/v1/... except the box-facing ones."""
     return path.startswith("/api/v1/") and BOX_FACING.match(path) is None
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: the request path without the app's root_path (mount prefix).
+    Were the two ever to disagree, the result fails closed: a route's role check finds no
+    principal (401)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def principal_of(scope: Scope) -> Principal | None:
@@ -88,7 +98,7 @@ class AuthMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_user_facing(scope["path"]):
+        if scope["type"] != "http" or not is_user_facing(route_path(scope)):
             await self.app(scope, receive, send)
             return
         token = bearer_of(scope)
