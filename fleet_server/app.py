@@ -8,6 +8,10 @@ a task that dies is restarted with capped backoff and /healthz is 503 until it r
 MQTT bridge (when settings.mqtt_host is set), the rollout writer and sweeper (per-box timeouts)
 and, with an update repository, the TUF timestamp keeper; on shutdown it cancels them all, then
 closes the store if the app created it.
+Three pure ASGI middlewares guard the API, outermost first: `BodyCap` (a body over its route's
+limit is refused before anything reads it), `AuditMiddleware` (records every state-changing call
+and its outcome) and `AuthMiddleware` (resolves the bearer principal, 401 before the body is
+read); the routes' `require_*` dependencies check the role.
 
 This is also the ONE place where the FleetError tree becomes HTTP: every error body is
     {"error": "<code>", "detail": "<human message>"[, "row": i, "field": "<name>"]}
@@ -33,8 +37,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import Scope
 
-from fleet_server.api import boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf
+from fleet_server.access import UnknownUser, UserExists
+from fleet_server.api import audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users
+from fleet_server.api.audit_trail import AuditMiddleware
+from fleet_server.api.auth import AuthMiddleware, document_auth
 from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
 from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
@@ -75,6 +83,8 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (UnknownBox, 404),
     (UnknownRollout, 404),
     (UnknownAction, 404),
+    (UnknownUser, 404),
+    (UserExists, 409),
     (RolloutConflict, 409),
     (ActionClosed, 409),
     (RepositoryUnavailable, 503),
@@ -95,13 +105,11 @@ def status_for(exc: FleetError) -> int:
 
 async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FleetError)
-    if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
-    return _error_response(exc)
+    return error_response(exc, request.scope)
 
 
-def _error_response(exc: FleetError) -> JSONResponse:
-    """The HTTP answer for a FleetError (also used by the body-cap middleware)."""
+def error_response(exc: FleetError, scope: Scope) -> JSONResponse:
+    """The HTTP answer to a FleetError (also used by the middlewares, which answer before routing)."""
     body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
     if isinstance(exc, PayloadError):
         body.update({k: v for k, v in (("row", exc.row), ("field", exc.field)) if v is not None})
@@ -111,6 +119,7 @@ def _error_response(exc: FleetError) -> JSONResponse:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, StoreError):
+        log.error("store failure on %s %s: %s", scope.get("method"), scope.get("path"), exc)
         headers["Retry-After"] = "5"
     if isinstance(exc, BatchTooLarge):
         headers["Connection"] = "close"  # the rest of an unread body is not worth reading
@@ -210,12 +219,15 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine):
+    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     document_errors(app)
-    # Added last = outermost of the app's middleware: a body is refused before any other layer
-    # (an auth middleware included) touches the request.
+    document_auth(app)
+    # The last added runs first: body cap (a body is refused before any other layer touches the
+    # request) -> audit (records every outcome) -> auth (401 before the body is read) -> routes.
+    app.add_middleware(AuthMiddleware, state=state, render_error=error_response)
+    app.add_middleware(AuditMiddleware, state=state, clock=clock)
     app.add_middleware(BodyCap, refuse=_body_refusal(metrics), default=DEFAULT_LIMIT,
                        limits={TELEMETRY_PATH: settings.max_body_bytes, "/api/v1/rollouts": ROLLOUT_LIMIT})
     return app
@@ -225,6 +237,6 @@ def _body_refusal(metrics: FleetMetrics) -> Callable[[Any, FleetError], JSONResp
     def refuse(scope: Any, exc: FleetError) -> JSONResponse:
         if scope["path"] == TELEMETRY_PATH:
             metrics.rejected("http", exc.code)
-        return _error_response(exc)
+        return error_response(exc, scope)
 
     return refuse

@@ -3,6 +3,8 @@
     quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
     quanedge fleet quarantine list --server URL --admin-token T   messages kept, not processed
+    quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
+    quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
 so a box never imports the server stack.
@@ -18,6 +20,7 @@ import typer
 from agent.cli import _fail, _setup_logging
 from agent.errors import QuanedgeError
 from fleet_server.cli_quarantine import build_quarantine_app
+from fleet_server.cli_admin import register as register_admin_commands
 
 __all__ = ["build_app"]
 
@@ -76,4 +79,5 @@ def build_app() -> typer.Typer:
         typer.echo(r.json()["token"])
 
     app.add_typer(build_quarantine_app(), name="quarantine")
+    register_admin_commands(app)   # user create|list|rotate|revoke, audit
     return app

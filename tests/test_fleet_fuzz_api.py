@@ -1,9 +1,8 @@
 """schemathesis over the fleet API of a real server process (with a signed update repository, so
 rollouts can be created), bounded so the whole module runs in well under a minute.
 
-Parametrized over credentials: each role's bearer token is one param of `credential`. Today the
-server has one role (the bootstrap admin token); viewer/operator tokens are added as params when
-the roles branch lands (`_CREDENTIALS`). Checks: no 5xx, responses (status and body) conform to the
+Parametrized over credentials: each role's bearer token is one param (`_CREDENTIALS`): the
+bootstrap admin token, and a viewer and an operator user created on the running server. Checks: no 5xx, responses (status and body) conform to the
 OpenAPI where it documents them, and the Content-Type matches. The last test prints the figures:
 requests fuzzed and 5xx seen, per credential.
 """
@@ -38,8 +37,22 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 FIGURES: Counter[str] = Counter()
 
 # role -> how to get its headers from the running server (admin: the bootstrap token).
+def _user_token(role: str) -> Callable[["Server"], dict[str, str]]:
+    def headers(server: "Server") -> dict[str, str]:
+        if role not in server.user_tokens:
+            r = httpx.post(server.url + "/api/v1/users", json={"name": f"fuzz-{role}", "role": role},
+                           headers={"Authorization": f"Bearer {server.admin}"}, timeout=10)
+            assert r.status_code == 201, r.text
+            server.user_tokens[role] = r.json()["token"]
+        return {"Authorization": f"Bearer {server.user_tokens[role]}"}
+
+    return headers
+
+
 _CREDENTIALS: dict[str, Callable[["Server"], dict[str, str]]] = {
     "admin": lambda server: {"Authorization": f"Bearer {server.admin}"},
+    "operator": _user_token("operator"),
+    "viewer": _user_token("viewer"),
 }
 
 
@@ -48,6 +61,7 @@ class Server:
         make_repo(tmp)
         self.port, self.admin = free_port(), secrets.token_urlsafe(24)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.user_tokens: dict[str, str] = {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fleet_server.server", "--db", str(tmp / "fuzz.db"), "--port", str(self.port),
              "--admin-token", self.admin, "--tuf-repo", str(tmp / "repo")],

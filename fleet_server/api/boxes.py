@@ -1,4 +1,4 @@
-"""Boxes and their stored readings (admin only).
+"""Boxes and their stored readings (viewer role).
 
     GET /api/v1/boxes                        -> {"boxes": [box, ...]}
     GET /api/v1/boxes/{box_id}               -> box
@@ -13,13 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from fleet_server.api.deps import FleetState, fleet, require_admin
+from fleet_server.api.deps import FleetState, fleet, require_viewer
 from fleet_server.errors import PayloadError, UnknownBox
 from fleet_server.store.base import BOX_ID_PATTERN
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/boxes", tags=["boxes"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/api/v1/boxes", tags=["boxes"], dependencies=[Depends(require_viewer)])
 
 DEFAULT_LIMIT = 1000
 BoxId = Annotated[str, Path(pattern=BOX_ID_PATTERN)]

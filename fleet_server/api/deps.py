@@ -1,18 +1,26 @@
-"""What every router needs: the app's state, and bearer-token parsing / admin authorisation.
+"""What every router needs: the app's state, bearer-token parsing and the role checks.
 
 The state lives on `app.state.fleet` (set by the app factory), never in module globals.
+
+Role checks: `require_viewer`, `require_operator`, `require_admin` (route or router
+dependencies). `fleet_server.api.auth.AuthMiddleware` has already resolved the caller (401 before
+the body otherwise); these answer 403 naming the role a call needs, and declare the HTTP bearer
+security scheme ("apiToken") in the OpenAPI for every route that uses them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from fleet_server.errors import NotAuthenticated
+from fleet_server.access import Principal, Role
+from fleet_server.api.auth import API_TOKEN_SCHEME, principal_of
+from fleet_server.errors import Forbidden, NotAuthenticated
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.settings import ServerSettings
@@ -21,7 +29,9 @@ from fleet_server.store.base import Store
 if TYPE_CHECKING:
     from fleet_server.mqtt_bridge import MqttBridge
 
-__all__ = ["FleetState", "bearer_token", "fleet", "require_admin"]
+__all__ = [
+    "FleetState", "bearer_token", "caller", "fleet", "require_admin", "require_operator", "require_viewer",
+]
 
 
 @dataclass
@@ -50,9 +60,36 @@ def bearer_token(request: Request) -> str | None:
     return token
 
 
-def require_admin(request: Request) -> None:
-    """Dependency: the request carries the admin token (compared in constant time)."""
-    token = bearer_token(request)
-    expected = fleet(request).settings.admin_token
-    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise NotAuthenticated("admin endpoint: missing or wrong admin bearer token")
+# Declares the scheme in the OpenAPI; the token itself was checked by AuthMiddleware.
+_api_token = HTTPBearer(
+    scheme_name=API_TOKEN_SCHEME, auto_error=False,
+    description="An API user's token (`quanedge fleet user create`) or the server's admin token.",
+)
+
+
+def caller(request: Request) -> Principal:
+    """Dependency: the request's authenticated principal (resolved by AuthMiddleware)."""
+    principal = principal_of(request.scope)
+    if principal is None:  # a route outside the user-facing paths asked for a user
+        raise NotAuthenticated("this call needs an API token: Authorization: Bearer <token>")
+    return principal
+
+
+def _require(role: Role) -> Callable[..., Principal]:
+    def dependency(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_api_token)]
+    ) -> Principal:
+        principal = caller(request)
+        if not principal.role.allows(role):
+            raise Forbidden(f"this call needs the {role.value} role; {principal.name!r} has the "
+                            f"{principal.role.value} role")
+        return principal
+
+    dependency.__name__ = dependency.__qualname__ = f"require_{role.value}"
+    dependency.__doc__ = f"Dependency: the caller has at least the {role.value} role (401 / 403 otherwise)."
+    return dependency
+
+
+require_viewer = _require(Role.VIEWER)
+require_operator = _require(Role.OPERATOR)
+require_admin = _require(Role.ADMIN)

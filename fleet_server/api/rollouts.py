@@ -1,4 +1,5 @@
-"""Rollouts and site maintenance windows (admin bearer token).
+"""Rollouts and site maintenance windows. Reading needs the viewer role, creating and commanding
+rollouts the operator role, setting a site's maintenance windows the admin role.
 
     POST /api/v1/rollouts                      create (below) -> 201 rollout
     GET  /api/v1/rollouts[?active=true]        -> {"rollouts": [rollout, ...]}
@@ -28,7 +29,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet_server.api.deps import require_admin
+from fleet_server.api.deps import require_admin, require_operator, require_viewer
 from fleet_server.api.fields import CleanStr
 from fleet_server.errors import PayloadError
 from fleet_server.rollout.engine import RolloutEngine
@@ -38,8 +39,8 @@ from fleet_server.store.base import BOX_ID_PATTERN
 
 __all__ = ["router", "sites_router"]
 
-router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"], dependencies=[Depends(require_admin)])
-sites_router = APIRouter(prefix="/api/v1/sites", tags=["rollouts"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"], dependencies=[Depends(require_viewer)])
+sites_router = APIRouter(prefix="/api/v1/sites", tags=["rollouts"], dependencies=[Depends(require_viewer)])
 
 Name = Annotated[CleanStr, Field(min_length=1, max_length=128)]
 WaveSize = Annotated[CleanStr, Field(min_length=1, max_length=16)]
@@ -102,7 +103,7 @@ def _engine(request: Request) -> RolloutEngine:
     return engine
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[Depends(require_operator)])
 async def create_rollout(body: CreateBody, request: Request) -> dict[str, Any]:
     f = body.filter
     view = await _engine(request).create(
@@ -134,7 +135,7 @@ async def rollout_status(rollout_id: RolloutId, request: Request) -> dict[str, A
     return await to_thread.run_sync(read)
 
 
-@router.post("/{rollout_id}/{command}")
+@router.post("/{rollout_id}/{command}", dependencies=[Depends(require_operator)])
 async def command_rollout(
     rollout_id: RolloutId, command: Annotated[str, Path(pattern="^(pause|resume|cancel)$")], request: Request,
 ) -> dict[str, Any]:
@@ -153,7 +154,7 @@ async def rollout_actions(
     return {"actions": [a.to_dict() for a in actions], "next_after": actions[-1].box_id if actions else after}
 
 
-@sites_router.put("/{site}/maintenance")
+@sites_router.put("/{site}/maintenance", dependencies=[Depends(require_admin)])
 async def put_site(site: Annotated[CleanStr, Path(min_length=1, max_length=128)], request: Request) -> JSONResponse:
     try:
         data = json.loads(await request.body())

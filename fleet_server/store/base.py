@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from agent.reading import Reading
 from fleet_server.store.quarantine import QuarantineStore
+from fleet_server.store.access import AuditStore, UserStore
 
 if TYPE_CHECKING:
     from fleet_server.rollout.model import (
@@ -92,10 +93,11 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(QuarantineStore, Protocol):
+class Store(QuarantineStore, UserStore, AuditStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
-    The quarantine methods come from `QuarantineStore` (fleet_server.store.quarantine)."""
+    The quarantine methods come from `QuarantineStore` (fleet_server.store.quarantine); API users
+    and the audit log from `fleet_server.store.access` (the Protocols included here)."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""

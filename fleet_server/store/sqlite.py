@@ -23,8 +23,10 @@ from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, Unkno
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
 from fleet_server.store.sqlite_quarantine import QuarantineTables, migrate_quarantine
+from fleet_server.store.sqlite_audit import AuditTables, migrate_audit
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
+from fleet_server.store.sqlite_users import UserTables, migrate_users
 
 __all__ = ["SqliteStore"]
 
@@ -41,11 +43,12 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore(RolloutTables, QuarantineTables):
+class SqliteStore(RolloutTables, QuarantineTables, UserTables, AuditTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
     Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin, the
-    quarantine of unprocessable messages in `QuarantineTables`.
+    quarantine of unprocessable messages in `QuarantineTables`, API users in `UserTables`, the
+    append-only audit log in `AuditTables`.
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -64,6 +67,8 @@ class SqliteStore(RolloutTables, QuarantineTables):
             self.migrations_applied = migrate(self._db)
             self.rollout_migrations_applied = migrate_rollouts(self._db)
             self.quarantine_migrations_applied = migrate_quarantine(self._db)
+            self.user_migrations_applied = migrate_users(self._db)
+            self.audit_migrations_applied = migrate_audit(self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
