@@ -24,21 +24,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fleet_server.api import boxes, checkin, enrollment, health, rollouts, telemetry, tuf
+from fleet_server.admission import AdmissionService
+from fleet_server.api import admission, boxes, checkin, enrollment, health, rollouts, telemetry, tuf
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
-    BoxIdTaken,
+    BrokerRefused,
+    BrokerUnavailable,
     EnrollmentRefused,
     FleetError,
     Forbidden,
     NotAuthenticated,
     PayloadError,
     StoreError,
+    UnknownAdmission,
     UnknownBox,
 )
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
+from fleet_server.broker import accounts_from_settings
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.rollout.engine import RolloutEngine
 from fleet_server.rollout.errors import (
@@ -56,9 +60,9 @@ log = logging.getLogger(__name__)
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (NotAuthenticated, 401),
     (Forbidden, 403),
-    (BoxIdTaken, 409),
     (EnrollmentRefused, 403),
     (UnknownBox, 404),
+    (UnknownAdmission, 404),
     (UnknownRollout, 404),
     (UnknownAction, 404),
     (RolloutConflict, 409),
@@ -66,6 +70,8 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (RepositoryUnavailable, 503),
     (BatchTooLarge, 413),
     (StoreError, 503),
+    (BrokerUnavailable, 503),
+    (BrokerRefused, 502),
 )
 
 
@@ -89,8 +95,8 @@ async def _fleet_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
+    if isinstance(exc, (StoreError, BrokerUnavailable, BrokerRefused)):
+        log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc)
         headers["Retry-After"] = "5"
     return JSONResponse(body, status_code=status_for(exc), headers=headers)
 
@@ -152,10 +158,14 @@ def create_app(
     app.state.fleet = state
     app.state.rollouts = engine
     app.state.timestamps = keeper
+    app.state.admission = AdmissionService(the_store, accounts_from_settings(settings), settings)
+    if settings.mqtt_enabled and not settings.broker_accounts_enabled:
+        log.warning("MQTT bridge on, but no broker admin account: enrolled boxes get no MQTT identity "
+                    "(run the broker from deploy/mosquitto and pass --broker-admin-username)")
     app.add_exception_handler(FleetError, _fleet_error)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf):
+    for module in (enrollment, admission, telemetry, boxes, health, rollouts, tuf):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     return app

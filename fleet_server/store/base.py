@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from agent.reading import Reading
+from fleet_server.store.admission import AdmissionStore
 
 if TYPE_CHECKING:
     from fleet_server.rollout.model import (
@@ -91,23 +92,11 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(Protocol):
+class Store(AdmissionStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""
-        ...
-
-    def enroll(
-        self, token: str, box_id: str, hardware: str, site: str, agent_version: str,
-        tags: Sequence[str],
-    ) -> str:
-        """Spend one use of `token` to enroll `box_id`; return its new credential (once).
-
-        Re-enrolling a box with the same `hardware` rotates its credential (the old one stops
-        working) and keeps its readings. Raises `EnrollmentRefused` (unknown_token, expired_token,
-        token_used_up) or `BoxIdTaken` when the id belongs to a different hardware identity.
-        """
         ...
 
     def box_for_credential(self, credential: str) -> Box | None:
@@ -146,8 +135,8 @@ class Store(Protocol):
         ...
 
     def credential_generation(self) -> int:
-        """A number that changes whenever an existing credential stops working (re-enrollment
-        rotates it). Callers may cache credential -> box lookups while it stays the same."""
+        """A number that changes whenever an existing credential stops working (re-key, admission
+        or revocation). Callers may cache credential -> box lookups while it stays the same."""
         ...
 
     def provision_boxes(
