@@ -2,6 +2,8 @@
 
     quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
+    quanedge fleet box pending|admit|reject|revoke ...       admission and decommission (cli_boxes)
+    quanedge fleet broker init ...                           the broker's bridge account (cli_boxes)
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
 so a box never imports the server stack.
@@ -31,6 +33,22 @@ def build_app() -> typer.Typer:
         admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN", help="Bearer token for admin calls."),
         mqtt_host: Optional[str] = typer.Option(None, help="Broker to take telemetry from (none: HTTP only)."),
         mqtt_port: int = typer.Option(1883),
+        mqtt_username: Optional[str] = typer.Option(None, help="The bridge's broker account."),
+        mqtt_password: Optional[str] = typer.Option(None, envvar="QUANEDGE_MQTT_PASSWORD"),
+        mqtt_tls: bool = typer.Option(False, help="Connect to the broker over TLS."),
+        mqtt_ca_file: Optional[str] = typer.Option(None, help="CA bundle that signed the broker's certificate."),
+        mqtt_cert_file: Optional[str] = typer.Option(None, help="Client certificate (mutual TLS)."),
+        mqtt_key_file: Optional[str] = typer.Option(None),
+        mqtt_client_id: Optional[str] = typer.Option(None, help="Bridge session id (default quanedge-fleet-<prefix>)."),
+        broker_admin_username: Optional[str] = typer.Option(
+            None, envvar="QUANEDGE_BROKER_ADMIN_USERNAME",
+            help="dynsec admin account: give each enrolled box its own broker account (deploy/mosquitto)."),
+        broker_admin_password: Optional[str] = typer.Option(None, envvar="QUANEDGE_BROKER_ADMIN_PASSWORD"),
+        mqtt_public_host: Optional[str] = typer.Option(None, help="Broker host boxes are told at enrolment."),
+        mqtt_public_port: Optional[int] = typer.Option(None, help="Broker port boxes are told at enrolment."),
+        mqtt_public_tls: bool = typer.Option(False, help="Tell boxes the broker wants TLS."),
+        tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
+        tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The certificate's private key (PEM)."),
         topic_prefix: str = typer.Option("quanedge"),
         tuf_repo: Optional[Path] = typer.Option(None, "--tuf-repo", help="Update repository to serve at /tuf/ "
                                                 "(made with `quanedge manifest init`); enables rollouts."),
@@ -49,6 +67,13 @@ def build_app() -> typer.Typer:
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
                                       mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,
+                                      mqtt_username=mqtt_username, mqtt_password=mqtt_password, mqtt_tls=mqtt_tls,
+                                      mqtt_ca_file=mqtt_ca_file, mqtt_cert_file=mqtt_cert_file,
+                                      mqtt_key_file=mqtt_key_file, mqtt_client_id=mqtt_client_id,
+                                      broker_admin_username=broker_admin_username,
+                                      broker_admin_password=broker_admin_password,
+                                      mqtt_public_host=mqtt_public_host, mqtt_public_port=mqtt_public_port,
+                                      mqtt_public_tls=mqtt_public_tls, tls_cert_file=tls_cert, tls_key_file=tls_key,
                                       tuf_repo_dir=tuf_repo, tuf_keys_dir=tuf_keys,
                                       checkin_interval_s=checkin_interval, public_url=public_url)
             serve_fleet(settings)
@@ -73,4 +98,6 @@ def build_app() -> typer.Typer:
             _fail(f"server refused ({r.status_code}): {r.text[:300]}")
         typer.echo(r.json()["token"])
 
+    from fleet_server.cli_boxes import register
+    register(app)  # box pending|admit|reject|revoke, broker init
     return app
