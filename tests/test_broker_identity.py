@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -218,3 +219,85 @@ async def test_agent_enrols_and_its_mqtt_uplink_uses_the_identity_it_got(setup, 
     async with make() as uplink:
         await uplink.send([Reading("rs1", "air_temp", 1.5, "degC", 1_700_000_000.0, seq=1)])
     await stored(fleet, "box-agent", 1)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PY, *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_agent_reenrolment_without_its_credential_waits_for_an_admin(setup, tmp_path: Path) -> None:
+    """A wiped box (no credential file) re-enrolling its id: pending until `fleet box admit`; then it
+    gets a new HTTP credential and MQTT password, and the old MQTT password no longer connects."""
+    from agent.config import load_config
+    from agent.enroll import EnrollmentPending
+    from agent.enroll import enroll as agent_enroll
+
+    broker, fleet = setup
+    cfg_path = tmp_path / "box.toml"
+    cfg_path.write_text(f'[box]\nid = "box-wiped"\nhardware = "hw-w"\ndata_dir = "{tmp_path / "box"}"\n\n'
+                        f'[uplink]\nkind = "mqtt"\n\n[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
+    cfg = load_config(cfg_path)
+    first = await asyncio.to_thread(agent_enroll, cfg, fleet.url, fleet.token())
+    cfg.credential_path.unlink()  # the box is wiped (or an impostor claims its id)
+    with pytest.raises(EnrollmentPending):
+        await asyncio.to_thread(agent_enroll, cfg, fleet.url, fleet.token())
+    REFUSED.append("re-enrolment of a taken id without its credential (pending, not taken over)")
+    listed = _cli("fleet", "box", "pending", "--server", fleet.url, "--admin-token", fleet.admin)
+    assert listed.returncode == 0 and "box-wiped" in listed.stdout and "existing id" in listed.stdout
+    request_id = listed.stdout.split()[0]
+    with pytest.raises(EnrollmentPending):  # polling before the decision: still pending
+        await asyncio.to_thread(agent_enroll, cfg, fleet.url, None)
+    admitted = _cli("fleet", "box", "admit", request_id, "--server", fleet.url, "--admin-token", fleet.admin)
+    assert admitted.returncode == 0, admitted.stderr
+    second = await asyncio.to_thread(agent_enroll, cfg, fleet.url, None)  # collects the admitted request
+    assert second.credential != first.credential and second.mqtt_password != first.mqtt_password
+    await refused_to_connect(broker, "box-wiped", first.mqtt_password, "quanedge-agent-box-wiped",
+                             "the replaced MQTT password")
+    async with client(broker, "box-wiped", second.mqtt_password, "quanedge-agent-box-wiped") as c:
+        await c.publish(f"{PREFIX}/box-wiped/telemetry", telemetry("box-wiped", 1, 1), qos=1)
+    await stored(fleet, "box-wiped", 1)
+
+
+async def test_admin_rejects_a_pending_request(setup, tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.enroll import EnrollmentPending
+    from agent.enroll import enroll as agent_enroll
+    from agent.errors import EnrollmentError
+
+    broker, fleet = setup
+    cfg_path = tmp_path / "box.toml"
+    cfg_path.write_text(f'[box]\nid = "box-a"\nhardware = "hw-impostor"\ndata_dir = "{tmp_path / "box"}"\n\n'
+                        f'[uplink]\nkind = "mqtt"\n\n[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
+    cfg = load_config(cfg_path)
+    with pytest.raises(EnrollmentPending):
+        await asyncio.to_thread(agent_enroll, cfg, fleet.url, fleet.token())
+    listed = _cli("fleet", "box", "pending", "--server", fleet.url, "--admin-token", fleet.admin)
+    line = next(ln for ln in listed.stdout.splitlines() if "hw-impostor" in ln)
+    rejected = _cli("fleet", "box", "reject", line.split()[0], "--server", fleet.url, "--admin-token", fleet.admin)
+    assert rejected.returncode == 0, rejected.stderr
+    with pytest.raises(EnrollmentError, match="403"):
+        await asyncio.to_thread(agent_enroll, cfg, fleet.url, None)
+    assert not cfg.credential_path.exists()
+    REFUSED.append("impostor re-enrolment rejected by the admin")
+
+
+def test_fleet_serves_https_with_tls_cert_and_key(setup, tmp_path: Path) -> None:
+    broker, _ = setup
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    from tests.e2e_support import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", str(port),
+                             "--admin-token", "a" * 20, "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "https.log", "ab"))
+    try:
+        trust = ssl.create_default_context(cafile=str(cert))
+        wait_for(lambda: httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1).status_code
+                 == 200, 30, "fleet server over HTTPS")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        stop(proc)
