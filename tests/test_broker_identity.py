@@ -301,3 +301,30 @@ def test_fleet_serves_https_with_tls_cert_and_key(setup, tmp_path: Path) -> None
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         stop(proc)
+
+
+async def test_agent_enroll_cli_rekeys_a_box_that_holds_its_credential(setup, tmp_path: Path) -> None:
+    """`quanedge agent enroll` without a token: the box shows its credential, gets new secrets, keeps its site."""
+    from agent.config import load_config
+    from agent.enroll import load_credential
+
+    broker, fleet = setup
+    cfg_path = tmp_path / "box.toml"
+    cfg_path.write_text(f'[box]\nid = "box-rekey"\nsite = "north"\nhardware = "hw-r"\ndata_dir = "{tmp_path / "box"}"\n\n'
+                        f'[uplink]\nkind = "mqtt"\n\n[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
+    first = await asyncio.to_thread(_cli, "agent", "enroll", "-c", str(cfg_path), "--server", fleet.url,
+                                    "--token", fleet.token())
+    assert first.returncode == 0 and "MQTT account box-rekey" in first.stdout, first.stderr
+    old = load_credential(load_config(cfg_path).credential_path)
+    cfg_path.write_text(cfg_path.read_text().replace('site = "north"', 'site = "moved"'))
+    second = await asyncio.to_thread(_cli, "agent", "enroll", "-c", str(cfg_path), "--server", fleet.url)
+    assert second.returncode == 0, second.stderr
+    new = load_credential(load_config(cfg_path).credential_path)
+    assert old is not None and new is not None
+    assert (new.credential, new.mqtt_password) != (old.credential, old.mqtt_password)
+    assert fleet.box("box-rekey")["site"] == "north"
+    await refused_to_connect(broker, "box-rekey", old.mqtt_password, "quanedge-agent-box-rekey",
+                             "MQTT password replaced by a re-key")
+    async with client(broker, "box-rekey", new.mqtt_password, "quanedge-agent-box-rekey") as c:
+        await c.publish(f"{PREFIX}/box-rekey/telemetry", telemetry("box-rekey", 1, 1), qos=1)
+    await stored(fleet, "box-rekey", 1)
