@@ -22,7 +22,7 @@ from typing import Any
 
 from fleet_server.broker.accounts import BrokerAccounts
 from fleet_server.broker.acl import box_client_id
-from fleet_server.errors import AdmissionRequired
+from fleet_server.errors import AdmissionRequired, EnrollmentRefused
 from fleet_server.settings import ServerSettings
 from fleet_server.store.admission import Application
 from fleet_server.store.base import Store, new_secret
@@ -64,7 +64,8 @@ class AdmissionService:
                     pass  # the id appeared meanwhile (another server process): fall through to pending
                 else:
                     return Enrolled(app.box_id, new, self._mqtt(app.box_id, password))
-        assert token is not None  # enroll_route refuses a missing token unless the credential matched
+        if token is None:  # only after a lost race on a re-key: the credential shown was rotated meanwhile
+            raise EnrollmentRefused("unknown_token", "enrollment token is not known to this server")
         return Pending(await asyncio.to_thread(self.store.request_admission, token, app))
 
     async def poll(self, request: str) -> Enrolled | None:

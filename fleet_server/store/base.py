@@ -5,8 +5,10 @@ can replace the embedded SQLite one without touching them. Methods are synchrono
 the bridge call them off the event loop (threadpool / `asyncio.to_thread`).
 
 Contract every backend keeps:
-- secrets (box credentials, enrollment tokens) are `secrets.token_urlsafe(32)` and are stored only
-  as SHA-256 hashes (`hash_secret`); the plain value is returned once, at creation;
+- secrets (box credentials, enrollment tokens, admission request secrets) are
+  `secrets.token_urlsafe(32)` and are stored only as SHA-256 hashes (`hash_secret`); the plain
+  value is returned once, at creation (MQTT passwords are the broker's: never stored here);
+- admission follows `fleet_server.store.admission` (re-key, pending requests, revocation);
 - readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
   again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
 - a refused call changes nothing; backend failures raise `StoreError`;
