@@ -328,3 +328,18 @@ async def test_agent_enroll_cli_rekeys_a_box_that_holds_its_credential(setup, tm
     async with client(broker, "box-rekey", new.mqtt_password, "quanedge-agent-box-rekey") as c:
         await c.publish(f"{PREFIX}/box-rekey/telemetry", telemetry("box-rekey", 1, 1), qos=1)
     await stored(fleet, "box-rekey", 1)
+
+
+async def test_the_dynsec_client_maps_broker_failures_to_our_errors(setup) -> None:
+    from fleet_server.broker import DynsecClient
+    from fleet_server.errors import BrokerRefused, BrokerUnavailable
+    from tests.e2e_support import free_port
+
+    broker, _ = setup
+    with pytest.raises(BrokerUnavailable):
+        await DynsecClient("127.0.0.1", free_port(), "a", "b", timeout_s=1).run([{"command": "listClients"}])
+    with pytest.raises(BrokerRefused, match="admin account"):
+        await DynsecClient("127.0.0.1", broker.port, broker.admin[0], "wrong").run([{"command": "listClients"}])
+    with pytest.raises(BrokerRefused, match="createClient"):  # the plugin's own refusal, named
+        await DynsecClient("127.0.0.1", broker.port, *broker.admin).run(
+            [{"command": "createClient", "username": "box-a", "password": "x"}])

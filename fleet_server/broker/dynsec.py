@@ -25,6 +25,12 @@ __all__ = ["CONTROL_TOPIC", "RESPONSE_TOPIC", "DynsecClient"]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+# CONNACK codes for a refused login: 3.1.1 bad user/password, not authorised; 5.0 the same.
+_AUTH_REFUSED = {4, 5, 0x86, 0x87}
+
+
+def _code(rc: Any) -> int:
+    return int(getattr(rc, "value", rc)) if rc is not None else -1
 
 
 class DynsecClient:
@@ -47,6 +53,11 @@ class DynsecClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 responses = await self._exchange(tag, tagged)
+        except aiomqtt.MqttCodeError as exc:
+            if _code(exc.rc) in _AUTH_REFUSED:  # retrying cannot help: the admin account is wrong
+                raise BrokerRefused(f"broker {self.host}:{self.port} refused the admin account "
+                                    f"{self._username!r}: {exc}") from exc
+            raise BrokerUnavailable(f"broker {self.host}:{self.port}: {exc}") from exc
         except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"broker {self.host}:{self.port} did not answer the account change: "
                                     f"{type(exc).__name__}: {exc}") from exc
