@@ -25,16 +25,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 
 
-def shipped_config(port: int, data_dir: Path) -> str:
+def shipped_config(port: int, data_dir: Path, tls: tuple[int, Path, Path] | None = None) -> str:
+    """The shipped config on `port`; with `tls` = (port, cert, key) its TLS listener example enabled."""
     text = SHIPPED.read_text()
     text, n1 = re.subn(r"^listener 1883 127\.0\.0\.1$", f"listener {port} 127.0.0.1", text, flags=re.M)
     text, n2 = re.subn(r"/var/lib/mosquitto/", f"{data_dir}/", text)
     assert (n1, n2) == (1, 2), "the shipped config changed shape: update broker_support"
+    if tls is not None:
+        tls_port, cert, key = tls
+        for old, new in ((r"^#listener 8883$", f"listener {tls_port} 127.0.0.1"),
+                         (r"^#certfile .*$", f"certfile {cert}"), (r"^#keyfile .*$", f"keyfile {key}"),
+                         (r"^#tls_version (.*)$", r"tls_version \1")):
+            text, n = re.subn(old, new, text, flags=re.M)
+            assert n == 1, f"the shipped TLS example changed shape: {old}"
     return ("user root\n" if os.geteuid() == 0 else "") + text
 
 
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (and its key), made with openssl."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
 class SecureBroker:
-    def __init__(self, tmp: Path, prefix: str = "quanedge") -> None:
+    def __init__(self, tmp: Path, prefix: str = "quanedge", *, tls: tuple[Path, Path] | None = None) -> None:
         if shutil.which("mosquitto") is None or shutil.which("mosquitto_ctrl") is None:
             raise RuntimeError("mosquitto and mosquitto_ctrl are needed (apt-get install mosquitto mosquitto-clients)")
         self.port = free_port()
@@ -44,7 +61,8 @@ class SecureBroker:
         self.admin = ("quanedge-admin", secrets.token_urlsafe(16))
         self.bridge = ("quanedge-fleet", secrets.token_urlsafe(16))
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(shipped_config(self.port, self.dir))
+        self.tls_port = free_port() if tls is not None else None
+        self.conf.write_text(shipped_config(self.port, self.dir, None if tls is None else (self.tls_port, *tls)))
         subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(self.dir / "dynamic-security.json"), *self.admin],
                        check=True, capture_output=True)
         self.proc: subprocess.Popen | None = None
@@ -56,7 +74,7 @@ class SecureBroker:
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
-        wait_for(up, 10, f"mosquitto on {self.port}")
+        wait_for(up, 10, f"mosquitto on {self.port} (log: {self.dir / 'log'})")
         return self
 
     def bootstrap(self) -> None:

@@ -282,13 +282,10 @@ async def test_admin_rejects_a_pending_request(setup, tmp_path: Path) -> None:
 
 
 def test_fleet_serves_https_with_tls_cert_and_key(setup, tmp_path: Path) -> None:
-    broker, _ = setup
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    from tests.broker_support import self_signed
     from tests.e2e_support import free_port
 
+    cert, key = self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", str(port),
                              "--admin-token", "a" * 20, "--tls-cert", str(cert), "--tls-key", str(key)],
