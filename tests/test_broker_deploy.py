@@ -1,5 +1,6 @@
-"""The shipped broker config's TLS listener example, enabled: a box sends over TLS with the MQTT
-identity enrolment gave it (password never in clear); the bridge stays on the loopback listener."""
+"""The shipped broker config as deployed: its TLS listener example enabled (a box sends over TLS with
+the MQTT identity enrolment gave it; the bridge stays on the loopback listener), and a broker
+restart that keeps every account and every revocation (dynsec saves its file on each change)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,35 @@ async def test_a_box_sends_over_the_tls_listener_with_its_enrolled_identity(tmp_
                 break
             await asyncio.sleep(0.1)
         assert [row[0] for row in fleet.readings("tls-box")] == [1]
+    finally:
+        if fleet is not None:
+            stop(fleet.proc)
+        broker.stop()
+
+
+async def test_accounts_and_revocations_survive_a_broker_restart(tmp_path: Path) -> None:
+    broker = SecureBroker(tmp_path).start()
+    fleet = None
+    try:
+        broker.bootstrap()
+        fleet = start_secure_fleet(tmp_path, broker)
+        creds = {}
+        for box in ("kept", "revoked"):
+            r = httpx.post(fleet.url + "/api/v1/enroll", timeout=15,
+                           json={"token": fleet.token(), "box_id": box, "hardware": "hw"})
+            creds[box] = r.json()["mqtt"]
+        assert httpx.post(f"{fleet.url}/api/v1/boxes/revoked/revoke", headers=fleet.headers(),
+                          timeout=15).json()["broker_account_deleted"] is True
+        broker.stop()
+        broker.start()
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="kept", password=creds["kept"]["password"],
+                                  identifier=creds["kept"]["client_id"], timeout=5) as c:
+            await c.publish(f"{broker.prefix}/kept/telemetry", b"{}", qos=1)
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, username="revoked",
+                                      password=creds["revoked"]["password"],
+                                      identifier=creds["revoked"]["client_id"], timeout=5):
+                pass
     finally:
         if fleet is not None:
             stop(fleet.proc)
