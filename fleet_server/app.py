@@ -2,8 +2,9 @@
 
 Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
 own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
-RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. The lifespan loads
-the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
+RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers, one
+AdmissionService (`app.state.admission`: enrolment, admission and revocation, together with the
+broker's per-box accounts). The lifespan loads the engine's memory from the store, then starts as tasks it owns and cancels on shutdown: the
 MQTT bridge (when settings.mqtt_host is set), the rollout sweeper (per-box timeouts) and, with an
 update repository, the TUF timestamp keeper; then it closes the store if the app created it.
 
@@ -40,9 +41,9 @@ from fleet_server.errors import (
     UnknownAdmission,
     UnknownBox,
 )
+from fleet_server.broker import accounts_from_settings
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
-from fleet_server.broker import accounts_from_settings
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.rollout.engine import RolloutEngine
 from fleet_server.rollout.errors import (
