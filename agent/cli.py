@@ -100,17 +100,20 @@ def _agent_app() -> typer.Typer:
 
     @app.command("enroll")
     def enroll_cmd(config: Path = ConfigOpt, server: str = typer.Option(..., help="Fleet server URL."),
-                   token: str = typer.Option(..., help="One-time enrollment token.")) -> None:
-        """Enroll this box with the fleet server and store its credential."""
+                   token: Optional[str] = typer.Option(None, help="Enrollment token (not needed to re-key a box "
+                                                       "that holds its credential, or to collect an admitted request)."),
+                   wait: float = typer.Option(0.0, help="Seconds to wait for an admin to admit a pending request.")) -> None:
+        """Enroll (or re-key) this box with the fleet server and store its credential and MQTT identity."""
         from agent.config import load_config
         from agent.enroll import enroll
 
         try:
             cfg = load_config(config)
-            cred = enroll(cfg, server, token)
+            cred = enroll(cfg, server, token, wait_s=wait)
         except QuanedgeError as exc:
             _fail(exc)
-        typer.echo(f"enrolled box {cred.box_id} with {cred.server}; credential stored in {cfg.credential_path}")
+        mqtt = f", MQTT account {cred.mqtt_username}" if cred.mqtt_username else ""
+        typer.echo(f"enrolled box {cred.box_id} with {cred.server}{mqtt}; credential stored in {cfg.credential_path}")
 
     @app.command("read")
     def read(config: Path = ConfigOpt, device: str = typer.Option(..., help="Device name from the config."),

@@ -47,6 +47,9 @@ class BoxConfig:
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
+    """[uplink.mqtt]. Without username/password the box connects with the MQTT account it got at
+    enrolment (stored beside its credential); set them only for a broker managed by hand."""
+
     host: str
     port: int = 1883
     username: str | None = None

@@ -59,10 +59,15 @@ def make_uplink_factory(cfg: AgentConfig):
 
         m = cfg.uplink.mqtt
         assert m is not None
-        settings = MqttSettings(host=m.host, port=m.port, username=m.username, password=m.password, tls=m.tls,
+        username, password, client_id = m.username, m.password, f"quanedge-agent-{box_id}"
+        cred = load_credential(cfg.credential_path) if username is None else None
+        if cred is not None and cred.mqtt_username is not None:  # the box's own account, from enrolment
+            username, password = cred.mqtt_username, cred.mqtt_password
+            client_id = cred.mqtt_client_id or client_id
+        settings = MqttSettings(host=m.host, port=m.port, username=username, password=password, tls=m.tls,
                                 ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
                                 topic_prefix=m.topic_prefix, keepalive_s=m.keepalive_s,
-                                client_id=f"quanedge-agent-{box_id}")
+                                client_id=client_id)
         return "mqtt", lambda: MqttUplink(settings, box_id)
     from agent.uplink.http import HttpSettings, HttpUplink
 

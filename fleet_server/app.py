@@ -2,12 +2,13 @@
 
 Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
 own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
-RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers. The lifespan loads
-the engine's memory from the store, then starts under one `Supervisor` (`app.state.supervisor`:
-a task that dies is restarted with capped backoff and /healthz is 503 until it runs again) the
-MQTT bridge (when settings.mqtt_host is set), the rollout writer and sweeper (per-box timeouts)
-and, with an update repository, the TUF timestamp keeper; on shutdown it cancels them all, then
-closes the store if the app created it.
+RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers, one
+AdmissionService (`app.state.admission`: enrolment, admission and revocation, together with the
+broker's per-box accounts). The lifespan loads the engine's memory from the store, then starts
+under one `Supervisor` (`app.state.supervisor`: a task that dies is restarted with capped backoff
+and /healthz is 503 until it runs again) the MQTT bridge (when settings.mqtt_host is set), the
+rollout writer and sweeper (per-box timeouts) and, with an update repository, the TUF timestamp
+keeper; on shutdown it cancels them all, then closes the store if the app created it.
 Three pure ASGI middlewares guard the API, outermost first: `BodyCap` (a body over its route's
 limit is refused before anything reads it), `AuditMiddleware` (records every state-changing call
 and its outcome) and `AuthMiddleware` (resolves the bearer principal, 401 before the body is
@@ -40,7 +41,10 @@ from fastapi.responses import JSONResponse
 from starlette.types import Scope
 
 from fleet_server.access import UnknownUser, UserExists
-from fleet_server.api import audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users
+from fleet_server.admission import AdmissionService
+from fleet_server.api import (
+    admission, audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users,
+)
 from fleet_server.api.audit_trail import AuditMiddleware
 from fleet_server.api.auth import AuthMiddleware, document_auth
 from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
@@ -49,15 +53,18 @@ from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.api.deps import FleetState
 from fleet_server.errors import (
     BatchTooLarge,
-    BoxIdTaken,
+    BrokerRefused,
+    BrokerUnavailable,
     EnrollmentRefused,
     FleetError,
     Forbidden,
     NotAuthenticated,
     PayloadError,
     StoreError,
+    UnknownAdmission,
     UnknownBox,
 )
+from fleet_server.broker import accounts_from_settings
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
@@ -78,9 +85,9 @@ log = logging.getLogger(__name__)
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (NotAuthenticated, 401),
     (Forbidden, 403),
-    (BoxIdTaken, 409),
     (EnrollmentRefused, 403),
     (UnknownBox, 404),
+    (UnknownAdmission, 404),
     (UnknownRollout, 404),
     (UnknownAction, 404),
     (UnknownUser, 404),
@@ -90,6 +97,8 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (RepositoryUnavailable, 503),
     (BatchTooLarge, 413),
     (StoreError, 503),
+    (BrokerUnavailable, 503),
+    (BrokerRefused, 502),
 )
 
 
@@ -118,8 +127,8 @@ def error_response(exc: FleetError, scope: Scope) -> JSONResponse:
     headers = {}
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", scope.get("method"), scope.get("path"), exc)
+    if isinstance(exc, (StoreError, BrokerUnavailable, BrokerRefused)):
+        log.error("%s on %s %s: %s", exc.code, scope.get("method"), scope.get("path"), exc)
         headers["Retry-After"] = "5"
     if isinstance(exc, BatchTooLarge):
         headers["Connection"] = "close"  # the rest of an unread body is not worth reading
@@ -214,12 +223,16 @@ def create_app(
     app.state.rollouts = engine
     app.state.timestamps = keeper
     app.state.supervisor = supervisor
+    app.state.admission = AdmissionService(the_store, accounts_from_settings(settings), settings)
+    if settings.mqtt_enabled and not settings.broker_accounts_enabled:
+        log.warning("MQTT bridge on, but no broker admin account: enrolled boxes get no MQTT identity "
+                    "(run the broker from deploy/mosquitto and pass --broker-admin-username)")
     app.add_exception_handler(FleetError, _fleet_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit):
+    for module in (enrollment, admission, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     document_errors(app)

@@ -5,6 +5,8 @@
     quanedge fleet quarantine list --server URL --admin-token T   messages kept, not processed
     quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
     quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
+    quanedge fleet box pending|admit|reject|revoke ...       admission and decommission (cli_boxes)
+    quanedge fleet broker init ...                           the broker's bridge account (cli_boxes)
 
 Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
 so a box never imports the server stack.
@@ -36,6 +38,22 @@ def build_app() -> typer.Typer:
         admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN", help="Bearer token for admin calls."),
         mqtt_host: Optional[str] = typer.Option(None, help="Broker to take telemetry from (none: HTTP only)."),
         mqtt_port: int = typer.Option(1883),
+        mqtt_username: Optional[str] = typer.Option(None, help="The bridge's broker account."),
+        mqtt_password: Optional[str] = typer.Option(None, envvar="QUANEDGE_MQTT_PASSWORD"),
+        mqtt_tls: bool = typer.Option(False, help="Connect to the broker over TLS."),
+        mqtt_ca_file: Optional[str] = typer.Option(None, help="CA bundle that signed the broker's certificate."),
+        mqtt_cert_file: Optional[str] = typer.Option(None, help="Client certificate (mutual TLS)."),
+        mqtt_key_file: Optional[str] = typer.Option(None),
+        mqtt_client_id: Optional[str] = typer.Option(None, help="Bridge session id (default quanedge-fleet-<prefix>)."),
+        broker_admin_username: Optional[str] = typer.Option(
+            None, envvar="QUANEDGE_BROKER_ADMIN_USERNAME",
+            help="dynsec admin account: give each enrolled box its own broker account (deploy/mosquitto)."),
+        broker_admin_password: Optional[str] = typer.Option(None, envvar="QUANEDGE_BROKER_ADMIN_PASSWORD"),
+        mqtt_public_host: Optional[str] = typer.Option(None, help="Broker host boxes are told at enrolment."),
+        mqtt_public_port: Optional[int] = typer.Option(None, help="Broker port boxes are told at enrolment."),
+        mqtt_public_tls: bool = typer.Option(False, help="Tell boxes the broker wants TLS."),
+        tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (PEM)."),
+        tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The certificate's private key (PEM)."),
         topic_prefix: str = typer.Option("quanedge"),
         tuf_repo: Optional[Path] = typer.Option(None, "--tuf-repo", help="Update repository to serve at /tuf/ "
                                                 "(made with `quanedge manifest init`); enables rollouts."),
@@ -54,6 +72,13 @@ def build_app() -> typer.Typer:
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
                                       mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,
+                                      mqtt_username=mqtt_username, mqtt_password=mqtt_password, mqtt_tls=mqtt_tls,
+                                      mqtt_ca_file=mqtt_ca_file, mqtt_cert_file=mqtt_cert_file,
+                                      mqtt_key_file=mqtt_key_file, mqtt_client_id=mqtt_client_id,
+                                      broker_admin_username=broker_admin_username,
+                                      broker_admin_password=broker_admin_password,
+                                      mqtt_public_host=mqtt_public_host, mqtt_public_port=mqtt_public_port,
+                                      mqtt_public_tls=mqtt_public_tls, tls_cert_file=tls_cert, tls_key_file=tls_key,
                                       tuf_repo_dir=tuf_repo, tuf_keys_dir=tuf_keys,
                                       checkin_interval_s=checkin_interval, public_url=public_url)
             serve_fleet(settings)
@@ -80,4 +105,6 @@ def build_app() -> typer.Typer:
 
     app.add_typer(build_quarantine_app(), name="quarantine")
     register_admin_commands(app)   # user create|list|rotate|revoke, audit
+    from fleet_server.cli_boxes import register
+    register(app)  # box pending|admit|reject|revoke, broker init
     return app

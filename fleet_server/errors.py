@@ -7,8 +7,12 @@ MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party e
     QuanedgeError                      (agent.errors)
     └── FleetError
         ├── StoreError                 the storage backend failed (disk, locked, connection lost): retry
-        ├── EnrollmentRefused          token unknown / expired / used up           -> 403
-        │   └── BoxIdTaken             box id already enrolled by another hardware  -> 409
+        ├── EnrollmentRefused          token unknown / expired / used up, admission
+        │                              request unknown or rejected                  -> 403
+        ├── AdmissionRequired          the id exists: re-key or admin approval needed (API: 202 pending)
+        ├── UnknownAdmission           no pending admission request with that id    -> 404
+        ├── BrokerUnavailable          the broker did not confirm an account change -> 503 (retry)
+        ├── BrokerRefused              the broker refused an account change         -> 502
         ├── NotAuthenticated           missing or unknown bearer credential         -> 401
         ├── Forbidden                  a valid credential, but not for this box     -> 403
         ├── UnknownBox                 no enrolled box with that id                 -> 404 (MQTT: rejected)
@@ -21,8 +25,8 @@ from __future__ import annotations
 from agent.errors import QuanedgeError
 
 __all__ = [
-    "BatchTooLarge", "BoxIdTaken", "EnrollmentRefused", "FleetError", "Forbidden",
-    "NotAuthenticated", "PayloadError", "StoreError", "UnknownBox",
+    "AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "EnrollmentRefused",
+    "FleetError", "Forbidden", "NotAuthenticated", "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox",
 ]
 
 
@@ -49,13 +53,33 @@ class EnrollmentRefused(FleetError):
         super().__init__(message)
 
 
-class BoxIdTaken(EnrollmentRefused):
-    """The box id is already enrolled with a different hardware identity."""
+class AdmissionRequired(FleetError):
+    """The box id exists and no current credential was shown: an admin must admit the request.
 
-    def __init__(self, box_id: str) -> None:
-        super().__init__(
-            "box_id_taken", f"box id {box_id!r} is already enrolled by a different hardware identity"
-        )
+    Not an HTTP error: the enrolment API turns it into a pending request (202)."""
+
+    code = "admission_required"
+
+
+class UnknownAdmission(FleetError):
+    """No pending admission request has this id."""
+
+    code = "unknown_admission"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no pending admission request with id {request_id!r:.80}")
+
+
+class BrokerUnavailable(FleetError):
+    """The MQTT broker did not confirm a box account change (unreachable, timed out): retry."""
+
+    code = "broker_unavailable"
+
+
+class BrokerRefused(FleetError):
+    """The MQTT broker refused a box account change (misconfigured admin account or plugin)."""
+
+    code = "broker_refused"
 
 
 class NotAuthenticated(FleetError):

@@ -34,6 +34,7 @@ def serve(settings: ServerSettings) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on",
         proxy_headers=False, server_header=False, log_level="info", access_log=settings.access_log,
+        ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file,  # HTTPS when both are set
     )
     with contextlib.suppress(KeyboardInterrupt):  # raised only after the graceful shutdown (see above)
         uvicorn.Server(config).run()

@@ -7,7 +7,7 @@ what was expected, never later inside a request or the MQTT bridge.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ConfigError
@@ -20,14 +20,14 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     db_path: Path | str
-    admin_token: str
+    admin_token: str = field(repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
     # MQTT bridge: off unless mqtt_host is set.
     mqtt_host: str | None = None
     mqtt_port: int = 1883
     mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
     mqtt_tls: bool = False
     mqtt_ca_file: str | None = None
     mqtt_cert_file: str | None = None
@@ -36,6 +36,18 @@ class ServerSettings:
     # QoS 1 telemetry) while the server is down. None: derived from topic_prefix (see
     # `mqtt_session_id`), so servers on different prefixes of one broker never share a session.
     mqtt_client_id: str | None = None
+    # Box accounts on the broker (dynamic-security plugin): the admin account the server manages them
+    # with over $CONTROL. None: boxes get no MQTT identity at enrolment (HTTP-only fleet).
+    broker_admin_username: str | None = None
+    broker_admin_password: str | None = field(default=None, repr=False)
+    broker_timeout_s: float = 5.0
+    # What boxes are told at enrolment (how THEY reach the broker); default: no host/port hint.
+    mqtt_public_host: str | None = None
+    mqtt_public_port: int | None = None
+    mqtt_public_tls: bool = False
+    # HTTPS for the fleet API itself (uvicorn ssl); both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     mqtt_backoff_base_s: float = 0.5
     mqtt_backoff_cap_s: float = 30.0
     topic_prefix: str = "quanedge"
@@ -71,6 +83,7 @@ class ServerSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError("bad limit", key=key, value=value, expected="a positive integer")
         self._check_mqtt()
+        self._check_broker_and_tls()
         self._check_rollouts()
 
     def _check_rollouts(self) -> None:
@@ -130,6 +143,32 @@ class ServerSettings:
                 value=(self.mqtt_backoff_base_s, self.mqtt_backoff_cap_s),
                 expected="0 < mqtt_backoff_base_s <= mqtt_backoff_cap_s",
             )
+
+    def _check_broker_and_tls(self) -> None:
+        if (self.broker_admin_username is None) != (self.broker_admin_password is None):
+            raise ConfigError("the broker admin account needs a username and a password",
+                              key="broker_admin_password" if self.broker_admin_password is None
+                              else "broker_admin_username", expected="both, or neither")
+        if self.broker_admin_username is not None and self.mqtt_host is None:
+            raise ConfigError("broker admin account given without a broker", key="mqtt_host",
+                              expected="mqtt_host set whenever broker_admin_username is")
+        if not isinstance(self.broker_timeout_s, (int, float)) or not 0 < self.broker_timeout_s <= 60:
+            raise ConfigError("bad broker timeout", key="broker_timeout_s", value=self.broker_timeout_s,
+                              expected="seconds, 0 < s <= 60")
+        port = self.mqtt_public_port
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
+            raise ConfigError("bad port", key="mqtt_public_port", value=port, expected="an integer 1..65535")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("HTTPS needs a certificate and its key", key="tls_key_file"
+                              if self.tls_key_file is None else "tls_cert_file", expected="both, or neither")
+        for key in ("tls_cert_file", "tls_key_file"):
+            value = getattr(self, key)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError("file not found", key=key, value=str(value), expected="an existing PEM file")
+
+    @property
+    def broker_accounts_enabled(self) -> bool:
+        return self.broker_admin_username is not None
 
     @property
     def mqtt_enabled(self) -> bool:

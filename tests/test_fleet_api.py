@@ -107,26 +107,29 @@ def test_used_up_token_is_refused(client: TestClient, store: SqliteStore) -> Non
     assert [b.box_id for b in store.list_boxes()] == ["b1", "b2"]
 
 
-def test_box_id_of_other_hardware_is_refused_and_token_not_spent(client: TestClient, store: SqliteStore) -> None:
+def test_existing_box_id_without_its_credential_becomes_pending(client: TestClient, store: SqliteStore) -> None:
+    # Issue 9 finding 5: this used to answer 409 box_id_taken (telling an outsider the id exists)
+    # or, with the same hardware string, hand over a new credential. Now the box stays as it was.
     enroll(client, "b1", "serial-1")
     before = snapshot(store)
     token = new_token(client, max_uses=1)
     r = client.post("/api/v1/enroll", json={"token": token, "box_id": "b1", "hardware": "serial-EVIL"})
-    assert (r.status_code, r.json()["error"]) == (409, "box_id_taken")
+    assert r.status_code == 202 and r.json()["status"] == "pending" and "credential" not in r.json()
     assert snapshot(store) == before
-    # The refused attempt did not use the token up.
-    r = client.post("/api/v1/enroll", json={"token": token, "box_id": "b2", "hardware": "serial-2"})
-    assert r.status_code == 200
 
 
-def test_reenrolling_same_hardware_rotates_credential_and_keeps_readings(client: TestClient) -> None:
+def test_reenrolling_with_the_current_credential_rotates_it_and_keeps_readings(client: TestClient) -> None:
     old = enroll(client, "b1", "serial-1")
     assert post(client, old, "b1", rows(1, 5)).status_code == 200
-    new = enroll(client, "b1", "serial-1", site="moved")
+    r = client.post("/api/v1/enroll", json={"box_id": "b1", "hardware": "serial-1", "site": "moved",
+                                            "credential": old})
+    assert r.status_code == 200
+    new = r.json()["credential"]
     assert post(client, old, "b1", rows(6, 1)).status_code == 401
     assert post(client, new, "b1", rows(6, 1)).json() == {"accepted": 1, "duplicates": 0, "max_seq": 6}
     page = client.get("/api/v1/boxes/b1/readings", headers=admin()).json()
     assert [row[0] for row in page["readings"]] == [1, 2, 3, 4, 5, 6]
+    assert client.get("/api/v1/boxes/b1", headers=admin()).json()["site"] == "5th-ave"  # site kept on re-key
 
 
 @pytest.mark.parametrize("change, field", [
@@ -137,7 +140,7 @@ def test_reenrolling_same_hardware_rotates_credential_and_keeps_readings(client:
     ({"hardware": ""}, "hardware"),
     ({"tags": "north"}, "tags"),
     ({"tags": [1]}, "tags"),
-    ({"token": None}, "token"),
+    ({"token": 3}, "token"),  # (a missing token is allowed: re-key with the credential)
 ])
 def test_enroll_refuses_malformed_bodies(
     client: TestClient, store: SqliteStore, change: dict[str, Any], field: str
@@ -342,8 +345,9 @@ def test_public_api_is_pinned() -> None:
 
     expected = {
         "fleet_server.app": ["create_app", "status_for"],
-        "fleet_server.errors": ["BatchTooLarge", "BoxIdTaken", "EnrollmentRefused", "FleetError", "Forbidden",
-                                "NotAuthenticated", "PayloadError", "StoreError", "UnknownBox"],
+        "fleet_server.errors": ["AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable",
+                                "EnrollmentRefused", "FleetError", "Forbidden", "NotAuthenticated", "PayloadError",
+                                "StoreError", "UnknownAdmission", "UnknownBox"],
         "fleet_server.ingest": ["IngestService", "TelemetryBatch", "parse_telemetry"],
         "fleet_server.metrics": ["FleetMetrics"],
         "fleet_server.mqtt_bridge": ["MqttBridge", "parse_status"],

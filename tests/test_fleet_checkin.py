@@ -104,7 +104,7 @@ def test_another_boxs_id_is_forbidden_and_bad_ids_refused(client: TestClient, st
 def test_rotated_credential_stops_working_at_once(client: TestClient, store: SqliteStore) -> None:
     old = enroll(client, "pole-1", "serial-1")
     assert client.get("/api/v1/boxes/pole-1/checkin", headers=bearer(old)).status_code == 200   # now cached
-    new = enroll(client, "pole-1", "serial-1")
+    new = enroll(client, "pole-1", "serial-1", credential=old)  # re-key (issue 9: needs the current one)
     assert client.get("/api/v1/boxes/pole-1/checkin", headers=bearer(old)).status_code == 401
     assert client.get("/api/v1/boxes/pole-1/checkin", headers=bearer(new)).status_code == 200
 

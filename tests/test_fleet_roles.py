@@ -95,6 +95,12 @@ ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
     ("DELETE", "/api/v1/users/{victim}", None, "admin", 200, _victim),
     ("GET", "/api/v1/audit", None, "admin", 200, _nothing),
     ("GET", "/api/v1/quarantine", None, "admin", 200, _nothing),
+    ("GET", "/api/v1/admission", None, "admin", 200, _nothing),
+    # No such request / box: past the role check, the route's own 404 (admission is tested in
+    # test_fleet_admission.py and test_broker_identity.py).
+    ("POST", "/api/v1/admission/adm-0000000000000000/accept", None, "admin", 404, _nothing),
+    ("POST", "/api/v1/admission/adm-0000000000000000/reject", None, "admin", 404, _nothing),
+    ("POST", "/api/v1/boxes/no-such-box/revoke", None, "admin", 404, _nothing),
 ]
 _RANK = {"viewer": 0, "operator": 1, "admin": 2, "bootstrap": 2}
 
@@ -135,6 +141,9 @@ def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
         "/api/v1/rollouts/{rollout_id}/resume": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/cancel": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/sites/s1/maintenance": "/api/v1/sites/{site}/maintenance",
+        "/api/v1/admission/adm-0000000000000000/accept": "/api/v1/admission/{request_id}/accept",
+        "/api/v1/admission/adm-0000000000000000/reject": "/api/v1/admission/{request_id}/reject",
+        "/api/v1/boxes/no-such-box/revoke": "/api/v1/boxes/{box_id}/revoke",
         "/api/v1/users/{victim}": "/api/v1/users/{name}",
         "/api/v1/users/{victim}/token": "/api/v1/users/{name}/token",
     }
@@ -268,7 +277,8 @@ def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: P
     assert (api_token["type"], api_token["scheme"]) == ("http", "bearer")
     for method, path, *_ in ROUTES:
         template = path.replace("{rid}", "{rollout_id}").replace("{victim}", "{name}").replace("b00000", "{box_id}")
-        template = template.replace("/s1/", "/{site}/")
+        template = template.replace("/s1/", "/{site}/").replace("adm-0000000000000000", "{request_id}")
+        template = template.replace("/no-such-box/", "/{box_id}/")
         for command in ("pause", "resume", "cancel"):
             template = template.replace(f"/{command}", "/{command}")
         operation = schema["paths"][template][method.lower()]

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.reading import Quality, Reading, RecordClass
-from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
+from fleet_server.errors import AdmissionRequired, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.store.base import IngestResult, Store, hash_secret
 from fleet_server.store.sqlite import SqliteStore
 from fleet_server.store.sqlite_schema import MIGRATIONS
@@ -103,7 +103,7 @@ def test_enrollment_refusals_change_nothing(store: SqliteStore, clock: Clock) ->
     assert info.value.code == "token_used_up"
 
     twice = store.create_enrollment_token(60, 1, "")
-    with pytest.raises(BoxIdTaken):
+    with pytest.raises(AdmissionRequired):  # an existing id needs its credential or an admin
         store.enroll(twice, "b1", "hw-OTHER", "", "", [])
     assert [b.box_id for b in store.list_boxes()] == ["b1"]
     assert store.get_box("b1").hardware == "hw-1"  # type: ignore[union-attr]
@@ -133,7 +133,10 @@ def test_token_arguments_are_checked(store: SqliteStore, ttl_s: float, max_uses:
 def test_credential_lookup_and_rotation(store: SqliteStore) -> None:
     old = enrolled(store)
     assert store.box_for_credential(old).box_id == "box-1"  # type: ignore[union-attr]
-    new = enrolled(store)  # same hardware re-enrolls
+    token = store.create_enrollment_token(60, 1, "test")
+    with pytest.raises(AdmissionRequired):  # not even the same hardware takes an id over
+        store.enroll(token, "box-1", "hw-1", "site", "0.1.0", ["t"])
+    new = store.enroll(None, "box-1", "hw-1", "x", "0.2.0", [], credential=old)  # re-key
     assert store.box_for_credential(old) is None
     assert store.box_for_credential(new).box_id == "box-1"  # type: ignore[union-attr]
     assert store.box_for_credential("") is None

@@ -64,7 +64,7 @@ class MqttSettings:
     insecure: bool = False          # TLS without hostname check (chain is still verified)
     keepalive_s: int = 30
     topic_prefix: str = "quanedge"
-    client_id: str | None = None    # None = "quanedge-{box_id}"
+    client_id: str | None = None    # None = "quanedge-agent-{box_id}" (the id a box's broker account is bound to)
     publish_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
 
@@ -137,7 +137,7 @@ class MqttUplink:
         self.box_id = box_id
         self.telemetry_topic = f"{settings.topic_prefix}/{box_id}/telemetry"
         self.status_topic = f"{settings.topic_prefix}/{box_id}/status"
-        self._client_id = settings.client_id or f"quanedge-{box_id}"
+        self._client_id = settings.client_id or f"quanedge-agent-{box_id}"
         self._tls = _tls_context(settings) if settings.tls else None
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()

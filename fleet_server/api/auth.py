@@ -40,7 +40,7 @@ __all__ = [
 
 #: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
 BOX_FACING = re.compile(
-    r"^/api/v1/(?:telemetry|enroll|boxes/[^/]+/(?:checkin|inventory|actions/[^/]+/status))/?$"
+    r"^/api/v1/(?:telemetry|enroll(?:/status)?|boxes/[^/]+/(?:checkin|inventory|actions/[^/]+/status))/?$"
 )
 _SCOPE_KEY = "quanedge.principal"
 #: The OpenAPI name of the API users' bearer scheme (declared by the `deps.require_*` dependencies).

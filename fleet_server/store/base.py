@@ -5,8 +5,10 @@ can replace the embedded SQLite one without touching them. Methods are synchrono
 the bridge call them off the event loop (threadpool / `asyncio.to_thread`).
 
 Contract every backend keeps:
-- secrets (box credentials, enrollment tokens) are `secrets.token_urlsafe(32)` and are stored only
-  as SHA-256 hashes (`hash_secret`); the plain value is returned once, at creation;
+- secrets (box credentials, enrollment tokens, admission request secrets) are
+  `secrets.token_urlsafe(32)` and are stored only as SHA-256 hashes (`hash_secret`); the plain
+  value is returned once, at creation (MQTT passwords are the broker's: never stored here);
+- admission follows `fleet_server.store.admission` (re-key, pending requests, revocation);
 - readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
   again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
 - a refused call changes nothing; backend failures raise `StoreError`;
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 from agent.reading import Reading
 from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.access import AuditStore, UserStore
+from fleet_server.store.admission import AdmissionStore
 
 if TYPE_CHECKING:
     from fleet_server.rollout.model import (
@@ -93,26 +96,15 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(QuarantineStore, UserStore, AuditStore, Protocol):
+class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
-    The quarantine methods come from `QuarantineStore` (fleet_server.store.quarantine); API users
-    and the audit log from `fleet_server.store.access` (the Protocols included here)."""
+    Enrolment and admission come from `AdmissionStore` (fleet_server.store.admission), the
+    quarantine methods from `QuarantineStore` (fleet_server.store.quarantine); API users and the
+    audit log from `fleet_server.store.access` (the Protocols included here)."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""
-        ...
-
-    def enroll(
-        self, token: str, box_id: str, hardware: str, site: str, agent_version: str,
-        tags: Sequence[str],
-    ) -> str:
-        """Spend one use of `token` to enroll `box_id`; return its new credential (once).
-
-        Re-enrolling a box with the same `hardware` rotates its credential (the old one stops
-        working) and keeps its readings. Raises `EnrollmentRefused` (unknown_token, expired_token,
-        token_used_up) or `BoxIdTaken` when the id belongs to a different hardware identity.
-        """
         ...
 
     def box_for_credential(self, credential: str) -> Box | None:
@@ -151,8 +143,8 @@ class Store(QuarantineStore, UserStore, AuditStore, Protocol):
         ...
 
     def credential_generation(self) -> int:
-        """A number that changes whenever an existing credential stops working (re-enrollment
-        rotates it). Callers may cache credential -> box lookups while it stays the same."""
+        """A number that changes whenever an existing credential stops working (re-key, admission
+        or revocation). Callers may cache credential -> box lookups while it stays the same."""
         ...
 
     def provision_boxes(

@@ -19,11 +19,12 @@ from typing import Any
 from sqlite_utils import Database
 
 from agent.reading import Quality, Reading, RecordClass
-from fleet_server.errors import BoxIdTaken, EnrollmentRefused, StoreError, UnknownBox
+from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
 from fleet_server.store.sqlite_quarantine import QuarantineTables, migrate_quarantine
 from fleet_server.store.sqlite_audit import AuditTables, migrate_audit
+from fleet_server.store.sqlite_admission import AdmissionTables, migrate_admission
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
 from fleet_server.store.sqlite_users import UserTables, migrate_users
@@ -43,12 +44,13 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore(RolloutTables, QuarantineTables, UserTables, AuditTables):
+class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
-    Rollout storage (inventory, sites, rollouts, actions) lives in the `RolloutTables` mixin, the
-    quarantine of unprocessable messages in `QuarantineTables`, API users in `UserTables`, the
-    append-only audit log in `AuditTables`.
+    Enrolment and admission (tokens, re-key, pending requests, revocation) live in the
+    `AdmissionTables` mixin; rollout storage (inventory, sites, rollouts, actions) in
+    `RolloutTables`; the quarantine of unprocessable messages in `QuarantineTables`; API users in
+    `UserTables`; the append-only audit log in `AuditTables`.
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -69,6 +71,7 @@ class SqliteStore(RolloutTables, QuarantineTables, UserTables, AuditTables):
             self.quarantine_migrations_applied = migrate_quarantine(self._db)
             self.user_migrations_applied = migrate_users(self._db)
             self.audit_migrations_applied = migrate_audit(self._db)
+            self.admission_migrations_applied = migrate_admission(self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
@@ -89,76 +92,6 @@ class SqliteStore(RolloutTables, QuarantineTables, UserTables, AuditTables):
                     yield self._db.conn
             except sqlite3.Error as exc:
                 raise StoreError(f"fleet database {self.path!r}: {exc}") from exc
-
-    # -- enrollment ------------------------------------------------------------------------
-
-    def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str = "") -> str:
-        if not isinstance(ttl_s, (int, float)) or isinstance(ttl_s, bool) or not ttl_s > 0:
-            raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s!r}")
-        if not isinstance(max_uses, int) or isinstance(max_uses, bool) or max_uses < 1:
-            raise ValueError(f"max_uses must be a positive integer, got {max_uses!r}")
-        token = new_secret()
-        now = self._clock()
-        with self._conn(write=True) as conn:
-            conn.execute(
-                "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, max_uses, uses, note)"
-                " VALUES (?, ?, ?, ?, 0, ?)",
-                (hash_secret(token), now, now + float(ttl_s), max_uses, note),
-            )
-        return token
-
-    def enroll(
-        self, token: str, box_id: str, hardware: str, site: str, agent_version: str,
-        tags: Sequence[str],
-    ) -> str:
-        check_box_id(box_id)
-        for name, text in (("hardware", hardware), ("site", site), ("agent_version", agent_version)):
-            if not isinstance(text, str):
-                raise ValueError(f"{name} must be a string, got {text!r:.80}")
-        if not hardware:
-            raise ValueError("hardware must be a non-empty identity string")
-        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
-            raise ValueError(f"tags must be a list of strings, got {tags!r:.80}")
-        credential = new_secret()
-        now = self._clock()
-        with self._conn(write=True) as conn:
-            row = conn.execute(
-                "SELECT expires_at, max_uses, uses FROM enrollment_tokens WHERE token_hash = ?",
-                (hash_secret(token),),
-            ).fetchone()
-            if row is None:
-                raise EnrollmentRefused("unknown_token", "enrollment token is not known to this server")
-            expires_at, max_uses, uses = row
-            if now >= expires_at:
-                raise EnrollmentRefused("expired_token", "enrollment token has expired")
-            if uses >= max_uses:
-                raise EnrollmentRefused(
-                    "token_used_up", f"enrollment token has been used {uses} of {max_uses} times"
-                )
-            existing = conn.execute(
-                "SELECT hardware FROM boxes WHERE box_id = ?", (box_id,)
-            ).fetchone()
-            if existing is not None and existing[0] != hardware:
-                raise BoxIdTaken(box_id)
-            conn.execute(
-                "UPDATE enrollment_tokens SET uses = uses + 1 WHERE token_hash = ?",
-                (hash_secret(token),),
-            )
-            values = (hardware, site, agent_version, json.dumps(list(tags)), hash_secret(credential))
-            if existing is None:
-                conn.execute(
-                    "INSERT INTO boxes (box_id, hardware, site, agent_version, tags, credential_hash,"
-                    " enrolled_at, max_seq, online) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",
-                    (box_id, *values, now),
-                )
-            else:  # same hardware re-enrolling (reinstalled box): rotate the credential
-                conn.execute(
-                    "UPDATE boxes SET hardware = ?, site = ?, agent_version = ?, tags = ?,"
-                    " credential_hash = ? WHERE box_id = ?",
-                    (*values, box_id),
-                )
-                self._credential_generation += 1  # the old credential stops working: drop caches
-        return credential
 
     def credential_generation(self) -> int:
         """Changes whenever an existing credential stops working (see `Store`)."""
