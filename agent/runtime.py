@@ -84,7 +84,8 @@ def make_uplink_factory(cfg: AgentConfig):
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, install_signals: bool = True,
-                    on_started: Callable[[dict[str, Any]], None] | None = None) -> None:
+                    on_started: Callable[[dict[str, Any]], None] | None = None,
+                    supervisor: Supervisor | None = None) -> None:
     """Run the box until `stop` is set (or SIGTERM/SIGINT). `on_started` gets the running parts
     ({"supervisor", "buffer", "pipeline", "drain", "devices"}) for diagnostics and tests."""
     stop = stop or asyncio.Event()
@@ -123,7 +124,7 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         log.info("agent %s starting: %d line(s), %d device(s), %d listener(s), uplink %s, buffer %s",
                  cfg.box.id, len(devices.schedulers), len(cfg.devices), len(devices.listeners), uplink_name,
                  cfg.buffer.path)
-        sup = Supervisor()
+        sup = supervisor or Supervisor()
         metrics.components = sup.status
         producers: list[asyncio.Task] = []
         async with TaskGroup() as tg:
