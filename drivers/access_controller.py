@@ -108,7 +108,8 @@ class AccessControllerDriver:
         auth = (httpx.DigestAuth if s.auth == "digest" else httpx.BasicAuth)(s.username, s.password)
         self._client = httpx.AsyncClient(base_url=s.base_url, auth=auth, timeout=s.timeout_s, transport=self._transport)
         if s.listen_port is not None:
-            self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}")
+            self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}",
+                                        gate=self._gate)
             try:
                 await self._listener.start(s.listen_host, s.listen_port)
             except OSError as exc:
@@ -205,6 +206,11 @@ class AccessControllerDriver:
             self._on_refused(reason)
         return Response(status, gates.compact_json({"error": reason, "detail": message}).encode("utf-8", "replace"),
                         headers=headers)
+
+    def _gate(self, headers: dict[str, str], peer: str) -> Response | None:
+        """Before the body is read: refuse an unauthenticated sender."""
+        who = self._auth.authenticate(headers, peer) if self._auth is not None else frozenset()
+        return self._refuse(who.status, who.reason, who.message, who.headers) if isinstance(who, Refusal) else None
 
     async def _on_push(self, req: Request) -> Response:
         if req.method != "POST":

@@ -83,7 +83,8 @@ class PlateReceiverDriver:
         self._clock = clock
         self._dedup = gates.Deduplicator(settings.dedup_capacity)
         self._pending: dict[tuple[str, int], tuple[gates.Decision, asyncio.Future[Any]]] = {}
-        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}")
+        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}",
+                                  gate=self._gate)
         self.last_seen: dict[str, float] = {}
         self.events = 0
         self.duplicates = 0
@@ -113,10 +114,15 @@ class PlateReceiverDriver:
         return Response(status, gates.compact_json({"error": reason, "detail": message}).encode("utf-8", "replace"),
                         headers=headers)
 
+    def _gate(self, headers: dict[str, str], peer: str) -> Response | None:
+        """Before the body is read: refuse a sender that proves no camera."""
+        who = self._auth.authenticate(headers, peer)
+        return self._refuse(who.status, who.reason, who.message, who.headers) if isinstance(who, Refusal) else None
+
     async def _handle(self, req: Request) -> Response:
         if req.method != "POST":
             return Response(405, b'{"error":"POST only"}')
-        who = self._auth.authenticate(req.headers, req.peer)
+        who = self._auth.authenticate(req.headers, req.peer)  # again: the handler is also called directly
         if isinstance(who, Refusal):
             return self._refuse(who.status, who.reason, who.message, who.headers)
         ctype = req.headers.get("content-type", "")

@@ -150,6 +150,16 @@ def test_unauthenticated_and_forged_cameras_are_refused_counted_and_never_open(r
     assert not any(700 <= e["plateid"] < 710 for e in rig.plates_at_fleet())  # nothing forged was stored
 
 
+def test_an_unauthenticated_sender_is_refused_before_its_body_is_read(rig: Rig) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 4000000\r\n\r\n")  # announces 4 MB, sends none of it
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
 def test_sigterm_stops_within_10_s_and_keeps_every_acknowledged_event(rig: Rig) -> None:
     acked = [800 + i for i in range(5) if car(rig, "鲁B99999", first_id=800 + i) is not None]
     assert len(acked) == 5
