@@ -185,3 +185,30 @@ def test_check_config_warns_about_an_mqtt_password_without_tls(tmp_path: Path) -
     cfg.write_text(cfg.read_text() + "tls = true\n", encoding="utf-8")
     r = subprocess.run([*PY, "agent", "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "warning" not in r.stderr
+
+
+async def test_the_access_controller_listener_refuses_and_counts_unauthenticated_pushes() -> None:
+    from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
+    from drivers.push_auth import PushCredential
+
+    taken, refused = [], []
+    drv = AccessControllerDriver("door", AccessControllerSettings(
+        base_url="http://127.0.0.1:9", username="u", password="p", listen_host="127.0.0.1", listen_port=0,
+        event_senders=(PushCredential("door", "acs-push-secret", "controller"),)),
+        on_event=taken.append, on_refused=refused.append)
+    await drv.open()
+    event = {"AccessControllerEvent": {"majorEventType": 3, "subEventType": 0x400, "doorNo": 1, "serialNo": 9}}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{drv.listen_port}", timeout=5) as c:
+            assert (await c.post("/", json=event)).status_code == 401
+            assert (await c.post("/", json=event, auth=("controller", "guess-guess"))).status_code == 401
+            raw = json.dumps({**event, "dateTime": "\ud800"}).encode()  # JSON escapes the lone surrogate
+            bad = await c.post("/", content=raw, auth=("controller", "acs-push-secret"))
+            assert bad.status_code == 400 and "dateTime" in bad.json()["detail"]
+            assert taken == []  # nothing forged or unstorable was taken
+            ok = await c.post("/", json=event, auth=("controller", "acs-push-secret"))
+            assert ok.status_code == 200 and len(taken) == 1
+    finally:
+        await drv.close()
+    assert refused == ["unauthenticated", "unauthenticated", "bad_event"]
+    assert drv.refused == {"unauthenticated": 2, "bad_event": 1}
