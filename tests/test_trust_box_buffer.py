@@ -168,3 +168,20 @@ async def test_an_auth_refusal_is_not_malformed_rows_stay_buffered(buffer) -> No
     assert ingest.stored == [] and drain.quarantined == 0 and "401" in (drain.last_error or "")
     assert [r.point for r in await buffer.peek(10, after_seq=0)] == ["a", "b"]
     assert buffer.stats()["quarantined"] == 0
+
+
+async def test_failing_commits_make_health_failing_until_a_commit_succeeds(tmp_path: Path) -> None:
+    from agent.errors import StorageError
+
+    buf = DurableBuffer(BufferSettings(path=tmp_path / "small.db", max_bytes=1 << 20))
+    await buf.open()
+    try:
+        huge = [reading(f"p{i}", text="x" * 8000) for i in range(300)]  # one append larger than the whole cap
+        with pytest.raises(StorageError, match="disk full"):
+            await buf.append(huge)
+        health = buf.health()
+        assert health["state"] == "failing" and "disk full" in health["last_error"] and health["last_error_at"]
+        await buf.append([reading("small")])
+        assert buf.health()["state"] == "ok" and buf.health()["last_error"]  # recovered; the last error is kept
+    finally:
+        await buf.close()
