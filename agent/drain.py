@@ -13,7 +13,9 @@ buffer's quarantine table with its reason (counted, kept, shown in /healthz) and
 on. When the refusal names the row (the fleet server's 422 {"row": i, "field"}), the rows before
 it are sent, that row quarantined and the rest sent; otherwise the batch is bisected until the
 bad row is alone. Credential refusals (401/403: plain `UplinkRejected`) are not malformed data:
-the rows stay buffered and are retried slowly.
+the rows stay buffered and are retried slowly. A server that refuses row after row
+(`REFUSED_STREAK_LIMIT` in a row without one accepted) is taken to be broken or mismatched, not
+the rows: the drain stops quarantining, keeps the rows and backs off as for a credential refusal.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from agent.reading import Reading, from_row
 from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)
+
+#: Consecutive rows the far side refused, none accepted in between, before the drain blames the
+#: server (wrong version, misconfiguration) rather than the rows and stops quarantining them.
+REFUSED_STREAK_LIMIT = 50
 
 
 class UplinkObserver(Protocol):
@@ -62,6 +68,7 @@ class Drain:
         self.last_sent_at: float | None = None
         self.quarantined = 0
         self.last_quarantine: str | None = None
+        self._refused_streak = 0
         self._down_since: float | None = None
 
     async def run(self) -> None:
@@ -120,6 +127,7 @@ class Drain:
             await self._isolate(uplink, good, exc)
             return
         await self.buffer.ack(good[-1].seq)  # type: ignore[arg-type]
+        self._refused_streak = 0
         if not self.connected:
             self._up()
         self._backoff.reset()
@@ -134,16 +142,24 @@ class Drain:
             if i:
                 await self._send(uplink, batch[:i])
             field = f" (field {exc.field})" if exc.field else ""
-            await self._quarantine(batch[i], f"refused by the uplink{field}: {exc}")
+            await self._refused(batch[i], f"refused by the uplink{field}: {exc}")
             if i + 1 < len(batch):
                 await self._send(uplink, batch[i + 1:])
             return
         if len(batch) == 1:
-            await self._quarantine(batch[0], f"refused by the uplink: {exc}")
+            await self._refused(batch[0], f"refused by the uplink: {exc}")
             return
         mid = len(batch) // 2  # no row named: bisect until the bad one is alone
         await self._send(uplink, batch[:mid])
         await self._send(uplink, batch[mid:])
+
+    async def _refused(self, reading: Reading, reason: str) -> None:
+        self._refused_streak += 1
+        if self._refused_streak > REFUSED_STREAK_LIMIT:
+            raise UplinkRejected(f"the far side refused {REFUSED_STREAK_LIMIT} rows in a row as malformed and "
+                                 f"accepted none: holding the rows (not quarantining) until it accepts one; "
+                                 f"last: {reason}"[:500])
+        await self._quarantine(reading, reason)
 
     async def _quarantine(self, reading: Reading, reason: str) -> None:
         await self.buffer.quarantine([(reading, reason)])

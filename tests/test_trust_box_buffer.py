@@ -185,3 +185,14 @@ async def test_failing_commits_make_health_failing_until_a_commit_succeeds(tmp_p
         assert buf.health()["state"] == "ok" and buf.health()["last_error"]  # recovered; the last error is kept
     finally:
         await buf.close()
+
+
+async def test_a_server_refusing_every_row_is_blamed_and_the_rows_are_kept(buffer, monkeypatch) -> None:
+    import agent.drain as drain_module
+
+    monkeypatch.setattr(drain_module, "REFUSED_STREAK_LIMIT", 3)  # a small limit, so few rows are needed
+    await buffer.append([reading(f"p{i}", device="bad") for i in range(10)])
+    ingest = Ingest(named=True)
+    drain = await run_drain(buffer, ingest, until=lambda d: d.last_error and "accepted none" in d.last_error)
+    assert drain.quarantined == 3 and "holding the rows" in drain.last_error
+    assert len(await buffer.peek(100, after_seq=0)) == 7  # the rest stay buffered, not quarantined
