@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agent import buffer_rows
 from agent.errors import BufferClosed, RecordRefused, StorageError
 from agent.reading import Quality, Reading, RecordClass, check_reading
 
@@ -81,14 +82,7 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL, cls TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (reason, cls)
 );
-CREATE TABLE IF NOT EXISTS quarantine (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq     INTEGER,
-    row     TEXT NOT NULL,
-    reason  TEXT NOT NULL,
-    ts      REAL NOT NULL
-);
-"""
+""" + buffer_rows.QUARANTINE_SCHEMA
 #: Writer restarts back off up to this many seconds.
 WRITER_BACKOFF_CAP_S = 5.0
 _INSERT = "INSERT INTO readings (seq, ts, device, point, value, unit, quality, cls, text) VALUES (?,?,?,?,?,?,?,?,?)"
@@ -139,8 +133,6 @@ class AppendResult:
     refused: tuple[tuple[int, str], ...] = ()  # (index in the append, reason) of rows SQLite refused
 
 
-class _DataError(Exception):
-    """A group commit failed on its data (not on the disk): retry it row by row."""
 
 
 class _Op:
@@ -462,7 +454,7 @@ class DurableBuffer:
             if appends:
                 try:
                     ranges = self._insert_with_eviction(db, appends)
-                except _DataError as exc:
+                except buffer_rows.DataError as exc:
                     log.error("group commit of %d append(s) refused its data (%s); retrying row by row",
                               len(appends), exc)
                     ranges = self._insert_rowwise(db, appends)
@@ -532,68 +524,26 @@ class DurableBuffer:
                 continue
             except Exception as exc:  # the data, not the disk (an unencodable string, an overflow)
                 _rollback(db)  # never leave the transaction open: the next BEGIN would fail forever
-                raise _DataError(f"{type(exc).__name__}: {exc}") from exc
+                raise buffer_rows.DataError(f"{type(exc).__name__}: {exc}") from exc
             self._next_seq = seq
             self._depth += len(params)
             return ranges
         raise StorageError(f"{self.settings.path}: could not make room for {n_rows} readings")
 
     def _insert_rowwise(self, db: sqlite3.Connection, appends: list[_Op]) -> list[AppendResult]:
-        """One transaction, one savepoint per row: bad rows are refused with their reason, the rest commit."""
-        seq = self._next_seq
-        ranges: list[AppendResult] = []
-        stored = 0
-        db.execute("BEGIN IMMEDIATE")
+        """After a group commit failed on its data: only the bad rows are refused (agent.buffer_rows)."""
         try:
-            for op in appends:
-                first = last = 0
-                refused: list[tuple[int, str]] = []
-                for i, r in enumerate(op.arg):
-                    db.execute("SAVEPOINT one_row")
-                    try:
-                        db.execute(_INSERT, (seq, *r))
-                    except sqlite3.OperationalError:
-                        raise  # the disk, not the row: the whole group fails (StorageError)
-                    except Exception as exc:  # noqa: BLE001 - this row's data: refuse it alone
-                        db.execute("ROLLBACK TO one_row")
-                        refused.append((i, f"{type(exc).__name__}: {str(exc)[:200]}"))
-                    else:
-                        first, last = first or seq, seq
-                        seq += 1
-                        stored += 1
-                    db.execute("RELEASE one_row")
-                for i, why in refused:
-                    log.error("buffer refused reading %d of an append: %s", i, why)
-                ranges.append(AppendResult(first, last, tuple(refused)))
-            db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?) "
-                       "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (seq,))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            _rollback(db)
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"{self.settings.path}: write failed: {exc}") from exc
-            raise
+            outcomes, seq, stored = buffer_rows.insert_rowwise(db, _INSERT, [op.arg for op in appends], self._next_seq)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.settings.path}: write failed: {exc}") from exc
         self._next_seq = seq
         self._depth += stored
-        return ranges
+        return [AppendResult(first, last, refused) for first, last, refused in outcomes]
 
     def _quarantine(self, db: sqlite3.Connection, items: list[tuple[int | None, str, str]]) -> int:
-        now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            moved = 0
-            for seq, row, reason in items:
-                db.execute("INSERT INTO quarantine(seq, row, reason, ts) VALUES(?,?,?,?)", (seq, row, reason, now))
-                if seq is not None:
-                    moved += max(db.execute("DELETE FROM readings WHERE seq = ?", (seq,)).rowcount, 0)
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
+        moved = buffer_rows.quarantine(db, items, time.time())
         self._depth = max(0, self._depth - moved)
         self._quarantined += len(items)
-        log.error("quarantined %d row(s) the uplink refused as malformed: %s", len(items),
-                  "; ".join(f"seq {s}: {r}" for s, _, r in items[:3]))
         return len(items)
 
     def _make_room(self, db: sqlite3.Connection, n_rows: int) -> None:
