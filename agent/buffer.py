@@ -26,11 +26,25 @@ checkpoint. (A single append larger than that still commits atomically, and may 
 TTL: routine/event rows older than `ttl_s` and alarms older than `alarm_ttl_s` are deleted by
 `expire()`. Every dropped row is counted by (reason, class) in the `drops` table, in the same
 transaction as the delete, so the counters are as durable as the data.
+
+Refusal, not freeze. `append()` checks every reading with `check_reading` before it is queued and
+raises `RecordRefused` naming the field (a lone surrogate, a non-finite value), so nothing SQLite
+would choke on reaches the writer. Should a group commit still fail on its data, the transaction
+is rolled back and the group is retried row by row under savepoints in one transaction: only the
+bad rows are refused (`AppendResult.refused`), the rest commit and the writer goes on. Anything else
+that escapes the writer's loop is caught, recorded (`health()`), and the loop restarts on a fresh
+connection with capped backoff; `health()["state"]` is "failing" while commits fail or the writer
+is down, which /healthz reports as 503.
+
+Quarantine. Rows the uplink refused as malformed are moved by `quarantine()` from `readings` to
+the `quarantine` table (raw row as JSON, reason, time) in one transaction, so the drain can go on
+without losing them silently; `stats()["quarantined"]` counts them (durable: counted from the table).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
@@ -41,8 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from agent.errors import BufferClosed, StorageError
-from agent.reading import Quality, Reading, RecordClass
+from agent import buffer_rows
+from agent.errors import BufferClosed, RecordRefused, StorageError
+from agent.reading import Quality, Reading, RecordClass, check_reading
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +82,9 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL, cls TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (reason, cls)
 );
-"""
+""" + buffer_rows.QUARANTINE_SCHEMA
+#: Writer restarts back off up to this many seconds.
+WRITER_BACKOFF_CAP_S = 5.0
 _INSERT = "INSERT INTO readings (seq, ts, device, point, value, unit, quality, cls, text) VALUES (?,?,?,?,?,?,?,?,?)"
 
 
@@ -113,6 +130,9 @@ class BufferSettings:
 class AppendResult:
     first_seq: int
     last_seq: int
+    refused: tuple[tuple[int, str], ...] = ()  # (index in the append, reason) of rows SQLite refused
+
+
 
 
 class _Op:
@@ -154,6 +174,12 @@ class DurableBuffer:
         self._sent_upto = 0
         self._acked_upto = 0
         self._oldest_ts: float | None = None
+        self._quarantined = 0
+        # Health, written by the writer thread: failing while commits fail or the loop is down.
+        self._failing = False
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self.writer_restarts = 0
 
     # --- life cycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "DurableBuffer":
@@ -204,14 +230,58 @@ class DurableBuffer:
 
     # --- public API (event loop side) -------------------------------------------------------
     async def append(self, readings: Sequence[Reading]) -> AppendResult:
-        """Store readings durably; returns their seq range once committed and fsynced."""
+        """Store readings durably; returns their seq range once committed and fsynced.
+
+        Raises RecordRefused (naming the reading's index and field) before anything is queued
+        when a reading breaks the boundary rules; the caller drops that one and goes on."""
         if self._closed:
             raise BufferClosed("buffer is closed; reading not stored")
         if not readings:
             raise ValueError("append() needs at least one reading")
+        for i, r in enumerate(readings):
+            try:
+                check_reading(r)
+            except ValueError as exc:
+                raise RecordRefused(str(exc), index=i) from None
+        return await self._submit_rows([_to_row(r) for r in readings])
+
+    async def _submit_rows(self, rows: list[tuple]) -> AppendResult:
         fut = self._loop.create_future()  # type: ignore[union-attr]
-        self._ops.put(_Op("append", [_to_row(r) for r in readings], fut))
+        self._ops.put(_Op("append", rows, fut))
         return await fut
+
+    async def quarantine(self, items: Sequence[tuple[Reading, str]]) -> int:
+        """Move rows the uplink refused as malformed to the quarantine table (raw row, reason, time).
+
+        Returns how many were moved; waits for the commit, so a later `ack()` cannot delete a row
+        before it is kept."""
+        if self._closed:
+            raise BufferClosed("buffer is closed")
+        arg = [(r.seq, json.dumps(r.to_row(), ensure_ascii=True, allow_nan=True, default=str)[:65536],
+                reason[:1000]) for r, reason in items]
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._ops.put(_Op("quarantine", arg, fut))
+        return await fut
+
+    def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest quarantined rows (for tools and tests; reads on the caller's thread)."""
+        if self._reader is None:
+            raise BufferClosed("buffer is closed")
+        with self._reader_lock:
+            rows = self._reader.execute("SELECT seq, row, reason, ts FROM quarantine ORDER BY id DESC LIMIT ?",
+                                        (limit,)).fetchall()
+        return [{"seq": q, "row": row, "reason": reason, "ts": ts} for q, row, reason, ts in rows]
+
+    def health(self) -> dict[str, Any]:
+        """"ok", or "failing" while commits fail / the writer is down (with the last error and when)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        state = "stopped" if self._closed and not alive else ("failing" if self._failing or not alive else "ok")
+        return {"state": state, "last_error": self._last_error, "last_error_at": self._last_error_at,
+                "writer_restarts": self.writer_restarts}
+
+    def _inject_writer_fault(self) -> None:
+        """Test hook: the writer's loop raises once, as an unexpected bug would (it must restart)."""
+        self._ops.put(_Op("fault", None, None))
 
     async def peek(self, limit: int, after_seq: int | None = None) -> list[Reading]:
         """The oldest unsent readings in seq order (after `after_seq`, default: after the last one handed out)."""
@@ -274,6 +344,7 @@ class DurableBuffer:
             "next_seq": self._next_seq,
             "oldest_unsent_ts": self._oldest_ts if self._depth > 0 else None,
             "dropped": dict(self._drops),
+            "quarantined": self._quarantined,
         }
 
     # --- writer thread ------------------------------------------------------------------------
@@ -294,16 +365,55 @@ class DurableBuffer:
             self._next_seq = max(row[0], max_row + 1)
             self._depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             self._drops = {(r[0], r[1]): r[2] for r in db.execute("SELECT reason, cls, count FROM drops")}
+            self._quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
             self._refresh_used(db)
         except BaseException as exc:  # report any start-up failure to the opener, then stop
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
             loop.call_soon_threadsafe(_set_exc, ready, err)
             return
         loop.call_soon_threadsafe(_set_result, ready, None)
-        try:
-            self._writer_loop(db)
-        finally:
-            db.close()
+        self._supervised_loop(db)
+
+    def _supervised_loop(self, db: sqlite3.Connection | None) -> None:
+        """Run the writer loop; if it dies of something unexpected, record it and restart it on a
+        fresh connection with capped backoff (queued operations wait in the queue meanwhile)."""
+        delay = 0.1
+        while True:
+            if db is None:
+                try:
+                    db = self._connect()
+                except StorageError as err:
+                    self._note_failure(str(err))
+                    time.sleep(delay)
+                    delay = min(delay * 2, WRITER_BACKOFF_CAP_S)
+                    continue
+            try:
+                self._writer_loop(db)
+                db.close()
+                return
+            except Exception as exc:  # noqa: BLE001 - an unexpected writer fault: record, restart
+                if self._loop is None or self._loop.is_closed():
+                    _close_quietly(db)
+                    return  # nobody left to serve
+                self._note_failure(f"writer loop died: {type(exc).__name__}: {exc}")
+                self.writer_restarts += 1
+                log.error("buffer writer died (%s); restarting in %.1f s", exc, delay)
+                _close_quietly(db)
+                time.sleep(delay)
+                delay = min(delay * 2, WRITER_BACKOFF_CAP_S)
+                db = None  # type: ignore[assignment]
+                try:
+                    db = self._connect()
+                except StorageError as err:
+                    self._note_failure(str(err))
+                    continue
+                self._failing = False
+                log.info("buffer writer restarted (%d restart(s) so far)", self.writer_restarts)
+
+    def _note_failure(self, text: str) -> None:
+        self._failing = True
+        self._last_error = text[:500]
+        self._last_error_at = time.time()
 
     def _writer_loop(self, db: sqlite3.Connection) -> None:
         s = self.settings
@@ -314,6 +424,8 @@ class DurableBuffer:
             if op is None:
                 stopping = True
             else:
+                if op.kind == "fault":
+                    raise RuntimeError("injected writer fault (test hook)")
                 batch.append(op)
             rows = len(op.arg) if op is not None and op.kind == "append" else 0
             deadline = time.monotonic() + s.commit_max_delay_s
@@ -340,20 +452,36 @@ class DurableBuffer:
             if acks:
                 self._delete_acked(db, max(acks))
             if appends:
-                ranges = self._insert_with_eviction(db, appends)
-                results.extend((op, rng, None) for op, rng in zip(appends, ranges))
+                try:
+                    ranges = self._insert_with_eviction(db, appends)
+                except buffer_rows.DataError as exc:
+                    log.error("group commit of %d append(s) refused its data (%s); retrying row by row",
+                              len(appends), exc)
+                    ranges = self._insert_rowwise(db, appends)
+                for op, rng in zip(appends, ranges):
+                    if rng.first_seq == 0:  # every row of this append refused
+                        reason = "; ".join(f"reading {i}: {why}" for i, why in rng.refused[:3])
+                        results.append((op, None, RecordRefused(reason)))
+                    else:
+                        results.append((op, rng, None))
             for op in batch:
                 if op.kind == "ack":
                     results.append((op, None, None))
                 elif op.kind == "expire":
                     results.append((op, self._expire(db, op.arg), None))
+                elif op.kind == "quarantine":
+                    results.append((op, self._quarantine(db, op.arg), None))
+            self._failing = False
         except BaseException as exc:  # noqa: BLE001 - every caller must learn of the failure
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
             log.error("buffer commit failed: %s", err)
+            self._note_failure(str(err))
             results = [(op, None, err) for op in batch]
-        self._bound_wal(db)
-        self._refresh_used(db)
-        self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
+        try:
+            self._bound_wal(db)
+            self._refresh_used(db)
+        finally:  # callers learn their outcome even if the bookkeeping fails (the loop then restarts)
+            self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
 
     def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]], appended: bool) -> None:
         for op, value, err in results:
@@ -394,10 +522,29 @@ class DurableBuffer:
                 if freed == 0:
                     raise StorageError(f"{self.settings.path}: disk full and nothing left to evict") from exc
                 continue
+            except Exception as exc:  # the data, not the disk (an unencodable string, an overflow)
+                _rollback(db)  # never leave the transaction open: the next BEGIN would fail forever
+                raise buffer_rows.DataError(f"{type(exc).__name__}: {exc}") from exc
             self._next_seq = seq
             self._depth += len(params)
             return ranges
         raise StorageError(f"{self.settings.path}: could not make room for {n_rows} readings")
+
+    def _insert_rowwise(self, db: sqlite3.Connection, appends: list[_Op]) -> list[AppendResult]:
+        """After a group commit failed on its data: only the bad rows are refused (agent.buffer_rows)."""
+        try:
+            outcomes, seq, stored = buffer_rows.insert_rowwise(db, _INSERT, [op.arg for op in appends], self._next_seq)
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.settings.path}: write failed: {exc}") from exc
+        self._next_seq = seq
+        self._depth += stored
+        return [AppendResult(first, last, refused) for first, last, refused in outcomes]
+
+    def _quarantine(self, db: sqlite3.Connection, items: list[tuple[int | None, str, str]]) -> int:
+        moved = buffer_rows.quarantine(db, items, time.time())
+        self._depth = max(0, self._depth - moved)
+        self._quarantined += len(items)
+        return len(items)
 
     def _make_room(self, db: sqlite3.Connection, n_rows: int) -> None:
         """Proactive eviction: keep used pages under 90 % of the cap before inserting."""
@@ -485,6 +632,16 @@ class DurableBuffer:
 
 def _pages(db: sqlite3.Connection) -> tuple[int, int]:
     return db.execute("PRAGMA page_count").fetchone()[0], db.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+def _close_quietly(db: sqlite3.Connection | None) -> None:
+    if db is None:
+        return
+    try:
+        _rollback(db)
+        db.close()
+    except sqlite3.Error:
+        pass
 
 
 def _rollback(db: sqlite3.Connection) -> None:

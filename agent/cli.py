@@ -77,6 +77,10 @@ def _agent_app() -> typer.Typer:
             stage.close()
             if stage.load_errors:
                 _fail("; ".join(stage.load_errors))
+        from agent.config_warnings import config_warnings
+
+        for warning in config_warnings(cfg):
+            typer.echo(f"warning: {warning}", err=True)
         updates = "updates on" if cfg.updater is not None and cfg.updater.enabled else "updates off"
         typer.echo(f"ok: box {cfg.box.id} ({cfg.box.hardware}, site {cfg.box.site}), "
                    f"{len(cfg.buses)} bus(es), {len(cfg.devices)} device(s), uplink {cfg.uplink.kind}, "

@@ -19,6 +19,9 @@ Local entry point: the running agent serves POST /commands on its health port (l
 agent.health) through `ControlEndpoint`, which also wants the control token the agent writes to
 `<data_dir>/control.token` (mode 0600) at start: a local process that cannot read the box's data
 directory cannot open a gate. `send_local_command` is the client side (`quanedge agent command`).
+The request body is checked with agent.validate's rules (`parse_command_request`: clean text,
+length caps, numbers in range, bounded nesting) and refused with 400 naming the field, so nothing
+unstorable reaches the device or the audit record.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from agent.errors import CommandRefused, DeviceTimeout, DriverError
 from agent.reading import Reading, RecordClass
+from agent.validate import check_float, check_int, check_text
 
 __all__ = ["CommandResult", "CommandRouter", "ControlEndpoint", "write_control_token", "parse_arg",
-           "send_local_command", "AUDIT_POINT"]
+           "parse_command_request", "send_local_command", "AUDIT_POINT"]
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +184,68 @@ class ControlEndpoint:
         if not secrets.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
             return 401, _reply("unauthorized", "missing or wrong control token (read it from <data_dir>/control.token)")
         try:
-            req = json.loads(body)
-            device, command = req["device"], req["command"]
-            args = req.get("args", {})
-            who = req.get("origin", "cli")
-            if not isinstance(device, str) or not isinstance(command, str) or not isinstance(who, str):
-                raise TypeError("device, command and origin must be strings")
-        except (ValueError, KeyError, TypeError) as exc:
-            return 400, _reply("bad_request", f"expected JSON {{device, command, args, origin}}: {exc!r}"[:300])
+            device, command, args, who = parse_command_request(body)
+        except ValueError as exc:
+            return 400, _reply("bad_request", f"expected JSON {{device, command, args, origin}}: {exc}"[:300])
         origin = "local:" + (_ORIGIN_RE.sub("_", who)[:64] or "cli")
         try:
             result = await self.router.execute(device, command, args, origin)
         except CommandRefused as exc:
             return 403, _reply("refused", str(exc))
         return (200 if result.status == "done" else 502), json.dumps(result.to_json()).encode()
+
+
+MAX_ARGS = 16
+_MAX_DEPTH = 3
+
+
+def parse_command_request(body: bytes) -> tuple[str, str, dict[str, Any], str]:
+    """(device, command, args, origin) from a POST /commands body; ValueError naming the field."""
+    try:
+        req = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"body is not JSON ({type(exc).__name__})") from None
+    if not isinstance(req, dict):
+        raise ValueError("body must be a JSON object")
+    for key in ("device", "command"):
+        if key not in req:
+            raise ValueError(f"{key} is required")
+    unknown = set(req) - {"device", "command", "args", "origin"}
+    if unknown:
+        raise ValueError(f"unknown field {sorted(unknown)[0][:32]!r}")
+    device = check_text(req["device"], "device", max_len=64, allow_empty=False)
+    command = check_text(req["command"], "command", max_len=64, allow_empty=False)
+    origin = check_text(req.get("origin", "cli"), "origin", max_len=64)
+    args = req.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError("args must be an object")
+    if len(args) > MAX_ARGS:
+        raise ValueError(f"args holds at most {MAX_ARGS} entries, got {len(args)}")
+    for name, value in args.items():
+        check_text(name, "args key", max_len=64, allow_empty=False)
+        _check_value(value, f"args.{name}", 1)
+    return device, command, args, origin
+
+
+def _check_value(value: Any, field: str, depth: int) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        check_text(value, field, max_len=1024)
+    elif isinstance(value, int):
+        check_int(value, field, lo=-(2**53), hi=2**53)
+    elif isinstance(value, float):
+        check_float(value, field)
+    elif isinstance(value, (list, dict)):
+        if depth >= _MAX_DEPTH or len(value) > 64:
+            raise ValueError(f"{field} is nested too deep or too long (at most {_MAX_DEPTH} levels, 64 items)")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(k, str):
+                check_text(k, f"{field} key", max_len=64)
+            _check_value(v, f"{field}[{k!r}]" if isinstance(value, list) else f"{field}.{k}", depth + 1)
+    else:
+        raise ValueError(f"{field} has an unsupported type {type(value).__name__}")
 
 
 def _reply(status: str, message: str) -> bytes:

@@ -8,9 +8,16 @@ the kind (tests/test_devices_config.py holds a TOML example of each):
                        patterns, pattern_time_unit = "s" | "ds", allowed_patterns, allow_standby/free/flash
     gbt20999           host, port, centre, controller_id, road, timeout_ms, heartbeat_s, detectors, plans,
                        allowed_plans, allowed_stages, allowed_modes (codes or names)
-    plate_camera       listen, allow_list / deny_list (inline list or a file path), cameras, relay,
+    plate_camera       listen (default "127.0.0.1:8080"), cameras = [{serial, secret, user, sources}] (required),
+                       allow_list / deny_list (inline list or a file path), relay,
                        heartbeat_timeout_s, [device.rules] allow_prefixes, min_confidence
-    access_controller  url, username, password, auth, doors, timeout_ms, listen (event listener)
+    access_controller  url, username, password, auth, doors, timeout_ms, listen (event listener; then
+                       event_secret / event_user and/or event_sources are required)
+
+Push receivers authenticate their senders (drivers/push_auth.py): each camera needs a `secret` (the
+HTTP Basic password of its push URL; the user name is `user`, default the serial) and/or `sources`
+(addresses or networks it pushes from). A camera with neither, or no camera at all, is a config
+error: a serial is a name anyone can type, and an empty list must not mean "accept anyone".
 
 Parsing checks what the driver's settings would refuse, here, with the file and key in the
 message; the drivers are imported only when the agent builds them (agent/devices.py), so loading a
@@ -29,6 +36,7 @@ from typing import Any, ClassVar, Iterable
 from agent.config_reader import NAME_RE, Table
 from agent.errors import ConfigError
 from drivers import gates, ntcip
+from drivers.push_auth import PushAuth, PushCredential, parse_sources
 from drivers.gbt20999 import MODES
 from drivers.gbt20999_driver import point_item
 from drivers.wxt_ascii import UNITS as WXT_UNITS
@@ -112,13 +120,13 @@ class GbtDeviceConfig:
 class PlateCameraDeviceConfig:
     kind: ClassVar[str] = "plate_camera"
     name: str
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     allow_list: frozenset[str] = frozenset()
     deny_list: frozenset[str] = frozenset()
     allow_prefixes: tuple[str, ...] = ()
     min_confidence: int = 80
-    cameras: frozenset[str] = frozenset()
+    cameras: tuple[PushCredential, ...] = ()
     relay: int | None = None
     heartbeat_timeout_s: float = 15.0
     poll_s: float = 30.0
@@ -138,6 +146,7 @@ class AccessControllerDeviceConfig:
     timeout_s: float = 3.0
     listen_host: str | None = None
     listen_port: int | None = None
+    event_senders: tuple[PushCredential, ...] = ()
     poll_s: float = 10.0
     points: tuple[str, ...] = ()
     allow_commands: tuple[str, ...] = ()
@@ -289,9 +298,51 @@ def _plates(t: Table, name: str, base_dir: Path) -> frozenset[str]:
     return frozenset(out)
 
 
+def _sources(t: Table, name: str) -> Any:
+    values = t.str_list(name, [])
+    try:
+        return parse_sources(values)
+    except ValueError as exc:
+        raise t.error(name, str(exc), list(values), 'IP addresses or networks, e.g. ["192.168.1.100", "10.0.0.0/24"]')
+
+
+def _secret(t: Table, name: str) -> str | None:
+    v = t.raw(name, None)
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) < 8 or len(v) > 256 or not v.isprintable():
+        raise t.error(name, "not a usable shared secret", "***", "8-256 printable characters")
+    return v
+
+
+def _cameras(t: Table) -> tuple[PushCredential, ...]:
+    raw = t.raw("cameras", None)
+    expected = '[{ serial = "fe71e106-57263272", secret = "<8+ chars>", sources = ["192.168.1.100"] }]'
+    if not raw:
+        raise t.error("cameras", "required: the cameras that may push, each with a secret and/or sources "
+                      "(an empty list would let anyone open the gate)", raw, expected)
+    if isinstance(raw, list) and any(isinstance(x, str) for x in raw):
+        raise t.error("cameras", "a serial alone is not authentication; give each camera a secret and/or sources",
+                      raw, expected)
+    out = []
+    for ct in t.tables("cameras"):
+        serial = ct.str("serial", expected="the camera's serial number (its pushes carry it)")
+        try:
+            out.append(PushCredential(identity=serial, secret=_secret(ct, "secret"), username=ct.str("user", None),
+                                      sources=_sources(ct, "sources")))
+        except ValueError as exc:
+            raise ct.error("secret", str(exc), None, "secret (8+ characters) and/or sources") from None
+        ct.reject_unknown()
+    try:
+        PushAuth(out)
+    except ValueError as exc:
+        raise t.error("cameras", str(exc), None, "a distinct user name per camera") from None
+    return tuple(out)
+
+
 def parse_plate_camera(t: Table, base_dir: Path) -> PlateCameraDeviceConfig:
     c = common(t, "plate_camera", 30.0)
-    host, port = listen(t, "listen", "0.0.0.0:8080")
+    host, port = listen(t, "listen", "127.0.0.1:8080")
     rules = t.table("rules") or Table({}, t.file, f"{t.key}.rules")
     prefixes = rules.str_list("allow_prefixes", [])
     min_conf = rules.int("min_confidence", 80, min=0, max=100)
@@ -300,9 +351,9 @@ def parse_plate_camera(t: Table, base_dir: Path) -> PlateCameraDeviceConfig:
     if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 0 <= relay <= 3):
         raise t.error("relay", "not a camera IO output", relay, "an integer from 0 to 3")
     cfg = PlateCameraDeviceConfig(
-        listen_host=host or "0.0.0.0", listen_port=port if port is not None else 8080,
+        listen_host=host or "127.0.0.1", listen_port=port if port is not None else 8080,
         allow_list=_plates(t, "allow_list", base_dir), deny_list=_plates(t, "deny_list", base_dir),
-        allow_prefixes=prefixes, min_confidence=min_conf, cameras=frozenset(t.str_list("cameras", [])),
+        allow_prefixes=prefixes, min_confidence=min_conf, cameras=_cameras(t),
         relay=relay, heartbeat_timeout_s=t.float("heartbeat_timeout_s", 15.0, min=1, max=3600), **c)
     check_points(t, cfg.points, lambda p: p in ("events_total", "duplicates_total") or (
         p.startswith("online.") and len(p) > 7), "events_total, duplicates_total or online.<camera serial>")
@@ -315,10 +366,22 @@ def parse_access_controller(t: Table, base_dir: Path) -> AccessControllerDeviceC
     if not doors:
         raise t.error("doors", "needs at least one door", [], "door numbers 1..64, e.g. [1]")
     host, port = listen(t, "listen", None)
+    senders: tuple[PushCredential, ...] = ()
+    secret, sources = _secret(t, "event_secret"), _sources(t, "event_sources")
+    user = t.str("event_user", None)
+    if port is not None:
+        if secret is None and not sources:
+            raise t.error("event_secret", "an event listener needs event_secret and/or event_sources "
+                          "(without them anyone could push door events)", None,
+                          'event_secret = "<8+ chars>" (HTTP Basic password of the controller\'s push) '
+                          'and/or event_sources = ["192.168.1.64"]')
+        senders = (PushCredential(identity=c["name"], secret=secret, username=user or "controller",
+                                  sources=sources),)
     cfg = AccessControllerDeviceConfig(
         url=t.str("url", pattern=_URL_RE, expected="the controller's base URL, e.g. http://192.168.1.64"),
         username=t.str("username"), password=_password(t), auth=t.str("auth", "digest", choices=("digest", "basic")),
-        doors=doors, timeout_s=_timeout(t, 3000, 60_000), listen_host=host, listen_port=port, **c)
+        doors=doors, timeout_s=_timeout(t, 3000, 60_000), listen_host=host or "127.0.0.1", listen_port=port,
+        event_senders=senders, **c)
     names = {f"door{d}_{k}" for d in doors for k in ("lock", "state", "magnet")}
     check_points(t, cfg.points, names.__contains__, "door<n>_lock/state/magnet for a door in doors")
     return cfg

@@ -207,6 +207,11 @@ class BuildContext:
             self.stack.push_async_callback(self.links[bus].close)
         return self.links[bus]
 
+    def refusals(self, device: str) -> Callable[[str], None] | None:
+        """The metrics hook for a receiver's refused pushes (quanedge_receiver_refused_total)."""
+        count = getattr(self.observer, "receiver_refused", None)
+        return None if count is None else (lambda reason: count(device, reason))
+
     def events(self, device: str, *, drop_when_full: bool = False) -> EventSink:
         if device not in self.sinks:
             self.sinks[device] = EventSink(device, self.emit, drop_when_full=drop_when_full, observer=self.observer,
@@ -256,7 +261,7 @@ def plate_camera(dev: PlateCameraDeviceConfig, ctx: BuildContext) -> Driver:
     rules = GateRules(dev.allow_list, dev.deny_list, dev.allow_prefixes, dev.min_confidence)
     return PlateReceiverDriver(dev.name, PlateReceiverSettings(
         host=dev.listen_host, port=dev.listen_port, rules=rules, cameras=dev.cameras, relay=dev.relay,
-        heartbeat_timeout_s=dev.heartbeat_timeout_s), ctx.events(dev.name))
+        heartbeat_timeout_s=dev.heartbeat_timeout_s), ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
 
 
 def access_controller(dev: AccessControllerDeviceConfig, ctx: BuildContext) -> Driver:
@@ -265,8 +270,8 @@ def access_controller(dev: AccessControllerDeviceConfig, ctx: BuildContext) -> D
     return AccessControllerDriver(dev.name, AccessControllerSettings(
         base_url=dev.url, username=dev.username, password=dev.password, doors=dev.doors, auth=dev.auth,
         timeout_s=dev.timeout_s, allowed_commands=frozenset(dev.allow_commands),
-        listen_host=dev.listen_host or "0.0.0.0", listen_port=dev.listen_port),
-        on_event=ctx.events(dev.name) if dev.listen_port is not None else None)
+        listen_host=dev.listen_host or "127.0.0.1", listen_port=dev.listen_port, event_senders=dev.event_senders),
+        on_event=ctx.events(dev.name) if dev.listen_port is not None else None, on_refused=ctx.refusals(dev.name))
 
 
 FACTORIES: Mapping[str, Callable[[Any, BuildContext], Driver]] = MappingProxyType({

@@ -5,6 +5,17 @@ uplink failure the drain rewinds to the oldest unconfirmed row, waits with cappe
 backoff and reconnects, so delivery is ordered and at-least-once; the fleet server's dedup on
 (box, seq) makes storage exactly-once. The drain logs the loss and the recovery of the uplink
 once each, not once per retry.
+
+Malformed rows never block. Before a batch goes out each row is checked with the wire rules
+(`from_row(to_row())`); a row that fails, and a row the uplink refuses as malformed
+(`UplinkMalformed`: the encoder refused it, or the server answered 400/413/422), is moved to the
+buffer's quarantine table with its reason (counted, kept, shown in /healthz) and the drain goes
+on. When the refusal names the row (the fleet server's 422 {"row": i, "field"}), the rows before
+it are sent, that row quarantined and the rest sent; otherwise the batch is bisected until the
+bad row is alone. Credential refusals (401/403: plain `UplinkRejected`) are not malformed data:
+the rows stay buffered and are retried slowly. A server that refuses row after row
+(`REFUSED_STREAK_LIMIT` in a row without one accepted) is taken to be broken or mismatched, not
+the rows: the drain stops quarantining, keeps the rows and backs off as for a credential refusal.
 """
 
 from __future__ import annotations
@@ -16,10 +27,15 @@ from typing import Callable, Protocol
 
 from agent.backoff import Backoff
 from agent.buffer import DurableBuffer
-from agent.errors import UplinkError, UplinkRejected
+from agent.errors import UplinkError, UplinkMalformed, UplinkRejected
+from agent.reading import Reading, from_row
 from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)
+
+#: Consecutive rows the far side refused, none accepted in between, before the drain blames the
+#: server (wrong version, misconfiguration) rather than the rows and stops quarantining them.
+REFUSED_STREAK_LIMIT = 50
 
 
 class UplinkObserver(Protocol):
@@ -50,6 +66,9 @@ class Drain:
         self.sent_total = 0
         self.last_error: str | None = None
         self.last_sent_at: float | None = None
+        self.quarantined = 0
+        self.last_quarantine: str | None = None
+        self._refused_streak = 0
         self._down_since: float | None = None
 
     async def run(self) -> None:
@@ -85,15 +104,70 @@ class Drain:
             if not batch:
                 await self.buffer.wait_for_data(self._idle_wait_s)
                 continue
-            await uplink.send(batch)
-            await self.buffer.ack(batch[-1].seq)
-            if not self.connected:
-                self._up()
-            self._backoff.reset()
-            self.sent_total += len(batch)
-            self.last_sent_at = time.time()
-            if self._observer:
-                self._observer.sent(self.name, len(batch))
+            await self._send(uplink, batch)
+
+    async def _send(self, uplink: Uplink, batch: list[Reading]) -> None:
+        """Send `batch`, isolating malformed rows into the quarantine; the rest goes out in order."""
+        good: list[Reading] = []
+        for r in batch:
+            try:
+                from_row(r.to_row())
+            except ValueError as exc:
+                if good:
+                    await self._send(uplink, good)
+                    good = []
+                await self._quarantine(r, f"refused before sending: {exc}")
+                continue
+            good.append(r)
+        if not good:
+            return
+        try:
+            await uplink.send(good)
+        except UplinkMalformed as exc:
+            await self._isolate(uplink, good, exc)
+            return
+        await self.buffer.ack(good[-1].seq)  # type: ignore[arg-type]
+        self._refused_streak = 0
+        if not self.connected:
+            self._up()
+        self._backoff.reset()
+        self.sent_total += len(good)
+        self.last_sent_at = time.time()
+        if self._observer:
+            self._observer.sent(self.name, len(good))
+
+    async def _isolate(self, uplink: Uplink, batch: list[Reading], exc: UplinkMalformed) -> None:
+        if exc.row is not None and 0 <= exc.row < len(batch):
+            i = exc.row
+            if i:
+                await self._send(uplink, batch[:i])
+            field = f" (field {exc.field})" if exc.field else ""
+            await self._refused(batch[i], f"refused by the uplink{field}: {exc}")
+            if i + 1 < len(batch):
+                await self._send(uplink, batch[i + 1:])
+            return
+        if len(batch) == 1:
+            await self._refused(batch[0], f"refused by the uplink: {exc}")
+            return
+        mid = len(batch) // 2  # no row named: bisect until the bad one is alone
+        await self._send(uplink, batch[:mid])
+        await self._send(uplink, batch[mid:])
+
+    async def _refused(self, reading: Reading, reason: str) -> None:
+        self._refused_streak += 1
+        if self._refused_streak > REFUSED_STREAK_LIMIT:
+            raise UplinkRejected(f"the far side refused {REFUSED_STREAK_LIMIT} rows in a row as malformed and "
+                                 f"accepted none: holding the rows (not quarantining) until it accepts one; "
+                                 f"last: {reason}"[:500])
+        await self._quarantine(reading, reason)
+
+    async def _quarantine(self, reading: Reading, reason: str) -> None:
+        await self.buffer.quarantine([(reading, reason)])
+        self.buffer.mark_handed_out(reading.seq)  # type: ignore[arg-type]
+        self.quarantined += 1
+        self.last_quarantine = f"seq {reading.seq}: {reason}"[:500]
+        if self._observer is not None and hasattr(self._observer, "quarantined"):
+            self._observer.quarantined(self.name, 1)
 
     def _set_connected(self, up: bool) -> None:
         if up != self.connected and self._observer:

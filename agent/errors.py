@@ -15,9 +15,11 @@ so the rest of the agent never catches a third-party exception type.
     │   └── CommandRefused     a write/command refused before it reached the device
     ├── StorageError           the durable buffer failed (disk error, corrupt file)
     │   └── BufferClosed       the buffer is shut down; nothing was written
+    ├── RecordRefused          one record that can never be stored (bad text, non-finite value); names the field
     ├── UplinkError            forwarding failed; the records stay in the buffer
     │   ├── UplinkUnavailable  transient: broker/server unreachable, timeout; retry with backoff
     │   └── UplinkRejected     the far side refused the batch (bad credential, malformed); not retried blindly
+    │       └── UplinkMalformed  the batch itself is bad (encoder refused it, server 400/422): quarantine, not retry
     ├── ModelRunError          edge_models.runtime: a model failed at run time (readings go on unjudged)
     ├── EnrollmentError        enrollment with the fleet server failed
     ├── UpdateRejected         agent.updater.verify: an update failed verification (reason_code says why)
@@ -104,6 +106,15 @@ class BufferClosed(StorageError):
     """The buffer has been closed; nothing was written."""
 
 
+class RecordRefused(QuanedgeError):
+    """A record that can never be stored or sent as it is; `reason` names the field and the rule."""
+
+    def __init__(self, reason: str, *, index: int | None = None) -> None:
+        self.reason = reason
+        self.index = index
+        super().__init__(reason if index is None else f"record {index}: {reason}")
+
+
 class UplinkError(QuanedgeError):
     """Forwarding a batch failed; the batch stays in the buffer."""
 
@@ -114,6 +125,18 @@ class UplinkUnavailable(UplinkError):
 
 class UplinkRejected(UplinkError):
     """The far side refused the batch (bad credential, malformed body)."""
+
+
+class UplinkMalformed(UplinkRejected):
+    """The batch itself is malformed (not a credential problem): retrying it as it is cannot help.
+
+    `row` is the index in the batch of the offending row when the far side (or the encoder) named
+    it, else None (the drain then bisects); `field` the offending field when known."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None) -> None:
+        self.row = row
+        self.field = field
+        super().__init__(message)
 
 
 class EnrollmentError(QuanedgeError):

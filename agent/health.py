@@ -62,6 +62,15 @@ class Metrics:
         self._errors = Counter("quanedge_device_errors", "Failed device polls by kind.", ["device", "kind"],
                                registry=r)
         self._uplink = Gauge("quanedge_uplink_connected", "1 when the uplink is connected.", ["uplink"], registry=r)
+        self._refused = Counter("quanedge_readings_refused", "Readings refused before the buffer (bad text, "
+                                "non-finite value): never stored.", registry=r)
+        self._quarantined = Counter("quanedge_readings_quarantined", "Rows the uplink refused as malformed, "
+                                    "moved to the buffer's quarantine table.", ["uplink"], registry=r)
+        self._receiver_refused = Counter("quanedge_receiver_refused", "Pushes a device receiver refused, by "
+                                         "reason (unauthenticated, forbidden_source, identity_mismatch, "
+                                         "bad_event).", ["device", "reason"], registry=r)
+        # The supervisor's status callable ({name: {"state", "restarts", ...}}), pulled at each scrape.
+        self.components: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
         # The buffer's stats callable, pulled at each scrape; set it once the buffer exists. Without
         # it the buffer gauges are absent (not zero) and drops come from `dropped()` pushes.
         self.buffer_stats: BufferStats | None = buffer_stats
@@ -86,6 +95,15 @@ class Metrics:
 
     def uplink_state(self, uplink: str, connected: bool) -> None:
         self._uplink.labels(uplink=uplink).set(1 if connected else 0)
+
+    def refused(self, n: int) -> None:
+        self._refused.inc(n)
+
+    def quarantined(self, uplink: str, n: int) -> None:
+        self._quarantined.labels(uplink=uplink).inc(n)
+
+    def receiver_refused(self, device: str, reason: str) -> None:
+        self._receiver_refused.labels(device=device, reason=reason).inc()
 
     def dropped(self, reason: str, cls: str, n: int) -> None:
         """Push hook for a buffer's on_drop callback (may be called from the buffer's writer thread).
@@ -118,6 +136,19 @@ class _BufferCollector(Collector):
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
+        extra: list[Metric] = []
+        if self._metrics.components is not None:
+            up = GaugeMetricFamily("quanedge_component_up", "1 while a supervised agent task runs, 0 while it is "
+                                   "restarting or stopped.", labels=["component"])
+            restarts = CounterMetricFamily("quanedge_component_restarts", "Restarts of a supervised agent task.",
+                                           labels=["component"])
+            for name, st in self._metrics.components().items():
+                up.add_metric([name], 1.0 if st["state"] == "running" else 0.0)
+                restarts.add_metric([name], float(st["restarts"]))
+            extra = [up, restarts]
+        return iter(list(self._collect()) + extra)
+
+    def _collect(self) -> Iterator[Metric]:
         depth, size, dropped, age = self._families()
         stats_fn = self._metrics.buffer_stats
         if stats_fn is None:
@@ -131,7 +162,9 @@ class _BufferCollector(Collector):
         age.add_metric([], 0.0 if oldest is None else max(0.0, self._clock() - float(oldest)))
         for (reason, cls), count in sorted(stats["dropped"].items()):
             dropped.add_metric([str(reason), str(cls)], float(count))
-        return iter((depth, size, dropped, age))
+        quarantine = GaugeMetricFamily("quanedge_quarantine_rows", "Rows kept in the buffer's quarantine table.")
+        quarantine.add_metric([], float(stats.get("quarantined", 0)))
+        return iter((depth, size, dropped, age, quarantine))
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, GaugeMetricFamily]:

@@ -7,6 +7,11 @@ devices), runs the optional inference stage, and appends to the buffer. A failin
 stops readings: they go on unjudged and the failure is counted. A failing buffer is retried
 with backoff while the queue absorbs the gap; when the queue is full the schedulers wait
 (backpressure), so memory stays bounded and nothing is silently dropped.
+
+A reading that breaks the boundary rules (`check_reading`: a lone surrogate, a non-finite value)
+is refused on its own - logged with its reason, counted in `stats()["refused"]` and the metrics -
+and never holds up the others. `store()` (a device waiting for our answer) checks first and raises
+RecordRefused, so the device is told why instead of "stored".
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any, Protocol
 
 from agent.backoff import Backoff
 from agent.buffer import DurableBuffer
-from agent.errors import StorageError
-from agent.reading import Reading
+from agent.errors import RecordRefused, StorageError
+from agent.reading import Reading, check_reading
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ class Stage(Protocol):
 
 class StoreObserver(Protocol):
     def stored(self, n: int) -> None: ...
+    def refused(self, n: int) -> None: ...
 
 
 class _Durable(list):
@@ -60,6 +66,9 @@ class Pipeline:
         self._max_rows = max_rows_per_append
         self.stage_failures = 0
         self.stored_total = 0
+        self.refused_total = 0
+        self._leftover: list[Reading] = []
+        self.last_refusal: str | None = None
         self._backoff = Backoff(base_s=0.2, cap_s=10.0)
         # Ack journal (diagnostic for crash tests and test rigs): one "first last" line per
         # acknowledged append, written after the durable commit returned.
@@ -74,10 +83,21 @@ class Pipeline:
 
         For sources that acknowledge to a device (a plate camera, an access controller): the device
         keeps its event until it has our answer, so the answer must wait for the commit. Cancelling
-        the wait does not take the readings back; they are stored all the same."""
+        the wait does not take the readings back; they are stored all the same.
+
+        Raises RecordRefused (nothing queued) when a reading breaks the boundary rules."""
+        for i, r in enumerate(readings):
+            try:
+                check_reading(r)
+            except ValueError as exc:
+                raise RecordRefused(str(exc), index=i) from None
         done = asyncio.get_running_loop().create_future()
         await self._queue.put(_Durable(readings, done))
         await asyncio.shield(done)
+
+    def requeue(self, readings: list[Reading]) -> None:
+        """At shutdown (no waiting on a full queue): readings `flush()` stores first."""
+        self._leftover.extend(readings)
 
     def queued(self) -> int:
         return self._queue.qsize()
@@ -130,11 +150,37 @@ class Pipeline:
             log.error("inference stage failed (%d so far), readings stored unjudged: %s", self.stage_failures, exc)
             return batch
 
+    def _refuse(self, reading: Reading, reason: str) -> None:
+        self.refused_total += 1
+        self.last_refusal = f"{reading.device}.{reading.point}: {reason}"[:300]
+        if self.refused_total == 1 or self.refused_total % 1000 == 0:
+            log.error("refused a reading that cannot be stored (%d so far): %s", self.refused_total, self.last_refusal)
+        if self._observer is not None and hasattr(self._observer, "refused"):
+            self._observer.refused(1)
+
+    def _valid(self, batch: list[Reading]) -> list[Reading]:
+        good = []
+        for r in batch:
+            try:
+                check_reading(r)
+            except ValueError as exc:
+                self._refuse(r, str(exc))
+                continue
+            good.append(r)
+        return good
+
     async def _store(self, batch: list[Reading]) -> None:
         warned = False
+        batch = self._valid(batch)
+        if not batch:
+            return
         while True:
             try:
                 result = await self.buffer.append(batch)
+            except RecordRefused as exc:  # cannot happen after _valid; never retry it
+                for r in batch:
+                    self._refuse(r, exc.reason)
+                return
             except StorageError as exc:
                 if not warned:
                     log.error("buffer append failed, retrying (readings held in memory): %s", exc)
@@ -144,14 +190,18 @@ class Pipeline:
             self._backoff.reset()
             if self._ack_fd is not None:
                 os.write(self._ack_fd, f"{result.first_seq} {result.last_seq}\n".encode())
-            self.stored_total += len(batch)
+            for i, why in result.refused:
+                self._refuse(batch[i], why)
+            n = len(batch) - len(result.refused)
+            self.stored_total += n
             if self._observer:
-                self._observer.stored(len(batch))
+                self._observer.stored(n)
             return
 
     async def flush(self) -> int:
         """After the producers stopped: store what is still queued. Returns how many readings."""
-        batch = self._take_queued()
+        batch, self._leftover = self._leftover, []
+        batch.extend(self._take_queued())
         while not self._queue.empty():
             batch.extend(self._take_queued())
         if batch:
@@ -160,4 +210,5 @@ class Pipeline:
         return len(batch)
 
     def stats(self) -> dict[str, Any]:
-        return {"queued_batches": self.queued(), "stored": self.stored_total, "stage_failures": self.stage_failures}
+        return {"queued_batches": self.queued(), "stored": self.stored_total, "stage_failures": self.stage_failures,
+                "refused": self.refused_total, "last_refusal": self.last_refusal}

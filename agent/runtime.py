@@ -10,8 +10,12 @@ every other polled device (WXT serial, NTCIP, GB/T, the gates) has its own sched
 devices (plate camera receiver, access-controller event listener) have a listener task and an
 event task each. All of them, and the command router's drivers, close through the exit stack.
 
-Every task has one owner (the TaskGroup). Stopping (SIGTERM/SIGINT or the `stop` event) cancels
-the producers, stores whatever the pipeline still holds, and closes the buffer cleanly.
+Every task has one owner (the TaskGroup) and runs under the `Supervisor` (agent.supervise): a task
+that dies unexpectedly is restarted with capped backoff, and /healthz answers 503 with the
+component's state and last error while it is down; a failing buffer (commits failing, writer
+down) is 503 as well. Stopping (SIGTERM/SIGINT or the `stop` event) cancels the producers, stores
+whatever the pipeline still holds (for at most SHUTDOWN_FLUSH_S: what was acknowledged is already
+committed, so a buffer that cannot take more no longer holds the process), and closes the buffer.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent._compat import TaskGroup
 from agent.buffer import DurableBuffer
@@ -36,10 +40,13 @@ from agent.errors import ConfigError
 from agent.health import Metrics, serve_health
 from agent.pipeline import Pipeline
 from agent.reading import Reading, RecordClass
+from agent.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 TTL_INTERVAL_S = 60.0
+#: At SIGTERM, queued readings (none of them acknowledged yet) get this long to reach the buffer.
+SHUTDOWN_FLUSH_S = 5.0
 
 
 def make_link(bus: BusConfig) -> Any:
@@ -81,7 +88,11 @@ def make_uplink_factory(cfg: AgentConfig):
     return "http", lambda: HttpUplink(settings, box_id)
 
 
-async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, install_signals: bool = True) -> None:
+async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, install_signals: bool = True,
+                    on_started: Callable[[dict[str, Any]], None] | None = None,
+                    supervisor: Supervisor | None = None) -> None:
+    """Run the box until `stop` is set (or SIGTERM/SIGINT). `on_started` gets the running parts
+    ({"supervisor", "buffer", "pipeline", "drain", "devices"}) for diagnostics and tests."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if install_signals:
@@ -118,39 +129,51 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         log.info("agent %s starting: %d line(s), %d device(s), %d listener(s), uplink %s, buffer %s",
                  cfg.box.id, len(devices.schedulers), len(cfg.devices), len(devices.listeners), uplink_name,
                  cfg.buffer.path)
+        sup = supervisor or Supervisor()
+        metrics.components = sup.status
         producers: list[asyncio.Task] = []
         async with TaskGroup() as tg:
+            def supervised(name: str, factory: Callable[[], Any]) -> asyncio.Task:
+                return tg.create_task(sup.run(name, factory), name=name)
+
             for s in devices.schedulers:
-                producers.append(tg.create_task(s.run(), name=f"bus:{s.bus}"))
+                producers.append(supervised(f"bus:{s.bus}", s.run))
             for lst in devices.listeners:
-                producers.append(tg.create_task(lst.run(), name=f"listen:{lst.name}"))
+                producers.append(supervised(f"listen:{lst.name}", lst.run))
             for sink in devices.sinks:
-                producers.append(tg.create_task(sink.run(), name=f"events:{sink.name}"))
+                producers.append(supervised(f"events:{sink.name}", sink.run))
             others = [
-                tg.create_task(pipeline.run(), name="pipeline"),
-                tg.create_task(drain.run(), name="drain"),
-                tg.create_task(_expire_loop(buffer), name="ttl"),
+                supervised("pipeline", pipeline.run),
+                supervised("drain", drain.run),
+                supervised("ttl", lambda: _expire_loop(buffer)),
             ]
             if cfg.health.enabled:
                 control = ControlEndpoint(router, write_control_token(cfg.control_token_path))
-                ready = lambda: _readiness(devices, drain, buffer, pipeline, stage, decider)  # noqa: E731
-                others.append(tg.create_task(
-                    serve_health(metrics, cfg.health.host, cfg.health.port, ready, post={"/commands": control}),
-                    name="health"))
+                ready = lambda: _readiness(devices, drain, buffer, pipeline, stage, decider, sup)  # noqa: E731
+                others.append(supervised("health", lambda: serve_health(
+                    metrics, cfg.health.host, cfg.health.port, ready, post={"/commands": control})))
             updater = None
             if cfg.updater is not None and cfg.updater.enabled:
                 from agent.updater.service import UpdaterService
 
                 updater = UpdaterService(cfg, cfg.updater, emit=buffer.append, inference_stage=stage)
-                others.append(tg.create_task(updater.run(), name="updater"))
+                others.append(supervised("updater", updater.run))
+            if on_started is not None:
+                on_started({"supervisor": sup, "buffer": buffer, "pipeline": pipeline, "drain": drain,
+                            "devices": devices})
             await stop.wait()
             log.info("stopping: finishing the pipeline, then closing the buffer")
             for t in producers + others:
                 t.cancel()
         pushed = [r for sink in devices.sinks for r in sink.leftovers()]  # events taken, not yet queued
         if pushed:
-            await pipeline.submit(pushed)
-        stored = await pipeline.flush()
+            pipeline.requeue(pushed)
+        try:
+            stored = await asyncio.wait_for(pipeline.flush(), SHUTDOWN_FLUSH_S)
+        except asyncio.TimeoutError:
+            log.error("the buffer did not take the %d queued (unacknowledged) batch(es) within %.0f s; "
+                      "stopping without them", pipeline.queued(), SHUTDOWN_FLUSH_S)
+            stored = 0
         if stored:
             log.info("stored %d queued readings before exit", stored)
 
@@ -201,15 +224,20 @@ class ChainStage:
 
 
 def _readiness(device_set: DeviceSet, drain: Drain, buffer: DurableBuffer, pipeline: Pipeline,
-               stage: Any = None, decider: Any = None) -> dict:
+               stage: Any = None, decider: Any = None, sup: Supervisor | None = None) -> dict:
     devices = device_set.status()
     st = buffer.stats()
     oldest = st["oldest_unsent_ts"]
+    buffer_health = buffer.health()
     status = "ok"
     if any(d["online"] is False for d in devices.values()) or not drain.connected:
         status = "degraded"
+    if buffer_health["state"] != "ok" or (sup is not None and not sup.healthy()):
+        status = "failing"
     return {
         "status": status,
+        "buffer": {**buffer_health, "quarantined": st.get("quarantined", 0)},
+        **({"components": sup.status()} if sup is not None else {}),
         "devices": devices,
         "buffer_depth": st["depth"],
         "last_seq": st["next_seq"] - 1,
@@ -217,7 +245,8 @@ def _readiness(device_set: DeviceSet, drain: Drain, buffer: DurableBuffer, pipel
         "oldest_unsent_age_s": None if oldest is None else round(time.time() - oldest, 3),
         "dropped": {f"{r}:{c}": n for (r, c), n in st["dropped"].items()},
         "uplink": {"name": drain.name, "connected": drain.connected, "sent": drain.sent_total,
-                   "last_error": drain.last_error},
+                   "last_error": drain.last_error, "quarantined": drain.quarantined,
+                   "last_quarantine": drain.last_quarantine},
         "pipeline": pipeline.stats(),
         **({"models": stage.stats()} if stage is not None else {}),
         **({"junctions": decider.stats()} if decider is not None else {}),

@@ -13,6 +13,10 @@ AccessControllerEvent JSON; each becomes an ALARM Reading for `on_event`, its co
 When `on_event` returns an awaitable (the agent's event sink: completes on the buffer's commit) the
 controller's answer waits for it (up to STORE_TIMEOUT_S; otherwise 503 and the controller re-pushes),
 so an acknowledged event is a stored event; a re-push meanwhile waits for the first copy.
+The listener binds to loopback unless configured otherwise, and needs `event_senders` (an HTTP
+Basic secret and/or source addresses, drivers/push_auth.py): an unauthenticated push gets 401/403
+before its body is parsed and is counted (`refused`, `on_refused(reason)`); a body breaking the
+boundary rules gets 400 naming the field.
 
 httpx errors are mapped here, at one boundary: timeouts -> DeviceTimeout, transport errors ->
 LinkError, a refusal (HTTP 4xx/5xx or ResponseStatus statusCode != 1) -> DeviceException,
@@ -34,6 +38,7 @@ import httpx
 from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from agent.reading import Quality, Reading, RecordClass
 from drivers import gates
+from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSettings", "AccessControllerDriver"]
@@ -51,8 +56,9 @@ class AccessControllerSettings:
     auth: str = "digest"                      # "digest" (Hikvision default) or "basic"
     timeout_s: float = 3.0
     allowed_commands: frozenset[str] = frozenset({"open"})
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "127.0.0.1"
     listen_port: int | None = None            # None: no event listener
+    event_senders: tuple[PushCredential, ...] = ()  # who may push events (required with listen_port)
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -70,12 +76,18 @@ class AccessControllerSettings:
             raise ValueError(f"timeout_s must be in (0, 60], got {self.timeout_s}")
         if self.listen_port is not None and not 0 <= self.listen_port < 65536:
             raise ValueError(f"listen_port must be 0..65535, got {self.listen_port}")
+        if self.listen_port is not None:
+            if not self.event_senders:
+                raise ValueError("an event listener needs event_senders (a secret and/or source addresses): "
+                                 "without them anyone could push door events")
+            PushAuth(self.event_senders)
 
 
 class AccessControllerDriver:
     def __init__(self, name: str, settings: AccessControllerSettings, *,
                  on_event: Callable[[Reading], Any] | None = None, clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.settings = settings
         self.on_event = on_event
@@ -85,6 +97,9 @@ class AccessControllerDriver:
         self._listener: HttpServer | None = None
         self.listen_port: int | None = None
         self.events = 0
+        self.refused: dict[str, int] = {}
+        self._on_refused = on_refused
+        self._auth = PushAuth(settings.event_senders) if settings.listen_port is not None else None
         self._seen: OrderedDict[int, None] = OrderedDict()   # event serial numbers already taken
         self._pending: dict[int, asyncio.Future[Any]] = {}   # taken, their commit not confirmed yet
 
@@ -93,7 +108,8 @@ class AccessControllerDriver:
         auth = (httpx.DigestAuth if s.auth == "digest" else httpx.BasicAuth)(s.username, s.password)
         self._client = httpx.AsyncClient(base_url=s.base_url, auth=auth, timeout=s.timeout_s, transport=self._transport)
         if s.listen_port is not None:
-            self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}")
+            self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}",
+                                        gate=self._gate)
             try:
                 await self._listener.start(s.listen_host, s.listen_port)
             except OSError as exc:
@@ -184,13 +200,28 @@ class AccessControllerDriver:
             while len(self._seen) > 10_000:
                 self._seen.popitem(last=False)
 
+    def _refuse(self, status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        return Response(status, gates.compact_json({"error": reason, "detail": message}).encode("utf-8", "replace"),
+                        headers=headers)
+
+    def _gate(self, headers: dict[str, str], peer: str) -> Response | None:
+        """Before the body is read: refuse an unauthenticated sender."""
+        who = self._auth.authenticate(headers, peer) if self._auth is not None else frozenset()
+        return self._refuse(who.status, who.reason, who.message, who.headers) if isinstance(who, Refusal) else None
+
     async def _on_push(self, req: Request) -> Response:
         if req.method != "POST":
             return Response(405)
+        who = self._auth.authenticate(req.headers, req.peer) if self._auth is not None else frozenset()
+        if isinstance(who, Refusal):
+            return self._refuse(who.status, who.reason, who.message, who.headers)
         try:
             event = gates.parse_access_event(req.body)
         except FrameError as exc:
-            return Response(400, gates.compact_json({"error": str(exc)}).encode())
+            return self._refuse(400, "bad_event", str(exc))
         ok = b'{"statusCode":1,"statusString":"OK"}'
         later = b'{"statusCode":0,"statusString":"not stored yet, re-send"}'
         if event.serial_no >= 0 and event.serial_no in self._seen:

@@ -13,6 +13,11 @@ Plate camera protocol (Vzenith HTTP push):
   The same record can arrive twice, so the receiver deduplicates by (serialno, plateid);
 - heartbeats are multipart/form-data POSTs (device_name, ipaddr, port, user_name, pass_wd, serialno,
   channel_num) every ~5 s. The password field is never kept.
+
+Every parser applies agent.validate's boundary rules (clean UTF-8 text without lone surrogates or
+NUL, length caps, integers and timestamps in range) and raises FrameError naming the field
+("plate push: AlarmInfoPlate.result.PlateResult.license is not valid Unicode text ..."), so a
+receiver answers 400 with the reason and nothing unstorable reaches the buffer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape as _esc
 
 from agent.errors import FrameError
+from agent.validate import INT64_MAX, check_float, check_int, check_text, check_ts
 
 __all__ = [
     "PlateEvent", "CameraHeartbeat", "GateRules", "Decision", "parse_plate_push", "parse_heartbeat",
@@ -80,27 +86,40 @@ class PlateEvent:
     ipaddr: str = ""
 
 
+def _checked(what: str, check: Any, value: Any, field: str, **kw: Any) -> Any:
+    """Apply an agent.validate check; its ValueError becomes our FrameError naming the field."""
+    try:
+        return check(value, field, **kw)
+    except ValueError as exc:
+        raise FrameError(f"{what}: {exc}") from None
+
+
+_PR = "AlarmInfoPlate.result.PlateResult"
+
+
 def parse_plate_push(body: bytes) -> PlateEvent:
     what = "plate push"
     info = _field(_json_object(body, what), "AlarmInfoPlate", dict, what)
-    serial = _field(info, "serialno", str, what)
+    serial = _checked(what, check_text, _field(info, "serialno", str, what), "AlarmInfoPlate.serialno",
+                      max_len=64, allow_empty=False)
     result = _field(_field(info, "result", dict, what), "PlateResult", dict, what)
-    plate = _field(result, "license", str, what)
-    confidence = _field(result, "confidence", (int, float), what)
-    if not 0 <= confidence <= 100:  # also rejects NaN, which json.loads lets through
-        raise FrameError(f"{what}: confidence must be 0..100, got {confidence!r}")
-    plate_id = _field(result, "plateid", int, what) if "plateid" in result else -1
+    plate = _checked(what, check_text, _field(result, "license", str, what), f"{_PR}.license", max_len=32)
+    confidence = _checked(what, check_float, _field(result, "confidence", (int, float), what),
+                          f"{_PR}.confidence")
+    if not 0 <= confidence <= 100:
+        raise FrameError(f"{what}: {_PR}.confidence must be 0..100, got {confidence!r}")
+    plate_id = _checked(what, check_int, _field(result, "plateid", int, what), f"{_PR}.plateid",
+                        lo=0, hi=INT64_MAX) if "plateid" in result else -1
     offline = result.get("isoffline", 0)
     if offline not in (0, 1) or isinstance(offline, bool):
-        raise FrameError(f"{what}: isoffline must be 0 or 1, got {offline!r}")
-    if not serial or len(serial) > 64 or len(plate) > 32:
-        raise FrameError(f"{what}: serialno/license empty or too long")
+        raise FrameError(f"{what}: {_PR}.isoffline must be 0 or 1, got {str(offline)[:20]!r}")
     ts = None
     timeval = result.get("timeStamp", {}).get("Timeval", {}) if isinstance(result.get("timeStamp"), dict) else {}
-    if isinstance(timeval, dict) and isinstance(timeval.get("sec"), int) and not isinstance(timeval["sec"], bool):
-        ts = float(timeval["sec"])
+    if isinstance(timeval, dict) and "sec" in timeval:
+        ts = _checked(what, check_ts, timeval["sec"], f"{_PR}.timeStamp.Timeval.sec")
     ip = info.get("ipaddr", "")
-    return PlateEvent(serial, plate, int(confidence), plate_id, bool(offline), ts, ip if isinstance(ip, str) else "")
+    ip = _checked(what, check_text, ip, "AlarmInfoPlate.ipaddr", max_len=64) if isinstance(ip, str) else ""
+    return PlateEvent(serial, plate, int(confidence), plate_id, bool(offline), ts, ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +152,12 @@ def parse_heartbeat(body: bytes, content_type: str) -> CameraHeartbeat:
     else:
         raise FrameError(f"heartbeat: unexpected content type {content_type[:60]!r}")
     serial = form.get("serialno", "")
-    if not serial or len(serial) > 64:
+    if not serial:
         raise FrameError("heartbeat: no usable serialno field")
-    return CameraHeartbeat(serial, form.get("ipaddr", "")[:64], form.get("device_name", "")[:64])
+    serial = _checked("heartbeat", check_text, serial, "serialno", max_len=64)
+    ip = _checked("heartbeat", check_text, form.get("ipaddr", "")[:64], "ipaddr", max_len=64)
+    name = _checked("heartbeat", check_text, form.get("device_name", "")[:64], "device_name", max_len=64)
+    return CameraHeartbeat(serial, ip, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,16 +319,14 @@ def parse_access_event(body: bytes) -> AccessEvent:
     what = "AccessControllerEvent"
     doc = _json_object(body, what)
     ev = _field(doc, "AccessControllerEvent", dict, what)
-    major = _field(ev, "majorEventType", int, what)
-    minor = _field(ev, "subEventType", int, what)
-    card = ev.get("cardNo", "")
-    door = ev.get("doorNo", 0)
-    serial = ev.get("serialNo", -1)
-    if not isinstance(card, str) or not isinstance(door, int) or not isinstance(serial, int):
-        raise FrameError(f"{what}: cardNo/doorNo/serialNo have the wrong type")
-    when = doc.get("dateTime", "")
+    major = _checked(what, check_int, _field(ev, "majorEventType", int, what), f"{what}.majorEventType", hi=0xFFFF)
+    minor = _checked(what, check_int, _field(ev, "subEventType", int, what), f"{what}.subEventType", hi=0xFFFF)
+    card = _checked(what, check_text, ev.get("cardNo", ""), f"{what}.cardNo", max_len=32)
+    door = _checked(what, check_int, ev.get("doorNo", 0), f"{what}.doorNo", hi=255)
+    serial = _checked(what, check_int, ev.get("serialNo", -1), f"{what}.serialNo", lo=-1)
+    when = _checked(what, check_text, doc.get("dateTime", ""), "dateTime", max_len=64)
     name = EVENT_NAMES.get((major, minor), f"major 0x{major:X} minor 0x{minor:X}")
-    return AccessEvent(major, minor, name, card[:32], door, serial, when if isinstance(when, str) else "")
+    return AccessEvent(major, minor, name, card, door, serial, when)
 
 
 def access_event_json(major: int, minor: int, *, card_no: str = "", door: int = 1, serial_no: int = 0,

@@ -12,12 +12,21 @@ awaited for up to `store_timeout_s`. If the pipeline refuses the reading (raises
 does not come in time, the camera gets a 503 and re-sends later, so a gate event is never lost
 between the camera and the buffer. A re-send arriving while the first copy is still on its way
 to the buffer waits for that copy (one Reading, the same answer).
+
+Who may push (drivers/push_auth.py): every request - plate push or heartbeat - must first prove a
+configured camera (HTTP Basic secret and/or source address), else 401/403 before the body is
+parsed; then the serial in the body must be one the request proved, else 403 ("identity_mismatch"):
+a forged serial never reaches the gate decision. Each refusal is counted (`refused`, and
+`on_refused(reason)` for the agent's metrics). A body that breaks the boundary rules (gates'
+parsers: clean text, caps, ranges) gets 400 naming the field. The listener binds to loopback
+unless configured otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
@@ -25,17 +34,20 @@ from typing import Any, Callable, Mapping, Sequence
 from agent.errors import CommandRefused, FrameError, LinkError
 from agent.reading import Quality, Reading, RecordClass
 from drivers import gates
+from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response
 
 __all__ = ["PlateReceiverSettings", "PlateReceiverDriver"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class PlateReceiverSettings:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8080
     rules: gates.GateRules = field(default_factory=gates.GateRules)
-    cameras: frozenset[str] = frozenset()     # known camera serials; empty = accept any camera
+    cameras: tuple[PushCredential, ...] = ()   # the cameras that may push (identity = serial); required
     relay: int | None = None                   # also pulse this camera IO (ivs_ioctrl) when opening
     heartbeat_timeout_s: float = 15.0
     dedup_capacity: int = 20_000
@@ -43,6 +55,10 @@ class PlateReceiverSettings:
     max_body: int = 4 << 20                    # pushes may carry base64 images
 
     def __post_init__(self) -> None:
+        if not self.cameras:
+            raise ValueError("cameras must list at least one camera with a secret and/or source addresses: "
+                             "an empty list would let anyone open the gate")
+        PushAuth(self.cameras)  # the same checks the receiver applies (no shared user names)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.relay is not None and not 0 <= self.relay <= 3:
@@ -59,7 +75,7 @@ class PlateReceiverDriver:
     COMMANDS = ("allow_plate", "revoke_plate")
 
     def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], Any], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, on_refused: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.settings = settings
         self.rules = settings.rules
@@ -67,11 +83,16 @@ class PlateReceiverDriver:
         self._clock = clock
         self._dedup = gates.Deduplicator(settings.dedup_capacity)
         self._pending: dict[tuple[str, int], tuple[gates.Decision, asyncio.Future[Any]]] = {}
-        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}")
+        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}",
+                                  gate=self._gate)
         self.last_seen: dict[str, float] = {}
         self.events = 0
         self.duplicates = 0
         self.rejected_bodies = 0
+        self.refused: dict[str, int] = {}
+        self._auth = PushAuth(settings.cameras)
+        self._serials = frozenset(c.identity for c in settings.cameras)
+        self._on_refused = on_refused
         self.port = settings.port
 
     async def open(self) -> None:
@@ -84,24 +105,41 @@ class PlateReceiverDriver:
     async def close(self) -> None:
         await self._server.stop()
 
+    def _refuse(self, status: int, reason: str, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        if reason != "bad_event" and sum(v for k, v in self.refused.items() if k != "bad_event") == 1:
+            log.warning("%s: refused a push (%s): %s", self.name, reason, message)
+        return Response(status, gates.compact_json({"error": reason, "detail": message}).encode("utf-8", "replace"),
+                        headers=headers)
+
+    def _gate(self, headers: dict[str, str], peer: str) -> Response | None:
+        """Before the body is read: refuse a sender that proves no camera."""
+        who = self._auth.authenticate(headers, peer)
+        return self._refuse(who.status, who.reason, who.message, who.headers) if isinstance(who, Refusal) else None
+
     async def _handle(self, req: Request) -> Response:
         if req.method != "POST":
             return Response(405, b'{"error":"POST only"}')
+        who = self._auth.authenticate(req.headers, req.peer)  # again: the handler is also called directly
+        if isinstance(who, Refusal):
+            return self._refuse(who.status, who.reason, who.message, who.headers)
         ctype = req.headers.get("content-type", "")
         try:
             if ctype.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
                 beat = gates.parse_heartbeat(req.body, ctype)
-                if self._known(beat.serialno):
-                    self.last_seen[beat.serialno] = self._clock()
+                if beat.serialno not in who:
+                    return self._refuse(403, "identity_mismatch", "heartbeat serialno is not the authenticated camera")
+                self.last_seen[beat.serialno] = self._clock()
                 return Response(200, b"{}")
             event = gates.parse_plate_push(req.body)
         except FrameError as exc:
             self.rejected_bodies += 1
-            return Response(400, gates.compact_json({"error": str(exc)}).encode())
+            return self._refuse(400, "bad_event", str(exc))
+        if event.serialno not in who:
+            return self._refuse(403, "identity_mismatch", "serialno is not the authenticated camera")
         return await self._plate(event)
-
-    def _known(self, serial: str) -> bool:
-        return not self.settings.cameras or serial in self.settings.cameras
 
     async def _plate(self, event: gates.PlateEvent) -> Response:
         now = self._clock()
@@ -116,11 +154,8 @@ class PlateReceiverDriver:
         if decision is not None:
             self.duplicates += 1
             return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
-        if not self._known(event.serialno):
-            decision = gates.Decision(False, "unknown camera serial")
-        else:
-            decision = gates.decide(event, self.rules)
-            self.last_seen[event.serialno] = now
+        decision = gates.decide(event, self.rules)
+        self.last_seen[event.serialno] = now
         text = gates.compact_json({
             "camera": event.serialno, "plate": event.plate, "plateid": event.plate_id,
             "confidence": event.confidence, "offline": event.offline, "camera_ts": event.ts,
@@ -152,7 +187,7 @@ class PlateReceiverDriver:
     # --- Driver protocol ---------------------------------------------------------------------
     async def read(self, points: Sequence[str] | None = None) -> list[Reading]:
         now = self._clock()
-        cameras = sorted(self.settings.cameras | set(self.last_seen))
+        cameras = sorted(self._serials | set(self.last_seen))
         wanted = list(points) if points is not None else (
             [f"online.{c}" for c in cameras] + ["events_total", "duplicates_total"])
         out = []

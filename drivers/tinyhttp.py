@@ -5,6 +5,10 @@ Supports what those devices send: Content-Length bodies, keep-alive, ``Expect: 1
 Limits protect the box: headers over `max_header` bytes get 431, bodies over `max_body` 413,
 chunked uploads 501, malformed requests 400 (and the connection is closed). A handler that raises
 gets a 500 - the device will re-send, which is what we want when the record was not taken.
+
+`gate(headers, peer)`, when given, is asked after the request head and BEFORE the body is read:
+a Response it returns (a 401/403 to an unauthenticated sender) is sent at once and the connection
+closed, so nobody unauthenticated can make the box read megabytes of body.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Gate = Callable[[dict[str, str], str], "Response | None"]
 
 
 class _BadRequest(Exception):
@@ -47,10 +52,17 @@ class _BadRequest(Exception):
         self.status = status
 
 
+class _Gated(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
 class HttpServer:
     def __init__(self, handler: Handler, *, max_header: int = 16_384, max_body: int = 4 << 20,
-                 idle_timeout_s: float = 60.0, name: str = "http") -> None:
+                 idle_timeout_s: float = 60.0, name: str = "http", gate: Gate | None = None) -> None:
         self.handler = handler
+        self.gate = gate
         self.max_header = max_header
         self.max_body = max_body
         self.idle_timeout_s = idle_timeout_s
@@ -115,6 +127,12 @@ class HttpServer:
             raise _BadRequest(400, "negative Content-Length")
         if length > self.max_body:
             raise _BadRequest(413, f"body of {length} bytes exceeds {self.max_body}")
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if peer else ""
+        if self.gate is not None:
+            refused = self.gate(headers, peer_text)
+            if refused is not None:
+                raise _Gated(refused)
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
@@ -124,8 +142,7 @@ class HttpServer:
         if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
             headers.setdefault("connection", "close")
         path, _, query = target.partition("?")
-        peer = writer.get_extra_info("peername")
-        return Request(method.upper(), path, query, headers, body, f"{peer[0]}:{peer[1]}" if peer else "")
+        return Request(method.upper(), path, query, headers, body, peer_text)
 
     @staticmethod
     def _encode(resp: Response, close: bool) -> bytes:
@@ -149,6 +166,10 @@ class HttpServer:
                     req = await self._read_request(reader, writer)
                 except _BadRequest as bad:
                     writer.write(self._encode(Response(bad.status, str(bad).encode(), "text/plain"), True))
+                    await writer.drain()
+                    return
+                except _Gated as gated:  # refused before the body was read: answer and close
+                    writer.write(self._encode(gated.response, True))
                     await writer.drain()
                     return
                 if req is None:

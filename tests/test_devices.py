@@ -13,6 +13,7 @@ from agent.errors import DriverError, LinkError
 from agent.reading import Reading, RecordClass
 from drivers.gbt20999_driver import GbtDriver, GbtSettings
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.push_auth import PushCredential, parse_sources
 from hil_tests.sims.gbt20999 import GbtControllerSim
 
 
@@ -93,7 +94,9 @@ async def test_event_sink_keeps_what_it_holds_when_cancelled_under_backpressure(
 async def test_listener_retries_a_busy_port_then_listens_and_closes_on_cancel() -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=port), lambda r: None)
+    rx = PlateReceiverDriver("gate", PlateReceiverSettings(
+        host="127.0.0.1", port=port, cameras=(PushCredential("cam", sources=parse_sources(["127.0.0.1"])),)),
+        lambda r: None)
     listener = Listener(rx, backoff=Backoff(base_s=0.05, cap_s=0.1))
     task = asyncio.create_task(listener.run())
     await asyncio.sleep(0.2)

@@ -77,7 +77,7 @@ kind = "plate_camera"
 listen = "0.0.0.0:8081"
 allow_list = "plates.txt"
 deny_list = ["鲁B66666"]
-cameras = ["fe71e106-57263272"]
+cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]
 relay = 0
 allow_commands = ["allow_plate", "revoke_plate"]
 [device.rules]
@@ -92,6 +92,7 @@ username = "admin"
 password = "hik12345"
 doors = [1, 2]
 listen = "0.0.0.0:8082"
+event_secret = "acs-push-secret"
 allow_commands = ["open", "always_close"]
 """
 
@@ -127,10 +128,12 @@ def test_every_kind_parses_into_its_typed_config(tmp_path: Path) -> None:
 
 def test_wxt_nmea_defaults_to_4800_and_optional_keys_default(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, '[[device]]\nname = "w"\nkind = "wxt_serial"\nport = "/dev/ttyS1"\nmode = "nmea"\n'
-                                      '[[device]]\nname = "g"\nkind = "plate_camera"\n'))
+                                      '[[device]]\nname = "g"\nkind = "plate_camera"\n'
+                                      'cameras = [{ serial = "c1", sources = ["10.0.0.7"] }]\n'))
     w, g = cfg.devices
     assert w.baudrate == 4800 and w.allow_commands == () and w.timeout_s == 1.0
     assert g.allow_list == frozenset() and g.listen_port == 8080 and g.min_confidence == 80
+    assert g.listen_host == "127.0.0.1"  # loopback unless configured
 
 
 async def test_every_kind_builds_its_driver_on_its_own_line(tmp_path: Path) -> None:
@@ -201,6 +204,18 @@ BAD = [
     ('allow_commands = ["open", "always_close"]', 'allow_commands = ["explode"]', "device[5].allow_commands",
      "one of open, close, always_open, always_close, resume"),
     ('username = "admin"', 'username = "admin"\nbus = "rs485-1"', "device[5].bus", "unknown key"),
+    # issue 9: a receiver must authenticate its senders; an empty or name-only list is an error
+    ('cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+     'cameras = ["fe71e106-57263272"]', "device[4].cameras", "a serial alone is not authentication"),
+    ('cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+     'cameras = []', "device[4].cameras", "an empty list would let anyone open the gate"),
+    ('cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+     'cameras = [{ serial = "fe71e106-57263272" }]', "device[4].cameras[0].secret", "a name alone is not"),
+    ('cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+     'cameras = [{ serial = "x", secret = "short" }]', "device[4].cameras[0].secret", "8-256 printable"),
+    ('cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+     'cameras = [{ serial = "x", sources = ["10.0.0.300"] }]', "device[4].cameras[0].sources", "IP addresses"),
+    ('event_secret = "acs-push-secret"\n', '', "device[5].event_secret", "event_sources"),
 ]
 
 

@@ -117,6 +117,7 @@ name = "north-gate"
 kind = "plate_camera"
 listen = "127.0.0.1:{plate}"
 allow_list = ["{plate_ok}"]
+cameras = [{{ serial = "cam-1", secret = "cam-1-secret" }}]
 poll_s = 1
 
 [[device]]
@@ -127,6 +128,7 @@ username = "admin"
 password = "hik12345"
 doors = [1, 2]
 listen = "127.0.0.1:{acs_listen}"
+event_secret = "acs-push-secret"
 allow_commands = ["open"]
 poll_s = 1
 """
@@ -140,8 +142,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     fast = (Pattern(1, 0.0, (6.0, 6.0, 6.0, 6.0)), Pattern(2, 0.0, (8.0, 8.0, 8.0, 8.0)))
     ntcip = sims.run(NtcipControllerSim(patterns=fast).start())
     gbt = sims.run(GbtControllerSim(plans=(Plan(1, 0, 1, ((1, 1.5), (2, 1.5))), Plan(2, 0, 1, ((1, 3.0), (2, 3.0))))).start())
-    acs = sims.run(AccessControllerSim(cards=frozenset({"1001"}), event_url=f"http://127.0.0.1:{acs_listen}/").start())
-    camera = PlateCameraSim(f"http://127.0.0.1:{plate_port}/", serialno="cam-1")
+    acs = sims.run(AccessControllerSim(cards=frozenset({"1001"}), event_url=f"http://controller:acs-push-secret@127.0.0.1:{acs_listen}/").start())
+    camera = PlateCameraSim(f"http://cam-1:cam-1-secret@127.0.0.1:{plate_port}/", serialno="cam-1")
     dead = f"http://127.0.0.1:{free_port()}"
     config = tmp / "box.toml"
     config.write_text(CONFIG.format(tmp=tmp, dead=dead, hport=hport, ntcip=ntcip.port, gbt=gbt.port, plate=plate_port,

@@ -28,9 +28,11 @@ from agent.pipeline import Pipeline
 from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
 from drivers.gates import GateRules
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.push_auth import PushCredential, parse_sources
 from hil_tests.sims.plate_camera import PlateCameraSim
 
 RULES = GateRules(allow=frozenset({"鲁A12345"}))
+CAMERAS = (PushCredential("cam-1", sources=parse_sources(["127.0.0.1"])),)
 
 
 class HeldBuffer(DurableBuffer):
@@ -67,7 +69,8 @@ async def held(tmp_path: Path):
 
 async def test_the_camera_gets_its_answer_only_after_the_commit(held) -> None:
     buffer, sink = held
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES), sink)
+    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=CAMERAS),
+                             sink)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/", serialno="cam-1", timeout_s=5.0) as cam:
@@ -85,7 +88,7 @@ async def test_the_camera_gets_its_answer_only_after_the_commit(held) -> None:
 
 async def test_no_commit_in_time_is_a_503_and_the_resend_stores_one_event(held) -> None:
     buffer, sink = held
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES,
+    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=CAMERAS,
                                                            store_timeout_s=0.2), sink)
     await rx.open()
     body = {"AlarmInfoPlate": {"serialno": "cam-1", "result": {"PlateResult": {
@@ -109,7 +112,8 @@ async def test_no_commit_in_time_is_a_503_and_the_resend_stores_one_event(held) 
 async def test_the_access_controller_push_waits_for_the_commit(held) -> None:
     buffer, sink = held
     drv = AccessControllerDriver("door", AccessControllerSettings(base_url="http://127.0.0.1:9", username="u", password="p",
-                                                           listen_host="127.0.0.1", listen_port=0),
+                                                           listen_host="127.0.0.1", listen_port=0,
+                                                           event_senders=(PushCredential("door", sources=parse_sources(["127.0.0.1"])),)),
                                  on_event=sink)
     await drv.open()
     event = {"ipAddress": "10.0.0.5", "dateTime": "2026-12-02T08:00:00+08:00", "eventType": "AccessControllerEvent",
@@ -154,6 +158,7 @@ name = "gate"
 kind = "plate_camera"
 listen = "127.0.0.1:{port}"
 allow_list = ["鲁A12345"]
+cameras = [{{ serial = "cam-1", sources = ["127.0.0.1"] }}]
 """
 
 

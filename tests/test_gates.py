@@ -16,6 +16,7 @@ from drivers import gates
 from drivers.base import Driver
 from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.push_auth import PushCredential, parse_sources
 from drivers.tinyhttp import HttpServer, Response
 from hil_tests.sims.access_controller import AccessControllerSim
 from hil_tests.sims.plate_camera import PlateCameraSim
@@ -24,6 +25,9 @@ PUSH = (b'{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"\xe9\xb2\x81A12
         b'"plateid":21085,"isoffline":0}},"serialno":"fe71e106-57263272"}}')
 RULES = gates.GateRules(allow=frozenset({"鲁A12345", "鲁A 88888"}), deny=frozenset({"鲁B00000"}),
                         allow_prefixes=("鲁A9",), min_confidence=80)
+LOOPBACK = parse_sources(["127.0.0.1"])
+SIM_CAMERA = (PushCredential("fe71e106-57263272", sources=LOOPBACK),)  # the simulator's default serial
+ACS_PUSH = (PushCredential("acs1", sources=LOOPBACK),)
 
 
 # --- plate codec ---------------------------------------------------------------------------------
@@ -133,15 +137,19 @@ def test_isapi_round_trips(code: int, text: str, sub: str, cmd: str) -> None:
     assert gates.parse_remote_control(gates.remote_control_xml(cmd)) == cmd
 
 
+CLEAN = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")  # the boundary rules refuse NUL (and lone surrogates)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.text(max_size=20), st.integers(0, 64), st.integers(0, 2**31))
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.text(CLEAN, max_size=20), st.integers(0, 64),
+       st.integers(0, 2**31))
 def test_access_event_round_trip(major: int, minor: int, card: str, door: int, serial: int) -> None:
     ev = gates.parse_access_event(gates.access_event_json(major, minor, card_no=card, door=door, serial_no=serial))
     assert (ev.major, ev.minor, ev.card_no, ev.door, ev.serial_no) == (major, minor, card, door, serial)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(min_size=1, max_size=64), st.text(max_size=32), st.integers(0, 100), st.integers(0, 2**31),
+@given(st.text(CLEAN, min_size=1, max_size=64), st.text(CLEAN, max_size=32), st.integers(0, 100), st.integers(0, 2**31),
        st.booleans(), st.booleans())
 def test_plate_push_and_reply_round_trip(serial, plate, confidence, plate_id, offline, opens) -> None:
     body = json.dumps({"AlarmInfoPlate": {"serialno": serial, "result": {"PlateResult": {
@@ -191,7 +199,8 @@ class Clock:
 async def test_camera_pushes_are_decided_acknowledged_and_deduplicated() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES), got.append,
+    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
+                             got.append,
                              clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/devicemanagement/php/plateresult.php"
@@ -235,7 +244,8 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
             raise RuntimeError("buffer full")
         got.append(r)
 
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES), on_event)
+    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
+                             on_event)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/") as cam:
@@ -251,7 +261,8 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
     got: list[Reading] = []
     clock = Clock()
     rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES,
-                                                            cameras=frozenset({"cam-A"}), heartbeat_timeout_s=10),
+                                                            cameras=(PushCredential("cam-A", sources=LOOPBACK),),
+                                                            heartbeat_timeout_s=10),
                              got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/"
@@ -266,8 +277,8 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
             assert cam.heartbeats_sent >= 2
             r = {x.point: x.value for x in await rx.read()}
             assert r == {"online.cam-A": 1.0, "events_total": 0.0, "duplicates_total": 0.0}
-            assert await other.recognise("鲁A12345") is False  # unknown camera never opens
-            assert json.loads(got[-1].text)["reason"] == "unknown camera serial"
+            assert await other.recognise("鲁A12345") is None  # unknown camera: 403, never opens, nothing stored
+            assert got == [] and rx.refused == {"identity_mismatch": 1}
             with pytest.raises(CommandRefused):
                 await rx.write("open_gate", {})
             await rx.write("allow_plate", {"plate": "京C11111"})
@@ -280,7 +291,7 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
         assert online.value == 0.0
         async with httpx.AsyncClient() as client:
             bad = await client.post(url, content=b'{"AlarmInfoPlate": 3}')
-            assert bad.status_code == 400 and "AlarmInfoPlate" in bad.json()["error"]
+            assert bad.status_code == 400 and "AlarmInfoPlate" in bad.json()["detail"]
             assert (await client.get(url)).status_code == 405
         assert rx.rejected_bodies == 1
     finally:
@@ -293,7 +304,7 @@ async def test_access_controller_commands_state_and_events() -> None:
     async with AccessControllerSim(cards=frozenset({"1001"}), no_permission=frozenset({"2002"})) as sim:
         s = AccessControllerSettings(base_url=sim.url, username="admin", password="hik12345", doors=(1, 2, 3),
                                      allowed_commands=frozenset({"open", "always_open", "resume"}),
-                                     listen_host="127.0.0.1", listen_port=0)
+                                     listen_host="127.0.0.1", listen_port=0, event_senders=ACS_PUSH)
         drv = AccessControllerDriver("acs1", s, on_event=events.append)
         await drv.open()
         sim.event_url = f"http://127.0.0.1:{drv.listen_port}/"
@@ -387,14 +398,14 @@ def test_access_settings_validation(kw: dict) -> None:
         AccessControllerSettings(**({"base_url": "http://x", "username": "u", "password": "p"} | kw))
 
 
-@pytest.mark.parametrize("kw", [{"port": 70000}, {"relay": 9}, {"dedup_capacity": 100}])
+@pytest.mark.parametrize("kw", [{"port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()}])
 def test_receiver_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        PlateReceiverSettings(**kw)
+        PlateReceiverSettings(**({"cameras": SIM_CAMERA} | kw))
     with pytest.raises(ValueError):
         gates.GateRules(allow_prefixes=("",))
 
 
 def test_drivers_satisfy_the_protocol() -> None:
-    assert isinstance(PlateReceiverDriver("gate1", PlateReceiverSettings(), lambda r: None), Driver)
+    assert isinstance(PlateReceiverDriver("gate1", PlateReceiverSettings(cameras=SIM_CAMERA), lambda r: None), Driver)
     assert isinstance(AccessControllerDriver("acs1", AccessControllerSettings("http://x", "u", "p")), Driver)

@@ -181,16 +181,19 @@ async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sim
 
     got: list[Reading] = []
     port = free_port()
+    from drivers.push_auth import PushCredential
+
     rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=port,
-                                                            rules=gates.GateRules(allow=frozenset({"鲁A12345"}))),
+                                                            rules=gates.GateRules(allow=frozenset({"鲁A12345"})),
+                                                            cameras=(PushCredential("cam-T", "cam-T-secret"),)),
                              got.append)
     await rx.open()
     try:
-        url = f"http://127.0.0.1:{port}/devicemanagement/php/plateresult.php"
+        url = f"http://cam-T:cam-T-secret@127.0.0.1:{port}/devicemanagement/php/plateresult.php"  # Basic auth
         proc, info = await sims("plate-camera", "--push-url", url, "--interval", "0.2", "--plate", "鲁A12345",
                                 "--plate", "京C11111", "--heartbeat-s", "0.2", "--serialno", "cam-T",
                                 "--seed", "4", "--control", "0")
-        assert info["push_url"] == url and info["serialno"] == "cam-T"
+        assert info["push_url"] == url.replace("cam-T-secret", "***") and info["serialno"] == "cam-T"
         await eventually(lambda: len(got) >= 3, 10, "three pushed cars")
         events = [json.loads(x.text) for x in got]
         assert all(e["camera"] == "cam-T" and e["plate"] in ("鲁A12345", "京C11111") for e in events)
@@ -217,6 +220,7 @@ async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sim
 # --- access controller over HTTP (digest) --------------------------------------------------------
 async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
     from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
+    from drivers.push_auth import PushCredential
 
     proc, info = await sims("access-controller", "--card", "1001", "--no-permission", "2002", "--password", "s3cret",
                             "--doors", "2", "--control", "0")
@@ -224,11 +228,12 @@ async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
     events: list[Reading] = []
     drv = AccessControllerDriver("acs1", AccessControllerSettings(
         base_url=info["url"], username="admin", password="s3cret", doors=(1, 2), listen_host="127.0.0.1",
-        listen_port=0), on_event=events.append)
+        listen_port=0, event_senders=(PushCredential("acs1", "acs-push-secret", "controller"),)),
+        on_event=events.append)
     await drv.open()
     try:
         ctl = info["control_port"]
-        assert (await control(ctl, {"event_url": f"http://127.0.0.1:{drv.listen_port}/"}))["ok"]
+        assert (await control(ctl, {"event_url": f"http://controller:acs-push-secret@127.0.0.1:{drv.listen_port}/"}))["ok"]
         await drv.write("open", {"door": 1})
         r = {x.point: x.value for x in await drv.read()}
         assert (r["door1_lock"], r["door1_state"], r["door2_lock"]) == (1.0, 4.0, 0.0)

@@ -8,7 +8,9 @@
 Outcomes (httpx errors and status codes are translated here and nowhere else):
     2xx + {"accepted", "duplicates", "max_seq"} covering the batch -> confirmed, ack returned
     connection error, timeout, 408, 429, 5xx                       -> UplinkUnavailable (retry later)
-    401, 403, 413, 422, any other 4xx, 3xx, a 2xx that is not an ack -> UplinkRejected (server's reason)
+    400, 413, 422, or a batch the encoder refuses                  -> UplinkMalformed (the batch is bad;
+                                                                      the 422 body's "row"/"field" name the row)
+    401, 403, any other 4xx, 3xx, a 2xx that is not an ack          -> UplinkRejected (server's reason)
 A 2xx whose body is not our ack (a captive portal, a wrong server URL) is NOT taken as a
 confirmation: the batch stays in the buffer.
 """
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from agent.errors import ConfigError, UplinkRejected, UplinkUnavailable
+from agent.errors import ConfigError, UplinkMalformed, UplinkRejected, UplinkUnavailable
 from agent.reading import Reading
 from agent.uplink.codec import encode_batch
 
@@ -33,6 +35,8 @@ __all__ = ["HttpSettings", "HttpUplink", "IngestAck", "TELEMETRY_PATH"]
 
 TELEMETRY_PATH = "/api/v1/telemetry"
 _TRANSIENT_4XX = {408, 429}
+#: The batch itself is refused (not the credential: 401/403 stay UplinkRejected and are retried slowly).
+_MALFORMED = {400, 413, 422}
 _REASON_MAX = 300
 
 
@@ -119,7 +123,7 @@ class HttpUplink:
         try:
             body = encode_batch(self.box_id, batch)
         except ValueError as exc:
-            raise UplinkRejected(str(exc)) from exc
+            raise UplinkMalformed(str(exc)) from exc
         url = self.settings.url
         try:
             response = await self._client.post(url, content=body)
@@ -139,6 +143,10 @@ def _ack(response: httpx.Response, url: str, rows: int) -> IngestAck:
     if 300 <= status < 400:
         raise UplinkRejected(f"POST {url}: unexpected redirect {status} to {response.headers.get('Location')!r}; "
                              "check the server URL")
+    if status in _MALFORMED:
+        row, field = _bad_row(response, rows)
+        raise UplinkMalformed(f"POST {url}: server refused the batch as malformed ({status}): {_reason(response)}",
+                              row=row, field=field)
     if not 200 <= status < 300:
         raise UplinkRejected(f"POST {url}: server refused the batch with {status}: {_reason(response)}")
     try:
@@ -160,6 +168,20 @@ def _is_ack(data: Any) -> bool:
 
     return (isinstance(data, dict) and count(data.get("accepted")) and count(data.get("duplicates"))
             and (data.get("max_seq") is None or count(data.get("max_seq"))))
+
+
+def _bad_row(response: httpx.Response, rows: int) -> tuple[int | None, str | None]:
+    """The fleet server's 422 names the bad row: {"error", "detail", "row": i, "field"}."""
+    try:
+        data = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    row, field = data.get("row"), data.get("field")
+    if not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < rows:
+        row = None
+    return row, field[:64] if isinstance(field, str) else None
 
 
 def _reason(response: httpx.Response) -> str:

@@ -360,6 +360,15 @@ def gbt20999_command(
 DEFAULT_PLATES = ["鲁A12345", "鲁A88888", "鲁A90001", "京C11111", "鲁B00000", "苏E5F678"]
 
 
+def _redact(url: Optional[str]) -> Optional[str]:
+    """The URL without the password of its user info (a camera's push secret never goes to stdout)."""
+    if url is None or "@" not in url.split("://", 1)[-1].split("/", 1)[0]:
+        return url
+    scheme, rest = url.split("://", 1)
+    userinfo, _, host = rest.partition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def _http_url(option: str, url: Optional[str]) -> None:
     if url is not None and not (url.startswith(("http://", "https://")) and len(url.split("://", 1)[1]) > 0):
         _fail(f"{option} must be an http(s) URL, got {url!r}")
@@ -367,7 +376,9 @@ def _http_url(option: str, url: Optional[str]) -> None:
 
 def plate_camera_command(
     push_url: Optional[str] = typer.Option(None, "--push-url",
-                                           help="Where the camera POSTs plate results (the agent's receiver)."),
+                                           help="Where the camera POSTs plate results (the agent's receiver); "
+                                                "http://SERIAL:SECRET@host:port/ sends the camera's secret "
+                                                "(HTTP Basic)."),
     heartbeat_url: Optional[str] = typer.Option(None, "--heartbeat-url", help="Heartbeat URL (default: --push-url)."),
     heartbeat_s: float = typer.Option(5.0, "--heartbeat-s", help="Seconds between heartbeats (0 = none)."),
     serialno: str = typer.Option("fe71e106-57263272", help="Camera serial number sent with every push."),
@@ -439,7 +450,7 @@ def plate_camera_command(
         ctl = _Control({"plate": on_plate, "lose_replies": lose, "push_offline": push_offline},
                        lambda: {"sent": cam.sent, "opened": len(cam.opened), "offline": len(cam.offline),
                                 "heartbeats": cam.heartbeats_sent})
-        info = {"device": "plate_camera", "push_url": push_url, "heartbeat_url": cam.heartbeat_url,
+        info = {"device": "plate_camera", "push_url": _redact(push_url), "heartbeat_url": _redact(cam.heartbeat_url),
                 "serialno": serialno, "seed": seed}
         await _serve(ctl, host, control, info, stop, cam.close,
                      start=cam.start_heartbeats if heartbeat_s else None, background=(traffic,) if interval else ())
@@ -510,7 +521,7 @@ def access_controller_command(
             if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
                 raise ValueError(f"'event_url' must be an http(s) URL or null, got {url!r}")
             sim.event_url = url
-            return {"event_url": url}
+            return {"event_url": _redact(url)}
 
         async def repush(msg: dict) -> dict:
             if not sim.pushed:
@@ -535,7 +546,7 @@ def access_controller_command(
                        lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures,
                                 "doors": {str(d): {"lock": s.lock, "state": s.state} for d, s in sim.doors.items()}})
         info = {"device": "access_controller", "url": f"http://{host}:{sim.port}", "host": host,
-                "tcp_port": sim.port, "username": username, "doors": doors, "event_url": event_url, "seed": seed}
+                "tcp_port": sim.port, "username": username, "doors": doors, "event_url": _redact(event_url), "seed": seed}
         await _serve(ctl, host, control, info, stop, sim.stop, background=(people,) if interval else ())
 
     _run(main)
