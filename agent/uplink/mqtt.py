@@ -36,7 +36,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.errors import ConfigError, UplinkError, UplinkRejected, UplinkUnavailable
+from agent.errors import ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnavailable
 from agent.reading import Reading
 from agent.uplink.codec import encode_batch
 
@@ -178,7 +178,7 @@ class MqttUplink:
         try:
             payload = encode_batch(self.box_id, batch)
         except ValueError as exc:
-            raise UplinkRejected(str(exc)) from exc
+            raise UplinkMalformed(str(exc)) from exc
         async with self._lock:
             conn = self._conn
             if conn is None or conn.lost:
