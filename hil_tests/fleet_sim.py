@@ -85,7 +85,8 @@ def provision_sqlite(db_path: str | Path, config: SimConfig) -> dict[str, str]:
 
 
 async def enroll_via_api(server: str, admin_token: str, config: SimConfig) -> dict[str, str]:
-    """Enroll through POST /api/v1/enroll with one multi-use token (re-running rotates credentials)."""
+    """Enroll through POST /api/v1/enroll with one multi-use token. Ids must be new to the server:
+    an enrolled id without its current credential becomes an admission request (202), as for a box."""
     pool = HttpPool(server, size=config.connections)
     try:
         r = await pool.send_json("POST", "/api/v1/enrollment-tokens",
@@ -99,6 +100,9 @@ async def enroll_via_api(server: str, admin_token: str, config: SimConfig) -> di
             r = await pool.send_json("POST", "/api/v1/enroll", {
                 "token": token, "box_id": box_id, "hardware": f"sim-serial-{box_id}", "site": config.site,
                 "agent_version": config.agent_version, "tags": list(config.tags)})
+            if r.status == 202:
+                raise RuntimeError(f"{box_id} is already enrolled on this server (its request now waits for "
+                                   "admission): simulate new box ids or start from a fresh database")
             if r.status != 200:
                 raise RuntimeError(f"enrolling {box_id} failed ({r.status}): {r.body[:200]!r}")
             return box_id, r.json()["credential"]
