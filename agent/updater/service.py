@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__ as running_version
-from agent._compat import TaskGroup
+from agent._compat import TaskGroup, timeout
 from agent.backoff import Backoff
 from agent.enroll import load_credential
 from agent.errors import ConfigError
@@ -263,9 +263,13 @@ class UpdaterService:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("update reports: unexpected error, retrying in 30 s")
                 delay = 30.0
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives as the wake-up is set (both happen when a job finishes), so the service
+            # would outlive its owner's cancel() and loop on.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), delay)
-            except asyncio.TimeoutError:
+                async with timeout(delay):
+                    await self._wakeup.wait()
+            except (TimeoutError, asyncio.TimeoutError):
                 pass
             self._wakeup.clear()
 
@@ -281,7 +285,8 @@ class UpdaterService:
             if fresh:
                 try:
                     if self._emit is not None:
-                        await asyncio.wait_for(self._emit([self._event(r) for r in fresh]), EMIT_TIMEOUT_S)
+                        async with timeout(EMIT_TIMEOUT_S):  # not wait_for: see _reporter
+                            await self._emit([self._event(r) for r in fresh])
                     await asyncio.to_thread(self.journal.mark_emitted, [r.id for r in fresh])
                 except Exception as exc:  # noqa: BLE001 - retried at the next flush
                     log.error("update events not stored (retried at the next flush): %r", exc)
