@@ -10,7 +10,6 @@ Wire form (used by every uplink and by the fleet server's ingest) is a compact r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from enum import Enum, IntFlag
 from typing import Any, Sequence

@@ -17,12 +17,13 @@ import json
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from fleet_server.cli_http import call as _call
 
 __all__ = ["register"]
 
@@ -43,29 +44,6 @@ def register(app: typer.Typer) -> None:
     users.command("revoke")(revoke_user)
     app.add_typer(users, name="user")
     app.command("audit")(audit)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def _call(server: str, token: str, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        r = httpx.request(method, server.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {server}: {exc}")
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-            reason = body.get("detail") if isinstance(body, dict) else body
-            if isinstance(reason, list):   # schema errors: [{"loc": [...], "msg": ...}]
-                reason = "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}" for e in reason)
-        except ValueError:
-            reason = r.text[:300]
-        _fail(f"server refused ({r.status_code}): {reason}")
-    return r.json()
 
 
 def _when(ts: float | None) -> str:

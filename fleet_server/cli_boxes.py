@@ -11,11 +11,12 @@ Box commands talk to the fleet server's admin API (--server, --admin-token / QUA
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 
 from agent.cli import _fail
+from fleet_server.cli_http import call
 
 __all__ = ["register"]
 
@@ -24,21 +25,7 @@ AdminOpt = typer.Option(..., "--admin-token", envvar="QUANEDGE_ADMIN_TOKEN", hel
 
 
 def _call(server: str, admin_token: str, method: str, path: str, **params: Any) -> Any:
-    import httpx
-
-    try:
-        r = httpx.request(method, server.rstrip("/") + path, params=params or None, timeout=15,
-                          headers={"Authorization": f"Bearer {admin_token}"})
-    except httpx.HTTPError as exc:
-        _die(f"cannot reach {server}: {exc}")
-    if r.status_code != 200:
-        _die(f"server refused ({r.status_code}): {r.text[:300]}")
-    return r.json()
-
-
-def _die(message: str) -> NoReturn:
-    _fail(message)
-    raise AssertionError("unreachable")  # _fail exits
+    return call(server, admin_token, method, path, params=params or None, timeout=15)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import typer
 
+from fleet_server.cli_http import call
+
 __all__ = ["build_quarantine_app"]
 
 
@@ -50,24 +52,10 @@ def build_quarantine_app() -> typer.Typer:
 
 
 def _get(server: str, token: str, params: dict[str, Any]) -> Any:
-    import httpx
-
-    try:
-        r = httpx.get(server.rstrip("/") + "/api/v1/quarantine", params=params,
-                      headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {server}: {exc}")
-    if r.status_code != 200:
-        _fail(f"server refused ({r.status_code}): {r.text[:300]}")
-    return r.json()
+    return call(server, token, "GET", "/api/v1/quarantine", params=params, timeout=30)
 
 
 def _line(m: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m["received_at"]))
     size = f"{m['size']}B" + ("+" if m["truncated"] else "")
     return f"{m['id']:>6}  {when}Z  {m['transport']:<4}  {m['reason']:<16}  {size:>8}  {m['topic']}  {m['detail'][:120]}"
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)

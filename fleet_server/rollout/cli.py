@@ -18,12 +18,13 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-import httpx
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+
+from fleet_server.cli_http import call as _call, fail as _fail
 
 __all__ = ["app", "render"]
 
@@ -33,29 +34,6 @@ TokenOpt = typer.Option(..., "--admin-token", envvar="QUANEDGE_ADMIN_TOKEN", hel
 _STATES = ("assigned", "proceeding", "downloading", "downloaded", "installing", "restarting",
            "success", "failure", "rejected", "canceled")
 _STATUS_STYLE = {"running": "green", "paused": "yellow", "canceled": "red", "finished": "cyan"}
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
-def _call(server: str, token: str, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        r = httpx.request(method, server.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
-                          timeout=60, **kwargs)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {server}: {exc}")
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-            reason = body.get("detail") if isinstance(body, dict) else body
-            if isinstance(reason, list):   # schema errors: [{"loc": [...], "msg": ...}]
-                reason = "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}" for e in reason)
-        except ValueError:
-            reason = r.text[:300]
-        _fail(f"server refused ({r.status_code}): {reason}")
-    return r.json()
 
 
 @app.command("create")
