@@ -22,12 +22,12 @@ from agent.reading import Quality, Reading, RecordClass
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
-from fleet_server.store.sqlite_quarantine import QuarantineTables, migrate_quarantine
-from fleet_server.store.sqlite_audit import AuditTables, migrate_audit
-from fleet_server.store.sqlite_admission import AdmissionTables, migrate_admission
+from fleet_server.store.sqlite_admission import ADMISSION_MIGRATIONS, AdmissionTables
+from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS, AuditTables
+from fleet_server.store.sqlite_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
 from fleet_server.store.sqlite_rollouts import RolloutTables
-from fleet_server.store.sqlite_schema import migrate, migrate_rollouts
-from fleet_server.store.sqlite_users import UserTables, migrate_users
+from fleet_server.store.sqlite_schema import apply_migrations, migrate, migrate_rollouts
+from fleet_server.store.sqlite_users import USER_MIGRATIONS, UserTables
 
 __all__ = ["SqliteStore"]
 
@@ -68,10 +68,10 @@ class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, 
             conn.execute("PRAGMA synchronous=FULL")
             self.migrations_applied = migrate(self._db)
             self.rollout_migrations_applied = migrate_rollouts(self._db)
-            self.quarantine_migrations_applied = migrate_quarantine(self._db)
-            self.user_migrations_applied = migrate_users(self._db)
-            self.audit_migrations_applied = migrate_audit(self._db)
-            self.admission_migrations_applied = migrate_admission(self._db)
+            self.quarantine_migrations_applied = apply_migrations(QUARANTINE_MIGRATIONS, self._db)
+            self.user_migrations_applied = apply_migrations(USER_MIGRATIONS, self._db)
+            self.audit_migrations_applied = apply_migrations(AUDIT_MIGRATIONS, self._db)
+            self.admission_migrations_applied = apply_migrations(ADMISSION_MIGRATIONS, self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc

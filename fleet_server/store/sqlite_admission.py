@@ -22,7 +22,7 @@ from fleet_server.errors import AdmissionRequired, EnrollmentRefused, UnknownAdm
 from fleet_server.store.admission import AdmissionRequest, Application, Route
 from fleet_server.store.base import check_box_id, hash_secret, new_secret
 
-__all__ = ["ADMISSION_MIGRATIONS", "AdmissionTables", "migrate_admission"]
+__all__ = ["ADMISSION_MIGRATIONS", "AdmissionTables"]
 
 ADMISSION_MIGRATIONS = Migrations("quanedge_fleet_admission")
 
@@ -37,13 +37,6 @@ def _admission(db: Database) -> None:
     )
     db.execute("CREATE INDEX IF NOT EXISTS admission_by_state ON admission_requests (state, requested_at)")
     db.execute("CREATE TABLE IF NOT EXISTS box_revocations (box_id TEXT PRIMARY KEY, revoked_at REAL NOT NULL)")
-
-
-def migrate_admission(db: Database) -> list[str]:
-    """Apply pending admission migrations; return the names applied now."""
-    pending = [migration.name for migration in ADMISSION_MIGRATIONS.pending(db)]
-    ADMISSION_MIGRATIONS.apply(db)
-    return pending
 
 
 _REQUEST_COLS = (

@@ -18,7 +18,7 @@ from sqlite_utils.migrations import Migrations
 
 from fleet_server.access import AuditEntry, AuditQuery
 
-__all__ = ["AUDIT_MIGRATIONS", "AuditTables", "migrate_audit"]
+__all__ = ["AUDIT_MIGRATIONS", "AuditTables"]
 
 AUDIT_MIGRATIONS = Migrations("quanedge_fleet_audit")
 
@@ -44,13 +44,6 @@ _DDL = (
     "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log"
     " BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
 )
-
-
-def migrate_audit(db: Database) -> list[str]:
-    """Apply pending audit migrations; return the names applied now."""
-    pending = [migration.name for migration in AUDIT_MIGRATIONS.pending(db)]
-    AUDIT_MIGRATIONS.apply(db)
-    return pending
 
 
 class AuditTables:

@@ -14,7 +14,7 @@ from fleet_server.store.quarantine import (
     DETAIL_MAX, KEEP_MAX, PAYLOAD_MAX, TOPIC_MAX, QuarantinedMessage, clean,
 )
 
-__all__ = ["QUARANTINE_MIGRATIONS", "QuarantineTables", "migrate_quarantine"]
+__all__ = ["QUARANTINE_MIGRATIONS", "QuarantineTables"]
 
 QUARANTINE_MIGRATIONS = Migrations("quanedge_fleet_quarantine")
 
@@ -27,13 +27,6 @@ def _quarantine(db: Database) -> None:
         " detail TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL)"
     )
     db.execute("CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine (reason, id)")
-
-
-def migrate_quarantine(db: Database) -> list[str]:
-    """Apply pending quarantine migrations; return the names applied now."""
-    pending = [migration.name for migration in QUARANTINE_MIGRATIONS.pending(db)]
-    QUARANTINE_MIGRATIONS.apply(db)
-    return pending
 
 
 _COLUMNS = "id, received_at, transport, topic, reason, detail, size, payload"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["MIGRATIONS", "ROLLOUT_MIGRATIONS", "migrate", "migrate_rollouts"]
+__all__ = ["MIGRATIONS", "ROLLOUT_MIGRATIONS", "apply_migrations", "migrate", "migrate_rollouts"]
 
 MIGRATIONS = Migrations("quanedge_fleet")
 
@@ -62,11 +62,17 @@ def _readings(db: Database) -> None:
     )
 
 
-def migrate(db: Database) -> list[str]:
-    """Apply pending migrations; return the names applied now (empty when up to date)."""
-    pending = [migration.name for migration in MIGRATIONS.pending(db)]
-    MIGRATIONS.apply(db)
+def apply_migrations(migrations: Migrations, db: Database) -> list[str]:
+    """Apply one named set's pending migrations; return the names applied now (empty when up to
+    date). Every set (core, rollouts, and those of the store mixins) is applied through this."""
+    pending = [migration.name for migration in migrations.pending(db)]
+    migrations.apply(db)
     return pending
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply pending core migrations; return the names applied now (empty when up to date)."""
+    return apply_migrations(MIGRATIONS, db)
 
 
 # -- rollouts (issue 4): their own named set, so the core set above stays as it is ---------------
@@ -114,6 +120,4 @@ _ROLLOUT_DDL = (
 
 def migrate_rollouts(db: Database) -> list[str]:
     """Apply pending rollout migrations; return the names applied now."""
-    pending = [migration.name for migration in ROLLOUT_MIGRATIONS.pending(db)]
-    ROLLOUT_MIGRATIONS.apply(db)
-    return pending
+    return apply_migrations(ROLLOUT_MIGRATIONS, db)

@@ -18,7 +18,7 @@ from sqlite_utils.migrations import Migrations
 from fleet_server.access import BOOTSTRAP_ADMIN, Role, UnknownUser, User, UserExists
 from fleet_server.store.base import hash_secret, new_secret
 
-__all__ = ["USER_MIGRATIONS", "UserTables", "migrate_users"]
+__all__ = ["USER_MIGRATIONS", "UserTables"]
 
 USER_MIGRATIONS = Migrations("quanedge_fleet_users")
 
@@ -33,13 +33,6 @@ def _api_users(db: Database) -> None:
         " created_by TEXT NOT NULL, revoked_at REAL, revoked_by TEXT)"
     )
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS api_users_by_token ON api_users (token_hash)")
-
-
-def migrate_users(db: Database) -> list[str]:
-    """Apply pending user migrations; return the names applied now."""
-    pending = [migration.name for migration in USER_MIGRATIONS.pending(db)]
-    USER_MIGRATIONS.apply(db)
-    return pending
 
 
 class UserTables:
