@@ -8,8 +8,8 @@ stops readings: they go on unjudged and the failure is counted. A failing buffer
 with backoff while the queue absorbs the gap; when the queue is full the schedulers wait
 (backpressure), so memory stays bounded and nothing is silently dropped.
 
-A reading that breaks the boundary rules (`check_reading`: a lone surrogate, a non-finite value)
-is refused on its own - logged with its reason, counted in `stats()["refused"]` and the metrics -
+A reading that breaks the boundary rules (`check_reading`, applied by the buffer's append: a lone
+surrogate, a non-finite value) is refused on its own - logged with its reason, counted in `stats()["refused"]` and the metrics -
 and never holds up the others. `store()` (a device waiting for our answer) checks first and raises
 RecordRefused, so the device is told why instead of "stored".
 """
@@ -158,29 +158,21 @@ class Pipeline:
         if self._observer is not None and hasattr(self._observer, "refused"):
             self._observer.refused(1)
 
-    def _valid(self, batch: list[Reading]) -> list[Reading]:
-        good = []
-        for r in batch:
-            try:
-                check_reading(r)
-            except ValueError as exc:
-                self._refuse(r, str(exc))
-                continue
-            good.append(r)
-        return good
-
     async def _store(self, batch: list[Reading]) -> None:
         warned = False
-        batch = self._valid(batch)
-        if not batch:
-            return
-        while True:
+        while batch:
             try:
                 result = await self.buffer.append(batch)
-            except RecordRefused as exc:  # cannot happen after _valid; never retry it
-                for r in batch:
-                    self._refuse(r, exc.reason)
-                return
+            except RecordRefused as exc:
+                # The buffer checks every reading (once, there) and names the first bad one: refuse
+                # that one alone and append the rest.
+                if exc.index is None or not 0 <= exc.index < len(batch):
+                    for r in batch:
+                        self._refuse(r, exc.reason)
+                    return
+                self._refuse(batch[exc.index], exc.reason)
+                batch = batch[:exc.index] + batch[exc.index + 1:]
+                continue
             except StorageError as exc:
                 if not warned:
                     log.error("buffer append failed, retrying (readings held in memory): %s", exc)

@@ -45,6 +45,23 @@ async def test_a_lone_surrogate_is_refused_with_its_field_and_later_readings_com
     assert buffer.health()["state"] == "ok"
 
 
+async def test_the_pipeline_refuses_only_the_readings_the_buffer_refuses(buffer) -> None:
+    pipeline = Pipeline(buffer)
+    runner = asyncio.create_task(pipeline.run())
+    try:
+        await pipeline.submit([reading("a"), reading("b", text="\ud800"), reading("c"),
+                               reading("d", value=float("nan")), reading("e")])
+        deadline = time.monotonic() + 10
+        while pipeline.stored_total + pipeline.refused_total < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert (pipeline.stored_total, pipeline.refused_total) == (3, 2)
+    assert pipeline.last_refusal is not None and pipeline.last_refusal.startswith("dev.d: value must be a finite")
+    assert [r.point for r in await buffer.peek(10)] == ["a", "c", "e"]
+
+
 async def test_a_group_commit_failing_on_its_data_refuses_only_the_bad_row(buffer) -> None:
     good, bad = _to_row(reading("good")), _to_row(reading("x"))
     bad = bad[:7] + ("\udc80 unencodable",)  # slipped past check_reading (a bug upstream): SQLite refuses it
