@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from enum import Enum, IntFlag
 from typing import Any, Sequence
 
-from agent.validate import INT64_MAX, check_float, check_int, check_text, check_ts
+from agent.validate import (
+    INT64_MAX, TS_MAX, TS_MIN, VALUE_ABS_MAX, check_float, check_int, check_text, check_ts,
+)
 
 
 class RecordClass(str, Enum):
@@ -109,17 +111,38 @@ def from_row(row: Sequence[Any]) -> Reading:
     )
 
 
+#: (device, point, unit) triples that passed the text rules: a box's drivers repeat a few thousand
+#: of them for every reading, so the buffer's append (which checks every reading) checks each once.
+#: Bounded: past the bound, new triples are simply checked every time.
+_CLEAN_NAMES: set[tuple[str, str, str]] = set()
+_CLEAN_NAMES_MAX = 10_000
+
+
 def check_reading(reading: Reading) -> None:
     """The same rules for a Reading made on the box (before it is committed to the buffer):
-    ValueError naming the field, so the buffer refuses that one record and goes on."""
+    ValueError naming the field, so the buffer refuses that one record and goes on.
+
+    This runs for every reading on the box's hot path, so the common case (float value and ts,
+    names seen before, no text) is decided by cheap comparisons; anything else takes the full
+    checks of `agent.validate`, which also word the error. Fields are checked in row order."""
     if reading.seq is not None:
         check_int(reading.seq, "seq", lo=1)
-    check_ts(reading.ts, "ts")
-    check_text(reading.device, "device", max_len=MAX_NAME_LEN, allow_empty=False)
-    check_text(reading.point, "point", max_len=MAX_NAME_LEN, allow_empty=False)
-    if reading.value is not None:
-        check_float(reading.value, "value")
-    check_text(reading.unit, "unit", max_len=MAX_UNIT_LEN)
+    ts = reading.ts
+    if not (type(ts) is float and TS_MIN <= ts <= TS_MAX):  # false for NaN and infinities too
+        check_ts(ts, "ts")
+    device, point, unit = reading.device, reading.point, reading.unit
+    names_known = (type(device) is str and type(point) is str and type(unit) is str
+                   and (device, point, unit) in _CLEAN_NAMES)
+    if not names_known:
+        check_text(device, "device", max_len=MAX_NAME_LEN, allow_empty=False)
+        check_text(point, "point", max_len=MAX_NAME_LEN, allow_empty=False)
+    value = reading.value
+    if value is not None and not (type(value) is float and -VALUE_ABS_MAX <= value <= VALUE_ABS_MAX):
+        check_float(value, "value")
+    if not names_known:
+        check_text(unit, "unit", max_len=MAX_UNIT_LEN)
+        if type(device) is str and type(point) is str and type(unit) is str and len(_CLEAN_NAMES) < _CLEAN_NAMES_MAX:
+            _CLEAN_NAMES.add((device, point, unit))
     if not 0 <= int(reading.quality) <= MAX_QUALITY:
         raise ValueError(f"quality must be an integer flag set 0..{MAX_QUALITY}, got {int(reading.quality)}")
     if not isinstance(reading.cls, RecordClass):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent.commands import parse_command_request
 from agent.errors import FrameError
-from agent.reading import Reading, check_reading
+from agent.reading import Quality, Reading, RecordClass, check_reading, from_row
 from drivers import gates, gbt20999 as g, nmea, wxt_ascii
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushAuth, PushCredential, Refusal, parse_sources
@@ -218,3 +218,33 @@ def test_wxt_ascii_arbitrary_lines(line) -> None:
         assert m.value is None or abs(m.value) < 1e10
     for text in comp.text.values():
         storable(text)
+
+
+# -- check_reading (the buffer's check, with its fast path) agrees with the wire decoder --------------
+_names = st.sampled_from(["wxt-1", "air_temperature", "degC", ""]) | st.text(max_size=6)
+_numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(min_value=-10**400, max_value=10**400)
+
+
+@FAST
+@given(device=_names, point=_names, unit=_names, value=st.none() | _numbers, ts=_numbers,
+       text=st.none() | st.text(max_size=6), seq=st.integers(min_value=1, max_value=2**64),
+       quality=st.sampled_from(list(Quality)), cls=st.sampled_from(list(RecordClass)))
+def test_check_reading_refuses_exactly_what_from_row_refuses(device, point, unit, value, ts, text, seq,
+                                                              quality, cls) -> None:
+    reading = Reading(device, point, value, unit, ts, quality, cls, text, seq)
+    wire = reading.to_row()
+    for _ in range(2):  # the second time the names may come from the fast path's memory
+        try:
+            from_row(wire)
+            expected = None
+        except ValueError as exc:
+            expected = str(exc)
+        try:
+            check_reading(reading)
+            got = None
+        except ValueError as exc:
+            got = str(exc)
+        if expected is None or got is None:
+            assert got == expected
+        else:  # both refuse; from_row words seq/quality itself, every other field alike
+            assert got.split(" ", 1)[0] == expected.split(" ", 1)[0]
