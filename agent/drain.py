@@ -7,7 +7,8 @@ backoff and reconnects, so delivery is ordered and at-least-once; the fleet serv
 once each, not once per retry.
 
 Malformed rows never block. Before a batch goes out each row is checked with the wire rules
-(`from_row(to_row())`); a row that fails, and a row the uplink refuses as malformed
+(`check_reading`, the rules `from_row` applies on the far side: rows stored by an agent from
+before those checks may break them); a row that fails, and a row the uplink refuses as malformed
 (`UplinkMalformed`: the encoder refused it, or the server answered 400/413/422), is moved to the
 buffer's quarantine table with its reason (counted, kept, shown in /healthz) and the drain goes
 on. When the refusal names the row (the fleet server's 422 {"row": i, "field"}), the rows before
@@ -28,7 +29,7 @@ from typing import Callable, Protocol
 from agent.backoff import Backoff
 from agent.buffer import DurableBuffer
 from agent.errors import UplinkError, UplinkMalformed, UplinkRejected
-from agent.reading import Reading, from_row
+from agent.reading import Reading, check_reading
 from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class Drain:
         good: list[Reading] = []
         for r in batch:
             try:
-                from_row(r.to_row())
+                check_reading(r)  # the wire rules, as from_row applies them; cheaper than a round trip
             except ValueError as exc:
                 if good:
                     await self._send(uplink, good)
