@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent import buffer_rows
+from agent.backoff import Backoff
 from agent.errors import BufferClosed, RecordRefused, StorageError
 from agent.reading import Quality, Reading, RecordClass, check_reading
 
@@ -377,38 +378,31 @@ class DurableBuffer:
     def _supervised_loop(self, db: sqlite3.Connection | None) -> None:
         """Run the writer loop; if it dies of something unexpected, record it and restart it on a
         fresh connection with capped backoff (queued operations wait in the queue meanwhile)."""
-        delay = 0.1
+        backoff = Backoff(base_s=0.1, cap_s=WRITER_BACKOFF_CAP_S)
         while True:
-            if db is None:
+            if db is None:  # (re)connect after a failure
                 try:
                     db = self._connect()
                 except StorageError as err:
                     self._note_failure(str(err))
-                    time.sleep(delay)
-                    delay = min(delay * 2, WRITER_BACKOFF_CAP_S)
+                    time.sleep(backoff.next_delay())
                     continue
+                self._failing = False
+                log.info("buffer writer restarted (%d restart(s) so far)", self.writer_restarts)
             try:
                 self._writer_loop(db)
                 db.close()
                 return
             except Exception as exc:  # noqa: BLE001 - an unexpected writer fault: record, restart
+                _close_quietly(db)
+                db = None
                 if self._loop is None or self._loop.is_closed():
-                    _close_quietly(db)
                     return  # nobody left to serve
                 self._note_failure(f"writer loop died: {type(exc).__name__}: {exc}")
                 self.writer_restarts += 1
+                delay = backoff.next_delay()
                 log.error("buffer writer died (%s); restarting in %.1f s", exc, delay)
-                _close_quietly(db)
                 time.sleep(delay)
-                delay = min(delay * 2, WRITER_BACKOFF_CAP_S)
-                db = None  # type: ignore[assignment]
-                try:
-                    db = self._connect()
-                except StorageError as err:
-                    self._note_failure(str(err))
-                    continue
-                self._failing = False
-                log.info("buffer writer restarted (%d restart(s) so far)", self.writer_restarts)
 
     def _note_failure(self, text: str) -> None:
         self._failing = True
