@@ -178,6 +178,20 @@ def test_admin_bodies_with_surrogates_odd_types_or_deep_nesting_are_4xx(fleet: F
     assert 400 <= r.status_code < 500, r.text
 
 
+@pytest.mark.parametrize(("path", "body", "admin"), [
+    ("/api/v1/enroll", {"token": "t" * 20, "box_id": "box-z", "hardware": "hw", "site": "lixia\x00"}, False),
+    ("/api/v1/enroll", {"token": "t" * 20, "box_id": "box-z", "hardware": "hw\x00", "site": ""}, False),
+    ("/api/v1/enroll", {"token": "t" * 20, "box_id": "box-z", "hardware": "hw", "tags": ["a\x00"]}, False),
+    ("/api/v1/users", {"name": "nul-note", "role": "viewer", "note": "night\x00shift"}, True),
+])
+def test_text_with_nul_is_422_on_enrolment_and_users(fleet: Fleet, path: str, body: dict[str, Any],
+                                                     admin: bool) -> None:
+    """The same text rule as every other body (CleanStr): refused at the model, before the token
+    is spent or anything is stored."""
+    r = httpx.post(fleet.url + path, json=body, headers=_admin(fleet) if admin else {})
+    assert r.status_code == 422, r.text
+
+
 @pytest.mark.parametrize("body", [
     '{"agent_version": "\\ud800", "hardware": "hw-b"}',
     '{"agent_version": "1", "hardware": "hw-b", "models": {"\\ud800": "1"}}',

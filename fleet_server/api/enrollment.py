@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.admission import AdmissionService, Enrolled
 from fleet_server.api.deps import FleetState, fleet, require_admin
+from fleet_server.api.fields import CleanStr
 from fleet_server.errors import FleetError
 from fleet_server.store.admission import Application
 from fleet_server.store.base import BOX_ID_PATTERN
@@ -35,7 +36,7 @@ __all__ = ["EnrollRequest", "TokenRequest", "admission", "router"]
 router = APIRouter(prefix="/api/v1", tags=["enrollment"])
 
 MAX_TTL_S = 30 * 86400
-Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Tag = Annotated[CleanStr, Field(min_length=1, max_length=64)]
 Secret = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -44,7 +45,7 @@ class TokenRequest(BaseModel):
 
     ttl_s: float = Field(3600.0, gt=0, le=MAX_TTL_S, allow_inf_nan=False)
     max_uses: int = Field(1, ge=1, le=100_000)
-    note: str = Field("", max_length=200)
+    note: CleanStr = Field("", max_length=200)
 
 
 class TokenResponse(BaseModel):
@@ -58,9 +59,9 @@ class EnrollRequest(BaseModel):
 
     token: Secret | None = Field(None, description="enrolment token; optional when re-keying with `credential`")
     box_id: str = Field(pattern=BOX_ID_PATTERN)
-    hardware: str = Field(min_length=1, max_length=128, description="stable hardware identity (serial)")
-    site: str = Field("", max_length=128)
-    agent_version: str = Field("", max_length=64)
+    hardware: CleanStr = Field(min_length=1, max_length=128, description="stable hardware identity (serial)")
+    site: CleanStr = Field("", max_length=128)
+    agent_version: CleanStr = Field("", max_length=64)
     tags: list[Tag] = Field(default_factory=list, max_length=32)
     credential: Secret | None = Field(None, description="the box's current credential (re-key)")
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.access import USER_NAME_PATTERN, Principal, Role
 from fleet_server.api.deps import FleetState, fleet, require_admin
+from fleet_server.api.fields import CleanStr
 
 __all__ = ["router"]
 
@@ -35,7 +36,7 @@ class CreateUser(BaseModel):
 
     name: str = Field(pattern=USER_NAME_PATTERN)
     role: str = Field(pattern="^(viewer|operator|admin)$")
-    note: str = Field("", max_length=200)
+    note: CleanStr = Field("", max_length=200)
 
 
 @router.post("", status_code=201)
