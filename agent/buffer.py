@@ -55,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from agent import buffer_rows
+from agent import buffer_drops, buffer_rows
+from agent.buffer_drops import DeliveryMarks
 from agent.backoff import Backoff
 from agent.errors import BufferClosed, RecordRefused, StorageError
 from agent.reading import Quality, Reading, RecordClass, check_reading
@@ -83,7 +84,7 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT NOT NULL, cls TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (reason, cls)
 );
-""" + buffer_rows.QUARANTINE_SCHEMA
+""" + buffer_rows.QUARANTINE_SCHEMA + buffer_drops.SCHEMA
 #: Writer restarts back off up to this many seconds.
 WRITER_BACKOFF_CAP_S = 5.0
 _INSERT = "INSERT INTO readings (seq, ts, device, point, value, unit, quality, cls, text) VALUES (?,?,?,?,?,?,?,?,?)"
@@ -170,6 +171,7 @@ class DurableBuffer:
         # Figures kept by the writer thread; read by stats() (ints are replaced atomically).
         self._depth = 0
         self._next_seq = 1
+        self._base_seq = 1
         self._drops: dict[tuple[str, str], int] = {}
         self._used_bytes = 0
         self._sent_upto = 0
@@ -301,6 +303,26 @@ class DurableBuffer:
                 raise StorageError(f"{self.settings.path}: read failed: {exc}") from exc
         return [_from_db(r) for r in rows]
 
+    async def next_batch(self, limit: int) -> tuple[list[Reading], DeliveryMarks]:
+        """`peek(limit)` and the delivery marks to send with it (agent.buffer_drops), in one hop."""
+        if self._reader is None:
+            raise BufferClosed("buffer is closed")
+        start, next_seq = self._sent_upto, self._next_seq  # next_seq before the reads: see buffer_drops.marks
+        return await asyncio.to_thread(self._next_batch_sync, start, limit, next_seq)
+
+    def _next_batch_sync(self, after: int, limit: int, next_seq: int) -> tuple[list[Reading], DeliveryMarks]:
+        with self._reader_lock:
+            try:
+                marks = buffer_drops.marks(self._reader, self._base_seq, next_seq)  # type: ignore[arg-type]
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.settings.path}: read failed: {exc}") from exc
+        return self._peek_sync(after, limit), marks
+
+    def forget_drops(self, ranges: Sequence[tuple[int, int, str]]) -> None:
+        """The fleet server acknowledged a message announcing these dropped ranges (queued, not awaited)."""
+        if ranges:
+            self._ops.put(_Op("forget", list(ranges), None))
+
     def mark_handed_out(self, upto_seq: int) -> None:
         """The drain sent rows up to this seq; later peeks start after it (not durable: a restart resends)."""
         self._sent_upto = max(self._sent_upto, upto_seq)
@@ -364,6 +386,12 @@ class DurableBuffer:
                 row = (max(1, int(time.time() * 1_000_000)),)
                 db.execute("INSERT INTO meta(key, value) VALUES('next_seq', ?)", row)
             self._next_seq = max(row[0], max_row + 1)
+            base = db.execute("SELECT value FROM meta WHERE key='base_seq'").fetchone()
+            if base is None:  # a file from before base_seq was kept: its oldest seq is as far back as it knows
+                min_row = db.execute("SELECT min(seq) FROM readings").fetchone()[0]
+                base = (min(row[0], min_row or row[0]),)
+                db.execute("INSERT INTO meta(key, value) VALUES('base_seq', ?)", base)
+            self._base_seq = base[0]
             self._depth = db.execute("SELECT count(*) FROM readings").fetchone()[0]
             self._drops = {(r[0], r[1]): r[2] for r in db.execute("SELECT reason, cls, count FROM drops")}
             self._quarantined = db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -465,6 +493,8 @@ class DurableBuffer:
                     results.append((op, self._expire(db, op.arg), None))
                 elif op.kind == "quarantine":
                     results.append((op, self._quarantine(db, op.arg), None))
+                elif op.kind == "forget":
+                    buffer_drops.forget(db, op.arg)
             self._failing = False
         except BaseException as exc:  # noqa: BLE001 - every caller must learn of the failure
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
@@ -559,9 +589,9 @@ class DurableBuffer:
             for code in _EVICTION_ORDER:
                 if done >= n:
                     break
-                cur = db.execute(
-                    "DELETE FROM readings WHERE seq IN "
-                    "(SELECT seq FROM readings WHERE cls=? ORDER BY seq LIMIT ?)", (code, n - done))
+                victims = "SELECT seq FROM readings WHERE cls=? ORDER BY seq LIMIT ?"
+                buffer_drops.record_selected(db, victims, (code, n - done), reason)
+                cur = db.execute(f"DELETE FROM readings WHERE seq IN ({victims})", (code, n - done))
                 if cur.rowcount > 0:
                     self._count_drop(db, reason, _CODE_CLS[code].value, cur.rowcount)
                     done += cur.rowcount
@@ -582,6 +612,8 @@ class DurableBuffer:
         for code, ttl in ((0, self.settings.ttl_s), (2, self.settings.ttl_s), (1, self.settings.alarm_ttl_s)):
             db.execute("BEGIN IMMEDIATE")
             try:
+                buffer_drops.record_selected(db, "SELECT seq FROM readings WHERE cls=? AND ts < ?",
+                                             (code, now - ttl), "ttl")
                 cur = db.execute("DELETE FROM readings WHERE cls=? AND ts < ?", (code, now - ttl))
                 if cur.rowcount > 0:
                     self._count_drop(db, "ttl", _CODE_CLS[code].value, cur.rowcount)

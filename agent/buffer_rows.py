@@ -18,6 +18,8 @@ import logging
 import sqlite3
 from typing import Sequence
 
+from agent import buffer_drops
+
 __all__ = ["DataError", "QUARANTINE_SCHEMA", "insert_rowwise", "quarantine"]
 
 log = logging.getLogger("agent.buffer")
@@ -92,6 +94,7 @@ def quarantine(db: sqlite3.Connection, items: Sequence[tuple[int | None, str, st
             db.execute("INSERT INTO quarantine(seq, row, reason, ts) VALUES(?,?,?,?)", (seq, row, reason, now))
             if seq is not None:
                 moved += max(db.execute("DELETE FROM readings WHERE seq = ?", (seq,)).rowcount, 0)
+        buffer_drops.record(db, [seq for seq, _, _ in items if seq is not None], "quarantined")
         db.execute("COMMIT")
     except BaseException:
         _rollback(db)

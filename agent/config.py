@@ -60,6 +60,9 @@ class MqttConfig:
     key_file: str | None = None
     topic_prefix: str = "quanedge"
     keepalive_s: int = 30
+    ack: str = "fleet"          # "fleet": rows leave the buffer once the fleet server stored them; "broker": on PUBACK
+    ack_timeout_s: float = 30.0
+    window: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +262,9 @@ def _mqtt(t: Table, base_dir: Path) -> MqttConfig:
         topic_prefix=t.str("topic_prefix", "quanedge", pattern=_TOPIC_RE,
                            expected="letters, digits, '_', '-', '/' (no MQTT wildcards)"),
         keepalive_s=t.int("keepalive_s", 30, min=5, max=3600),
+        ack=t.str("ack", "fleet", choices=("fleet", "broker")),
+        ack_timeout_s=t.float("ack_timeout_s", 30.0, min=1.0, max=3600.0),
+        window=t.int("window", 4, min=1, max=64),
     )
     if cfg.password is not None and cfg.username is None:
         raise t.error("password", "a password needs a username", "***", "username set as well")

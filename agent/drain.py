@@ -1,10 +1,18 @@
 """The drain: forwards the buffer's oldest readings through an uplink, in seq order.
 
-Rows leave the buffer only after the uplink confirmed them (`Uplink.send` returned). On any
-uplink failure the drain rewinds to the oldest unconfirmed row, waits with capped jittered
-backoff and reconnects, so delivery is ordered and at-least-once; the fleet server's dedup on
-(box, seq) makes storage exactly-once. The drain logs the loss and the recovery of the uplink
-once each, not once per retry.
+Rows leave the buffer only after the uplink confirmed that the fleet server STORED them
+(`Uplink.send` returned: the HTTP answer, or the server's ack over MQTT). Up to `uplink.window`
+batches may await their confirmation at once; they are confirmed to the buffer strictly in seq
+order (a later batch's confirmation waits for the earlier ones). On any uplink failure, an
+unconfirmed batch past its timeout included, the drain drops every send in flight, rewinds to the
+oldest unconfirmed row, waits with capped jittered backoff and reconnects, so delivery is ordered
+and at-least-once; the fleet server's dedup on (box, seq) makes storage exactly-once. The drain
+logs the loss and the recovery of the uplink once each, not once per retry, and keeps the last
+error with its time until the uplink works again.
+
+Every batch carries the buffer's delivery marks (agent.buffer_drops: the oldest seq still held
+and the ranges dropped undelivered); once a batch is confirmed the ranges it announced are
+forgotten, so the fleet server can tell an announced drop from a loss.
 
 Malformed rows never block. Before a batch goes out each row is checked with the wire rules
 (`check_reading`, the rules `from_row` applies on the far side: rows stored by an agent from
@@ -24,10 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from agent.backoff import Backoff
 from agent.buffer import DurableBuffer
+from agent.buffer_drops import DeliveryMarks
 from agent.errors import UplinkError, UplinkMalformed, UplinkRejected
 from agent.reading import Reading, check_reading
 from agent.uplink.base import Uplink
@@ -42,6 +53,13 @@ REFUSED_STREAK_LIMIT = 50
 class UplinkObserver(Protocol):
     def sent(self, uplink: str, n: int) -> None: ...
     def uplink_state(self, uplink: str, connected: bool) -> None: ...
+
+
+@dataclass
+class _InFlight:
+    batch: list[Reading]
+    marks: DeliveryMarks
+    task: asyncio.Task[object]
 
 
 class Drain:
@@ -65,7 +83,8 @@ class Drain:
         self._idle_wait_s = idle_wait_s
         self.connected = False
         self.sent_total = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None     # the uplink's last failure, until it works again
+        self.last_error_at: float | None = None
         self.last_sent_at: float | None = None
         self.quarantined = 0
         self.last_quarantine: str | None = None
@@ -82,6 +101,7 @@ class Drain:
             except UplinkError as exc:
                 self.buffer.rewind()
                 self.last_error = str(exc)
+                self.last_error_at = time.time()
                 self._set_connected(False)
                 if self._down_since is None:
                     self._down_since = time.monotonic()
@@ -97,62 +117,93 @@ class Drain:
         if self._down_since is not None:
             log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - self._down_since)
             self._down_since = None
+        self.last_error = self.last_error_at = None
         self._set_connected(True)
 
     async def _forward(self, uplink: Uplink) -> None:
-        while True:
-            batch = await self.buffer.peek(self.batch_size)
-            if not batch:
-                await self.buffer.wait_for_data(self._idle_wait_s)
-                continue
-            await self._send(uplink, batch)
+        window = max(1, int(getattr(uplink, "window", 1)))
+        inflight: deque[_InFlight] = deque()
+        try:
+            while True:
+                while len(inflight) < window:
+                    batch, marks = await self.buffer.next_batch(self.batch_size)
+                    if not batch:
+                        break
+                    good = await self._screen(batch)
+                    if good:
+                        self.buffer.mark_handed_out(good[-1].seq)  # type: ignore[arg-type]
+                        task = asyncio.create_task(uplink.send(good, marks), name=f"quanedge-send-{self.name}")
+                        inflight.append(_InFlight(good, marks, task))
+                if not inflight:
+                    await self.buffer.wait_for_data(self._idle_wait_s)
+                    continue
+                head = inflight[0]
+                await asyncio.wait((head.task,))
+                inflight.popleft()
+                try:
+                    head.task.result()
+                except UplinkMalformed as exc:
+                    # Later batches were sent past a refused one: drop them (a resend is deduplicated),
+                    # isolate the bad row(s) one send at a time, then go on from there.
+                    await _drop(inflight)
+                    self.buffer.rewind()
+                    await self._isolate(uplink, head.batch, head.marks, exc)
+                    continue
+                await self._confirmed(head.batch, head.marks)
+        finally:
+            await _drop(inflight)
 
-    async def _send(self, uplink: Uplink, batch: list[Reading]) -> None:
-        """Send `batch`, isolating malformed rows into the quarantine; the rest goes out in order."""
+    async def _screen(self, batch: list[Reading]) -> list[Reading]:
+        """The rows that pass the wire rules (as from_row applies them; cheaper than a round trip);
+        the others go to the quarantine."""
         good: list[Reading] = []
         for r in batch:
             try:
-                check_reading(r)  # the wire rules, as from_row applies them; cheaper than a round trip
+                check_reading(r)
             except ValueError as exc:
-                if good:
-                    await self._send(uplink, good)
-                    good = []
                 await self._quarantine(r, f"refused before sending: {exc}")
                 continue
             good.append(r)
-        if not good:
-            return
+        return good
+
+    async def _send(self, uplink: Uplink, batch: list[Reading], marks: DeliveryMarks) -> None:
+        """Send one batch and wait for it (isolation: one at a time); bad rows are isolated."""
         try:
-            await uplink.send(good)
+            await uplink.send(batch, marks)
         except UplinkMalformed as exc:
-            await self._isolate(uplink, good, exc)
+            await self._isolate(uplink, batch, marks, exc)
             return
-        await self.buffer.ack(good[-1].seq)  # type: ignore[arg-type]
+        await self._confirmed(batch, marks)
+
+    async def _confirmed(self, batch: list[Reading], marks: DeliveryMarks) -> None:
+        await self.buffer.ack(batch[-1].seq)  # type: ignore[arg-type]
+        self.buffer.forget_drops(marks.dropped)
         self._refused_streak = 0
-        if not self.connected:
+        if not self.connected or self.last_error is not None:
             self._up()
         self._backoff.reset()
-        self.sent_total += len(good)
+        self.sent_total += len(batch)
         self.last_sent_at = time.time()
         if self._observer:
-            self._observer.sent(self.name, len(good))
+            self._observer.sent(self.name, len(batch))
 
-    async def _isolate(self, uplink: Uplink, batch: list[Reading], exc: UplinkMalformed) -> None:
+    async def _isolate(self, uplink: Uplink, batch: list[Reading], marks: DeliveryMarks,
+                       exc: UplinkMalformed) -> None:
         if exc.row is not None and 0 <= exc.row < len(batch):
             i = exc.row
             if i:
-                await self._send(uplink, batch[:i])
+                await self._send(uplink, batch[:i], marks)
             field = f" (field {exc.field})" if exc.field else ""
             await self._refused(batch[i], f"refused by the uplink{field}: {exc}")
             if i + 1 < len(batch):
-                await self._send(uplink, batch[i + 1:])
+                await self._send(uplink, batch[i + 1:], marks)
             return
         if len(batch) == 1:
             await self._refused(batch[0], f"refused by the uplink: {exc}")
             return
         mid = len(batch) // 2  # no row named: bisect until the bad one is alone
-        await self._send(uplink, batch[:mid])
-        await self._send(uplink, batch[mid:])
+        await self._send(uplink, batch[:mid], marks)
+        await self._send(uplink, batch[mid:], marks)
 
     async def _refused(self, reading: Reading, reason: str) -> None:
         self._refused_streak += 1
@@ -174,3 +225,13 @@ class Drain:
         if up != self.connected and self._observer:
             self._observer.uplink_state(self.name, up)
         self.connected = up
+
+
+async def _drop(inflight: deque[_InFlight]) -> None:
+    """Cancel the sends still in flight and collect them (their outcome no longer matters)."""
+    tasks = [f.task for f in inflight]
+    inflight.clear()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -74,7 +74,7 @@ def make_uplink_factory(cfg: AgentConfig):
         settings = MqttSettings(host=m.host, port=m.port, username=username, password=password, tls=m.tls,
                                 ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
                                 topic_prefix=m.topic_prefix, keepalive_s=m.keepalive_s,
-                                client_id=client_id)
+                                client_id=client_id, ack=m.ack, ack_timeout_s=m.ack_timeout_s, window=m.window)
         return "mqtt", lambda: MqttUplink(settings, box_id)
     from agent.uplink.http import HttpSettings, HttpUplink
 

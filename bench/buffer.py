@@ -103,7 +103,7 @@ async def drain_mqtt(path: Path, rows: int) -> dict:
 
     host, _, port = BROKER.rpartition(":")
     prefix = f"bench-{secrets.token_hex(3)}"
-    settings = MqttSettings(host=host, port=int(port), topic_prefix=prefix)
+    settings = MqttSettings(host=host, port=int(port), topic_prefix=prefix, ack="broker")  # PUBACK only: bench.delivery measures end to end
     async with DurableBuffer(BufferSettings(path, max_bytes=2 * 1024**3)) as buf:
         for i in range(0, rows, 5000):
             await buf.append(_readings(5000))

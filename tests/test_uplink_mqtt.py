@@ -179,7 +179,7 @@ async def test_subscriber_receives_exactly_the_batch_and_status_is_retained() ->
     prefix, box = unique("exact")
     batch = make_batch(500)
     async with subscriber(*SHARED, f"{prefix}/{box}/telemetry") as telemetry:
-        async with MqttUplink(MqttSettings(*SHARED, topic_prefix=prefix), box) as up:
+        async with MqttUplink(MqttSettings(*SHARED, ack="broker", topic_prefix=prefix), box) as up:
             assert isinstance(up, Uplink) and up.connected
             # a late subscriber sees the retained "online" status
             async with subscriber(*SHARED, f"{prefix}/{box}/status") as status:
@@ -201,7 +201,7 @@ async def test_subscriber_receives_exactly_the_batch_and_status_is_retained() ->
 
 async def test_unencodable_batch_is_rejected_and_send_outside_block_is_an_error() -> None:
     prefix, box = unique("nan")
-    uplink = MqttUplink(MqttSettings(*SHARED, topic_prefix=prefix), box)
+    uplink = MqttUplink(MqttSettings(*SHARED, ack="broker", topic_prefix=prefix), box)
     with pytest.raises(RuntimeError):
         await uplink.send(make_batch(1))
     async with uplink as up:
@@ -216,7 +216,7 @@ async def test_last_will_appears_when_the_agent_dies_abruptly() -> None:
         import asyncio, sys
         from agent.uplink.mqtt import MqttSettings, MqttUplink
         async def main():
-            async with MqttUplink(MqttSettings("127.0.0.1", 1883, topic_prefix={prefix!r}), {box!r}):
+            async with MqttUplink(MqttSettings("127.0.0.1", 1883, ack="broker", topic_prefix={prefix!r}), {box!r}):
                 print("ready", flush=True)
                 await asyncio.sleep(60)
         asyncio.run(main())
@@ -245,7 +245,7 @@ async def test_last_will_appears_when_the_agent_dies_abruptly() -> None:
 
 async def test_send_fails_fast_while_broker_is_down_and_recovers_after_restart(broker: Mosquitto) -> None:
     prefix, box = unique("outage")
-    settings = MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix, connect_timeout_s=3, publish_timeout_s=5)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=3, publish_timeout_s=5)
     async with MqttUplink(settings, box) as up:
         await up.send(make_batch(10))
         broker.kill()
@@ -267,7 +267,7 @@ async def test_send_fails_fast_while_broker_is_down_and_recovers_after_restart(b
 
 async def test_broker_dying_while_awaiting_puback_fails_the_send_at_once(broker: Mosquitto) -> None:
     prefix, box = unique("midflight")
-    settings = MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix, connect_timeout_s=2, publish_timeout_s=10)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=2, publish_timeout_s=10)
     async with MqttUplink(settings, box) as up:
         broker.freeze()  # the PUBLISH goes out, no PUBACK comes back
         sending = asyncio.create_task(up.send(make_batch(100)))
@@ -283,7 +283,7 @@ async def test_broker_dying_while_awaiting_puback_fails_the_send_at_once(broker:
 
 async def test_missing_puback_times_out_and_next_send_reconnects(broker: Mosquitto) -> None:
     prefix, box = unique("frozen")
-    settings = MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix, connect_timeout_s=2,
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=2,
                             publish_timeout_s=0.5)
     async with MqttUplink(settings, box) as up:
         broker.freeze()
@@ -300,7 +300,7 @@ async def test_missing_puback_times_out_and_next_send_reconnects(broker: Mosquit
 
 async def test_cancelled_send_leaves_the_uplink_usable(broker: Mosquitto) -> None:
     prefix, box = unique("cancel")
-    settings = MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix, connect_timeout_s=2)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=2)
     async with subscriber("127.0.0.1", broker.port, f"{prefix}/{box}/telemetry") as telemetry:
         async with MqttUplink(settings, box) as up:
             broker.freeze()
@@ -321,7 +321,7 @@ async def test_cancelled_send_leaves_the_uplink_usable(broker: Mosquitto) -> Non
 async def test_entering_with_broker_down_raises_unavailable_fast(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)  # configured, not started
     prefix, box = unique("late")
-    settings = MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix)
     started = time.monotonic()
     with pytest.raises(UplinkUnavailable, match=f"connect to 127.0.0.1:{broker.port}.*refused"):
         async with MqttUplink(settings, box):
@@ -344,11 +344,11 @@ async def test_password_auth_and_wrong_password_is_rejected(tmp_path: Path) -> N
     broker = Mosquitto(tmp_path, f"allow_anonymous false\npassword_file {pwfile}\n").start()
     prefix, box = unique("auth")
     try:
-        good = MqttSettings("127.0.0.1", broker.port, username="agent", password="right-pw", topic_prefix=prefix)
+        good = MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="right-pw", topic_prefix=prefix)
         async with MqttUplink(good, box) as up:
             await up.send(make_batch(2))
-        for bad in (MqttSettings("127.0.0.1", broker.port, username="agent", password="wrong", topic_prefix=prefix),
-                    MqttSettings("127.0.0.1", broker.port, topic_prefix=prefix)):
+        for bad in (MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="wrong", topic_prefix=prefix),
+                    MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix)):
             started = time.monotonic()
             with pytest.raises(UplinkRejected, match="refused the connection.*username/password"):
                 async with MqttUplink(bad, box):
@@ -404,7 +404,7 @@ async def test_tls_with_ca_file_and_mutual_tls(tmp_path: Path) -> None:
                                  "require_certificate true\n").start()
     prefix, box = unique("tls")
     try:
-        plain_tls = MqttSettings("127.0.0.1", broker.port, tls=True, ca_file=str(tmp_path / "ca.pem"),
+        plain_tls = MqttSettings("127.0.0.1", broker.port, ack="broker", tls=True, ca_file=str(tmp_path / "ca.pem"),
                                  topic_prefix=prefix)
         async with subscriber("127.0.0.1", broker.port, f"{prefix}/{box}/telemetry",
                               tls_params=aiomqtt.TLSParameters(ca_certs=str(tmp_path / "ca.pem"))) as telemetry:
@@ -413,20 +413,20 @@ async def test_tls_with_ca_file_and_mutual_tls(tmp_path: Path) -> None:
                 await up.send(make_batch(4))
             assert json.loads((await asyncio.wait_for(telemetry.get(), 5)).payload)["box_id"] == box
 
-        mutual = MqttSettings("127.0.0.1", mtls_port, tls=True, ca_file=str(tmp_path / "ca.pem"),
+        mutual = MqttSettings("127.0.0.1", mtls_port, ack="broker", tls=True, ca_file=str(tmp_path / "ca.pem"),
                               cert_file=str(tmp_path / "client.pem"), key_file=str(tmp_path / "client.key"),
                               topic_prefix=prefix)
         async with MqttUplink(mutual, box) as up:
             await up.send(make_batch(4))
 
-        wrong_ca = MqttSettings("127.0.0.1", broker.port, tls=True, ca_file=str(tmp_path / "other.pem"),
+        wrong_ca = MqttSettings("127.0.0.1", broker.port, ack="broker", tls=True, ca_file=str(tmp_path / "other.pem"),
                                 topic_prefix=prefix)
         with pytest.raises(UplinkRejected, match="TLS verification"):
             async with MqttUplink(wrong_ca, box):
                 pass
         # Without a client certificate the TLS 1.3 handshake completes and the broker hangs up
         # afterwards; aiomqtt only notices when its CONNACK wait (connect_timeout_s) runs out.
-        no_client_cert = MqttSettings("127.0.0.1", mtls_port, tls=True, ca_file=str(tmp_path / "ca.pem"),
+        no_client_cert = MqttSettings("127.0.0.1", mtls_port, ack="broker", tls=True, ca_file=str(tmp_path / "ca.pem"),
                                       topic_prefix=prefix, connect_timeout_s=0.5)
         started = time.monotonic()
         with pytest.raises(UplinkUnavailable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Protocol, Sequence, runtime_checkable
 
+from agent.buffer_drops import DeliveryMarks
 from agent.reading import Reading
 
 
@@ -12,12 +13,17 @@ from agent.reading import Reading
 class Uplink(Protocol):
     """An async context manager that forwards batches.
 
-    `send` returns only when the far side has confirmed the whole batch (MQTT PUBACK at QoS 1,
-    HTTP 2xx from the fleet server). It raises UplinkUnavailable for transient failures and
-    UplinkRejected when the far side refuses the batch; in both cases nothing is marked sent.
+    `send` returns only when the fleet server has confirmed storing the whole batch (HTTP 2xx;
+    over MQTT its ack message, or the broker's PUBACK where configured so). It raises
+    UplinkUnavailable for transient failures (no confirmation in time included), UplinkMalformed
+    when the far side refuses the data, UplinkRejected when it refuses otherwise; in each case
+    nothing is marked sent. `marks` (the buffer's delivery marks) go with the batch.
+
+    `window`: how many sends the drain may have waiting at once (1: one after the other).
     """
 
     name: str
+    window: int
 
     async def __aenter__(self) -> "Uplink": ...
 
@@ -28,6 +34,6 @@ class Uplink(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    async def send(self, batch: Sequence[Reading]) -> object:
+    async def send(self, batch: Sequence[Reading], marks: DeliveryMarks | None = None) -> object:
         """Returns the transport's confirmation (the server's ack for HTTP, None for MQTT)."""
         ...

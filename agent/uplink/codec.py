@@ -1,6 +1,11 @@
 """The telemetry body every uplink sends and the fleet server's ingest parses.
 
-    {"box_id": "<box>", "readings": [[seq, ts, device, point, value, unit, quality, cls, text], ...]}
+    {"box_id": "<box>", "readings": [[seq, ts, device, point, value, unit, quality, cls, text], ...],
+     "low": <seq>, "base": <seq>, "dropped": [[first, last, reason], ...]}
+
+`low`, `base` and `dropped` are the buffer's delivery marks (agent.buffer_drops): what the fleet
+server needs to tell a reading the box dropped (announced) from one lost on the way (a seq gap).
+They are optional: a body without them is a batch from an older agent.
 
 Compact JSON (no spaces), ASCII-only (other characters \\u-escaped), no NaN/Infinity. The same bytes go to HTTP
 ``POST /api/v1/telemetry`` and to MQTT ``{prefix}/{box_id}/telemetry``. Rows come from
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+from agent.buffer_drops import DeliveryMarks
 from agent.reading import Reading
 
 __all__ = ["encode_batch"]
@@ -19,7 +25,7 @@ __all__ = ["encode_batch"]
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
-def encode_batch(box_id: str, batch: Sequence[Reading]) -> bytes:
+def encode_batch(box_id: str, batch: Sequence[Reading], marks: DeliveryMarks | None = None) -> bytes:
     """Encode one batch as the telemetry body.
 
     Raises ValueError when the batch cannot be put on the wire (a NaN or infinite value, an
@@ -30,7 +36,10 @@ def encode_batch(box_id: str, batch: Sequence[Reading]) -> bytes:
     if any(row[0] is None for row in rows):
         raise ValueError(f"batch for box {box_id!r} holds a reading without seq: {_first_unsequenced(rows)}")
     try:
-        text = _ENCODER.encode({"box_id": box_id, "readings": rows})
+        body: dict[str, object] = {"box_id": box_id, "readings": rows}
+        if marks is not None:
+            body.update(marks.to_json())
+        text = _ENCODER.encode(body)
     except ValueError as exc:
         raise ValueError(f"batch for box {box_id!r} cannot be encoded: {_first_bad_row(rows) or exc}") from exc
     return text.encode("ascii")  # ensure_ascii: non-ASCII text is \u-escaped, the body is plain ASCII

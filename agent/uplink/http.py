@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from agent.buffer_drops import DeliveryMarks
 from agent.errors import ConfigError, UplinkMalformed, UplinkRejected, UplinkUnavailable
 from agent.reading import Reading
 from agent.uplink.codec import encode_batch
@@ -85,6 +86,7 @@ class HttpUplink:
         if not isinstance(box_id, str) or not box_id:
             raise ConfigError("box id is empty", key="box.id", value=box_id, expected="a non-empty string")
         self.name = "http"
+        self.window = 1  # one POST at a time: its answer is the confirmation
         self.settings = settings
         self.box_id = box_id
         self._verify = _verify_setting(settings.verify)
@@ -114,14 +116,14 @@ class HttpUplink:
         if client is not None:
             await client.aclose()
 
-    async def send(self, batch: Sequence[Reading]) -> IngestAck:
+    async def send(self, batch: Sequence[Reading], marks: DeliveryMarks | None = None) -> IngestAck:
         """POST one batch; return the server's ack once it has stored every row."""
         if self._client is None:
             raise RuntimeError("HttpUplink.send() outside its `async with` block")
         if not batch:
             return IngestAck(accepted=0, duplicates=0, max_seq=None)
         try:
-            body = encode_batch(self.box_id, batch)
+            body = encode_batch(self.box_id, batch, marks)
         except ValueError as exc:
             raise UplinkMalformed(str(exc)) from exc
         url = self.settings.url

@@ -1,9 +1,21 @@
-"""MQTT uplink: publishes telemetry batches at QoS 1 and returns only after the broker's PUBACK.
+"""MQTT uplink: publishes telemetry batches at QoS 1; a batch counts as sent only when the fleet
+server has STORED it (end-to-end acknowledgement), not when the broker took it.
 
 Topics (``prefix`` = `MqttSettings.topic_prefix`):
     {prefix}/{box_id}/telemetry   the `encode_batch` body, QoS 1, not retained
     {prefix}/{box_id}/status      {"state": "online"|"offline", "ts": unix_s}, QoS 1, retained;
                                   "offline" is also the last will, so an abrupt death shows up
+    {prefix}/{box_id}/ack         subscribed: the fleet server's answer per stored batch (`agent.uplink.acks`)
+
+Why not the PUBACK: a broker acknowledges what it holds in memory. It drops queued messages past
+its per-client queue limit and loses what it had not yet saved when it dies, and the box would
+already have deleted the rows. With `ack = "fleet"` (the default) `send` returns only once the
+fleet server's ack for exactly that batch arrives; a batch left unacknowledged past
+`ack_timeout_s` fails the send (UplinkUnavailable) and the drain re-sends it; the server's dedup
+on (box, seq) absorbs the repeats. `ack = "broker"` (PUBACK only) is for a broker read by
+something other than a Quanedge fleet server; it loses data whenever the broker does.
+Several sends may wait for their acks at once (`window`): publishes go out in order under the lock,
+the waits overlap, so one batch's round trip through the server hides behind the next one's.
 
 Design (the drain loop owns retry and backoff; this module owns one connection at a time):
 - One aiomqtt.Client per connection, never re-entered: aiomqtt keeps its CONNACK future done after
@@ -36,8 +48,10 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.buffer_drops import DeliveryMarks
 from agent.errors import ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnavailable
 from agent.reading import Reading
+from agent.uplink.acks import AckWaiters
 from agent.uplink.codec import encode_batch
 
 __all__ = ["MqttSettings", "MqttUplink"]
@@ -67,6 +81,9 @@ class MqttSettings:
     client_id: str | None = None    # None = "quanedge-agent-{box_id}" (the id a box's broker account is bound to)
     publish_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
+    ack: str = "fleet"              # "fleet": a batch is sent once the fleet server stored it; "broker": on PUBACK
+    ack_timeout_s: float = 30.0     # a batch unacknowledged this long is re-sent
+    window: int = 4                 # batches awaiting the fleet server's ack at once
 
     def __post_init__(self) -> None:
         def bad(key: str, message: str, value: Any, expected: str) -> ConfigError:
@@ -95,7 +112,11 @@ class MqttSettings:
             raise bad("topic_prefix", "invalid topic prefix", prefix, "non-empty, no leading/trailing '/', no '+' or '#'")
         if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
             raise bad("client_id", "client_id is empty", self.client_id, "a non-empty string, or unset")
-        for key in ("publish_timeout_s", "connect_timeout_s"):
+        if self.ack not in ("fleet", "broker"):
+            raise bad("ack", "unknown acknowledgement mode", self.ack, "'fleet' or 'broker'")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= 64:
+            raise bad("window", "window out of range", self.window, "an integer 1..64")
+        for key in ("publish_timeout_s", "connect_timeout_s", "ack_timeout_s"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise bad(key, "timeout must be positive", value, "a number of seconds > 0")
@@ -137,6 +158,10 @@ class MqttUplink:
         self.box_id = box_id
         self.telemetry_topic = f"{settings.topic_prefix}/{box_id}/telemetry"
         self.status_topic = f"{settings.topic_prefix}/{box_id}/status"
+        self.ack_topic = f"{settings.topic_prefix}/{box_id}/ack"
+        self.end_to_end = settings.ack == "fleet"
+        self.window = settings.window if self.end_to_end else 1
+        self._acks = AckWaiters(self.ack_topic)
         self._client_id = settings.client_id or f"quanedge-agent-{box_id}"
         self._tls = _tls_context(settings) if settings.tls else None
         self._conn: _Connection | None = None
@@ -169,16 +194,43 @@ class MqttUplink:
         if conn is not None:
             await self._close(conn, goodbye=True)
 
-    async def send(self, batch: Sequence[Reading]) -> None:
-        """Publish one batch at QoS 1; return after PUBACK. Raises UplinkUnavailable / UplinkRejected."""
+    async def send(self, batch: Sequence[Reading], marks: DeliveryMarks | None = None) -> None:
+        """Publish one batch at QoS 1; return once the fleet server acknowledged storing it (after
+        the PUBACK with ack = "broker"). Raises UplinkUnavailable (also when no ack came within
+        ack_timeout_s: send it again), UplinkRejected, or UplinkMalformed (the server refused it)."""
         if not self._entered or self._closed:
             raise RuntimeError("MqttUplink.send() outside its `async with` block")
         if not batch:
             return
         try:
-            payload = encode_batch(self.box_id, batch)
+            payload = encode_batch(self.box_id, batch, marks)
         except ValueError as exc:
             raise UplinkMalformed(str(exc)) from exc
+        if not self.end_to_end:
+            await self._publish_batch(payload)
+            return
+        seqs: list[int] = [r.seq for r in batch]  # type: ignore[misc]
+        first, last = seqs[0], seqs[-1]
+        waiter = self._acks.expect(seqs)
+        try:
+            conn = await self._publish_batch(payload)
+            await self._await_ack(conn, waiter, first, last)
+        finally:
+            self._acks.discard(waiter)
+
+    async def _await_ack(self, conn: _Connection, waiter: asyncio.Future[None], first: int, last: int) -> None:
+        timeout = self.settings.ack_timeout_s
+        done, _ = await asyncio.wait((waiter, conn.watcher), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            waiter.result()  # raises UplinkMalformed / UplinkRejected for a refusal
+            return
+        if conn.watcher in done:
+            raise UplinkUnavailable(f"MQTT connection lost before the fleet server acknowledged seq {first}..{last}: "
+                                    f"{conn.reason()}")
+        raise UplinkUnavailable(f"the broker took seq {first}..{last} but the fleet server did not acknowledge "
+                                f"storing it within {timeout:g} s; it stays buffered and is sent again")
+
+    async def _publish_batch(self, payload: bytes) -> _Connection:
         async with self._lock:
             conn = self._conn
             if conn is None or conn.lost:
@@ -194,6 +246,7 @@ class MqttUplink:
                 self._mark(False, str(exc))
                 await self._close(conn, goodbye=False)
                 raise
+            return conn
 
     # -- connection lifecycle -------------------------------------------------------------------
 
@@ -226,8 +279,11 @@ class MqttUplink:
             _abort(client)  # a refused CONNACK leaves paho's socket open until the broker hangs up
             self._mark(False, str(exc))
             raise
-        conn = _Connection(client, asyncio.create_task(_watch(client), name=f"quanedge-mqtt-watch-{self.box_id}"))
+        conn = _Connection(client, asyncio.create_task(_watch(client, self._acks),
+                                                       name=f"quanedge-mqtt-watch-{self.box_id}"))
         try:
+            if self.end_to_end:
+                await self._subscribe_acks(conn)
             await self._publish(conn, self.status_topic, _status("online"), s.connect_timeout_s, retain=True)
             if self._closed:
                 raise UplinkUnavailable("the MQTT uplink was closed while connecting")
@@ -239,6 +295,22 @@ class MqttUplink:
         self._conn = conn
         self._mark(True, f"connected to {s.host}:{s.port} as {self._client_id}")
         return conn
+
+    async def _subscribe_acks(self, conn: _Connection) -> None:
+        subscribing = asyncio.ensure_future(conn.client.subscribe(self.ack_topic, qos=1, timeout=math.inf))
+        done, _ = await asyncio.wait((subscribing, conn.watcher), timeout=self.settings.connect_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if subscribing not in done:
+            subscribing.cancel()
+            await asyncio.wait((subscribing,))
+            raise UplinkUnavailable(f"no SUBACK for {self.ack_topic} within {self.settings.connect_timeout_s:g} s")
+        with self._translated(f"subscribe to {self.ack_topic}"):
+            granted = subscribing.result()
+        codes = [getattr(g, "value", g) for g in (granted or [])]
+        if not codes or any(not isinstance(c, int) or c >= 0x80 for c in codes):
+            raise UplinkRejected(f"the broker refused the subscription to {self.ack_topic} ({codes}): the box's "
+                                 "broker account must be allowed to subscribe to its ack topic (deploy/mosquitto), "
+                                 'or set [uplink.mqtt] ack = "broker" for a broker no fleet server reads')
 
     async def _close(self, conn: _Connection, *, goodbye: bool) -> None:
         """Close one connection: optional retained "offline", graceful DISCONNECT, else abort."""
@@ -311,11 +383,11 @@ def _translate(exc: aiomqtt.MqttError, doing: str) -> UplinkError:
     return UplinkUnavailable(f"{doing}: {text or type(exc).__name__}")
 
 
-async def _watch(client: aiomqtt.Client) -> str:
-    """Wait for the connection to end; returns why. We subscribe to nothing, so no messages come."""
+async def _watch(client: aiomqtt.Client, acks: AckWaiters) -> str:
+    """Hand the fleet server's acks to their waiting sends until the connection ends; returns why."""
     try:
-        async for _message in client.messages:
-            pass
+        async for message in client.messages:
+            acks.deliver(message.topic.value, message.payload)
     except aiomqtt.MqttError as exc:
         return str(exc.__cause__ or exc)
     return "connection closed"  # pragma: no cover - the iterator only ends by raising
