@@ -365,6 +365,7 @@ class DurableBuffer:
             "depth": self._depth,
             "bytes": self._used_bytes,
             "next_seq": self._next_seq,
+            "base_seq": self._base_seq,
             "oldest_unsent_ts": self._oldest_ts if self._depth > 0 else None,
             "dropped": dict(self._drops),
             "quarantined": self._quarantined,
