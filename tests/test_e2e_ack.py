@@ -179,3 +179,42 @@ async def test_delivery_marks_announce_drops_until_acknowledged(tmp_path: Path) 
         await buf.ack(r.last_seq, wait=True)
         _, marks = await buf.next_batch(10)
         assert marks.dropped == () and marks.low == r.last_seq + 1 and marks.base == r.first_seq
+
+
+async def test_rows_evicted_while_waiting_for_acks_are_announced_never_silent(tmp_path: Path) -> None:
+    """The byte cap still holds while rows wait for the server: evicted rows are announced as
+    dropped, so every seq the box took is either delivered or announced."""
+    prefix, box = f"qe-ack-{secrets.token_hex(3)}", "ack-box"
+    acker = Acker(prefix, box)
+    settings = MqttSettings(*BROKER, topic_prefix=prefix, ack_timeout_s=1.0, window=2)
+    try:
+        async with DurableBuffer(BufferSettings(tmp_path / "b.db", max_bytes=1024 * 1024)) as buf:
+            drain = Drain(buf, lambda: MqttUplink(settings, box), name="mqtt", batch_size=200)
+            task = asyncio.create_task(drain.run())
+            try:
+                first = None
+                for _ in range(40):  # ~40k rows into a 1 MiB buffer while nothing is acknowledged
+                    r = await buf.append(_readings(1000))
+                    first = first or r.first_seq
+                last = r.last_seq
+                assert sum(buf.stats()["dropped"].values()) > 0, "nothing was evicted: the cap did not bite"
+                acker.acking.set()
+                await _wait(lambda: buf.stats()["depth"] == 0, 60, "the buffer to drain")
+                # One more message after everything is acknowledged carries whatever is still pending.
+                await buf.append(_readings(1))
+                await _wait(lambda: buf.stats()["depth"] == 0, 30, "the last reading")
+                marks = (await buf.next_batch(1))[1]
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        assert marks.dropped == ()  # every announced range was acknowledged
+        with acker.lock:
+            covered = set(acker.received)
+            for body in acker.bodies:
+                for a, b, reason in body.get("dropped", []):
+                    assert reason == "disk_cap"
+                    covered.update(range(a, b + 1))
+        missing = set(range(first, last + 2)) - covered
+        assert not missing, f"{len(missing)} seqs neither delivered nor announced, e.g. {sorted(missing)[:5]}"
+    finally:
+        acker.close()
