@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from fleet_server.store.base import IngestResult, Store
 
-__all__ = ["DROPPED_REASONS", "FleetMetrics"]
+__all__ = ["FleetMetrics"]
 
 
 #: Dropped-range reasons the agent uses; any other (valid) reason is counted as "other", so a box
