@@ -17,7 +17,8 @@ refuses the whole batch (naming the row index and field) and nothing of it is st
 The body is parsed with `json.loads` and checked here, not through a pydantic model: `from_row`
 must be the one validator of a row, and a model in front of it would coerce first (lax mode turns
 "21.5" into 21.5, so the server would accept what the agent's codec calls malformed) and validate
-twice. Cost of a 1,000-row batch: json.loads ~0.7 ms, from_row ~3 ms, the SQLite commit ~4 ms.
+twice. Cost of a 1,000-row batch: json.loads ~0.7 ms, from_row ~3 ms, the SQLite commit ~4 ms,
+seq tracking ~0.06 ms (its one state-row write is inside that commit).
 """
 
 from __future__ import annotations
