@@ -13,7 +13,8 @@
 
 - telemetry_1000_batch_p50_ms / _p99_ms / telemetry_rows_per_s: 1,000-row POST /api/v1/telemetry
   batches sent one after another (each committed durably, deduplicated by (box, seq)) to a server
-  process, wall time seen by the client.
+  process, wall time seen by the client. Each body carries `low` and `base` like the agent's
+  (issue 11), so the server's seq tracking runs on every batch (a server without it ignores them).
 
     python -m bench.fleet [--only checkins|rollout|create|telemetry]
 Environment: QUANEDGE_BENCH_BOXES (default 10000) for rollout_10k_s.
@@ -153,7 +154,8 @@ def bench_telemetry(work: Path, batches: int = 40) -> dict[str, Any]:
                           headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}) as c:
             for i in range(batches):
                 first = 1 + i * 1000
-                body = json.dumps({"box_id": box, "readings": [
+                # low/base as the agent sends them (issue 11): every seq below this batch is stored.
+                body = json.dumps({"box_id": box, "low": first, "base": 1, "readings": [
                     Reading("rs1", "air_temp", 20.0 + seq / 10, "degC", 1_700_000_000.0 + seq, seq=seq).to_row()
                     for seq in range(first, first + 1000)]}).encode()
                 started = time.perf_counter()

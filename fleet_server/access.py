@@ -2,8 +2,8 @@
 
 Roles are ordered; each includes the ones below it:
 
-    viewer    read: boxes, readings, rollouts and their actions, site policies
-    operator  viewer + create / pause / resume / cancel rollouts (and box commands, later)
+    viewer    read: boxes, readings, seq tracking, rollouts and their actions, site policies, alerts
+    operator  viewer + create / pause / resume / cancel rollouts, acknowledge alerts (and box commands, later)
     admin     operator + API users, enrollment tokens, site maintenance windows, admission,
               quarantine, the audit log
 

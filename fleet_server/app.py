@@ -42,8 +42,9 @@ from starlette.types import Scope
 
 from fleet_server.access import UnknownUser, UserExists
 from fleet_server.admission import AdmissionService
+from fleet_server.alerts import UnknownAlert
 from fleet_server.api import (
-    admission, audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users,
+    admission, alerts, audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users,
 )
 from fleet_server.api.audit_trail import AuditMiddleware
 from fleet_server.api.auth import AuthMiddleware, document_auth
@@ -91,6 +92,7 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (UnknownRollout, 404),
     (UnknownAction, 404),
     (UnknownUser, 404),
+    (UnknownAlert, 404),
     (UserExists, 409),
     (RolloutConflict, 409),
     (ActionClosed, 409),
@@ -181,7 +183,7 @@ def create_app(
     )
     state = FleetState(
         settings=settings, store=the_store, metrics=metrics, ingest=ingest,
-        bridge=MqttBridge(settings, ingest) if settings.mqtt_enabled else None,
+        bridge=MqttBridge(settings, ingest) if settings.mqtt_enabled else None, clock=clock,
     )
 
     repo_dir = None if settings.tuf_repo_dir is None else Path(settings.tuf_repo_dir)
@@ -232,7 +234,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, admission, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit):
+    for module in (enrollment, admission, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit, alerts):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     document_errors(app)

@@ -5,6 +5,7 @@
     quanedge fleet quarantine list --server URL --admin-token T   messages kept, not processed
     quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
     quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
+    quanedge fleet alerts list|ack ...                       alerts: seq gaps, ... (cli_alerts)
     quanedge fleet box pending|admit|reject|revoke ...       admission and decommission (cli_boxes)
     quanedge fleet broker init ...                           the broker's bridge account (cli_boxes)
 
@@ -23,6 +24,7 @@ from agent.cli import _fail, _setup_logging
 from agent.errors import QuanedgeError
 from fleet_server.cli_quarantine import build_quarantine_app
 from fleet_server.cli_admin import register as register_admin_commands
+from fleet_server.cli_alerts import register as register_alert_commands
 
 __all__ = ["build_app"]
 
@@ -105,6 +107,7 @@ def build_app() -> typer.Typer:
 
     app.add_typer(build_quarantine_app(), name="quarantine")
     register_admin_commands(app)   # user create|list|rotate|revoke, audit
+    register_alert_commands(app)   # alerts list|ack
     from fleet_server.cli_boxes import register
     register(app)  # box pending|admit|reject|revoke, broker init
     return app

@@ -13,9 +13,14 @@ from fleet_server.store.base import IngestResult, Store
 __all__ = ["FleetMetrics"]
 
 
+#: Dropped-range reasons the agent uses; any other (valid) reason is counted as "other", so a box
+#: cannot grow the metric's label set (the store keeps the reason as sent).
+DROPPED_REASONS = frozenset({"disk_cap", "ttl", "quarantined", "refused"})
+
+
 class FleetMetrics:
-    """Counters for ingest (per transport: http, mqtt), quarantined messages, enrollments, and the
-    enrolled-box gauge."""
+    """Counters for ingest (per transport: http, mqtt), seq gaps and announced drops (issue 11),
+    quarantined messages, enrollments, and the enrolled-box gauge."""
 
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -31,6 +36,19 @@ class FleetMetrics:
             "quanedge_fleet_batches_rejected",
             "Telemetry or status messages refused (nothing stored), by reason.",
             ["transport", "reason"], registry=self.registry,
+        )
+        self.seq_gaps = Counter(
+            "quanedge_fleet_seq_gaps", "Seq gaps found (each raised as a seq_gap alert), by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.seq_gap_readings = Counter(
+            "quanedge_fleet_seq_gap_readings", "Seqs in the gaps found: readings that will never arrive, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.readings_dropped_by_box = Counter(
+            "quanedge_fleet_readings_dropped_by_box",
+            "Readings the boxes announced they deleted undelivered (each announced range counted once), by reason.",
+            ["reason"], registry=self.registry,
         )
         self.quarantined_messages = Counter(
             "quanedge_fleet_quarantined",
@@ -54,6 +72,11 @@ class FleetMetrics:
     def ingested(self, transport: str, result: IngestResult) -> None:
         self.readings_ingested.labels(transport).inc(result.accepted)
         self.readings_duplicate.labels(transport).inc(result.duplicates)
+        for gap in result.seq_gaps:
+            self.seq_gaps.labels(gap.reason).inc()
+            self.seq_gap_readings.labels(gap.reason).inc(gap.missing)
+        for reason, seqs in result.dropped:
+            self.readings_dropped_by_box.labels(reason if reason in DROPPED_REASONS else "other").inc(seqs)
 
     def rejected(self, transport: str, reason: str) -> None:
         self.batches_rejected.labels(transport, reason).inc()

@@ -357,6 +357,12 @@ def test_public_api_is_pinned() -> None:
         "fleet_server.store.base": ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id",
                                     "hash_secret", "new_secret"],
         "fleet_server.store.sqlite": ["SqliteStore"],
+        "fleet_server.seq_tracking": ["BUFFER_REPLACED", "DROPPED_MAX", "MAX_RANGES", "REASON_PATTERN", "SEQ_MAX",
+                                      "UNANNOUNCED", "UNTRACKED", "Gap", "Range", "SeqReport", "SeqState", "Tracked",
+                                      "check_reason", "seq_ranges", "track"],
+        "fleet_server.alerts": ["KIND_PATTERN", "SEQ_GAP", "Alert", "AlertQuery", "UnknownAlert"],
+        "fleet_server.store.alerts": ["AlertStore"],
+        "fleet_server.store.seq": ["SeqStatus", "SeqStore"],
     }
     for name, names in expected.items():
         module = importlib.import_module(name)

@@ -32,6 +32,7 @@ from fleet_server.errors import PayloadError, StoreError
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge, parse_status
+from fleet_server.seq_tracking import SeqReport
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import IngestResult
 from fleet_server.store.sqlite import SqliteStore
@@ -73,11 +74,11 @@ class FlakyStore(SqliteStore):
 
     failures = 0
 
-    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
+    def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
         if self.failures:
             self.failures -= 1
             raise StoreError("disk I/O error (simulated)")
-        return super().ingest(box_id, rows)
+        return super().ingest(box_id, rows, report)
 
 
 @dataclass

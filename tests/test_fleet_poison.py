@@ -30,6 +30,7 @@ from e2e_support import Fleet, Mosquitto, start_fleet, stop, wait_for
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
+from fleet_server.seq_tracking import SeqReport
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import IngestResult
 from fleet_server.store.sqlite import SqliteStore
@@ -149,10 +150,10 @@ def test_poison_is_quarantined_and_acked_the_next_box_is_stored_and_a_restart_is
 class ExplodingStore(SqliteStore):
     """The old bug: an exception outside the FleetError tree from inside the store."""
 
-    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
+    def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
         if box_id == "box-a":
             "\ud800".encode()  # UnicodeEncodeError, as SQLite's insert raised it
-        return super().ingest(box_id, rows)
+        return super().ingest(box_id, rows, report)
 
 
 async def test_an_unexpected_exception_is_quarantined_as_internal_and_the_bridge_goes_on(

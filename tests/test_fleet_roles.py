@@ -72,12 +72,20 @@ def _nothing(client: TestClient) -> dict[str, str]:
     return {}
 
 
+def _alert(client: TestClient) -> dict[str, str]:
+    store = client.app.state.fleet.store  # type: ignore[attr-defined]
+    return {"alert": str(store.raise_alert("b00000", "seq_gap", {"first": 1, "last": 2}, 1.0))}
+
+
 Setup = Callable[[TestClient], dict[str, str]]
 # (method, path template, body, minimum role, success status, setup giving the template's values)
 ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
     ("GET", "/api/v1/boxes", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/boxes/b00000", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/boxes/b00000/readings", None, "viewer", 200, _nothing),
+    ("GET", "/api/v1/boxes/b00000/seq", None, "viewer", 200, _nothing),
+    ("GET", "/api/v1/alerts", None, "viewer", 200, _nothing),
+    ("POST", "/api/v1/alerts/{alert}/ack", None, "operator", 200, _alert),
     ("GET", "/api/v1/rollouts", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/rollouts/{rid}", None, "viewer", 200, _rollout),
     ("GET", "/api/v1/rollouts/{rid}/actions", None, "viewer", 200, _rollout),
@@ -137,6 +145,8 @@ def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
     templates = {
         "/api/v1/boxes/b00000": "/api/v1/boxes/{box_id}",
         "/api/v1/boxes/b00000/readings": "/api/v1/boxes/{box_id}/readings",
+        "/api/v1/boxes/b00000/seq": "/api/v1/boxes/{box_id}/seq",
+        "/api/v1/alerts/{alert}/ack": "/api/v1/alerts/{alert_id}/ack",
         "/api/v1/rollouts/{rollout_id}/pause": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/resume": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/cancel": "/api/v1/rollouts/{rollout_id}/{command}",
@@ -278,7 +288,7 @@ def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: P
     for method, path, *_ in ROUTES:
         template = path.replace("{rid}", "{rollout_id}").replace("{victim}", "{name}").replace("b00000", "{box_id}")
         template = template.replace("/s1/", "/{site}/").replace("adm-0000000000000000", "{request_id}")
-        template = template.replace("/no-such-box/", "/{box_id}/")
+        template = template.replace("/no-such-box/", "/{box_id}/").replace("{alert}", "{alert_id}")
         for command in ("pause", "resume", "cancel"):
             template = template.replace(f"/{command}", "/{command}")
         operation = schema["paths"][template][method.lower()]

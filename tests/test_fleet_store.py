@@ -144,7 +144,8 @@ def test_credential_lookup_and_rotation(store: SqliteStore) -> None:
 
 def test_ingest_counts_new_and_duplicate_rows(store: SqliteStore, clock: Clock) -> None:
     enrolled(store)
-    assert store.ingest("box-1", batch(1, 10)) == IngestResult(accepted=10, duplicates=0, max_seq=10)
+    assert store.ingest("box-1", batch(1, 10)) == IngestResult(accepted=10, duplicates=0, max_seq=10, first_seq=1,
+                                                               last_seq=10, rows=10)
     assert store.ingest("box-1", []) == IngestResult(accepted=0, duplicates=0, max_seq=10)
     clock.now += 5
     result = store.ingest("box-1", batch(5, 10))

@@ -4,6 +4,10 @@
     GET /api/v1/boxes/{box_id}               -> box
     GET /api/v1/boxes/{box_id}/readings?after_seq=0&limit=1000&device=&point=
         -> {"box_id", "readings": [row, ...], "next_after_seq"}
+    GET /api/v1/boxes/{box_id}/seq          -> the box's seq tracking (issue 11):
+        {"box_id", "tracking", "contig", "base", "fresh", "above": [[first, last], ...], "above_ranges",
+         "gaps", "gap_readings", "gaps_by_reason", "dropped_ranges", "dropped_readings",
+         "dropped_by_reason", "updated_at"}
 Paging: pass `next_after_seq` back as `after_seq` until `readings` comes back empty.
 """
 
@@ -36,6 +40,13 @@ def get_box(box_id: BoxId, state: Annotated[FleetState, Depends(fleet)]) -> dict
     if box is None:
         raise UnknownBox(box_id)
     return box.to_dict()
+
+
+@router.get("/{box_id}/seq")
+def get_seq(box_id: BoxId, state: Annotated[FleetState, Depends(fleet)]) -> dict[str, Any]:
+    """Every seq in [start..contig] is stored, announced dropped or reported in a gap; `above` are
+    the covered ranges beyond (the holes between them are still in flight)."""
+    return state.store.seq_status(box_id).to_dict()
 
 
 @router.get("/{box_id}/readings")

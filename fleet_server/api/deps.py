@@ -11,6 +11,7 @@ security scheme ("apiToken") in the OpenAPI for every route that uses them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
@@ -43,6 +44,8 @@ class FleetState:
     bridge: MqttBridge | None = None
     # Set by the lifespan while the bridge runs; owned and awaited there.
     bridge_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The app's clock (unix seconds; `create_app(clock=...)`), for routes that stamp times.
+    clock: Callable[[], float] = field(default=time.time, repr=False)
 
 
 def fleet(request: Request) -> FleetState:

@@ -11,6 +11,9 @@ Contract every backend keeps:
 - admission follows `fleet_server.store.admission` (re-key, pending requests, revocation);
 - readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
   again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
+- seq tracking (issue 11, fleet_server.store.seq): that transaction also advances the box's seq
+  state with the pure rules of `fleet_server.seq_tracking` and stores the gaps they find, each
+  raised as a `seq_gap` alert (fleet_server.store.alerts), and the announced dropped ranges;
 - a refused call changes nothing; backend failures raise `StoreError`;
 - rollouts: every decision (assign a box at check-in, close an action, pause on an error
   threshold, cancel) is one transaction that reads the counters it decides on and applies the
@@ -28,9 +31,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from agent.reading import Reading
-from fleet_server.store.quarantine import QuarantineStore
+from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore
+from fleet_server.store.alerts import AlertStore
+from fleet_server.store.quarantine import QuarantineStore
+from fleet_server.store.seq import SeqStore
 
 if TYPE_CHECKING:
     from fleet_server.rollout.model import (
@@ -88,20 +94,38 @@ class Box:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """Outcome of one batch: rows newly stored, rows already present, the box's highest seq."""
+    """Outcome of one stored batch.
+
+    accepted / duplicates: rows newly stored / already present (accepted + duplicates == rows);
+    max_seq: the box's highest stored seq; first_seq / last_seq: the lowest and highest seq of
+    THIS batch (None for a batch without readings), all of it stored when this is returned;
+    seq_gaps: the gaps this message revealed (each now an open `seq_gap` alert), `gaps` their
+    number; dropped: (reason, seqs) of the dropped ranges this message announced for the first time.
+    """
 
     accepted: int
     duplicates: int
     max_seq: int
+    first_seq: int | None = None
+    last_seq: int | None = None
+    rows: int = 0
+    seq_gaps: tuple[Gap, ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def gaps(self) -> int:
+        """How many gaps (seq_gap alerts) this message raised."""
+        return len(self.seq_gaps)
 
 
 @runtime_checkable
-class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, Protocol):
+class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
     Enrolment and admission come from `AdmissionStore` (fleet_server.store.admission), the
     quarantine methods from `QuarantineStore` (fleet_server.store.quarantine); API users and the
-    audit log from `fleet_server.store.access` (the Protocols included here)."""
+    audit log from `fleet_server.store.access`; alerts from `fleet_server.store.alerts`, the seq
+    tracking read side from `fleet_server.store.seq` (the Protocols included here)."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""
@@ -111,8 +135,9 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, Protocol):
         """The box this credential belongs to, or None."""
         ...
 
-    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
-        """Store a batch of readings (each with a seq) in one transaction; raise `UnknownBox`."""
+    def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
+        """Store a batch of readings (each with a seq) in one transaction, advancing the box's seq
+        tracking with them and `report` (the message's low / base / dropped); raise `UnknownBox`."""
         ...
 
     def readings(

@@ -21,12 +21,15 @@ from sqlite_utils import Database
 from agent.reading import Quality, Reading, RecordClass
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
+from fleet_server.seq_tracking import SeqReport, seq_ranges
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
 from fleet_server.store.sqlite_admission import ADMISSION_MIGRATIONS, AdmissionTables
+from fleet_server.store.sqlite_alerts import ALERT_MIGRATIONS, AlertTables
 from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS, AuditTables
 from fleet_server.store.sqlite_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import apply_migrations, migrate, migrate_rollouts
+from fleet_server.store.sqlite_seq import BOX_AND_SEQ, SEQ_MIGRATIONS, SeqTables, check_report, seq_state, track_batch
 from fleet_server.store.sqlite_users import USER_MIGRATIONS, UserTables
 
 __all__ = ["SqliteStore"]
@@ -44,13 +47,15 @@ _INSERT_READING = (
 )
 
 
-class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables):
+class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
+                  SeqTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
     Enrolment and admission (tokens, re-key, pending requests, revocation) live in the
     `AdmissionTables` mixin; rollout storage (inventory, sites, rollouts, actions) in
     `RolloutTables`; the quarantine of unprocessable messages in `QuarantineTables`; API users in
-    `UserTables`; the append-only audit log in `AuditTables`.
+    `UserTables`; the append-only audit log in `AuditTables`; alerts in `AlertTables`; seq
+    tracking's tables in `SeqTables` (its per-batch step runs inside `ingest`).
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
@@ -72,6 +77,8 @@ class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, 
             self.user_migrations_applied = apply_migrations(USER_MIGRATIONS, self._db)
             self.audit_migrations_applied = apply_migrations(AUDIT_MIGRATIONS, self._db)
             self.admission_migrations_applied = apply_migrations(ADMISSION_MIGRATIONS, self._db)
+            self.alert_migrations_applied = apply_migrations(ALERT_MIGRATIONS, self._db)
+            self.seq_migrations_applied = apply_migrations(SEQ_MIGRATIONS, self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
@@ -165,30 +172,35 @@ class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, 
 
     # -- readings --------------------------------------------------------------------------
 
-    def ingest(self, box_id: str, rows: Sequence[Reading]) -> IngestResult:
+    def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
         params = [
             (box_id, r.seq, r.ts, r.device, r.point, r.value, r.unit, int(r.quality), r.cls.value, r.text)
             for r in rows
         ]
-        batch_max = 0
+        seqs = []
         for p in params:
             seq, quality = p[1], p[7]
             if seq is None or not 1 <= seq <= _MAX_INT:
                 raise ValueError(f"every reading needs a seq in 1..2**63-1 to be stored, got {seq!r}")
             if not 0 <= quality <= _MAX_INT:
                 raise ValueError(f"quality must fit in 63 bits, got {quality!r}")
-            batch_max = max(batch_max, seq)
+            seqs.append(seq)
+        if report is not None:
+            check_report(report)
+        ranges = seq_ranges(seqs)
+        first_seq, last_seq = (ranges[0][0], ranges[-1][1]) if ranges else (None, None)
         now = self._clock()
         with self._conn(write=True) as conn:
-            if conn.execute("SELECT 1 FROM boxes WHERE box_id = ?", (box_id,)).fetchone() is None:
+            found = conn.execute(BOX_AND_SEQ, (box_id,)).fetchone()
+            if found is None:
                 raise UnknownBox(box_id)
             accepted = conn.executemany(_INSERT_READING, params).rowcount if params else 0
-            conn.execute(
-                "UPDATE boxes SET max_seq = max(max_seq, ?), last_seen = ? WHERE box_id = ?",
-                (batch_max, now, box_id),
-            )
-            max_seq = conn.execute("SELECT max_seq FROM boxes WHERE box_id = ?", (box_id,)).fetchone()[0]
-        return IngestResult(accepted=accepted, duplicates=len(params) - accepted, max_seq=int(max_seq))
+            max_seq = max(int(found[0]), last_seq or 0)
+            conn.execute("UPDATE boxes SET max_seq = ?, last_seen = ? WHERE box_id = ?", (max_seq, now, box_id))
+            tracked, dropped = track_batch(conn, box_id, seq_state(found[1:], int(found[0])), ranges, report, now)
+        return IngestResult(accepted=accepted, duplicates=len(params) - accepted, max_seq=max_seq,
+                            first_seq=first_seq, last_seq=last_seq, rows=len(params), seq_gaps=tracked.gaps,
+                            dropped=dropped)
 
     def readings(
         self, box_id: str, after_seq: int = 0, limit: int = 1000,
