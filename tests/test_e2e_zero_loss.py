@@ -39,3 +39,13 @@ def test_broker_crash_before_autosave_loses_nothing(tmp_path: Path) -> None:
 
 def test_server_down_loses_nothing(tmp_path: Path) -> None:
     _check(delivery.server_down(tmp_path, 6000, rate=1500, down_s=5), 6000)
+
+
+def test_puback_only_delivery_loses_readings_and_the_server_notices(tmp_path: Path) -> None:
+    """The same overflow with ack = "broker" (rows deleted on the broker's PUBACK, as before): the
+    readings the broker dropped are gone, and the server raises seq_gap alerts for them: the scenario
+    above is a real test, and a loss is never silent. (The server learns of a loss from the next
+    batch's marks, so the box keeps taking readings after the server is back.)"""
+    outcome = delivery.queue_overflow(tmp_path, 9000, rate=1000, down_s=4, ack="broker")
+    assert outcome.broker_dropped and outcome.lost > 0, outcome
+    assert outcome.gaps >= 1, outcome
