@@ -66,6 +66,7 @@ class Drain:
         self.connected = False
         self.sent_total = 0
         self.last_error: str | None = None
+        self.last_error_at: float | None = None  # time.time() when last_error was set
         self.last_sent_at: float | None = None
         self.quarantined = 0
         self.last_quarantine: str | None = None
@@ -81,7 +82,7 @@ class Drain:
                     await self._forward(uplink)
             except UplinkError as exc:
                 self.buffer.rewind()
-                self.last_error = str(exc)
+                self.last_error, self.last_error_at = str(exc), time.time()
                 self._set_connected(False)
                 if self._down_since is None:
                     self._down_since = time.monotonic()
@@ -97,6 +98,7 @@ class Drain:
         if self._down_since is not None:
             log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - self._down_since)
             self._down_since = None
+        self.last_error = self.last_error_at = None
         self._set_connected(True)
 
     async def _forward(self, uplink: Uplink) -> None:

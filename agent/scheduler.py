@@ -62,7 +62,8 @@ class PolledDevice:
     points: Sequence[str] | None = None
     online: bool | None = None  # None until the first poll says
     failures: int = 0
-    last_error: str | None = None
+    last_error: str | None = None   # cleared by the next good poll
+    last_error_at: float | None = None  # time.time() of last_error
     last_success: float | None = None
     backoff: Backoff = field(default_factory=Backoff)
     polls: int = 0              # poll attempts so far
@@ -271,6 +272,7 @@ class BusScheduler:
             return await self._failed(dev, DriverError(f"unexpected {type(exc).__name__}: {exc}"), started)
         self._record(dev, due, started, True)
         dev.failures = 0
+        dev.last_error = dev.last_error_at = None
         dev.last_success = time.time()
         dev.backoff.reset()
         if dev.online is not True:
@@ -293,7 +295,7 @@ class BusScheduler:
 
     async def _failed(self, dev: PolledDevice, exc: DriverError, started: float) -> float:
         dev.failures += 1
-        dev.last_error = str(exc)
+        dev.last_error, dev.last_error_at = str(exc), time.time()
         kind = error_kind(exc)
         if self._observer:
             self._observer.device_error(dev.name, kind)
