@@ -14,8 +14,8 @@ __all__ = ["FleetMetrics"]
 
 
 class FleetMetrics:
-    """Counters for ingest (per transport: http, mqtt), quarantined messages, enrollments, and the
-    enrolled-box gauge."""
+    """Counters for ingest (per transport: http, mqtt), quarantined messages, enrollments, clients
+    gone mid-body, and the enrolled-box gauge."""
 
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -41,6 +41,12 @@ class FleetMetrics:
             "quanedge_fleet_enrollments", "Enrollment attempts, by outcome.",
             ["outcome"], registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "quanedge_fleet_client_disconnects",
+            "Requests whose client went away while its body was being read (a box that lost power or "
+            "its link mid-upload); nothing of such a body is stored.",
+            ["route"], registry=self.registry,
+        )
         self.mqtt_connected = Gauge(
             "quanedge_fleet_mqtt_connected", "1 while the MQTT bridge is connected and subscribed.",
             registry=self.registry,
@@ -57,6 +63,9 @@ class FleetMetrics:
 
     def rejected(self, transport: str, reason: str) -> None:
         self.batches_rejected.labels(transport, reason).inc()
+
+    def client_disconnected(self, route: str) -> None:
+        self.client_disconnects.labels(route).inc()
 
     def quarantined(self, transport: str, reason: str) -> None:
         self.quarantined_messages.labels(transport, reason).inc()
