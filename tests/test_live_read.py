@@ -1,4 +1,5 @@
-"""`quanedge agent read` (a real process) against a simulated slave on a pty: the table names quality."""
+"""`quanedge agent read` (a real process) against a simulated slave on a pty: the table names quality
+and decodes the WXT530's model/software register."""
 
 from __future__ import annotations
 
@@ -39,4 +40,6 @@ async def test_agent_read_shows_quality_names_not_numbers(tmp_path: Path) -> Non
     assert rows["relative_humidity"] == ["missing", "%", "missing"], rows
     assert rows["air_temperature"] == ["70", "degC", "out_of_range"], rows
     assert rows["air_pressure"] == ["1013.2", "hPa", "good"], rows
+    # register 0x0000 = 0x0312 (786): model 3 (WXT533), software version 0x12, not the raw word
+    assert (rows["model_number"], rows["software_version"]) == (["3", "", "good"], ["18", "", "good"]), rows
     assert not any(q.isdigit() for _, _, q in rows.values()), rows  # never the bare number
