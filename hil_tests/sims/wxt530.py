@@ -142,10 +142,14 @@ class Wxt530Registers:
                 self.input[address] = r
 
 
-def make_wxt530(unit: int = 1, **kwargs: Any) -> tuple[SimSlave, Wxt530Registers]:
-    """A WXT530 slave ready to serve; kwargs go to Wxt530Registers."""
+def make_wxt530(unit: int = 1, *, deaf_s: float = 0.0, unmapped: int | None = None,
+                **kwargs: Any) -> tuple[SimSlave, Wxt530Registers]:
+    """A WXT530 slave ready to serve; kwargs go to Wxt530Registers.
+
+    As the manual's table: registers it does not list answer exception 02. `deaf_s` and `unmapped`
+    give it the traits of the third-party slave of issue 11 (see SimSlave)."""
     regs = Wxt530Registers(**kwargs)
-    return SimSlave(unit, holding={}, input=regs.input, refresh=regs.refresh), regs
+    return SimSlave(unit, holding={}, input=regs.input, refresh=regs.refresh, deaf_s=deaf_s, unmapped=unmapped), regs
 
 
 async def serve_wxt530(
