@@ -13,8 +13,9 @@ the wire as registers (each register is two bytes, high byte first):
 For 16-bit types only the byte swap matters: BADC/DCBA read a register as [BA].
 
 Invalid markers are compared with the raw integer after byte ordering and before scaling (e.g. a
-WXT530 S16 register holding 32767), and before a bit field (`bits`) is taken out of it. For f32 they are compared with the 32-bit pattern; NaN and
-infinities are always reported missing, because a reading never carries a non-finite number.
+WXT530 S16 register holding 32767), and before a bit field (`bits`) is taken out of it. For f32
+they are compared with the 32-bit pattern; NaN and infinities are always reported missing, because
+a reading never carries a non-finite number.
 """
 
 from __future__ import annotations

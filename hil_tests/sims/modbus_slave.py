@@ -171,7 +171,8 @@ class SimSlave:
             table = self.holding if fc == 3 else self.input
             if self.unmapped is None and any(a not in table for a in range(address, address + count)):
                 return fail(ILLEGAL_ADDRESS)
-            return bytes([fc, 2 * count]) + b"".join(table.get(a, self.unmapped).to_bytes(2, "big")  # type: ignore[union-attr]
+            fill = self.unmapped or 0  # only used when unmapped is set (checked above)
+            return bytes([fc, 2 * count]) + b"".join(table.get(a, fill).to_bytes(2, "big")
                                                      for a in range(address, address + count))
         except Exception:  # a broken refresh or register value: the device reports a failure
             log.exception("sim slave %d failed on function %d", self.unit, fc)
