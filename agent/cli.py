@@ -16,7 +16,6 @@ loads the fleet server's stack (FastAPI, SQLite store), TUF tooling or training 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,12 +33,9 @@ def _fail(exc: BaseException, code: int = 2) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pymodbus logs every timeout at ERROR with frame dumps; our DriverErrors carry the detail and
-    # the scheduler logs state changes once each way.
-    if not verbose:
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    from agent.logs import setup_logging
+
+    setup_logging(verbose)
 
 
 # --- agent ---------------------------------------------------------------------------------------

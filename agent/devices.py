@@ -301,9 +301,11 @@ class DeviceSet:
     def status(self) -> dict[str, dict[str, Any]]:
         """Per device: the scheduler's view, plus `listening` for push devices."""
         out = {d.name: {"online": d.online, "failures": d.failures, "last_error": d.last_error,
-                        "last_success": d.last_success} for s in self.schedulers for d in s.devices}
+                        "last_error_at": d.last_error_at, "last_success": d.last_success}
+               for s in self.schedulers for d in s.devices}
         for lst in self.listeners:
-            entry = out.setdefault(lst.name, {"online": None, "failures": 0, "last_error": None, "last_success": None})
+            entry = out.setdefault(lst.name, {"online": None, "failures": 0, "last_error": None, "last_error_at": None,
+                                              "last_success": None})
             entry["listening"] = lst.listening
             if not lst.listening:
                 entry["online"] = False

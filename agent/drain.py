@@ -39,7 +39,7 @@ from typing import Callable, Protocol
 from agent.backoff import Backoff
 from agent.buffer import DurableBuffer
 from agent.buffer_drops import DeliveryMarks
-from agent.errors import UplinkError, UplinkMalformed, UplinkRejected
+from agent.errors import UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged
 from agent.reading import Reading, check_reading
 from agent.uplink.base import Uplink
 
@@ -90,15 +90,18 @@ class Drain:
         self.last_quarantine: str | None = None
         self._refused_streak = 0
         self._down_since: float | None = None
+        self._unacknowledged = False  # the last failure was a batch the server never confirmed
 
     async def run(self) -> None:
         while True:
             try:
                 async with self._make_uplink() as uplink:
                     if getattr(uplink, "connected", False):  # MQTT: entering means connected
-                        self._up()
+                        # ...to the broker: that cures a connection error, not a missing ack.
+                        self._up(clear_error=not self._unacknowledged)
                     await self._forward(uplink)
             except UplinkError as exc:
+                self._unacknowledged = isinstance(exc, UplinkUnacknowledged)
                 self.buffer.rewind()
                 self.last_error = str(exc)
                 self.last_error_at = time.time()
@@ -112,12 +115,14 @@ class Drain:
                     delay = max(delay, self._backoff.cap_s / 2)
                 await asyncio.sleep(delay)
 
-    def _up(self) -> None:
+    def _up(self, *, clear_error: bool = True) -> None:
         """The uplink works (connected, or a batch was confirmed): log the recovery once."""
-        if self._down_since is not None:
-            log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - self._down_since)
-            self._down_since = None
-        self.last_error = self.last_error_at = None
+        if clear_error:
+            if self._down_since is not None:
+                log.info("uplink %s is back after %.1f s", self.name, time.monotonic() - self._down_since)
+                self._down_since = None
+            self.last_error = self.last_error_at = None
+            self._unacknowledged = False
         self._set_connected(True)
 
     async def _forward(self, uplink: Uplink) -> None:

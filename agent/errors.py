@@ -123,6 +123,11 @@ class UplinkUnavailable(UplinkError):
     """Transient failure (unreachable, timeout, disconnected): retry with backoff."""
 
 
+class UplinkUnacknowledged(UplinkUnavailable):
+    """The transport took the batch but the fleet server did not confirm storing it in time: send it
+    again. Reconnecting does not cure this one; only a confirmed batch does."""
+
+
 class UplinkRejected(UplinkError):
     """The far side refused the batch (bad credential, malformed body)."""
 

@@ -29,14 +29,14 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Iterator, Mapping
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S"]
+__all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "uplink_status"]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,32 @@ class _BufferCollector(Collector):
                                 labels=["reason", "cls"]),
             GaugeMetricFamily("quanedge_oldest_unsent_age_seconds", "Age of the oldest unsent reading (0 if none)."),
         )
+
+
+class UplinkState(Protocol):
+    """What /healthz reads of the drain (agent.drain.Drain)."""
+
+    name: str
+    connected: bool
+    sent_total: int
+    last_error: str | None
+    last_error_at: float | None
+    quarantined: int
+    last_quarantine: str | None
+
+
+def uplink_status(drain: UplinkState, pending: int) -> dict[str, Any]:
+    """The uplink's part of /healthz; "healthy" says whether it may count as up.
+
+    Healthy when connected, or when idle: no error since the last success and nothing `pending`
+    (unsent rows in the buffer). An HTTP uplink is "connected" only once a batch was confirmed,
+    so a box with nothing to send has no proof either way, and nothing is wrong with it. An error
+    carries its time (`last_error_at`, unix seconds); the drain clears both when the uplink works
+    again, so a past failure does not linger in the report."""
+    idle = not drain.connected and drain.last_error is None and pending == 0
+    return {"name": drain.name, "connected": drain.connected, "idle": idle, "healthy": drain.connected or idle,
+            "sent": drain.sent_total, "last_error": drain.last_error, "last_error_at": drain.last_error_at,
+            "quarantined": drain.quarantined, "last_quarantine": drain.last_quarantine}
 
 
 class _BadRequest(Exception):

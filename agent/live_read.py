@@ -16,7 +16,7 @@ from rich.table import Table
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError, DriverError
-from agent.reading import Quality, Reading
+from agent.reading import Reading
 
 
 def _table(device: str, readings: list[Reading], error: str | None, n: int, took_ms: float) -> Table:
@@ -26,8 +26,7 @@ def _table(device: str, readings: list[Reading], error: str | None, n: int, took
         t.add_column(col)
     for r in readings:
         value = "missing" if r.value is None else f"{r.value:.3f}".rstrip("0").rstrip(".")
-        q = "good" if r.quality == Quality.GOOD else str(r.quality).replace("Quality.", "")
-        t.add_row(r.point, value, r.unit, q)
+        t.add_row(r.point, value, r.unit, r.quality.label())
     return t
 
 

@@ -45,6 +45,17 @@ class Quality(IntFlag):
     DERIVED = 16        # computed on the box (model output, rate), not read from a device
     WRAPPED = 32        # a counter wrapped between this reading and the previous one
 
+    def label(self) -> str:
+        """'good', or the names of the set flags, lower case, joined by '+' ('missing+comm_failure').
+
+        For people (the installer's `agent read` table, logs): str() of an IntFlag is only its
+        number on Python 3.11+. Bits no flag names (a newer peer's) show as their number."""
+        if not self:
+            return "good"
+        names = [f.name.lower() for f in Quality if f and f in self and f.name]
+        rest = int(self) & ~sum(int(f) for f in Quality)
+        return "+".join(names + ([str(rest)] if rest else []))
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:

@@ -37,7 +37,7 @@ from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
 from agent.errors import ConfigError
-from agent.health import Metrics, serve_health
+from agent.health import Metrics, serve_health, uplink_status
 from agent.pipeline import Pipeline
 from agent.reading import Reading, RecordClass
 from agent.supervise import Supervisor
@@ -229,8 +229,9 @@ def _readiness(device_set: DeviceSet, drain: Drain, buffer: DurableBuffer, pipel
     st = buffer.stats()
     oldest = st["oldest_unsent_ts"]
     buffer_health = buffer.health()
+    uplink = uplink_status(drain, st["depth"])
     status = "ok"
-    if any(d["online"] is False for d in devices.values()) or not drain.connected:
+    if any(d["online"] is False for d in devices.values()) or not uplink["healthy"]:
         status = "degraded"
     if buffer_health["state"] != "ok" or (sup is not None and not sup.healthy()):
         status = "failing"
@@ -244,9 +245,7 @@ def _readiness(device_set: DeviceSet, drain: Drain, buffer: DurableBuffer, pipel
         "buffer_bytes": st["bytes"],
         "oldest_unsent_age_s": None if oldest is None else round(time.time() - oldest, 3),
         "dropped": {f"{r}:{c}": n for (r, c), n in st["dropped"].items()},
-        "uplink": {"name": drain.name, "connected": drain.connected, "sent": drain.sent_total,
-                   "last_error": drain.last_error, "quarantined": drain.quarantined,
-                   "last_quarantine": drain.last_quarantine},
+        "uplink": uplink,
         "pipeline": pipeline.stats(),
         **({"models": stage.stats()} if stage is not None else {}),
         **({"junctions": decider.stats()} if decider is not None else {}),

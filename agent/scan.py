@@ -1,6 +1,7 @@
 """`quanedge scan`: find the Modbus slaves on an RS-485 line and print a ready-to-paste config.
 
-How it spends its time budget (default 60 s):
+How it spends its time budget (default 240 s; a full sweep of 248 units takes about 2.5 minutes at
+9600 baud, most of it the paced retries below; narrow --units to go faster):
 1. Find the line. All slaves on one bus share baud and parity, so one answer settles it: at each
    line setting, most likely first (the factory defaults devices.md lists: 9600 8N1, 4800 8N1,
    19200 8E1, ...), probe the usual factory addresses (1, 0xC0, 255, 2, 3). Any reply counts, even
@@ -8,15 +9,19 @@ How it spends its time budget (default 60 s):
    every address at each setting while the budget lasts.
 2. Sweep every address (1..247 and 255) at that setting with one short read each. The probe timeout
    covers the wire time at that baud plus a 50 ms slave turnaround, so slow lines are not missed.
-3. Identify each slave from its registers, and say how sure that is:
-       high    an identity register matched (WXT530 model register 0x0000; SEN0575 PID/VID;
-               a Lufft type code that no other model uses)
-       medium  the register map and its values fit one model (e.g. 0x0000 sector agrees with
-               0x0001 degrees and 0x07D0 holds the unit's own address)
-       low     plausible values only: another device could look the same; check the label
-       none    it answers but is no model we know
+3. Identify each slave from several of its registers (agent.identify: high / medium / low
+   confidence, or unknown when the evidence is thin or contradicts itself).
 4. Print a TOML [[bus]] and one [[device]] per slave (unknown ones commented out), with a
    capacity check of the suggested poll interval.
+
+Pacing. Some RS-485 slaves stay deaf for about 0.4 s after any frame addressed to another unit
+(a third-party slave in the field: found at a factory address, then silent to identification,
+which followed the sweep's frames to other units at once). So an unanswered query is asked once
+more after the line has carried nothing for another unit for `pace_s` (0.5 s; devices.md: Vaisala
+recommends retrying an unanswered query), and identification starts only after that quiet too.
+A silent unit so costs two probe timeouts and the pace; `--pace-ms 0` turns both off (a fast scan
+for buses known to be well behaved). Units that answered only when asked again are noted in the
+printed config: poll such a slave alone on its bus, or expect timeouts after other units' frames.
 
 Line settings the port refuses are skipped with a note. Through pyserial a Linux pty (the
 simulators) refuses any parity (the kernel clears PARENB and pyserial's second tcsetattr then fails
@@ -33,40 +38,31 @@ import sys
 import termios
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
 import typer
 
 from agent.bus_timing import DeviceLoad, LineTiming, capacity_report
-from agent.errors import DeviceException, DriverError, FrameError, LinkError, QuanedgeError
-from agent.reading import Quality
-from drivers.codec import REGISTER_COUNT, decode_point, plan_reads
+from agent.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
+from agent.identify import IDENTIFY_MAX_REGISTERS, Identification, identify
+from drivers.codec import plan_reads
 from drivers.profile import load_profile
 
-__all__ = ["DEFAULT_LINES", "Identification", "ScanResult", "identify", "parse_units", "render_toml", "scan",
-           "scan_bus"]
+__all__ = ["DEFAULT_LINES", "PACE_S", "Identification", "ScanResult", "identify", "parse_units", "render_toml",
+           "scan", "scan_bus"]
 
 DEFAULT_LINES: tuple[LineTiming, ...] = tuple(LineTiming(b, p) for b, p in (
     (9600, "N"), (4800, "N"), (19200, "E"), (19200, "N"), (9600, "E"), (2400, "N"), (38400, "N"),
     (115200, "N"), (4800, "E"), (9600, "O"), (19200, "O"), (57600, "N")))
 FACTORY_UNITS = (1, 0xC0, 255, 2, 3)
 SLOW_TURNAROUND_S = 0.05  # devices.md: slaves answer within 5-50 ms
-IDENTIFY_MAX_REGISTERS = 26  # the longest read identify() makes (WXT530 0x000A-0x0023)
-LUFFT_CODES = {1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 15, 16, 23, 25, 33, 35, 43, 45, 93, 95}
-_ONLY_LUFFT = LUFFT_CODES - set(range(1, 7))
+PACE_S = 0.5  # quiet after another unit's frame before asking again: ~0.4 s deaf slaves, plus a margin
+DEFAULT_BUDGET_S = 240.0
 
 
 class _OutOfTime(Exception):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Identification:
-    unit: int
-    profile: str | None
-    confidence: str  # high | medium | low | none
-    evidence: str
 
 
 @dataclass
@@ -78,6 +74,17 @@ class ScanResult:
     probes: int = 0
     complete: bool = True
     notes: list[str] = field(default_factory=list)
+    retries: int = 0  # unanswered queries asked again after the pace
+    paced: set[int] = field(default_factory=set)  # units that answered only when asked again
+
+
+@dataclass
+class _Line:
+    """Who the line last carried a frame for, and when: shared by every prober of one scan."""
+
+    unit: int | None = None
+    end: float = 0.0        # when the last exchange (reply or timeout) ended
+    other_end: float = 0.0  # when the last exchange with a unit other than `unit` ended
 
 
 def parse_units(text: str) -> list[int]:
@@ -97,17 +104,23 @@ def parse_units(text: str) -> list[int]:
 class _Prober:
     """One line setting on the port; every read counts against the scan's deadline."""
 
-    def __init__(self, port: str, line: LineTiming, timeout_s: float, deadline: float, result: ScanResult) -> None:
+    def __init__(self, port: str, line: LineTiming, timeout_s: float, deadline: float, result: ScanResult,
+                 pace_s: float, clock: _Line) -> None:
         from drivers.modbus import ModbusLink
 
         self.line, self.deadline, self.result = line, deadline, result
+        self.pace_s, self.clock = pace_s, clock
         self.timeout_s = max(timeout_s, line.timeout_floor_s(1, SLOW_TURNAROUND_S))
         self.link = ModbusLink.rtu(port, baudrate=line.baudrate, parity=line.parity, stopbits=line.stopbits,
                                    bytesize=line.bytesize, timeout_s=self.timeout_s, recovery_s=2 * line.t35_s)
 
     async def read(self, function: int, address: int, count: int, unit: int) -> list[int] | DriverError:
+        """One request, asked once."""
         if time.monotonic() + self.timeout_s > self.deadline:
             raise _OutOfTime
+        line = self.clock
+        if unit != line.unit:
+            line.other_end, line.unit = line.end, unit
         self.result.probes += 1
         try:
             return await self.link.read_registers(function, address, count, unit)
@@ -116,91 +129,54 @@ class _Prober:
         except DriverError as exc:
             return exc
         finally:
+            line.end = time.monotonic()
             await asyncio.sleep(self.line.t35_s)  # the line stays quiet t3.5 before the next request
+
+    async def quiet(self, unit: int) -> None:
+        """Wait until the line has carried nothing for a unit other than `unit` for pace_s."""
+        line = self.clock
+        since = line.end if unit != line.unit else line.other_end
+        wait = since + self.pace_s - time.monotonic()
+        if wait > 0:
+            if time.monotonic() + wait + self.timeout_s > self.deadline:
+                raise _OutOfTime
+            await asyncio.sleep(wait)
+
+    async def ask(self, function: int, address: int, count: int, unit: int) -> list[int] | DriverError:
+        """A read; if it meets silence, asked once more after pace_s of quiet (pace 0: never)."""
+        reply = await self.read(function, address, count, unit)
+        if not isinstance(reply, DeviceTimeout) or self.pace_s <= 0:
+            return reply
+        await self.quiet(unit)
+        self.result.retries += 1
+        reply = await self.read(function, address, count, unit)
+        if not isinstance(reply, DeviceTimeout):  # it answered this time (an exception is an answer)
+            self.result.paced.add(unit)
+        return reply
 
     async def present(self, unit: int) -> bool | None:
         """True: it answers (even with an exception); False: silence; None: garbled frames."""
-        reply = await self.read(3, 0, 1, unit)
+        reply = await self.ask(3, 0, 1, unit)
         if isinstance(reply, FrameError):
             return None
         return not isinstance(reply, DriverError) or isinstance(reply, DeviceException)
 
 
-def _fits(profile_name: str, function: int, start: int, regs: list[int]) -> tuple[int, int]:
-    """(good points, out-of-range points) of a profile's points that lie inside these registers."""
-    good = bad = 0
-    for p in load_profile(profile_name).points:
-        end = p.address + REGISTER_COUNT[p.type]
-        if p.function == function and start <= p.address and end <= start + len(regs):
-            _, q = decode_point(p, regs[p.address - start:end - start])
-            good += q == Quality.GOOD
-            bad += q == Quality.OUT_OF_RANGE
-    return good, bad
-
-
-async def identify(p: _Prober, unit: int) -> Identification:
-    """Which model is at `unit`? Reads only what it needs, most specific model first."""
-    def ok(r: object) -> bool:
-        return isinstance(r, list)
-
-    ident = await p.read(4, 0x0000, 1, unit)
-    if ok(ident):
-        hi, lo = ident[0] >> 8, ident[0] & 0xFF  # type: ignore[index]
-        ids = await p.read(4, 0x0000, 3, unit)
-        if ok(ids) and ids[0] == 0x00C0 and ((ids[1] & 0xC000) << 2 | ids[0]) == 0x100C0 and ids[1] & 0x3FFF == 0x3343:  # type: ignore[index]
-            extra = " and register 2 holds its own address" if ids[2] == unit else ""  # type: ignore[index]
-            return Identification(unit, "dfrobot_sen0575", "high",
-                                  f"input registers 0-1 = PID 0x100C0 / VID 0x3343 (SEN0575){extra}")
-        rain = await p.read(4, 48, 3, unit)
-        if ok(rain) and hi in LUFFT_CODES:
-            sure = "high" if hi in _ONLY_LUFFT else "medium"
-            return Identification(unit, "lufft_ws", sure, f"identification 0x{ident[0]:04X} is Lufft WS type code "  # type: ignore[index]
-                                  f"{hi}, software {lo}; rain registers 48-50 answer (a WXT530 has none)")
-        if 1 <= hi <= 6:
-            block = await p.read(4, 0x000A, 26, unit)
-            good, bad = _fits("vaisala_wxt530", 4, 0x000A, block) if ok(block) else (0, 1)  # type: ignore[arg-type]
-            if not bad:
-                return Identification(unit, "vaisala_wxt530", "high", f"model register 0x0000 = 0x{ident[0]:04X}: "  # type: ignore[index]
-                                      f"WXT53{hi}, software {lo}; {good} values in 0x000A-0x0023 plausible")
-    station = await p.read(3, 500, 14, unit)
-    if ok(station):
-        good, bad = _fits("small_weather_station", 3, 500, station)  # type: ignore[arg-type]
-        if good >= 8 and not bad:
-            return Identification(unit, "small_weather_station", "medium",
-                                  f"holding registers 500-513 answer with {good} plausible weather values")
-    six = await p.read(3, 0, 11, unit)
-    if ok(six):
-        good, bad = _fits("outdoor_six_gas", 3, 0, six)  # type: ignore[arg-type]
-        if good >= 6 and not bad and six[7] <= six[8]:  # type: ignore[index]
-            return Identification(unit, "outdoor_six_gas", "low", "holding registers 0-10 answer; 3-10 hold plausible "
-                                  "SO2/NO2/CO/O3/PM/temperature/humidity values (PM2.5 <= PM10): check the label")
-    pm = await p.read(3, 0, 10, unit)
-    if ok(pm):
-        good, bad = _fits("pm_transmitter", 3, 0, pm)  # type: ignore[arg-type]
-        if good == 2 and not bad and pm[4] <= pm[9]:  # type: ignore[index]
-            return Identification(unit, "pm_transmitter", "low", "holding registers 0-9 answer (10 does not); "
-                                  f"PM2.5 {pm[4]} <= PM10 {pm[9]} ug/m3 plausible: check the label")  # type: ignore[index]
-    own = await p.read(3, 0x07D0, 1, unit)
-    addressed = ok(own) and own[0] == unit  # type: ignore[index]
-    why = "; 0x07D0 holds its own address (Renke-style)" if addressed else ""
-    pair = await p.read(3, 0x0000, 2, unit)
-    if ok(pair) and pair[0] <= 7 and pair[1] < 360 and (round(pair[1] / 45) % 8 - pair[0]) % 8 in (0, 1, 7):  # type: ignore[index]
-        return Identification(unit, "renke_wind_direction", "medium" if addressed else "low",
-                              f"0x0000 sector {pair[0]} agrees with 0x0001 = {pair[1]} deg{why}")  # type: ignore[index]
-    one = await p.read(3, 0x0000, 1, unit)
-    if ok(one) and one[0] <= 700:  # type: ignore[index]
-        return Identification(unit, "renke_wind_speed", "medium" if addressed else "low",
-                              f"one holding register 0x0000 = {one[0]} ({one[0] / 10:g} m/s plausible){why}")  # type: ignore[index]
-    return Identification(unit, None, "none", "answers, but its registers fit no known profile")
-
-
 async def scan_bus(
     port: str, *, lines: Sequence[LineTiming] = DEFAULT_LINES, units: Sequence[int] = tuple(range(1, 248)) + (255,),
-    budget_s: float = 60.0, probe_timeout_s: float = 0.05, progress: Callable[[str], None] | None = None,
+    budget_s: float = DEFAULT_BUDGET_S, probe_timeout_s: float = 0.05, pace_s: float = PACE_S,
+    progress: Callable[[str], None] | None = None,
 ) -> ScanResult:
     """Find the line, sweep the units, identify them; stops when the budget is spent."""
     if not lines or not units:
         raise ValueError("scan needs at least one line setting and one unit")
+    if not isinstance(pace_s, (int, float)) or not 0 <= pace_s <= 5:
+        raise ValueError(f"pace must be 0..5 seconds, got {pace_s!r}")
+    clock = _Line()
+
+    def opened(line: LineTiming, timeout_s: float) -> AbstractAsyncContextManager[_Prober]:
+        return _open(_Prober(port, line, timeout_s, deadline, result, pace_s, clock))
+
     say = progress or (lambda _m: None)
     t0 = time.monotonic()
     result = ScanResult(port, None)
@@ -223,7 +199,7 @@ async def scan_bus(
                 if result.line is not None:
                     break
                 say(f"trying {line} (units {pass_units[0]}..{pass_units[-1]})")
-                async with _open(port, line, probe_timeout_s, deadline, result) as p:
+                async with opened(line, probe_timeout_s) as p:
                     for u in pass_units:
                         if await p.present(u):
                             result.line, found = line, {u}
@@ -233,7 +209,7 @@ async def scan_bus(
             return result
         say(f"line is {result.line}; sweeping {len(units)} units")
         garbled: list[int] = []
-        async with _open(port, result.line, probe_timeout_s, deadline, result) as p:
+        async with opened(result.line, probe_timeout_s) as p:
             for u in units:
                 if u in found:
                     continue
@@ -247,9 +223,10 @@ async def scan_bus(
                                          "unique address") for u in garbled]
         # identification reads up to 26 registers: wait for their longer replies
         ident_timeout = result.line.timeout_floor_s(IDENTIFY_MAX_REGISTERS, SLOW_TURNAROUND_S)
-        async with _open(port, result.line, ident_timeout, deadline, result) as p:
+        async with opened(result.line, ident_timeout) as p:
             for u in sorted(found):
-                result.slaves.append(await identify(p, u))
+                await p.quiet(u)  # a slave deaf after the sweep's frames to other units hears this
+                result.slaves.append(await identify(p.ask, u))
                 say(f"unit {u}: {result.slaves[-1].profile} ({result.slaves[-1].confidence})")
         result.slaves.sort(key=lambda s: s.unit)
     except _OutOfTime:
@@ -282,9 +259,7 @@ def _port_refuses(port: str, line: LineTiming) -> str | None:
 
 
 @asynccontextmanager
-async def _open(port: str, line: LineTiming, timeout_s: float, deadline: float,
-                result: ScanResult) -> AsyncIterator[_Prober]:
-    prober = _Prober(port, line, timeout_s, deadline, result)
+async def _open(prober: _Prober) -> AsyncIterator[_Prober]:
     try:
         await prober.link.open()
         yield prober
@@ -301,10 +276,14 @@ def render_toml(result: ScanResult, *, bus_name: str = "rs485-1", poll_s: float 
     biggest = max((b.count for s in known for b in _blocks(s.profile)), default=1)  # type: ignore[arg-type]
     timeout_ms = max(100, math.ceil(ln.timeout_floor_s(biggest, SLOW_TURNAROUND_S) * 1500))
     out = [f"# quanedge scan {result.port}: {ln}, {len(result.slaves)} slave(s) in {result.elapsed_s:.1f} s "
-           f"({result.probes} probes){'' if result.complete else ' - INCOMPLETE'}",
-           "# confidence: high = identity register matched; medium = register map and values fit one model;",
-           "# low = plausible values only (check the label); none = unknown device"]
+           f"({result.probes} probes, {result.retries} paced retries){'' if result.complete else ' - INCOMPLETE'}",
+           "# confidence: high = identity register and map fit one model; medium = register map and values fit",
+           "# one model and agree; low = plausible values only (check the label); none = unknown device"]
     out += [f"# note: {n}" for n in result.notes]
+    if result.paced:
+        out.append(f"# note: unit(s) {', '.join(map(str, sorted(result.paced)))} answered only when asked again "
+                   "after quiet on the line: a slave that stays deaf after frames to other units, or a lost frame; "
+                   "poll it alone on its bus, or expect timeouts right after other units' polls")
     out += ["", "[[bus]]", f'name = "{bus_name}"', 'kind = "rtu"', f'port = "{result.port}"',
             f"baudrate = {ln.baudrate}", f'parity = "{ln.parity}"', f"stopbits = {ln.stopbits}",
             f"bytesize = {ln.bytesize}", f"timeout_ms = {timeout_ms}"]
@@ -335,12 +314,15 @@ def _blocks(profile: str) -> list:
 
 def scan(
     port: str = typer.Option(..., "--port", help="Serial port of the RS-485 adapter (or a pty)."),
-    budget: float = typer.Option(60.0, "--budget", min=1, help="Time budget in seconds."),
+    budget: float = typer.Option(DEFAULT_BUDGET_S, "--budget", min=1, help="Time budget in seconds."),
     baud: list[int] = typer.Option([], "--baud", help="Only these bauds (repeat); default: the usual ones."),
     parity: list[str] = typer.Option([], "--parity", help="Only these parities N/E/O (repeat)."),
     units: str = typer.Option("1-247,255", "--units", help="Unit ids to sweep, e.g. '1-20,192'."),
     probe_timeout_ms: int = typer.Option(50, "--probe-timeout-ms", min=5, max=2000,
                                          help="Shortest probe timeout (raised to the wire time at slow bauds)."),
+    pace_ms: int = typer.Option(round(PACE_S * 1000), "--pace-ms", min=0, max=5000,
+                                help="Quiet after another unit's frame before an unanswered query is asked again "
+                                     "(slaves deaf after foreign frames); 0 = no retries, a fast scan."),
     bus_name: str = typer.Option("rs485-1", "--bus-name", help="Name of the printed bus section."),
     poll_s: float = typer.Option(10.0, "--poll-s", min=0.01, help="poll_s for the printed devices."),
 ) -> None:
@@ -352,7 +334,7 @@ def scan(
         lines = [ln for ln in DEFAULT_LINES if (not baud or ln.baudrate in baud) and ln.parity in parities]
         lines += [LineTiming(b, p) for b in baud for p in parities if LineTiming(b, p) not in lines]
         result = asyncio.run(scan_bus(port, lines=lines, units=unit_list, budget_s=budget,
-                                      probe_timeout_s=probe_timeout_ms / 1000.0,
+                                      probe_timeout_s=probe_timeout_ms / 1000.0, pace_s=pace_ms / 1000.0,
                                       progress=lambda m: print(m, file=sys.stderr, flush=True)))
     except (ValueError, QuanedgeError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

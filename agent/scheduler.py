@@ -5,10 +5,14 @@ serialised: the scheduler reads one device at a time, earliest due first. Separa
 in separate tasks and never wait for each other.
 
 A device that fails is retried at its next poll; after `offline_after` consecutive failures it is
-offline and quarantined: retried with capped, jittered backoff (at least one poll interval, at
-most `quarantine_cap_s`), so a silent slave costs the bus one timeout per retry and no more. The
-change to offline and back to online is logged once each way and recorded as an EVENT reading
-(point `_online`, value 0/1), so the fleet sees it too.
+offline. An offline device is *probed*: one request, its smallest (a single register for most
+profiles), every `probe_interval(poll_s)` = max(poll_s, 2.5 s), half of `return_bound(poll_s)` =
+max(2 x poll_s, 5 s). A silent slave so costs the bus at most one timeout per probe interval, and
+a device that comes back is read again within the bound (the probe answers, and the full read
+follows at once), where a capped backoff had made it wait up to a minute. The change to offline and
+back to online is logged once each way and recorded as an EVENT reading (point `_online`, value
+0/1), so the fleet sees it too; a good poll clears the device's `last_error` (`last_error_at`
+says when it was set).
 
 Bus-aware polling, for drivers that expose their `profile` (drivers.modbus.ModbusDevice, also when
 wrapped by something that keeps it as `inner`, like agent.devices.ManagedDriver):
@@ -29,12 +33,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol, Sequence
 
-from agent.backoff import Backoff
 from agent.bus_timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
 from agent.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from agent.rates import CounterRates
@@ -62,9 +64,9 @@ class PolledDevice:
     points: Sequence[str] | None = None
     online: bool | None = None  # None until the first poll says
     failures: int = 0
-    last_error: str | None = None
+    last_error: str | None = None   # cleared by the next good poll
+    last_error_at: float | None = None  # time.time() of last_error
     last_success: float | None = None
-    backoff: Backoff = field(default_factory=Backoff)
     polls: int = 0              # poll attempts so far
     worst_start_delay_s: float = 0.0  # worst (start - due) of a poll made at its normal cadence
 
@@ -88,6 +90,17 @@ class _Plan:
     units: dict[str, str]
     order: dict[str, int]
     rates: CounterRates | None
+
+
+def return_bound(poll_s: float) -> float:
+    """How soon after it answers again an offline device must be read again: max(2 x poll_s, 5 s)."""
+    return max(2.0 * poll_s, 5.0)
+
+
+def probe_interval(poll_s: float) -> float:
+    """Seconds between probes of an offline device: half the return bound (the other half covers
+    the probe, the full read and a wait behind the other devices on the bus)."""
+    return return_bound(poll_s) / 2.0
 
 
 def error_kind(exc: DriverError) -> str:
@@ -142,17 +155,19 @@ class BusScheduler:
         observer: DeviceObserver | None = None,
         *,
         offline_after: int = 2,
-        quarantine_cap_s: float = 60.0,
+        probe_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
         line: LineTiming | None = None,
         turnaround_s: float = DEFAULT_TURNAROUND_S,
         trace: Callable[[PollRecord], None] | None = None,
     ) -> None:
         """`line`: the RTU line settings (default: taken from the drivers' link when it is RTU;
-        None on TCP); `turnaround_s`: the slaves' reply delay assumed by the capacity model."""
+        None on TCP); `turnaround_s`: the slaves' reply delay assumed by the capacity model;
+        `probe_s`: seconds between probes of an offline device (default: probe_interval(poll_s))."""
         if not devices:
             raise ValueError(f"bus {bus!r} has no devices to poll")
+        if probe_s is not None and not (isinstance(probe_s, (int, float)) and 0 < probe_s <= 3600):
+            raise ValueError(f"probe_s must be 0 < seconds <= 3600, got {probe_s!r}")
         self.bus = bus
         self.devices = list(devices)
         self._emit = emit
@@ -160,10 +175,7 @@ class BusScheduler:
         self._offline_after = offline_after
         self._clock = clock
         self._trace = trace
-        rng = rng or random.Random()
-        for d in self.devices:
-            cap = max(quarantine_cap_s, d.poll_s)
-            d.backoff = Backoff(base_s=min(max(d.poll_s, 0.5), cap), cap_s=cap, rng=rng)
+        self._probe_s = {d.name: probe_s if probe_s is not None else probe_interval(d.poll_s) for d in self.devices}
         self.late_polls = 0  # polls that started later than one interval after they were due
         self._plans = [_plan(d) for d in self.devices]
         self.line = line if line is not None else _rtu_line(self.devices)
@@ -225,6 +237,15 @@ class BusScheduler:
         finally:
             self._quiet_at = self._clock() + self._gap_s
 
+    async def _probe(self, dev: PolledDevice, plan: _Plan) -> None:
+        """An offline device: one request, its smallest; raises the DriverError while it stays silent.
+        (A driver without a profile is read in one call anyway: that call is the probe.)"""
+        if plan.groups is None or len(plan.groups) < 2:
+            return
+        smallest = min(range(len(plan.groups)), key=plan.reads.__getitem__)
+        self._sent += 1
+        await self._request(dev, plan.groups[smallest])
+
     async def _read(self, dev: PolledDevice, plan: _Plan) -> list[Reading]:
         if plan.groups is None:
             self._sent = 1
@@ -259,6 +280,8 @@ class BusScheduler:
             dev.worst_start_delay_s = max(dev.worst_start_delay_s, started - due)
         self._sent = 0  # requests put on the wire by this poll
         try:
+            if dev.online is False:
+                await self._probe(dev, plan)
             readings = await self._read(dev, plan)
         except DriverError as exc:
             self._record(dev, due, started, False)
@@ -271,8 +294,8 @@ class BusScheduler:
             return await self._failed(dev, DriverError(f"unexpected {type(exc).__name__}: {exc}"), started)
         self._record(dev, due, started, True)
         dev.failures = 0
+        dev.last_error = dev.last_error_at = None
         dev.last_success = time.time()
-        dev.backoff.reset()
         if dev.online is not True:
             if dev.online is False:
                 log.info("device %s is online again", dev.name)
@@ -293,7 +316,7 @@ class BusScheduler:
 
     async def _failed(self, dev: PolledDevice, exc: DriverError, started: float) -> float:
         dev.failures += 1
-        dev.last_error = str(exc)
+        dev.last_error, dev.last_error_at = str(exc), time.time()
         kind = error_kind(exc)
         if self._observer:
             self._observer.device_error(dev.name, kind)
@@ -301,7 +324,7 @@ class BusScheduler:
             if dev.online is not False:
                 log.warning("device %s is offline after %d failed polls: %s", dev.name, dev.failures, exc)
                 await self._set_state(dev, False, f"{kind}: {exc}")
-            return self._clock() + max(dev.backoff.next_delay(), dev.poll_s)
+            return max(started + self._probe_s[dev.name], self._clock())
         log.debug("device %s poll failed (%d): %s", dev.name, dev.failures, exc)
         return started + dev.poll_s
 

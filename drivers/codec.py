@@ -13,8 +13,9 @@ the wire as registers (each register is two bytes, high byte first):
 For 16-bit types only the byte swap matters: BADC/DCBA read a register as [BA].
 
 Invalid markers are compared with the raw integer after byte ordering and before scaling (e.g. a
-WXT530 S16 register holding 32767). For f32 they are compared with the 32-bit pattern; NaN and
-infinities are always reported missing, because a reading never carries a non-finite number.
+WXT530 S16 register holding 32767), and before a bit field (`bits`) is taken out of it. For f32
+they are compared with the 32-bit pattern; NaN and infinities are always reported missing, because
+a reading never carries a non-finite number.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def decode_point(spec: PointSpec, regs: Sequence[int]) -> tuple[float | None, Qu
         raw = int.from_bytes(data, "big", signed=spec.type.startswith("s"))
         if raw in spec.invalid:
             return None, Quality.MISSING
+        if spec.bits is not None:
+            first, last = spec.bits
+            raw = (raw >> first) & ((1 << (last - first + 1)) - 1)
     value = _scaled(raw, spec.scale, spec.offset)
     if not math.isfinite(value):  # an f32 near its limit times a large scale
         return None, Quality.MISSING
@@ -138,8 +142,9 @@ def encode_point(spec: PointSpec, value: float | None) -> list[int]:
     """Encode a value into the point's registers, the exact inverse of decode_point.
 
     None encodes the point's first invalid marker (how a device says "no value"). Raises
-    ValueError naming the point when the value does not fit the type or would encode to an
-    invalid marker (it would read back as missing).
+    ValueError naming the point when the value does not fit the type (or its bit field) or would
+    encode to an invalid marker (it would read back as missing). A bit field's registers hold its
+    own bits only, the others 0: OR the fields that share a register.
     """
     if value is None:
         if not spec.invalid:
@@ -164,6 +169,13 @@ def encode_point(spec: PointSpec, value: float | None) -> list[int]:
         else:
             raw = round(raw_f)
             lo, hi = RAW_RANGE[spec.type]
+            if spec.bits is not None:  # only the field's bits; the caller ORs the fields of one register
+                first, last = spec.bits
+                lo, hi = 0, (1 << (last - first + 1)) - 1
+                if not lo <= raw <= hi:
+                    raise ValueError(f"point {spec.name!r}: {value!r} does not fit bits {first}..{last}")
+                raw <<= first
+                lo, hi = RAW_RANGE[spec.type]
             if not lo <= raw <= hi:
                 raise ValueError(
                     f"point {spec.name!r}: {value!r} is raw {raw}, outside {spec.type} range {lo}..{hi}"

@@ -26,6 +26,15 @@
     min = -50.0                        # optional physical range -> Quality.OUT_OF_RANGE
     max = 60.0
 
+    [points.model_number]              # a bit field: bits 8..15 (the high byte) of register 0x0000
+    function = 4
+    address = "0x0000"
+    type = "u16"
+    bits = [8, 15]                     # first and last bit (0 = least significant) of the raw value;
+    invalid = [65535]                  # integer types only; `invalid` is compared with the whole raw
+                                       # value, scale/offset/min/max apply to the field. Several points
+                                       # may share a register (e.g. [0, 7] for the low byte)
+
     [points.tips]                      # a counter: the scheduler derives "<name>_rate" from it
     function = 4
     address = "0x000A"
@@ -113,6 +122,7 @@ class PointSpec:
     min: float | None = None
     max: float | None = None
     counter: CounterSpec | None = None
+    bits: tuple[int, int] | None = None  # (first, last) bit of the raw value, for a bit field
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -150,6 +160,15 @@ class PointSpec:
             if self.counter.wrap > 2 ** (16 * REGISTER_COUNT[self.type]):
                 raise SpecError("counter", self.counter.wrap,
                                 f"a wrap of at most {2 ** (16 * REGISTER_COUNT[self.type])} for {self.type}")
+
+        if self.bits is not None:
+            width = 16 * REGISTER_COUNT[self.type]
+            if (not isinstance(self.bits, tuple) or len(self.bits) != 2 or not all(_is_int(b) for b in self.bits)
+                    or not 0 <= self.bits[0] <= self.bits[1] < width or self.type not in ("u16", "u32")):
+                raise SpecError("bits", self.bits, f"[first, last] bit numbers 0..{width - 1} with first <= last, "
+                                "on a u16 or u32 point")
+            if self.counter is not None:
+                raise SpecError("bits", self.bits, "no bit field on a counter")
 
     @property
     def count(self) -> int:
@@ -255,6 +274,9 @@ class _Loader:
             args["invalid"] = tuple(self.register(v, f"{prefix}.invalid") for v in inv)
         if isinstance(args.get("scale"), int) and not isinstance(args.get("scale"), bool):
             args["scale"] = float(args["scale"])
+        if "bits" in args:
+            bits = args["bits"]
+            args["bits"] = tuple(bits) if isinstance(bits, list) else bits
         if "counter" in args:
             args["counter"] = self.counter(args["counter"], args.get("type", "u16"), f"{prefix}.counter")
         try:

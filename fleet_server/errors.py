@@ -16,6 +16,7 @@ MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party e
         ├── NotAuthenticated           missing or unknown bearer credential         -> 401
         ├── Forbidden                  a valid credential, but not for this box     -> 403
         ├── UnknownBox                 no enrolled box with that id                 -> 404 (MQTT: rejected)
+        ├── ClientGone                 the client went away before its body ended   -> 400 (to nobody)
         └── PayloadError               a malformed body; names the row and field    -> 400 / 422
             └── BatchTooLarge          more rows or bytes than the server accepts   -> 413
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 from agent.errors import QuanedgeError
 
 __all__ = [
-    "AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "EnrollmentRefused",
+    "AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "ClientGone", "EnrollmentRefused",
     "FleetError", "Forbidden", "NotAuthenticated", "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox",
 ]
 
@@ -121,3 +122,10 @@ class BatchTooLarge(PayloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__("batch_too_large", message)
+
+
+class ClientGone(FleetError):
+    """The client closed the connection before its request body was complete (a box that died
+    mid-upload): routine, counted and logged in one line by the route, never a traceback."""
+
+    code = "client_disconnected"

@@ -20,7 +20,7 @@ DROPPED_REASONS = frozenset({"disk_cap", "ttl", "quarantined", "refused"})
 
 class FleetMetrics:
     """Counters for ingest (per transport: http, mqtt), seq gaps and announced drops (issue 11),
-    quarantined messages, enrollments, and the enrolled-box gauge."""
+    quarantined messages, enrollments, clients gone mid-body, and the enrolled-box gauge."""
 
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -59,6 +59,12 @@ class FleetMetrics:
             "quanedge_fleet_enrollments", "Enrollment attempts, by outcome.",
             ["outcome"], registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "quanedge_fleet_client_disconnects",
+            "Requests whose client went away while its body was being read (a box that lost power or "
+            "its link mid-upload); nothing of such a body is stored.",
+            ["route"], registry=self.registry,
+        )
         self.mqtt_connected = Gauge(
             "quanedge_fleet_mqtt_connected", "1 while the MQTT bridge is connected and subscribed.",
             registry=self.registry,
@@ -80,6 +86,9 @@ class FleetMetrics:
 
     def rejected(self, transport: str, reason: str) -> None:
         self.batches_rejected.labels(transport, reason).inc()
+
+    def client_disconnected(self, route: str) -> None:
+        self.client_disconnects.labels(route).inc()
 
     def quarantined(self, transport: str, reason: str) -> None:
         self.quarantined_messages.labels(transport, reason).inc()

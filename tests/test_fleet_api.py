@@ -346,8 +346,8 @@ def test_public_api_is_pinned() -> None:
     expected = {
         "fleet_server.app": ["create_app", "status_for"],
         "fleet_server.errors": ["AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable",
-                                "EnrollmentRefused", "FleetError", "Forbidden", "NotAuthenticated", "PayloadError",
-                                "StoreError", "UnknownAdmission", "UnknownBox"],
+                                "ClientGone", "EnrollmentRefused", "FleetError", "Forbidden", "NotAuthenticated",
+                                "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox"],
         "fleet_server.ingest": ["IngestService", "TelemetryBatch", "parse_telemetry"],
         "fleet_server.metrics": ["FleetMetrics"],
         "fleet_server.mqtt_bridge": ["MqttBridge", "parse_status"],

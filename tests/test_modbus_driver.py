@@ -73,7 +73,7 @@ async def test_read_decodes_the_physics_within_scale(rig: Rig, transport: str) -
         readings = await dev.read()
     assert_matches_physics(readings, rig.wxt[1])
     assert all(r.device == "wxt-1" and before <= r.ts <= time.time() for r in readings)
-    assert readings[0].point == "model_version" and readings[0].value == 0x0603
+    assert [(r.point, r.value) for r in readings[:2]] == [("model_number", 6), ("software_version", 3)]  # 0x0603
     assert list(rig.slaves[1].log) == [(4, 0x0000, 1), (4, 0x000A, 26)]  # coalesced, gap 0x01-0x09 unread
 
 

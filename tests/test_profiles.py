@@ -14,7 +14,7 @@ from drivers.profile import PROFILE_DIR, LineDefaults, load_profile
 # address -> (point, type, scale, unit)
 S16, U16 = "s16", "u16"
 DEVICES_MD_WXT530 = {
-    0x0000: ("model_version", U16, 1.0, ""),
+    # 0x0000 "high byte model (01-06), low byte software version": two bit fields, checked below
     0x000A: ("relative_humidity", S16, 0.1, "%"), 0x000B: ("relative_humidity_min", S16, 0.1, "%"),
     0x000C: ("relative_humidity_max", S16, 0.1, "%"), 0x000D: ("relative_humidity_avg", S16, 0.1, "%"),
     0x000E: ("air_pressure", S16, 0.1, "hPa"), 0x000F: ("air_pressure_min", S16, 0.1, "hPa"),
@@ -37,8 +37,10 @@ def test_wxt530_profile_matches_devices_md() -> None:
     assert (prof.name, prof.manufacturer, prof.model, prof.protocol) == ("vaisala_wxt530", "Vaisala", "WXT530", "modbus")
     assert prof.line == LineDefaults(baudrate=19200, parity="N", stopbits=1, bytesize=8)
     assert prof.default_unit == 1
-    got = {p.address: (p.name, p.type, p.scale, p.unit) for p in prof.points}
+    got = {p.address: (p.name, p.type, p.scale, p.unit) for p in prof.points if p.address}
     assert got == DEVICES_MD_WXT530
+    ident = [(p.name, p.type, p.bits, p.min, p.max) for p in prof.points if p.address == 0]
+    assert ident == [("model_number", U16, (8, 15), 1.0, 6.0), ("software_version", U16, (0, 7), None, None)]
     for p in prof.points:
         assert p.function == 4, p.name
         assert p.word_order == "ABCD" and p.offset == 0.0, p.name
@@ -87,6 +89,13 @@ BAD_PROFILES = [
     (_doc("address = 1\nscael = 0.1\n"), "points.t.scael", "'scael'", "one of"),
     (_doc("address = 1\nunit = 5\n"), "points.t.unit", "5", "a string"),
     (_doc(""), "points.t.address", None, "a value for every point"),
+    (_doc("address = 1\nbits = [8, 15]\n"), "points.t.bits", "(8, 15)", "on a u16 or u32 point"),
+    (_doc('address = 1\ntype = "u16"\nbits = [9, 16]\n').replace('type = "s16"\n', ""), "points.t.bits", "(9, 16)",
+     "bit numbers 0..15 with first <= last"),
+    (_doc('address = 1\ntype = "u16"\nbits = [7, 0]\n').replace('type = "s16"\n', ""), "points.t.bits", "(7, 0)",
+     "first <= last"),
+    (_doc('address = 1\ntype = "u16"\nbits = 8\n').replace('type = "s16"\n', ""), "points.t.bits", "8",
+     "[first, last]"),
     (_doc(line='parity = "X"\n').replace('parity = "N"\n', ""), "line.parity", "'X'", '"N", "E" or "O"'),
     (_doc().replace("baudrate = 9600", "baudrate = 12345"), "line.baudrate", "12345", "19200"),
     (_doc(top="default_unit = 0\n"), "default_unit", "0", "1..255"),

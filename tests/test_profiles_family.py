@@ -151,9 +151,12 @@ def test_pm_transmitter_and_six_gas_maps() -> None:
 def test_lufft_shares_the_wxt530_addresses_and_adds_rain_and_kmh() -> None:
     lufft, wxt = load_profile("lufft_ws"), load_profile("vaisala_wxt530")
     for p in lufft.points:
-        if p.address < 0x24:
+        if 0 < p.address < 0x24:
             q = wxt.point(p.name)
             assert (p.address, p.type, p.scale, p.unit, p.invalid) == (q.address, q.type, q.scale, q.unit, q.invalid)
+    # register 0: the Lufft profile reads it whole, the WXT530 one as its two bytes
+    assert (lufft.point("model_version").address, lufft.point("model_version").bits) == (0, None)
+    assert [(p.address, p.bits) for p in wxt.points if p.address == 0] == [(0, (8, 15)), (0, (0, 7))]
     assert request("lufft_ws", 1)[2:] == [frame("010400300003"), frame("010400530004")]  # 48-50, 83-86
     got = decode_reply("lufft_ws", frame("010406" "04D2" "0000" "01F4"), 1, 48)  # 12.34 mm, 5.00 mm/h (x100)
     assert got == {"rain_total": (12.34, Quality.GOOD), "rain_intensity": (5.0, Quality.GOOD)}
@@ -168,7 +171,7 @@ def test_lufft_shares_the_wxt530_addresses_and_adds_rain_and_kmh() -> None:
 def test_every_point_of_every_profile_round_trips(name: str, data: st.DataObject) -> None:
     prof = load_profile(name)
     spec = data.draw(st.sampled_from(prof.points))
-    raw_lo, raw_hi = RAW_RANGE[spec.type]
+    raw_lo, raw_hi = RAW_RANGE[spec.type] if spec.bits is None else (0, 1 << (spec.bits[1] - spec.bits[0] + 1))
     lo = max(spec.min if spec.min is not None else 0.0, raw_lo * spec.scale)
     hi = min(spec.max if spec.max is not None else 1000.0, (raw_hi - 1) * spec.scale)  # below the invalid marker
     value = data.draw(st.floats(lo, hi))

@@ -1,4 +1,4 @@
-"""Scheduler rules: serialised bus, short failure cost, quarantine with backoff, online/offline once each way."""
+"""Scheduler rules: serialised bus, short failure cost, offline devices probed, online/offline once each way."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ async def test_requests_on_one_bus_never_overlap_and_a_silent_slave_is_quarantin
         emitted.extend(rs)
 
     obs = Observer()
-    sched = BusScheduler("bus", [PolledDevice(d.name, d, 0.1) for d in drivers], emit, obs, quarantine_cap_s=2.0)
+    sched = BusScheduler("bus", [PolledDevice(d.name, d, 0.1) for d in drivers], emit, obs, probe_s=1.0)
     await run_for(sched, 3.0)
     # strictly serialised: starts and ends alternate
     kinds = [k for k, _, _ in log]
@@ -95,7 +95,7 @@ async def test_device_back_after_outage_is_online_once_and_data_flows() -> None:
         emitted.extend(rs)
 
     obs = Observer()
-    sched = BusScheduler("bus", [PolledDevice("d0", d, 0.05)], emit, obs, quarantine_cap_s=0.3)
+    sched = BusScheduler("bus", [PolledDevice("d0", d, 0.05)], emit, obs, probe_s=0.3)
     task = asyncio.create_task(sched.run())
     await asyncio.sleep(0.3)
     d.silent = True

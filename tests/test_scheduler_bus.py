@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ import pytest
 
 from agent.errors import ConfigError
 from agent.reading import Quality, Reading, RecordClass
-from agent.scheduler import BusScheduler, PolledDevice, PollRecord
+from agent.scheduler import BusScheduler, PolledDevice, PollRecord, probe_interval, return_bound
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.profile import LineDefaults, Profile, load_profile
 from hil_tests.sims.modbus_devices import make_model
@@ -98,7 +99,7 @@ async def test_one_silent_slave_does_not_slow_the_others(tcp: bool) -> None:
     async with rig(FOUR, baudrate=9600, tcp=tcp) as r:
         r.slaves[4].set_fault("silent")
         async with r.link(tcp) as link:
-            sched = r.scheduler(link, [(m, u, 0.25) for m, u in FOUR], quarantine_cap_s=2.0)
+            sched = r.scheduler(link, [(m, u, 0.25) for m, u in FOUR], probe_s=1.0)
             await run_for(sched, 4.0)
     healthy = ["renke_wind_speed-1", "renke_wind_direction-2", "pm_transmitter-3"]
     counts = Counter(p.device for p in r.polls if p.ok)
@@ -106,7 +107,7 @@ async def test_one_silent_slave_does_not_slow_the_others(tcp: bool) -> None:
         assert counts[name] >= 14, counts  # 16 expected at 0.25 s in 4 s
     assert r.states.count(("dfrobot_sen0575-4", False)) == 1
     silent = [p for p in r.polls if p.device == "dfrobot_sen0575-4"]
-    assert 2 <= len(silent) <= 6, len(silent)  # quarantined with backoff, not retried every 0.25 s
+    assert 2 <= len(silent) <= 6, len(silent)  # probed every 1 s once offline, not retried every 0.25 s
     # a silent slave delays the others by at most one timeout (+ the line's recovery wait on RTU)
     budget = TIMEOUT + (TIMEOUT if not tcp else 0) + 0.08
     for d in sched.devices[:3]:
@@ -118,7 +119,7 @@ async def test_one_silent_slave_does_not_slow_the_others(tcp: bool) -> None:
 async def test_slave_back_after_outage_is_online_once_and_data_flows() -> None:
     async with rig(FOUR[:3], baudrate=4800) as r:
         async with r.link() as link:
-            sched = r.scheduler(link, [(m, u, 0.2) for m, u in FOUR[:3]], quarantine_cap_s=0.6)
+            sched = r.scheduler(link, [(m, u, 0.2) for m, u in FOUR[:3]], probe_s=0.6)
             task = asyncio.create_task(sched.run())
             await asyncio.sleep(0.8)
             await set_fault(r.info["control_port"], 2, "disconnect")  # cable pulled (RTU: silence)
@@ -297,3 +298,57 @@ async def test_a_cancel_swallowed_inside_a_read_still_stops_the_bus() -> None:
         drv.swallow = False
         task.cancel()
         await asyncio.wait([task], timeout=1.0)
+
+
+async def test_an_offline_slave_is_probed_cheaply_and_read_again_soon_after_it_returns() -> None:
+    """Issue 11: a device back after a failure waited 16-27 s (backoff up to 60 s). Now: read again
+    within return_bound(poll_s) = max(2 x poll_s, 5 s) of its return; while it is away, one request
+    (one timeout at most) per probe interval."""
+    poll_s = 0.5
+    bound, interval = return_bound(poll_s), probe_interval(poll_s)
+    async with rig([("lufft_ws", 1), ("renke_wind_speed", 2)], baudrate=9600) as r:
+        async with r.link() as link:
+            sched = r.scheduler(link, [("lufft_ws", 1, poll_s), ("renke_wind_speed", 2, poll_s)])
+            task = asyncio.create_task(sched.run())
+            latencies, windows = [], []
+            try:
+                await asyncio.sleep(1.0)
+                for away in (3.3, 4.6, 5.9):  # different phases of the return against the probes
+                    went = asyncio.get_running_loop().time()
+                    requests_before = r.slaves[1].requests
+                    r.slaves[1].set_fault("silent")
+                    await asyncio.sleep(away)
+                    windows.append((went, asyncio.get_running_loop().time(), r.slaves[1].requests - requests_before))
+                    lufft = sched.devices[0]
+                    assert "no reply" in (lufft.last_error or "") and time.time() - away <= lufft.last_error_at
+                    r.slaves[1].set_fault(None)
+                    back = asyncio.get_running_loop().time()
+                    ok = await _first_ok_poll(r, "lufft_ws-1", after=back, timeout=bound + 2)
+                    latencies.append(ok.ended - back)
+                    assert (lufft.last_error, lufft.last_error_at) == (None, None)  # cleared by the good poll
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    print(f"\nprobe interval {interval:g} s, bound {bound:g} s; read again after return: "
+          + ", ".join(f"{x:.2f} s" for x in latencies))
+    assert all(x <= bound for x in latencies), (latencies, bound)
+    assert [s for s in r.states if s[0] == "lufft_ws-1"] == [("lufft_ws-1", True)] + [
+        ("lufft_ws-1", False), ("lufft_ws-1", True)] * 3
+    silent = [p for p in r.polls if p.device == "lufft_ws-1" and not p.ok]
+    assert all(p.requests == 1 for p in silent), [p.requests for p in silent]  # the lufft plans 4 requests
+    assert max(p.ended - p.started for p in silent) < TIMEOUT + 0.06  # one timeout, no more
+    for went, came, sent in windows:  # 2 polls to go offline, then one probe per interval
+        assert sent <= 2 + (came - went - 2 * poll_s) / interval + 1, (came - went, sent)
+        probes = sorted(p.started for p in silent if went + 2 * poll_s < p.started < came)
+        assert all(b - a >= interval - 0.05 for a, b in zip(probes, probes[1:])), probes
+    assert len(r.good("renke_wind_speed-2", "wind_speed")) >= 0.8 * 18 / poll_s  # the other slave never waits
+
+
+async def _first_ok_poll(r: Rig, device: str, *, after: float, timeout: float) -> PollRecord:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        ok = [p for p in r.polls if p.device == device and p.ok and p.started >= after]
+        if ok:
+            return ok[0]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{device} not read again within {timeout:g} s of its return")

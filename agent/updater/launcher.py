@@ -47,6 +47,7 @@ from agent._compat import tomllib
 from agent.backoff import Backoff
 from agent.config_reader import NAME_RE, Table
 from agent.errors import ConfigError, QuanedgeError
+from agent.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.service import SUPERVISED_ROOT_ENV
@@ -309,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None, help="slots + journal (default: [updater] root)")
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         return supervise(args.config, args.root)
     except QuanedgeError as exc:

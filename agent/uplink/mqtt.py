@@ -49,7 +49,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer_drops import DeliveryMarks
-from agent.errors import ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnavailable
+from agent.errors import (ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged,
+                          UplinkUnavailable)
 from agent.reading import Reading
 from agent.uplink.acks import AckWaiters
 from agent.uplink.codec import encode_batch
@@ -227,7 +228,7 @@ class MqttUplink:
         if conn.watcher in done:
             raise UplinkUnavailable(f"MQTT connection lost before the fleet server acknowledged seq {first}..{last}: "
                                     f"{conn.reason()}")
-        raise UplinkUnavailable(f"the broker took seq {first}..{last} but the fleet server did not acknowledge "
+        raise UplinkUnacknowledged(f"the broker took seq {first}..{last} but the fleet server did not acknowledge "
                                 f"storing it within {timeout:g} s; it stays buffered and is sent again")
 
     async def _publish_batch(self, payload: bytes) -> _Connection:

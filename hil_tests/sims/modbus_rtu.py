@@ -11,7 +11,9 @@ The simulator holds the master side of a pty pair; a client (our driver, mbpoll,
   at the wrong baud a real slave sees only garbage, so the simulated one stays silent
   (line_mismatches). Linux clears PARENB on ptys, so even parity cannot be told from none;
 - noise (a slave fault): random bytes on the line between the request and the reply, set apart from
-  the reply by t3.5 of silence.
+  the reply by t3.5 of silence;
+- every slave hears every frame: one with `deaf_s` goes deaf after a request to, or a reply from,
+  another unit, and a request reaching it while deaf meets silence (`deaf_drops`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class RtuBus:
         self.gap_violations = 0   # requests that began < t3.5 after the previous reply ended
         self.line_mismatches = 0  # requests sent with other line settings: garbage to the slaves
         self.frames = 0           # requests the slaves could read
+        self.deaf_drops = 0       # requests their slave did not hear (deaf after another unit's frame)
         self.path = ""
         self._master = self._slave_fd = -1
         self._rx = bytearray()
@@ -171,6 +174,15 @@ class RtuBus:
             return
         self.frames += 1
         unit, pdu = frame[0], frame[1:-2]
+        target = self.slaves.get(unit)
+        heard_at = start + len(frame) * self.char_s  # the end of the request on the wire
+        for slave in self.slaves.values():
+            if slave is not target:
+                slave.overhear(unit, heard_at)
+        if target is not None and target.deaf(start):
+            target.ignored += 1
+            self.deaf_drops += 1
+            return
         if unit == 0:  # broadcast: writes are carried out, nobody answers
             for slave in self.slaves.values():
                 if pdu[0] in (6, 16):
@@ -193,3 +205,6 @@ class RtuBus:
             await self._send(garbage(ans.noise)[:ans.noise], ready)
             ready = self._reply_end + self.t35
         await self._send(out, ready)
+        for slave in self.slaves.values():  # the reply is a frame from another unit to the rest
+            if slave.unit != ans.unit:
+                slave.overhear(ans.unit, self._reply_end)

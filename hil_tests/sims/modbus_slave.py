@@ -5,7 +5,10 @@ this one is written from the spec: functions 03, 04, 06 and 16 with exception re
 (illegal function), 02 (illegal address) and 03 (illegal value).
 
     SimSlave        one unit: holding/input register dicts (served live), an optional refresh()
-                    called before every read, and a switchable fault
+                    called before every read, and a switchable fault. Two traits of some
+                    third-party slaves seen in the field: `deaf_s` (after a frame addressed to
+                    another unit it ignores everything for that long; on RTU only) and `unmapped`
+                    (reads of registers it does not have answer this value instead of exception 02)
     TcpSlaveServer  Modbus TCP (MBAP) on a port; several connections; several units (a gateway:
                     an unknown unit gets exception 0x0B, as a gateway answers)
     RtuBus          Modbus RTU on a pty with the real wire timing and line checks
@@ -86,10 +89,22 @@ class SimSlave:
         holding: dict[int, int] | None = None,
         input: dict[int, int] | None = None,
         refresh: Callable[[], None] | None = None,
+        *,
+        deaf_s: float = 0.0,
+        unmapped: int | None = None,
     ) -> None:
         # 1..247 are RTU addresses; some devices ship answering 255 (outside the range, but real)
         if not isinstance(unit, int) or isinstance(unit, bool) or not 1 <= unit <= 255:
             raise ValueError(f"slave unit must be 1..255, got {unit!r}")
+        if not isinstance(deaf_s, (int, float)) or isinstance(deaf_s, bool) or not 0 <= deaf_s <= 10:
+            raise ValueError(f"deaf_s must be 0..10 seconds, got {deaf_s!r}")
+        if unmapped is not None and (not isinstance(unmapped, int) or isinstance(unmapped, bool)
+                                     or not 0 <= unmapped <= 0xFFFF):
+            raise ValueError(f"unmapped must be None (exception 02) or a register value 0..65535, got {unmapped!r}")
+        self.deaf_s = float(deaf_s)
+        self.unmapped = unmapped
+        self._deaf_until = 0.0
+        self.ignored = 0  # requests it did not hear because it was deaf
         self.unit = unit
         self.holding = holding if holding is not None else {}
         self.input = input if input is not None else {}
@@ -109,6 +124,16 @@ class SimSlave:
         if unknown:
             raise ValueError(f"unknown fault parameter(s) {sorted(unknown)}; expected {', '.join(_FAULT_PARAMS)}")
         self.fault = Fault(fault, **params)
+
+    def overhear(self, unit: int, at: float) -> None:
+        """A frame from or to `unit` ended on the line at `at` (monotonic): one for another unit
+        makes a slave with `deaf_s` deaf until at + deaf_s. Broadcasts (unit 0) do not count."""
+        if self.deaf_s and unit not in (0, self.unit):
+            self._deaf_until = max(self._deaf_until, at + self.deaf_s)
+
+    def deaf(self, at: float) -> bool:
+        """Would a request starting at `at` go unheard?"""
+        return at < self._deaf_until
 
     def handle(self, pdu: bytes) -> bytes:
         """Execute one request PDU and return the response PDU (normal or exception)."""
@@ -144,9 +169,11 @@ class SimSlave:
             if self.refresh is not None:
                 self.refresh()
             table = self.holding if fc == 3 else self.input
-            if any(a not in table for a in range(address, address + count)):
+            if self.unmapped is None and any(a not in table for a in range(address, address + count)):
                 return fail(ILLEGAL_ADDRESS)
-            return bytes([fc, 2 * count]) + b"".join(table[a].to_bytes(2, "big") for a in range(address, address + count))
+            fill = self.unmapped or 0  # only used when unmapped is set (checked above)
+            return bytes([fc, 2 * count]) + b"".join(table.get(a, fill).to_bytes(2, "big")
+                                                     for a in range(address, address + count))
         except Exception:  # a broken refresh or register value: the device reports a failure
             log.exception("sim slave %d failed on function %d", self.unit, fc)
             return fail(DEVICE_FAILURE)

@@ -103,7 +103,8 @@ class Wxt530Registers:
 
     def _physical(self) -> dict[str, float]:
         win, now = list(self._window), self._window[-1]
-        out: dict[str, float] = {"model_version": float(self.model_version)}
+        out: dict[str, float] = {"model_number": float(self.model_version >> 8),
+                                 "software_version": float(self.model_version & 0xFF)}
 
         def stats(name: str, pick: Callable[[WeatherState], float]) -> None:
             xs = [pick(s) for s in win]
@@ -129,18 +130,26 @@ class Wxt530Registers:
         """Advance the weather to now and rewrite every register (the SimSlave refresh hook)."""
         self._sample()
         physical = self._physical()
+        fields: dict[int, int] = {}  # registers shared by bit fields (0x0000: model, software)
         for spec in self.profile.points:
             value = None if self._is_missing(spec.name) else physical[spec.name]
             regs = encode_point(spec, value)
             self.values[spec.name] = value
             for i, r in enumerate(regs):
-                self.input[spec.address + i] = r
+                address = spec.address + i
+                if spec.bits is not None:
+                    r = fields[address] = fields.get(address, 0) | r
+                self.input[address] = r
 
 
-def make_wxt530(unit: int = 1, **kwargs: Any) -> tuple[SimSlave, Wxt530Registers]:
-    """A WXT530 slave ready to serve; kwargs go to Wxt530Registers."""
+def make_wxt530(unit: int = 1, *, deaf_s: float = 0.0, unmapped: int | None = None,
+                **kwargs: Any) -> tuple[SimSlave, Wxt530Registers]:
+    """A WXT530 slave ready to serve; kwargs go to Wxt530Registers.
+
+    As the manual's table: registers it does not list answer exception 02. `deaf_s` and `unmapped`
+    give it the traits of the third-party slave of issue 11 (see SimSlave)."""
     regs = Wxt530Registers(**kwargs)
-    return SimSlave(unit, holding={}, input=regs.input, refresh=regs.refresh), regs
+    return SimSlave(unit, holding={}, input=regs.input, refresh=regs.refresh, deaf_s=deaf_s, unmapped=unmapped), regs
 
 
 async def serve_wxt530(
