@@ -10,6 +10,10 @@ and at-least-once; the fleet server's dedup on (box, seq) makes storage exactly-
 logs the loss and the recovery of the uplink once each, not once per retry, and keeps the last
 error with its time until the uplink works again.
 
+Batches hold `batch_size` rows; while a backlog of at least 4 catch-up batches waits (after an
+outage), they hold `catchup_batch_size` (4 x batch_size, at most 5,000): the fleet server pays a
+fixed cost per message, so a full buffer drains faster in fewer, larger ones.
+
 Every batch carries the buffer's delivery marks (agent.buffer_drops: the oldest seq still held
 and the ranges dropped undelivered); once a batch is confirmed the ranges it announced are
 forgotten, so the fleet server can tell an announced drop from a loss.
@@ -48,6 +52,9 @@ log = logging.getLogger(__name__)
 #: Consecutive rows the far side refused, none accepted in between, before the drain blames the
 #: server (wrong version, misconfiguration) rather than the rows and stops quarantining them.
 REFUSED_STREAK_LIMIT = 50
+#: Catch-up batches: at most this many rows, used while at least CATCHUP_BACKLOG_BATCHES of them wait.
+CATCHUP_BATCH_MAX = 5000
+CATCHUP_BACKLOG_BATCHES = 4
 
 
 class UplinkObserver(Protocol):
@@ -70,6 +77,7 @@ class Drain:
         *,
         name: str,
         batch_size: int = 1000,
+        catchup_batch_size: int | None = None,
         observer: UplinkObserver | None = None,
         backoff: Backoff | None = None,
         idle_wait_s: float = 1.0,
@@ -78,6 +86,11 @@ class Drain:
         self._make_uplink = make_uplink
         self.name = name
         self.batch_size = batch_size
+        # A backlog (after an outage) goes out in larger batches: every message costs the fleet
+        # server a fixed amount (a thread hop, a transaction, an ack), which caps how fast a full
+        # buffer drains (bench/RESULTS.md, delivery). Live data keeps the small batches.
+        self.catchup_batch_size = max(batch_size, catchup_batch_size if catchup_batch_size is not None
+                                      else min(4 * batch_size, CATCHUP_BATCH_MAX))
         self._observer = observer
         self._backoff = backoff or Backoff(base_s=0.5, cap_s=30.0)
         self._idle_wait_s = idle_wait_s
@@ -131,7 +144,7 @@ class Drain:
         try:
             while True:
                 while len(inflight) < window:
-                    batch, marks = await self.buffer.next_batch(self.batch_size)
+                    batch, marks = await self.buffer.next_batch(self._batch_limit())
                     if not batch:
                         break
                     good = await self._screen(batch)
@@ -157,6 +170,11 @@ class Drain:
                 await self._confirmed(head.batch, head.marks)
         finally:
             await _drop(inflight)
+
+    def _batch_limit(self) -> int:
+        if self.buffer.stats()["depth"] >= CATCHUP_BACKLOG_BATCHES * self.catchup_batch_size:
+            return self.catchup_batch_size
+        return self.batch_size
 
     async def _screen(self, batch: list[Reading]) -> list[Reading]:
         """The rows that pass the wire rules (as from_row applies them; cheaper than a round trip);

@@ -47,9 +47,12 @@ def main() -> None:
             o = delivery.server_down(work / "down", args.readings, rate=args.rate, down_s=30)
             out.update(lost_server_down=o.lost, gaps_server_down=o.gaps, server_down_s=o.seconds)
         if args.only is None and not args.skip_puback_only:  # the same failures with PUBACK-only delivery
-            o = delivery.queue_overflow(work / "overflow-puback", args.readings, rate=args.rate, down_s=20, ack="broker")
+            # A quarter of the rate, so the box still takes readings once the server is back: the
+            # server learns of a loss from the marks of the batches that follow it.
+            o = delivery.queue_overflow(work / "overflow-puback", args.readings, rate=args.rate / 4, down_s=20,
+                                        ack="broker")
             out.update(lost_queue_overflow_puback_only=o.lost, gaps_queue_overflow_puback_only=o.gaps)
-            o = delivery.broker_crash(work / "crash-puback", args.readings, rate=args.rate, gap_s=10, ack="broker")
+            o = delivery.broker_crash(work / "crash-puback", args.readings, rate=args.rate / 4, gap_s=10, ack="broker")
             out.update(lost_broker_crash_puback_only=o.lost, gaps_broker_crash_puback_only=o.gaps)
         if args.only in (None, "drain"):
             per_s, o = delivery.drain_e2e(work / "drain", args.drain_readings)

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 
 from agent.reading import ROW_FIELDS, Reading, from_row
-from fleet_server.errors import BatchTooLarge, Forbidden, NotAuthenticated, PayloadError, UnknownBox
+from fleet_server.errors import BatchTooLarge, FleetError, Forbidden, NotAuthenticated, PayloadError, UnknownBox
 from fleet_server.metrics import FleetMetrics
 from fleet_server.seq_tracking import DROPPED_MAX, SEQ_MAX, SeqReport, check_reason
 from fleet_server.store.base import Box, IngestResult, Store, check_box_id
@@ -166,3 +166,34 @@ class IngestService:
             raise
         self.metrics.ingested(transport, result)
         return result
+
+    def ingest_many(self, items: list[tuple[str, bytes]], transport: str) -> list[IngestResult | FleetError]:
+        """`ingest` for several (box_id, payload) messages, stored with one commit (the MQTT bridge's
+        group commit). Per message its result or its refusal (PayloadError, Forbidden, UnknownBox;
+        counted); a StoreError fails them all (nothing stored, the sender retries)."""
+        outcomes: list[IngestResult | FleetError | None] = [None] * len(items)
+        parsed: list[tuple[int, str, TelemetryBatch]] = []
+        for i, (box_id, payload) in enumerate(items):
+            try:
+                self.check_size(len(payload), transport)  # counts its own refusal
+            except BatchTooLarge as exc:
+                outcomes[i] = exc
+                continue
+            try:
+                batch = parse_telemetry(payload, max_batch=self.max_batch)
+                if batch.box_id != box_id:
+                    raise Forbidden(f"batch is for box {batch.box_id!r} but was sent as box {box_id!r}")
+            except (PayloadError, Forbidden) as exc:
+                self.metrics.rejected(transport, exc.code)
+                outcomes[i] = exc
+                continue
+            parsed.append((i, box_id, batch))
+        if parsed:
+            stored = self.store.ingest_many([(box_id, b.readings, b.report) for _, box_id, b in parsed])
+            for (i, _, _), result in zip(parsed, stored):
+                if isinstance(result, UnknownBox):
+                    self.metrics.rejected(transport, result.code)
+                else:
+                    self.metrics.ingested(transport, result)
+                outcomes[i] = result
+        return outcomes  # type: ignore[return-value]

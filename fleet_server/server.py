@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import logging
 import os
 
@@ -23,6 +24,9 @@ from fleet_server.settings import ServerSettings
 __all__ = ["serve"]
 
 
+#: GIL switch interval for the server process (CPython's default is 0.005 s).
+SWITCH_INTERVAL_S = 0.0005
+
 def serve(settings: ServerSettings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (bridge stopped, store closed).
 
@@ -30,6 +34,10 @@ def serve(settings: ServerSettings) -> None:
     "terminated" (what process managers expect), SIGINT arrives as KeyboardInterrupt, which is
     the Ctrl-C the operator asked for, so this function simply returns.
     """
+    # Worker threads (store commits, ingest parsing) and the event loop trade the GIL all the time;
+    # at CPython's default 5 ms switch interval each hand-over could stall the other side for up to
+    # 5 ms, which cost ~9 ms per MQTT message (end-to-end drain 38k rows/s -> see bench/RESULTS.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on",

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.readings < 1 or args.rate <= 0 or args.chunk < 1:
         p.error("--readings, --rate and --chunk must be positive")
+    sys.setswitchinterval(0.0005)  # as `quanedge agent run` does (agent.runtime)
     asyncio.run(run(args.config, args.readings, args.rate, args.chunk, args.prefill))
     return 0
 

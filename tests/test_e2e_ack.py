@@ -220,3 +220,41 @@ async def test_rows_evicted_while_waiting_for_acks_are_announced_never_silent(tm
         assert not missing, f"{len(missing)} seqs neither delivered nor announced, e.g. {sorted(missing)[:5]}"
     finally:
         acker.close()
+
+
+class _Recorder:
+    """An uplink that confirms every batch at once and records their sizes."""
+
+    name, window = "rec", 1
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def __aenter__(self) -> "_Recorder":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def send(self, batch, marks=None) -> None:
+        self.sizes.append(len(batch))
+
+
+async def test_a_backlog_drains_in_catch_up_batches_and_live_data_in_small_ones(tmp_path: Path) -> None:
+    recorder = _Recorder()
+    async with DurableBuffer(BufferSettings(tmp_path / "b.db")) as buf:
+        for _ in range(5):
+            await buf.append(_readings(5000))  # 25,000 waiting: a backlog
+        drain = Drain(buf, lambda: recorder, name="rec", batch_size=500)
+        assert drain.catchup_batch_size == 2000
+        task = asyncio.create_task(drain.run())
+        try:
+            await _wait(lambda: drain.sent_total == 25_000, 30, "the backlog to drain")
+            await buf.append(_readings(300))  # live data
+            await _wait(lambda: drain.sent_total == 25_300, 10, "the live readings")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert recorder.sizes[0] == 2000 and recorder.sizes.count(2000) >= 8  # while >= 4 x 2000 waited
+    assert max(recorder.sizes[-3:]) <= 500 and recorder.sizes[-1] == 300
+    assert sum(recorder.sizes) == 25_300

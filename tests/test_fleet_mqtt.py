@@ -80,6 +80,12 @@ class FlakyStore(SqliteStore):
             raise StoreError("disk I/O error (simulated)")
         return super().ingest(box_id, rows, report)
 
+    def ingest_many(self, batches):  # the bridge's group commit fails the same way
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("disk I/O error (simulated)")
+        return super().ingest_many(batches)
+
 
 @dataclass
 class Rig:

@@ -155,6 +155,11 @@ class ExplodingStore(SqliteStore):
             "\ud800".encode()  # UnicodeEncodeError, as SQLite's insert raised it
         return super().ingest(box_id, rows, report)
 
+    def ingest_many(self, batches):  # the bridge's group commit meets the same bug
+        if any(box_id == "box-a" for box_id, _, _ in batches):
+            "\ud800".encode()
+        return super().ingest_many(batches)
+
 
 async def test_an_unexpected_exception_is_quarantined_as_internal_and_the_bridge_goes_on(
         tmp_path: Path, broker: Mosquitto) -> None:

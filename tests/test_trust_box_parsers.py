@@ -248,3 +248,53 @@ def test_check_reading_refuses_exactly_what_from_row_refuses(device, point, unit
             assert got == expected
         else:  # both refuse; from_row words seq/quality itself, every other field alike
             assert got.split(" ", 1)[0] == expected.split(" ", 1)[0]
+
+
+# -- from_row's fast path (the fleet server decodes every ingested row with it) agrees with the full checks --
+def _edges() -> list:
+    from agent.reading import MAX_QUALITY
+    from agent.validate import TS_MAX, TS_MIN, VALUE_ABS_MAX
+
+    return [VALUE_ABS_MAX, -VALUE_ABS_MAX, VALUE_ABS_MAX * 1.0000001, -VALUE_ABS_MAX * 1.0000001, TS_MIN, TS_MAX,
+            TS_MIN - 0.001, TS_MAX + 0.001, MAX_QUALITY, MAX_QUALITY + 1, 2**63 - 1, 2**63, 0, -1, 1, True, False,
+            float("nan"), float("inf"), "", "x" * 129, "a\x00b", "\ud800", None, "routine", "ROUTINE", 1.5, [], {}]
+
+
+def _decode_both(wire: list) -> tuple[object, object]:
+    from agent.reading import _from_row_checked
+
+    outcomes = []
+    for decode in (_from_row_checked, from_row):
+        try:
+            outcomes.append(decode(list(wire)))
+        except ValueError as exc:
+            outcomes.append(("refused", str(exc)))
+    return outcomes[0], outcomes[1]
+
+
+def _agree(expected: object, got: object) -> None:
+    assert got == expected or (isinstance(got, Reading) and repr(got) == repr(expected)), (expected, got)  # NaN
+    if isinstance(got, Reading):
+        assert type(got.quality) is Quality and type(got.cls) is RecordClass and type(got.ts) is float
+
+
+def test_from_row_fast_path_agrees_on_every_edge_of_every_field() -> None:
+    """A valid row whose names the fast path knows, with ONE field replaced by each edge value."""
+    base = [5, 1_700_000_000.0, "wxt-1", "air_temperature", 21.5, "degC", 0, "routine", None]
+    _decode_both(base)  # the names are now known
+    for field in range(9):
+        for edge in _edges():
+            wire = list(base)
+            wire[field] = edge
+            _agree(*_decode_both(wire))
+
+
+@FAST
+@given(field=st.integers(min_value=0, max_value=8), replacement=st.sampled_from(_edges()) | _numbers | st.none()
+       | st.booleans() | st.text(max_size=6), device=_names, point=_names, unit=_names)
+def test_from_row_fast_path_decodes_exactly_as_the_full_checks(field, replacement, device, point, unit) -> None:
+    """Random names (known or not to the fast path) and one field replaced by anything."""
+    wire = [5, 1_700_000_000.0, device, point, 21.5, unit, 0, "routine", None]
+    _decode_both(wire)  # learns the names when they are clean
+    wire[field] = replacement
+    _agree(*_decode_both(wire))

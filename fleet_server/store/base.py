@@ -140,6 +140,13 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
         tracking with them and `report` (the message's low / base / dropped); raise `UnknownBox`."""
         ...
 
+    def ingest_many(
+        self, batches: Sequence[tuple[str, Sequence[Reading], SeqReport | None]],
+    ) -> list[IngestResult | UnknownBox]:
+        """`ingest` for several (box_id, rows, report) batches with one commit: per batch its
+        result, or UnknownBox (that batch alone is not stored)."""
+        ...
+
     def readings(
         self, box_id: str, after_seq: int = 0, limit: int = 1000,
         device: str | None = None, point: str | None = None,

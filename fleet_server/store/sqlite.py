@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
@@ -46,6 +46,15 @@ _INSERT_READING = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (box_id, seq) DO NOTHING"
 )
 
+
+
+class _Prepared(NamedTuple):
+    """A batch checked and turned into insert parameters, outside the write lock."""
+
+    box_id: str
+    params: list[tuple]
+    ranges: list
+    report: SeqReport | None
 
 class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
                   SeqTables):
@@ -173,6 +182,30 @@ class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, 
     # -- readings --------------------------------------------------------------------------
 
     def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
+        prepared = self._prepare(box_id, rows, report)
+        with self._conn(write=True) as conn:
+            return self._store_batch(conn, prepared, self._clock())
+
+    def ingest_many(
+        self, batches: Sequence[tuple[str, Sequence[Reading], SeqReport | None]],
+    ) -> list[IngestResult | UnknownBox]:
+        """Several batches in ONE transaction (one commit, one fsync): a batch for an unknown box is
+        rolled back alone (its savepoint) and answered UnknownBox; the others commit together."""
+        prepared = [self._prepare(box_id, rows, report) for box_id, rows, report in batches]
+        now = self._clock()
+        outcomes: list[IngestResult | UnknownBox] = []
+        with self._conn(write=True) as conn:
+            for batch in prepared:
+                conn.execute("SAVEPOINT one_batch")
+                try:
+                    outcomes.append(self._store_batch(conn, batch, now))
+                except UnknownBox as exc:
+                    conn.execute("ROLLBACK TO one_batch")
+                    outcomes.append(exc)
+                conn.execute("RELEASE one_batch")
+        return outcomes
+
+    def _prepare(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None) -> _Prepared:
         params = [
             (box_id, r.seq, r.ts, r.device, r.point, r.value, r.unit, int(r.quality), r.cls.value, r.text)
             for r in rows
@@ -187,17 +220,18 @@ class SqliteStore(AdmissionTables, RolloutTables, QuarantineTables, UserTables, 
             seqs.append(seq)
         if report is not None:
             check_report(report)
-        ranges = seq_ranges(seqs)
+        return _Prepared(box_id, params, seq_ranges(seqs), report)
+
+    def _store_batch(self, conn: sqlite3.Connection, batch: _Prepared, now: float) -> IngestResult:
+        box_id, params, ranges, report = batch
         first_seq, last_seq = (ranges[0][0], ranges[-1][1]) if ranges else (None, None)
-        now = self._clock()
-        with self._conn(write=True) as conn:
-            found = conn.execute(BOX_AND_SEQ, (box_id,)).fetchone()
-            if found is None:
-                raise UnknownBox(box_id)
-            accepted = conn.executemany(_INSERT_READING, params).rowcount if params else 0
-            max_seq = max(int(found[0]), last_seq or 0)
-            conn.execute("UPDATE boxes SET max_seq = ?, last_seen = ? WHERE box_id = ?", (max_seq, now, box_id))
-            tracked, dropped = track_batch(conn, box_id, seq_state(found[1:], int(found[0])), ranges, report, now)
+        found = conn.execute(BOX_AND_SEQ, (box_id,)).fetchone()
+        if found is None:
+            raise UnknownBox(box_id)
+        accepted = conn.executemany(_INSERT_READING, params).rowcount if params else 0
+        max_seq = max(int(found[0]), last_seq or 0)
+        conn.execute("UPDATE boxes SET max_seq = ?, last_seen = ? WHERE box_id = ?", (max_seq, now, box_id))
+        tracked, dropped = track_batch(conn, box_id, seq_state(found[1:], int(found[0])), ranges, report, now)
         return IngestResult(accepted=accepted, duplicates=len(params) - accepted, max_seq=max_seq,
                             first_seq=first_seq, last_seq=last_seq, rows=len(params), seq_gaps=tracked.gaps,
                             dropped=dropped)
