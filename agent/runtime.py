@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -88,6 +89,10 @@ def make_uplink_factory(cfg: AgentConfig):
     return "http", lambda: HttpUplink(settings, box_id)
 
 
+#: GIL switch interval for the agent process (CPython's default is 0.005 s); see bench/RESULTS.md, delivery.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, install_signals: bool = True,
                     on_started: Callable[[dict[str, Any]], None] | None = None,
                     supervisor: Supervisor | None = None) -> None:
@@ -95,7 +100,9 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
     ({"supervisor", "buffer", "pipeline", "drain", "devices"}) for diagnostics and tests."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    if install_signals:
+    if install_signals:  # the process's own run (not a test's): the buffer writer thread and the loop
+        # hand the GIL back and forth all the time; CPython's 5 ms default stalls each hand-over
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     uplink_name, make_uplink = make_uplink_factory(cfg)

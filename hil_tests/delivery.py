@@ -250,18 +250,24 @@ def _finish(rig: Rig, name: str, t0: float, timeout: float) -> Outcome:
     return Outcome(name, taken, stored, taken - stored, gaps, rig.broker_dropped(), round(time.monotonic() - t0, 1))
 
 
+def _started(rig: Rig, readings: int, rate: float) -> float:
+    """Broker, fleet server and an enrolled box taking readings; returns once the first arrived."""
+    rig.start_broker()
+    rig.start_fleet(first=True)
+    config = rig.enroll_box()
+    t0 = time.monotonic()
+    rig.start_box(config, readings, rate)
+    rig.wait_box(lambda s: s.get("sent", 0) >= min(1000, readings // 4), 60, "the first readings to arrive")
+    return t0
+
+
 def queue_overflow(work: Path, readings: int, *, rate: float = 2000.0, down_s: float = 10.0,
                    timeout: float = 300.0, ack: str = "fleet") -> Outcome:
     """Fleet server killed while the box goes on; the broker's queue for it holds 5 messages.
     (ack="broker" runs the same with PUBACK-only delivery, to show what it loses.)"""
     rig = Rig(work, max_queued=5, batch_size=100, window=8, ack_timeout_s=2.0, ack=ack)
     try:
-        rig.start_broker()
-        rig.start_fleet(first=True)
-        config = rig.enroll_box()
-        t0 = time.monotonic()
-        rig.start_box(config, readings, rate)
-        rig.wait_box(lambda s: s.get("sent", 0) >= min(1000, readings // 4), 60, "the first readings to arrive")
+        t0 = _started(rig, readings, rate)
         rig.kill_fleet()
         time.sleep(down_s)
         rig.start_fleet()
@@ -275,12 +281,7 @@ def broker_crash(work: Path, readings: int, *, rate: float = 2000.0, gap_s: floa
     """Fleet server kill -9, then the broker kill -9 `gap_s` later, with mosquitto's default autosave."""
     rig = Rig(work, autosave_s=1800, ack_timeout_s=3.0, ack=ack)
     try:
-        rig.start_broker()
-        rig.start_fleet(first=True)
-        config = rig.enroll_box()
-        t0 = time.monotonic()
-        rig.start_box(config, readings, rate)
-        rig.wait_box(lambda s: s.get("sent", 0) >= min(1000, readings // 4), 60, "the first readings to arrive")
+        t0 = _started(rig, readings, rate)
         rig.kill_fleet()
         time.sleep(gap_s)
         rig.kill_broker()
@@ -297,12 +298,7 @@ def server_down(work: Path, readings: int, *, rate: float = 2000.0, down_s: floa
     """The fleet server is down for `down_s` (shipped broker config)."""
     rig = Rig(work, ack_timeout_s=3.0)
     try:
-        rig.start_broker()
-        rig.start_fleet(first=True)
-        config = rig.enroll_box()
-        t0 = time.monotonic()
-        rig.start_box(config, readings, rate)
-        rig.wait_box(lambda s: s.get("sent", 0) >= min(1000, readings // 4), 60, "the first readings to arrive")
+        t0 = _started(rig, readings, rate)
         rig.kill_fleet()
         time.sleep(down_s)
         rig.start_fleet()

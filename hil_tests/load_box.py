@@ -24,7 +24,7 @@ from agent.buffer import DurableBuffer
 from agent.config import load_config
 from agent.drain import Drain
 from agent.reading import Reading
-from agent.runtime import make_uplink_factory
+from agent.runtime import GIL_SWITCH_INTERVAL_S, make_uplink_factory
 
 
 async def run(config: Path, readings: int, rate: float, chunk: int, prefill: bool) -> None:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.readings < 1 or args.rate <= 0 or args.chunk < 1:
         p.error("--readings, --rate and --chunk must be positive")
-    sys.setswitchinterval(0.0005)  # as `quanedge agent run` does (agent.runtime)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `quanedge agent run` does
     asyncio.run(run(args.config, args.readings, args.rate, args.chunk, args.prefill))
     return 0
 
