@@ -42,7 +42,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Iterator, Sequence
+from typing import Any, Coroutine, Iterator, Sequence
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -298,15 +298,8 @@ class MqttUplink:
         return conn
 
     async def _subscribe_acks(self, conn: _Connection) -> None:
-        subscribing = asyncio.ensure_future(conn.client.subscribe(self.ack_topic, qos=1, timeout=math.inf))
-        done, _ = await asyncio.wait((subscribing, conn.watcher), timeout=self.settings.connect_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if subscribing not in done:
-            subscribing.cancel()
-            await asyncio.wait((subscribing,))
-            raise UplinkUnavailable(f"no SUBACK for {self.ack_topic} within {self.settings.connect_timeout_s:g} s")
-        with self._translated(f"subscribe to {self.ack_topic}"):
-            granted = subscribing.result()
+        granted = await self._answered(conn, conn.client.subscribe(self.ack_topic, qos=1, timeout=math.inf),
+                                       "SUBACK", f"subscribe to {self.ack_topic}", self.settings.connect_timeout_s)
         codes = [getattr(g, "value", g) for g in (granted or [])]
         if not codes or any(not isinstance(c, int) or c >= 0x80 for c in codes):
             raise UplinkRejected(f"the broker refused the subscription to {self.ack_topic} ({codes}): the box's "
@@ -334,24 +327,28 @@ class MqttUplink:
     async def _publish(self, conn: _Connection, topic: str, payload: bytes, timeout_s: float,
                        *, retain: bool = False) -> None:
         """Publish at QoS 1 and wait for PUBACK, the connection's end, or the timeout, whichever is first."""
-        publishing = asyncio.create_task(
-            conn.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf),
-            name=f"quanedge-mqtt-publish-{self.box_id}",
-        )
+        await self._answered(conn, conn.client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf),
+                             "PUBACK", f"publish to {topic}", timeout_s)
+
+    async def _answered(self, conn: _Connection, call: Coroutine[Any, Any, Any], answer: str, doing: str,
+                        timeout_s: float) -> Any:
+        """Run an aiomqtt call that waits for the broker's `answer` (PUBACK, SUBACK) and return its
+        result, racing it against the connection's end (aiomqtt would wait for its own timeout) and
+        `timeout_s`; the call is cancelled and collected if it does not win."""
+        task = asyncio.create_task(call, name=f"quanedge-mqtt-{answer.lower()}-{self.box_id}")
         try:
-            done, _ = await asyncio.wait((publishing, conn.watcher), timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((task, conn.watcher), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not publishing.done():
-                publishing.cancel()
-                await asyncio.wait((publishing,))
-        if publishing in done:
-            with self._translated(f"publish to {topic}"):
-                publishing.result()
-            return
+            if not task.done():
+                task.cancel()
+                await asyncio.wait((task,))
+        if task in done:
+            with self._translated(doing):
+                return task.result()
         if conn.watcher in done:
-            raise UplinkUnavailable(f"MQTT connection lost before PUBACK on {topic}: {conn.reason()}")
-        raise UplinkUnavailable(f"no PUBACK from {self.settings.host}:{self.settings.port} within {timeout_s:g} s")
+            raise UplinkUnavailable(f"MQTT connection lost before {answer} ({doing}): {conn.reason()}")
+        raise UplinkUnavailable(f"no {answer} from {self.settings.host}:{self.settings.port} within {timeout_s:g} s "
+                                f"({doing})")
 
     # -- the one error boundary -----------------------------------------------------------------
 
