@@ -155,17 +155,26 @@ class IngestService:
         Raises PayloadError, Forbidden (body names another box) or UnknownBox, each counted as a
         rejection with nothing stored; StoreError (not counted: the sender should retry).
         """
-        self.check_size(len(payload), transport)
+        batch = self._parse(box_id, payload, transport)
         try:
-            batch = parse_telemetry(payload, max_batch=self.max_batch)
-            if batch.box_id != box_id:
-                raise Forbidden(f"batch is for box {batch.box_id!r} but was sent as box {box_id!r}")
             result = self.store.ingest(box_id, batch.readings, batch.report)
-        except (PayloadError, Forbidden, UnknownBox) as exc:
+        except UnknownBox as exc:
             self.metrics.rejected(transport, exc.code)
             raise
         self.metrics.ingested(transport, result)
         return result
+
+    def _parse(self, box_id: str, payload: bytes, transport: str) -> TelemetryBatch:
+        """The checked batch sent as `box_id`; PayloadError / Forbidden, counted, otherwise."""
+        self.check_size(len(payload), transport)  # counts its own refusal
+        try:
+            batch = parse_telemetry(payload, max_batch=self.max_batch)
+            if batch.box_id != box_id:
+                raise Forbidden(f"batch is for box {batch.box_id!r} but was sent as box {box_id!r}")
+        except (PayloadError, Forbidden) as exc:
+            self.metrics.rejected(transport, exc.code)
+            raise
+        return batch
 
     def ingest_many(self, items: list[tuple[str, bytes]], transport: str) -> list[IngestResult | FleetError]:
         """`ingest` for several (box_id, payload) messages, stored with one commit (the MQTT bridge's
@@ -175,19 +184,9 @@ class IngestService:
         parsed: list[tuple[int, str, TelemetryBatch]] = []
         for i, (box_id, payload) in enumerate(items):
             try:
-                self.check_size(len(payload), transport)  # counts its own refusal
-            except BatchTooLarge as exc:
-                outcomes[i] = exc
-                continue
-            try:
-                batch = parse_telemetry(payload, max_batch=self.max_batch)
-                if batch.box_id != box_id:
-                    raise Forbidden(f"batch is for box {batch.box_id!r} but was sent as box {box_id!r}")
+                parsed.append((i, box_id, self._parse(box_id, payload, transport)))
             except (PayloadError, Forbidden) as exc:
-                self.metrics.rejected(transport, exc.code)
                 outcomes[i] = exc
-                continue
-            parsed.append((i, box_id, batch))
         if parsed:
             stored = self.store.ingest_many([(box_id, b.readings, b.report) for _, box_id, b in parsed])
             for (i, _, _), result in zip(parsed, stored):

@@ -160,8 +160,7 @@ class MqttBridge:
             topic, payload = items[i]
             if isinstance(outcome, FleetError):
                 self._refused(box_id, outcome)
-                self.quarantine.keep("mqtt", topic, payload, outcome)
-                answers[i] = refused_ack(payload, outcome)
+                answers[i] = self._poison(topic, payload, outcome)
             else:
                 self._accepted(box_id)
                 answers[i] = _stored(outcome)
@@ -176,11 +175,12 @@ class MqttBridge:
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - poison: keep it (StoreError if that fails) and go on
-            self.quarantine.keep("mqtt", topic, payload, exc)
-            return self._refusal(topic, payload, exc)
+            return self._poison(topic, payload, exc)
 
-    def _refusal(self, topic: str, payload: bytes, exc: Exception) -> bytes | None:
-        """Tell the box its telemetry was refused (so it isolates the bad row instead of re-sending)."""
+    def _poison(self, topic: str, payload: bytes, exc: Exception) -> bytes | None:
+        """Keep a message that will not be stored in the quarantine, and tell its box (telemetry
+        only) that it was refused, so the box isolates the bad row instead of re-sending."""
+        self.quarantine.keep("mqtt", topic, payload, exc)
         segment, kind = self._split(topic)
         if kind != "telemetry":
             return None
