@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
-__all__ = ["DeliveryMarks", "SCHEMA", "MAX_ANNOUNCED", "MAX_PENDING", "forget", "marks", "record", "record_selected", "to_ranges"]
+from agent.seq_ranges import seq_ranges
+
+__all__ = ["DeliveryMarks", "SCHEMA", "MAX_ANNOUNCED", "MAX_PENDING", "forget", "marks", "record", "record_selected"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dropped (
@@ -52,26 +54,10 @@ class DeliveryMarks:
         return body
 
 
-def to_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted seqs -> maximal runs [(first, last), ...]."""
-    ranges: list[tuple[int, int]] = []
-    first = last = None
-    for seq in seqs:
-        if last is not None and seq == last + 1:
-            last = seq
-            continue
-        if first is not None:
-            ranges.append((first, last))  # type: ignore[arg-type]
-        first = last = seq
-    if first is not None:
-        ranges.append((first, last))  # type: ignore[arg-type]
-    return ranges
-
-
 def record(db: sqlite3.Connection, seqs: Sequence[int], reason: str) -> None:
     """Record deleted, undelivered seqs (inside the caller's transaction)."""
     if seqs:
-        _insert(db, to_ranges(sorted(seqs)), reason)
+        _insert(db, seq_ranges(seqs), reason)
 
 
 def record_selected(db: sqlite3.Connection, select_seqs: str, params: Sequence[object], reason: str) -> None:

@@ -56,6 +56,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.seq_ranges import Range, seq_ranges
+
 __all__ = [
     "BUFFER_REPLACED", "DROPPED_MAX", "MAX_RANGES", "REASON_PATTERN", "SEQ_MAX", "UNANNOUNCED", "UNTRACKED",
     "Gap", "Range", "SeqReport", "SeqState", "Tracked", "check_reason", "seq_ranges", "track",
@@ -75,7 +77,6 @@ UNANNOUNCED = "unannounced"          # a low passed seqs that nothing covered
 BUFFER_REPLACED = "buffer_replaced"  # a new buffer file (base) left seqs of the old one missing
 UNTRACKED = "untracked"              # the hole was too old to keep track of (rule 5)
 
-Range = tuple[int, int]  # (first, last), first <= last, both inclusive
 
 
 def check_reason(reason: object) -> bool:
@@ -122,27 +123,6 @@ class Tracked:
 
     state: SeqState
     gaps: tuple[Gap, ...]
-
-
-def seq_ranges(seqs: Sequence[int]) -> list[Range]:
-    """The sorted, disjoint, non-adjacent ranges covering `seqs` (any order, duplicates allowed).
-    O(n): an in-order batch of contiguous seqs is recognised without sorting."""
-    if not seqs:
-        return []
-    lo, hi = min(seqs), max(seqs)
-    distinct = set(seqs)
-    if hi - lo + 1 == len(distinct):
-        return [(lo, hi)]
-    ranges: list[Range] = []
-    ordered = sorted(distinct)
-    first = prev = ordered[0]
-    for seq in ordered[1:]:
-        if seq != prev + 1:
-            ranges.append((first, prev))
-            first = seq
-        prev = seq
-    ranges.append((first, prev))
-    return ranges
 
 
 def track(state: SeqState, covered: Sequence[Range], report: SeqReport | None = None, *,
