@@ -75,8 +75,11 @@ class Fleet:
             after = batch[-1][0]
 
 
-def start_fleet(tmp: Path, *, mqtt_port: int | None = None, prefix: str = "quanedge") -> Fleet:
-    port, admin = free_port(), secrets.token_urlsafe(12)
+def start_fleet(tmp: Path, *, mqtt_port: int | None = None, prefix: str = "quanedge", port: int | None = None,
+                admin: str | None = None) -> Fleet:
+    """A `quanedge fleet serve` on `port` (a free one by default), its database in `tmp` (a restart
+    with the same tmp, port and admin token is the same server)."""
+    port, admin = port or free_port(), admin or secrets.token_urlsafe(12)
     args = [*PY, "fleet", "serve", "--db", str(tmp / "fleet.db"), "--port", str(port), "--admin-token", admin,
             "--topic-prefix", prefix]
     if mqtt_port is not None:

@@ -10,7 +10,6 @@ is a plate-camera receiver, so the box is idle until a car comes.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from hil_tests.sims.plate_camera import PlateCameraSim
-from tests.e2e_support import PY, Fleet, enroll, free_port, start_agent, stop, wait_for
+from tests.e2e_support import Fleet, enroll, free_port, start_agent, start_fleet, stop, wait_for
 
 BOX = "idle-box"
 SECRET = "cam-1-secret"
@@ -48,14 +47,6 @@ poll_s = 1
 """
 
 
-def serve_fleet(tmp: Path, port: int, admin: str) -> Fleet:
-    proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp / "fleet.db"), "--port", str(port),
-                             "--admin-token", admin], stdout=subprocess.DEVNULL, stderr=open(tmp / "fleet.log", "ab"))
-    url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(url + "/healthz", timeout=1).status_code == 200, 30, "fleet server")
-    return Fleet(proc, url, admin)
-
-
 def healthz(hport: int) -> tuple[int, dict]:
     r = httpx.get(f"http://127.0.0.1:{hport}/healthz", timeout=5)
     return r.status_code, r.json()
@@ -72,7 +63,7 @@ def car(port: int, plate_id: int) -> None:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[Path, list[Fleet], int, int]]:
     fport, port, hport = free_port(), free_port(), free_port()
-    fleets = [serve_fleet(tmp_path, fport, "admin-token-for-idle-box-test")]
+    fleets = [start_fleet(tmp_path, port=fport, admin="admin-token-for-idle-box-test")]
     config = tmp_path / "box.toml"
     config.write_text(CONFIG.format(box=BOX, data=tmp_path / "box", fleet=fleets[0].url, hport=hport, port=port,
                                     secret=SECRET), encoding="utf-8")
@@ -105,7 +96,7 @@ def test_idle_box_is_healthy_and_uplink_errors_carry_their_time_and_clear(rig) -
     assert code == 503 and body["status"] == "degraded" and body["uplink"]["healthy"] is False, body
     assert before <= body["uplink"]["last_error_at"] <= time.time(), body
 
-    fleets.append(serve_fleet(tmp, int(fleets[0].url.rsplit(":", 1)[1]), fleets[0].admin))  # back, same port
+    fleets.append(start_fleet(tmp, port=int(fleets[0].url.rsplit(":", 1)[1]), admin=fleets[0].admin))  # back, same port
     code, body = wait_for(lambda: (h := healthz(hport))[1]["uplink"]["connected"] and h, 60, "the uplink back")
     assert body["uplink"]["last_error"] is None and body["uplink"]["last_error_at"] is None, body
     code, body = wait_for(lambda: (h := healthz(hport))[0] == 200 and h, 30, "healthy again")
