@@ -89,8 +89,8 @@ def test_idle_box_is_healthy_and_uplink_errors_carry_their_time_and_clear(rig) -
     assert code == 200 and body["status"] == "ok", body
     assert body["uplink"]["healthy"] is True and (body["uplink"]["connected"] or body["uplink"]["idle"]), body
 
+    before = time.time()  # the outage starts with the stop: a send may fail while the server shuts down
     stop(fleets[0].proc)  # the fleet server goes away; a car comes
-    before = time.time()
     car(port, 900)
     code, body = wait_for(lambda: (h := healthz(hport))[1]["uplink"]["last_error"] and h, 30, "the uplink error")
     assert code == 503 and body["status"] == "degraded" and body["uplink"]["healthy"] is False, body
