@@ -57,9 +57,9 @@ from typing import Any, Callable, Sequence
 
 from agent import buffer_drops, buffer_rows
 from agent.buffer_drops import DeliveryMarks
-from agent.backoff import Backoff
-from agent.errors import BufferClosed, RecordRefused, StorageError
-from agent.reading import Quality, Reading, RecordClass, check_reading
+from core.backoff import Backoff
+from core.errors import BufferClosed, RecordRefused, StorageError
+from core.reading import Quality, Reading, RecordClass, check_reading
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Sequence
 
-from agent.seq_ranges import seq_ranges
+from core.seq_ranges import seq_ranges
 
 __all__ = ["DeliveryMarks", "SCHEMA", "MAX_ANNOUNCED", "MAX_PENDING", "forget", "marks", "record", "record_selected"]
 

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import typer
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="Box config file (TOML).")
 

@@ -19,7 +19,7 @@ Local entry point: the running agent serves POST /commands on its health port (l
 agent.health) through `ControlEndpoint`, which also wants the control token the agent writes to
 `<data_dir>/control.token` (mode 0600) at start: a local process that cannot read the box's data
 directory cannot open a gate. `send_local_command` is the client side (`quanedge agent command`).
-The request body is checked with agent.validate's rules (`parse_command_request`: clean text,
+The request body is checked with core.validate's rules (`parse_command_request`: clean text,
 length caps, numbers in range, bounded nesting) and refused with 400 naming the field, so nothing
 unstorable reaches the device or the audit record.
 """
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from agent.errors import CommandRefused, DeviceTimeout, DriverError
-from agent.reading import Reading, RecordClass
-from agent.validate import check_float, check_int, check_text
+from core.errors import CommandRefused, DeviceTimeout, DriverError
+from core.reading import Reading, RecordClass
+from core.validate import check_float, check_int, check_text
 
 __all__ = ["CommandResult", "CommandRouter", "ControlEndpoint", "write_control_token", "parse_arg",
            "parse_command_request", "send_local_command", "AUDIT_POINT"]

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Union
 
 from agent import device_config as dc
-from agent._compat import tomllib
+from core.compat import tomllib
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
-from agent.config_reader import NAME_RE, Table, parse_size
-from agent.errors import ConfigError
+from core.config_reader import NAME_RE, Table, parse_size
+from core.errors import ConfigError
 
 _URL_RE = re.compile(r"^https?://[^\s/]+(/.*)?$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_/-]+$")

@@ -24,7 +24,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 
 console = Console()
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
-from agent.config_reader import NAME_RE, Table
-from agent.errors import ConfigError
+from core.config_reader import NAME_RE, Table
+from core.errors import ConfigError
 from drivers import gates, ntcip
 from drivers.push_auth import PushAuth, PushCredential, parse_sources
 from drivers.gbt20999 import MODES

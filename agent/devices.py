@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 from agent.config import AgentConfig, AnyDeviceConfig, BusConfig
 from agent.device_config import (AccessControllerDeviceConfig, GbtDeviceConfig, NtcipDeviceConfig,
                                  PlateCameraDeviceConfig, WxtSerialDeviceConfig)
-from agent.errors import ConfigError, DriverError, LinkError
-from agent.reading import Reading
+from core.errors import ConfigError, DriverError, LinkError
+from core.reading import Reading
 from agent.scheduler import BusScheduler, DeviceObserver, PolledDevice
 from drivers.base import Driver
 

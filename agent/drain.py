@@ -40,11 +40,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 from agent.buffer import DurableBuffer
 from agent.buffer_drops import DeliveryMarks
-from agent.errors import UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged
-from agent.reading import Reading, check_reading
+from core.errors import UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged
+from core.reading import Reading, check_reading
 from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import httpx
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.errors import ConfigError, EnrollmentError
+from core.errors import ConfigError, EnrollmentError
 
 __all__ = ["Credential", "EnrollmentPending", "enroll", "load_credential", "save_credential"]
 

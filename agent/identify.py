@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from agent.errors import DeviceTimeout, DriverError
-from agent.reading import Quality
+from core.errors import DeviceTimeout, DriverError
+from core.reading import Quality
 from drivers.codec import REGISTER_COUNT, decode_point
 from drivers.profile import load_profile
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from agent.config_reader import NAME_RE, Table
-from agent.errors import ConfigError
-from agent.reading import Quality, Reading, RecordClass
+from core.config_reader import NAME_RE, Table
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 from edge_models.heads import Binding, Head, Rows, make_head, units_compatible
 from edge_models.manifest import ModelLoadError
 from edge_models.runtime import ModelRunError, OnnxModel, default_models_dir, locate

@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.config import AgentConfig
-from agent.errors import ConfigError, DriverError
-from agent.reading import Reading
+from core.errors import ConfigError, DriverError
+from core.reading import Reading
 
 
 def _table(device: str, readings: list[Reading], error: str | None, n: int, took_ms: float) -> Table:

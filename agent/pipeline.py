@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 from agent.buffer import DurableBuffer
-from agent.errors import RecordRefused, StorageError
-from agent.reading import Reading, check_reading
+from core.errors import RecordRefused, StorageError
+from core.reading import Reading, check_reading
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from agent.reading import Quality, Reading
+from core.reading import Quality, Reading
 from drivers.codec import counter_delta, raw_count
 from drivers.profile import PointSpec
 

@@ -30,17 +30,17 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-from agent._compat import TaskGroup
+from core.compat import TaskGroup
 from agent.buffer import DurableBuffer
 from agent.commands import CommandRouter, ControlEndpoint, write_control_token
 from agent.config import AgentConfig, BusConfig
 from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from agent.health import Metrics, serve_health, uplink_status
 from agent.pipeline import Pipeline
-from agent.reading import Reading, RecordClass
+from core.reading import Reading, RecordClass
 from agent.supervise import Supervisor
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import typer
 
 from agent.bus_timing import DeviceLoad, LineTiming, capacity_report
-from agent.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
+from core.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
 from agent.identify import IDENTIFY_MAX_REGISTERS, Identification, identify
 from drivers.codec import plan_reads
 from drivers.profile import load_profile

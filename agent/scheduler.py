@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol, Sequence
 
 from agent.bus_timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
-from agent.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
+from core.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from agent.rates import CounterRates
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from drivers.base import Driver
 from drivers.codec import plan_reads
 from drivers.profile import Profile

@@ -7,7 +7,7 @@
 
 `run(name, factory)` calls `factory()` for a fresh coroutine, awaits it, and when it raises
 (anything but cancellation) records the error and its time, marks the component "restarting",
-waits with capped jittered backoff (`agent.backoff`) and calls the factory again. A task that
+waits with capped jittered backoff (`core.backoff`) and calls the factory again. A task that
 returns on its own is "stopped" (not restarted: returning is how a task says it is done).
 Cancellation (the agent stopping) ends supervision at once. The backoff resets once a run has
 lasted `healthy_after_s`, so a task that fails once a day restarts quickly every time.
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 
 __all__ = ["Supervisor", "ComponentState"]
 

@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from agent.config_reader import Table
-from agent.errors import ConfigError, DriverError
-from agent.reading import Quality, Reading, RecordClass
+from core.config_reader import Table
+from core.errors import ConfigError, DriverError
+from core.reading import Quality, Reading, RecordClass
 
 log = logging.getLogger(__name__)
 

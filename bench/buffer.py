@@ -33,7 +33,7 @@ from pathlib import Path
 
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.pipeline import Pipeline
-from agent.reading import Reading
+from core.reading import Reading
 
 ROWS = int(os.environ.get("QUANEDGE_BENCH_ROWS", "200000"))
 BROKER = os.environ.get("QUANEDGE_BENCH_BROKER", "127.0.0.1:1883")

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.profile import LineDefaults, load_profile

@@ -145,7 +145,7 @@ def bench_telemetry(work: Path, batches: int = 40) -> dict[str, Any]:
     """POST /api/v1/telemetry of 1,000-row batches, one after another, to a server process."""
     import statistics
 
-    from agent.reading import Reading
+    from core.reading import Reading
 
     with ServerProcess(work, checkin_interval_s=60) as server:
         box, credential = next(iter(provision_sqlite(server.db_path, SimConfig(boxes=1, prefix="tele")).items()))

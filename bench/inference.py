@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.inference import InferenceStage, ModelSpec
-from agent.reading import Reading
+from core.reading import Reading
 from edge_models.manifest import load_manifest
 from edge_models.runtime import default_models_dir
 
@@ -131,7 +131,7 @@ async def batch_latency(calls: int = 600) -> dict:
 
 _RSS_SNIPPET = """
 import gc, importlib
-for m in ("agent.reading", "agent.config", "agent.pipeline", "agent.buffer", "agent.scheduler", "agent.drain"):
+for m in ("core.reading", "agent.config", "agent.pipeline", "agent.buffer", "agent.scheduler", "agent.drain"):
     try:
         importlib.import_module(m)
     except ImportError:

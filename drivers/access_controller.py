@@ -35,8 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from core.reading import Quality, Reading, RecordClass
 from drivers import gates
 from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response

@@ -2,14 +2,14 @@
 
 A driver knows one device's frames and profile. It knows nothing of timing (the scheduler owns
 polling, backoff, quarantine and online/offline state), buffers or uplinks. Every failure leaves a
-driver as a subclass of `agent.errors.DriverError`; library exceptions are mapped inside the driver.
+driver as a subclass of `core.errors.DriverError`; library exceptions are mapped inside the driver.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
-from agent.reading import Reading
+from core.reading import Reading
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.reading import Quality
+from core.reading import Quality
 
 if TYPE_CHECKING:  # PointSpec lives with the profile loader; the codec only reads its fields.
     from drivers.profile import PointSpec

@@ -14,7 +14,7 @@ Plate camera protocol (Vzenith HTTP push):
 - heartbeats are multipart/form-data POSTs (device_name, ipaddr, port, user_name, pass_wd, serialno,
   channel_num) every ~5 s. The password field is never kept.
 
-Every parser applies agent.validate's boundary rules (clean UTF-8 text without lone surrogates or
+Every parser applies core.validate's boundary rules (clean UTF-8 text without lone surrogates or
 NUL, length caps, integers and timestamps in range) and raises FrameError naming the field
 ("plate push: AlarmInfoPlate.result.PlateResult.license is not valid Unicode text ..."), so a
 receiver answers 400 with the reason and nothing unstorable reaches the buffer.
@@ -33,8 +33,8 @@ from urllib.parse import parse_qs
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape as _esc
 
-from agent.errors import FrameError
-from agent.validate import INT64_MAX, check_float, check_int, check_text, check_ts
+from core.errors import FrameError
+from core.validate import INT64_MAX, check_float, check_int, check_text, check_ts
 
 __all__ = [
     "PlateEvent", "CameraHeartbeat", "GateRules", "Decision", "parse_plate_push", "parse_heartbeat",
@@ -87,7 +87,7 @@ class PlateEvent:
 
 
 def _checked(what: str, check: Any, value: Any, field: str, **kw: Any) -> Any:
-    """Apply an agent.validate check; its ValueError becomes our FrameError naming the field."""
+    """Apply an core.validate check; its ValueError becomes our FrameError naming the field."""
     try:
         return check(value, field, **kw)
     except ValueError as exc:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from agent.errors import FrameError
+from core.errors import FrameError
 
 __all__ = [
     "FrameType", "DataItem", "Frame", "crc16", "escape", "unescape", "encode_frame", "decode_frame",

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
+from core.reading import Quality, Reading, RecordClass
 from drivers import gbt20999 as g
 
 __all__ = ["GbtSettings", "GbtDriver", "point_item"]

@@ -45,7 +45,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from agent.errors import (
+from core.errors import (
     CommandRefused,
     ConfigError,
     DeviceException,
@@ -54,7 +54,7 @@ from agent.errors import (
     FrameError,
     LinkError,
 )
-from agent.reading import Quality, Reading
+from core.reading import Quality, Reading
 from drivers.codec import MAX_READ_REGISTERS, ReadBlock, decode_point, plan_reads
 from drivers.profile import LineDefaults, PointSpec, Profile
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Callable, Iterable
 
-from agent.errors import FrameError
-from agent.reading import Quality
+from core.errors import FrameError
+from core.reading import Quality
 from drivers.wxt_ascii import Measurement
 
 __all__ = [

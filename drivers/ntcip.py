@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable, Mapping, Sequence
 
-from agent.reading import Quality
+from core.reading import Quality
 
 __all__ = [
     "ASC", "Oid", "oid_str", "phase_status_oid", "phase_control_oid", "detector_volume_oid",

@@ -26,8 +26,8 @@ from pysnmp.proto import errind
 from pysnmp.proto.rfc1902 import Integer32
 from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
-from agent.reading import Reading
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from core.reading import Reading
 from drivers import ntcip as n
 
 __all__ = ["NtcipSettings", "NtcipDriver"]

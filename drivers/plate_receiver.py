@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from agent.errors import CommandRefused, FrameError, LinkError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import CommandRefused, FrameError, LinkError
+from core.reading import Quality, Reading, RecordClass
 from drivers import gates
 from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response

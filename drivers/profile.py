@@ -56,8 +56,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent._compat import tomllib
-from agent.errors import ConfigError
+from core.compat import tomllib
+from core.errors import ConfigError
 from drivers.codec import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
 __all__ = ["PROFILE_DIR", "CounterSpec", "LineDefaults", "PointSpec", "Profile", "SpecError", "load_profile"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from agent.errors import FrameError
+from core.errors import FrameError
 
 __all__ = ["Credential", "WiegandError", "FORMATS", "encode", "decode", "encode26", "encode34"]
 

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from agent.errors import FrameError
-from agent.reading import Quality
+from core.errors import FrameError
+from core.reading import Quality
 
 __all__ = [
     "Measurement", "Composite", "UNITS", "DESCRIPTIONS", "parse_composite", "format_composite",

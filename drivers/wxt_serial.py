@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import serial
 
-from agent.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
-from agent.reading import Quality, Reading
+from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
+from core.reading import Quality, Reading
 from drivers import nmea
 from drivers.wxt_ascii import Measurement, is_reply_to, parse_composite, poll_command
 

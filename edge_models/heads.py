@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from edge_models.features import (
     FAULT_CHANNELS, FAULT_CLASSES, FAULT_CONTEXT, FAULT_FEATURES, NOWCAST_CHANNELS, NOWCAST_FEATURES,
     TRAFFIC_CHANNELS, TRAFFIC_FEATURES, fault_features, local_hour, nowcast_features, traffic_features,

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from agent._compat import tomllib
-from agent.errors import ConfigError
+from core.compat import tomllib
+from core.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")

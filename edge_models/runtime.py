@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from edge_models.manifest import Manifest, ModelLoadError, load_manifest, sha256_bytes
 
 log = logging.getLogger(__name__)

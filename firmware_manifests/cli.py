@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from firmware_manifests.keys import OFFLINE_ROLES
 from firmware_manifests.layout import ExpiryPolicy, RepoStatus
 from firmware_manifests.repository import Repository

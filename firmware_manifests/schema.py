@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 
 __all__ = ["ManifestError", "TargetKind", "TargetMeta", "Version"]
 

@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from agent.cli import _fail, _setup_logging
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from fleet_server.cli_quarantine import build_quarantine_app
 from fleet_server.cli_admin import register as register_admin_commands
 from fleet_server.cli_alerts import register as register_alert_commands

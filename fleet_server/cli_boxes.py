@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
         import aiomqtt
 
-        from agent.errors import QuanedgeError
+        from core.errors import QuanedgeError
         from fleet_server.broker import DynsecAccounts, DynsecClient
 
         client_id = bridge_client_id or "quanedge-fleet-" + topic_prefix.replace("/", ".")

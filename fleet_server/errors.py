@@ -4,7 +4,7 @@ Backend errors (sqlite3, later psycopg) are translated into `StoreError` at ONE 
 store backend; the API maps this tree to HTTP statuses in ONE place (`fleet_server.app`), and the
 MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party exception type.
 
-    QuanedgeError                      (agent.errors)
+    QuanedgeError                      (core.errors)
     └── FleetError
         ├── StoreError                 the storage backend failed (disk, locked, connection lost): retry
         ├── EnrollmentRefused          token unknown / expired / used up, admission
@@ -23,7 +23,7 @@ MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party e
 
 from __future__ import annotations
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 
 __all__ = [
     "AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "ClientGone", "EnrollmentRefused",

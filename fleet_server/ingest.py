@@ -7,9 +7,9 @@ Payload (HTTP body and MQTT message alike):
 knows of its own seqs; each is an int in 1..2**63-1 (not a bool), low >= base when both are given,
 at most DROPPED_MAX dropped ranges, each with first <= last and a reason of 1-32 [a-z0-9_]. A
 message without any of them comes from an older agent: its readings count as coverage, no more.
-Every row is decoded with `agent.reading.from_row`, the same decoder the agent's codec pairs with,
+Every row is decoded with `core.reading.from_row`, the same decoder the agent's codec pairs with,
 so agent and server cannot disagree on the wire form. It applies the boundary rules of
-`agent.validate` (seq and quality within 64-bit range, ts within 1970..2100, finite values of sane
+`core.validate` (seq and quality within 64-bit range, ts within 1970..2100, finite values of sane
 magnitude, clean length-capped text), so a row that passes is storable as it is; nothing is
 checked twice here. A batch is all or nothing: one bad row
 refuses the whole batch (naming the row index and field) and nothing of it is stored.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from agent.reading import ROW_FIELDS, Reading, from_row
+from core.reading import ROW_FIELDS, Reading, from_row
 from fleet_server.errors import BatchTooLarge, FleetError, Forbidden, NotAuthenticated, PayloadError, UnknownBox
 from fleet_server.metrics import FleetMetrics
 from fleet_server.seq_tracking import DROPPED_MAX, SEQ_MAX, SeqReport, check_reason

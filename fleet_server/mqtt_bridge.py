@@ -35,8 +35,8 @@ from typing import Any
 
 import aiomqtt
 
-from agent.backoff import Backoff
-from agent.validate import check_ts
+from core.backoff import Backoff
+from core.validate import check_ts
 from fleet_server.acks import refused_ack, stored_ack
 from fleet_server.errors import FleetError, Forbidden, PayloadError, StoreError, UnknownBox
 from fleet_server.ingest import IngestService

@@ -56,7 +56,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.seq_ranges import Range, seq_ranges
+from core.seq_ranges import Range, seq_ranges
 
 __all__ = [
     "BUFFER_REPLACED", "DROPPED_MAX", "MAX_RANGES", "REASON_PATTERN", "SEQ_MAX", "UNANNOUNCED", "UNTRACKED",

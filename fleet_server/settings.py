@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = ["ServerSettings"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 
 __all__ = ["Supervisor", "TaskStatus"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from agent.buffer import DurableBuffer
 from agent.config import load_config
 from agent.drain import Drain
-from agent.reading import Reading
+from core.reading import Reading
 from agent.runtime import GIL_SWITCH_INTERVAL_S, make_uplink_factory
 
 

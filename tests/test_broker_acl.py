@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import fleet_server.broker as broker
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from fleet_server.broker.acl import box_client_id, box_role, bridge_role
 from fleet_server.settings import ServerSettings
 

@@ -12,7 +12,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from agent.reading import Reading
+from core.reading import Reading
 from agent.uplink.mqtt import MqttSettings, MqttUplink
 from tests.broker_support import SecureBroker, self_signed, start_secure_fleet
 from tests.e2e_support import stop

@@ -22,7 +22,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from agent.reading import Reading
+from core.reading import Reading
 from tests.broker_support import SecureBroker, SecureFleet, start_secure_fleet
 from tests.e2e_support import PY, stop, wait_for
 
@@ -262,7 +262,7 @@ async def test_admin_rejects_a_pending_request(setup, tmp_path: Path) -> None:
     from agent.config import load_config
     from agent.enroll import EnrollmentPending
     from agent.enroll import enroll as agent_enroll
-    from agent.errors import EnrollmentError
+    from core.errors import EnrollmentError
 
     broker, fleet = setup
     cfg_path = tmp_path / "box.toml"

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.buffer import BufferSettings, DurableBuffer
-from agent.errors import BufferClosed
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import BufferClosed
+from core.reading import Quality, Reading, RecordClass
 
 
 def reading(i: int, cls: RecordClass = RecordClass.ROUTINE, ts: float | None = None) -> Reading:
@@ -207,7 +207,7 @@ _WRITER = textwrap.dedent("""
     import asyncio, os, sys, time
     from pathlib import Path
     from agent.buffer import BufferSettings, DurableBuffer
-    from agent.reading import Reading
+    from core.reading import Reading
     async def main():
         log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         async with DurableBuffer(BufferSettings(Path(sys.argv[1]))) as buf:

@@ -18,9 +18,9 @@ import pytest
 
 from agent.commands import AUDIT_POINT, CommandRouter, ControlEndpoint, parse_arg, write_control_token
 from agent.devices import ManagedDriver
-from agent.errors import CommandRefused
+from core.errors import CommandRefused
 from agent.health import Metrics, serve_health
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice
 from drivers.wxt_serial import WxtSerialDriver, WxtSerialSettings
 from hil_tests.sims.wxt_serial import Fault, WxtSerialSim

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.errors import ConfigError
+from core.errors import ConfigError
 
 GOOD = """
 [box]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agent.backoff import Backoff
+from core.backoff import Backoff
 from agent.devices import EventSink, Listener, ManagedDriver
-from agent.errors import DriverError, LinkError
-from agent.reading import Reading, RecordClass
+from core.errors import DriverError, LinkError
+from core.reading import Reading, RecordClass
 from drivers.gbt20999_driver import GbtDriver, GbtSettings
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushCredential, parse_sources

@@ -10,7 +10,7 @@ import pytest
 from agent import device_config as dc
 from agent.config import DeviceConfig, load_config
 from agent.devices import FACTORIES, ManagedDriver, build_devices, line_of, listens
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from drivers.base import Driver
 
 HEAD = """

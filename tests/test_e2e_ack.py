@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.drain import Drain
-from agent.reading import Reading
+from core.reading import Reading
 from agent.uplink.acks import AckWaiters, parse_ack
 from agent.uplink.mqtt import MqttSettings, MqttUplink
 from fleet_server.acks import refused_ack, stored_ack

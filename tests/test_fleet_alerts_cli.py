@@ -12,7 +12,7 @@ from test_fleet_helpers import ADMIN
 from typer.testing import CliRunner
 
 from agent.cli import build_app
-from agent.reading import Reading
+from core.reading import Reading
 from fleet_server.access import Role
 from fleet_server.app import create_app
 from fleet_server.seq_tracking import SeqReport

@@ -26,7 +26,7 @@ from test_fleet_helpers import (
     snapshot,
 )
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from fleet_server.app import create_app
 from fleet_server.errors import StoreError
 from fleet_server.settings import ServerSettings

@@ -15,7 +15,7 @@ with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; the http
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from agent.reading import Reading
+from core.reading import Reading
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore

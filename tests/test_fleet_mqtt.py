@@ -26,8 +26,8 @@ import aiomqtt
 import httpx
 import pytest
 
-from agent.backoff import Backoff
-from agent.reading import Reading
+from core.backoff import Backoff
+from core.reading import Reading
 from fleet_server.errors import PayloadError, StoreError
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics

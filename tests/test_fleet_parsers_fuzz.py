@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent.validate import TS_MAX, TS_MIN, is_clean_text
+from core.validate import TS_MAX, TS_MIN, is_clean_text
 from fleet_server.errors import FleetError
 from fleet_server.ingest import IngestService, parse_telemetry
 from fleet_server.metrics import FleetMetrics

@@ -24,8 +24,8 @@ import aiomqtt
 import httpx
 import pytest
 
-from agent.backoff import Backoff
-from agent.reading import Reading
+from core.backoff import Backoff
+from core.reading import Reading
 from e2e_support import Fleet, Mosquitto, start_fleet, stop, wait_for
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, open_store, snapshot
 
-from agent.reading import Reading
+from core.reading import Reading
 from fleet_server.access import AuditQuery, Role
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.reading import Reading
+from core.reading import Reading
 from fleet_server.alerts import SEQ_GAP, AlertQuery, UnknownAlert
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.seq_tracking import BUFFER_REPLACED, UNANNOUNCED, Gap, SeqReport, SeqState

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from fleet_server.errors import AdmissionRequired, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.store.base import IngestResult, Store, hash_secret
 from fleet_server.store.sqlite import SqliteStore

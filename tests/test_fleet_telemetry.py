@@ -23,7 +23,7 @@ from test_fleet_helpers import (
     snapshot,
 )
 
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore

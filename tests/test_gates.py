@@ -10,8 +10,8 @@ import httpx
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
-from agent.reading import Reading, RecordClass
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from core.reading import Reading, RecordClass
 from drivers import gates
 from drivers.base import Driver
 from drivers.access_controller import AccessControllerDriver, AccessControllerSettings

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from core.reading import Quality, Reading, RecordClass
 from drivers import gbt20999 as g
 from drivers.base import Driver
 from drivers.gbt20999_driver import GbtDriver, GbtSettings, point_item

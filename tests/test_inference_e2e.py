@@ -14,7 +14,7 @@ import json
 import pytest
 
 from agent.inference import InferenceStage, ModelSpec
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from agent.traffic_control import JunctionPolicy, PatternDecider
 from hil_tests.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
 from hil_tests.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import agent.inference as inference
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from agent.inference import InferenceStage, ModelSpec, parse_model_specs
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from edge_models.datagen import simulate_weather
 from edge_models.manifest import ModelLoadError
 from edge_models.runtime import default_models_dir

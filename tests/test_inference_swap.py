@@ -13,14 +13,14 @@ import pytest
 from onnx import helper, numpy_helper
 
 from agent.inference import InferenceStage, ModelSpec
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from edge_models.manifest import ModelLoadError, dumps_manifest, sha256_bytes
 from edge_models.runtime import default_models_dir
 from hil_tests.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
 from hil_tests.physics.traffic import TrafficModel
 from hil_tests.physics.weather import WeatherModel
 
-from agent._compat import tomllib
+from core.compat import tomllib
 
 T0 = 1_750_000_000.0
 OFFSET = 1000.0  # the test's v1.1.0 adds this to every forecast, so each output shows its version

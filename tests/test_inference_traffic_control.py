@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent.errors import CommandRefused
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import CommandRefused
+from core.reading import Quality, Reading, RecordClass
 from agent.traffic_control import JunctionPolicy, PatternDecider, PatternThresholds
 from edge_models.manifest import load_manifest
 from edge_models.runtime import default_models_dir

@@ -9,8 +9,8 @@ import pytest
 
 from agent.commands import AUDIT_POINT, CommandRouter
 from agent.config import load_config
-from agent.errors import ConfigError, DeviceTimeout
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import ConfigError, DeviceTimeout
+from core.reading import Quality, Reading, RecordClass
 from agent.runtime import ChainStage
 from agent.traffic_control import PatternDecider
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.reading import Quality
+from core.reading import Quality
 from drivers.codec import (
     MAX_READ_REGISTERS,
     RAW_RANGE,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import (
+from core.errors import (
     CommandRefused,
     ConfigError,
     DeviceException,
@@ -21,7 +21,7 @@ from agent.errors import (
     FrameError,
     LinkError,
 )
-from agent.reading import Quality
+from core.reading import Quality
 from drivers.base import Driver
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.profile import PointSpec, Profile, load_profile

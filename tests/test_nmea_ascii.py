@@ -7,8 +7,8 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
-from agent.reading import Quality
+from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
+from core.reading import Quality
 from drivers import nmea
 from drivers.wxt_ascii import DECIMALS, UNITS, format_composite, parse_composite
 from drivers.base import Driver

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError
-from agent.reading import Quality
+from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError
+from core.reading import Quality
 from drivers import ntcip as n
 from drivers.base import Driver
 from drivers.ntcip_driver import NtcipDriver, NtcipSettings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from drivers.codec import plan_reads
 from drivers.profile import PROFILE_DIR, LineDefaults, load_profile
 

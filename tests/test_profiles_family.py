@@ -17,9 +17,9 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from agent.rates import CounterRates
-from agent.reading import Quality, Reading
+from core.reading import Quality, Reading
 from drivers.codec import (
     MAX_READ_REGISTERS,
     RAW_RANGE,

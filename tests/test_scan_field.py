@@ -19,7 +19,7 @@ import pytest
 
 from agent.bus_timing import LineTiming
 from agent.config import load_config
-from agent.errors import DeviceTimeout
+from core.errors import DeviceTimeout
 from agent.runtime import make_link
 from agent.scan import ScanResult, render_toml, scan_bus
 from drivers.modbus import ModbusDevice, ModbusLink

@@ -6,8 +6,8 @@ import asyncio
 import time
 from typing import Any, Mapping, Sequence
 
-from agent.errors import DeviceTimeout
-from agent.reading import Reading, RecordClass
+from core.errors import DeviceTimeout
+from core.reading import Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice
 
 

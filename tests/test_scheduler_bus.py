@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord, probe_interval, return_bound
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.profile import LineDefaults, Profile, load_profile

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import DeviceException, DeviceTimeout
-from agent.reading import Quality, Reading
+from core.errors import DeviceException, DeviceTimeout
+from core.reading import Quality, Reading
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "hil_tests.sims.cli"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.errors import DeviceTimeout, FrameError
+from core.errors import DeviceTimeout, FrameError
 from drivers.codec import decode_point, plan_reads
 from drivers.modbus import ModbusLink
 from drivers.profile import LineDefaults, load_profile

@@ -17,9 +17,9 @@ import pytest
 
 from agent.buffer import BufferSettings, DurableBuffer, _to_row
 from agent.drain import Drain
-from agent.errors import RecordRefused
+from core.errors import RecordRefused
 from agent.pipeline import Pipeline
-from agent.reading import Reading
+from core.reading import Reading
 from agent.uplink.http import HttpSettings, HttpUplink
 from drivers.tinyhttp import HttpServer, Request, Response
 
@@ -190,7 +190,7 @@ async def test_an_auth_refusal_is_not_malformed_rows_stay_buffered(buffer) -> No
 
 
 async def test_failing_commits_make_health_failing_until_a_commit_succeeds(tmp_path: Path) -> None:
-    from agent.errors import StorageError
+    from core.errors import StorageError
 
     buf = DurableBuffer(BufferSettings(path=tmp_path / "small.db", max_bytes=1 << 20))
     await buf.open()

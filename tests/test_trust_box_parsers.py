@@ -1,7 +1,7 @@
 """Issue 9, box side: property tests over every parser where outside data enters the box.
 
 Arbitrary bytes / text / JSON never raise anything but the project's own errors (FrameError for
-device data, ValueError for the command request, the agent.errors tree), and whatever is accepted
+device data, ValueError for the command request, the core.errors tree), and whatever is accepted
 can be stored (every Reading made from it passes `check_reading`). Valid inputs round-trip.
 max_examples is kept small: these run in the default suite.
 """
@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agent.commands import parse_command_request
-from agent.errors import FrameError
-from agent.reading import Quality, Reading, RecordClass, check_reading, from_row
+from core.errors import FrameError
+from core.reading import Quality, Reading, RecordClass, check_reading, from_row
 from drivers import gates, gbt20999 as g, nmea, wxt_ascii
 from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushAuth, PushCredential, Refusal, parse_sources
@@ -252,8 +252,8 @@ def test_check_reading_refuses_exactly_what_from_row_refuses(device, point, unit
 
 # -- from_row's fast path (the fleet server decodes every ingested row with it) agrees with the full checks --
 def _edges() -> list:
-    from agent.reading import MAX_QUALITY
-    from agent.validate import TS_MAX, TS_MIN, VALUE_ABS_MAX
+    from core.reading import MAX_QUALITY
+    from core.validate import TS_MAX, TS_MIN, VALUE_ABS_MAX
 
     return [VALUE_ABS_MAX, -VALUE_ABS_MAX, VALUE_ABS_MAX * 1.0000001, -VALUE_ABS_MAX * 1.0000001, TS_MIN, TS_MAX,
             TS_MIN - 0.001, TS_MAX + 0.001, MAX_QUALITY, MAX_QUALITY + 1, 2**63 - 1, 2**63, 0, -1, 1, True, False,
@@ -261,7 +261,7 @@ def _edges() -> list:
 
 
 def _decode_both(wire: list) -> tuple[object, object]:
-    from agent.reading import _from_row_checked
+    from core.reading import _from_row_checked
 
     outcomes = []
     for decode in (_from_row_checked, from_row):

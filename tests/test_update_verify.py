@@ -16,7 +16,7 @@ import pytest
 from tuf.api import exceptions as tuf_exc
 
 import agent.updater
-from agent.errors import ConfigError, QuanedgeError
+from core.errors import ConfigError, QuanedgeError
 from agent.updater.verify import (
     ReasonCode,
     UpdateRejected,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.updater.config import UpdaterConfig, parse_updater
-from agent.config_reader import Table
-from agent.errors import ConfigError
+from core.config_reader import Table
+from core.errors import ConfigError
 from agent.updater.journal import Action, Journal, JournalConflict, State
 
 ACTION = {"action_id": "r-0a1b.box-1", "rollout_id": "r-0a1b", "kind": "agent", "target_name": "agent-0.2.0.tar.gz",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 from agent.updater.launcher import judge_health, read_settings
 from agent.updater.slots import Slots
 from e2e_support import free_port, health, start_sim, stop

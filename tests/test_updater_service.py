@@ -17,7 +17,7 @@ from agent.buffer import BufferSettings, DurableBuffer
 from agent.enroll import Credential, save_credential
 from agent.inference import InferenceStage, ModelSpec
 from agent.pipeline import Pipeline
-from agent.reading import Reading
+from core.reading import Reading
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Journal
 from agent.updater.models import runtime_models

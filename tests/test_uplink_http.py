@@ -15,8 +15,8 @@ import httpx
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from agent.errors import ConfigError, UplinkRejected, UplinkUnavailable
-from agent.reading import Quality, Reading, RecordClass, from_row
+from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
+from core.reading import Quality, Reading, RecordClass, from_row
 from agent.uplink.base import Uplink
 from agent.uplink.codec import encode_batch
 from agent.uplink.http import HttpSettings, HttpUplink
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 # -- codec -------------------------------------------------------------------------------------
 
-# Text a reading may carry: valid Unicode (no lone surrogates), no NUL (see agent.validate).
+# Text a reading may carry: valid Unicode (no lone surrogates), no NUL (see core.validate).
 clean = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 readings = st.builds(
     Reading,

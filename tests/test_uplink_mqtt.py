@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.errors import ConfigError, UplinkRejected, UplinkUnavailable
-from agent.reading import Reading, RecordClass, from_row
+from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
+from core.reading import Reading, RecordClass, from_row
 from agent.uplink.base import Uplink
 from agent.uplink.codec import encode_batch
 from agent.uplink.mqtt import MqttSettings, MqttUplink

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agent.errors import FrameError
+from core.errors import FrameError
 from drivers.wiegand import Credential, WiegandError, decode, encode, encode26, encode34
 
 EXAMPLE = "00101101000000001010001000"  # devices.md: FC 90 / card 324

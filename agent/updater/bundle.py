@@ -23,7 +23,7 @@ import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from firmware_manifests.schema import Version
 
 __all__ = ["BUNDLE_MANIFEST", "PACKAGES", "BundleError", "build_bundle", "copy_packages", "extract",

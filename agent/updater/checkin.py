@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from agent.updater.journal import Action
 
 __all__ = ["CheckinAnswer", "CheckinClient", "Delivery", "ServerRefused", "ServerUnavailable", "UpdaterError"]

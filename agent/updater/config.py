@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config_reader import Table
+from core.config_reader import Table
 
 __all__ = ["UpdaterConfig", "parse_updater"]
 

@@ -44,15 +44,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.errors import QuanedgeError, StorageError
+from core.contracts import FINAL_STATES, KIND_TO_TARGET
+from core.errors import QuanedgeError, StorageError
 from firmware_manifests.schema import Version
 
 __all__ = ["Action", "Job", "Journal", "JournalConflict", "Report", "State", "FINAL_STATES", "KIND_TO_TARGET"]
 
 SCHEMA_VERSION = 1
-FINAL_STATES = frozenset({"success", "failure", "rejected", "canceled"})
-KIND_TO_TARGET = {"agent": "agent_bundle", "model": "onnx_model", "firmware": "device_firmware",
-                  "config": "config_bundle"}
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _TARGET_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 

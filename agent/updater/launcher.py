@@ -43,10 +43,10 @@ from typing import Any
 import httpx
 
 from agent import __version__ as base_version
-from agent._compat import tomllib
-from agent.backoff import Backoff
-from agent.config_reader import NAME_RE, Table
-from agent.errors import ConfigError, QuanedgeError
+from core.compat import tomllib
+from core.backoff import Backoff
+from core.config_reader import NAME_RE, Table
+from core.errors import ConfigError, QuanedgeError
 from agent.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State

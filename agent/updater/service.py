@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__ as running_version
-from agent._compat import TaskGroup, timeout
-from agent.backoff import Backoff
+from core.compat import TaskGroup, timeout
+from core.backoff import Backoff
 from agent.enroll import load_credential
-from agent.errors import ConfigError
-from agent.reading import Quality, Reading, RecordClass
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 from agent.updater.checkin import CheckinClient, ServerRefused, ServerUnavailable, UpdaterError
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Job, Journal, JournalConflict, Report, State

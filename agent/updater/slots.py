@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.errors import QuanedgeError
+from core.errors import QuanedgeError
 from agent.updater.bundle import copy_packages, extract, read_manifest
 from firmware_manifests.schema import Version
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__ as running_version
-from agent._compat import timeout
-from agent.backoff import Backoff
-from agent.errors import ConfigError
+from core.compat import timeout
+from core.backoff import Backoff
+from core.errors import ConfigError
 from agent.updater.bundle import BundleError
 from agent.updater.download import fetch_target
 from agent.updater.journal import Job, Journal, JournalConflict, State

@@ -55,7 +55,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, Snapshot, TargetFile
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig, Urllib3Fetcher
 
-from agent.errors import ConfigError, QuanedgeError
+from core.errors import ConfigError, QuanedgeError
 from firmware_manifests.schema import TargetKind, TargetMeta, Version
 
 __all__ = ["ReasonCode", "UpdateRejected", "UpdateVerifier", "VerifiedTarget", "classify"]

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import UplinkMalformed, UplinkRejected
+from core.errors import UplinkMalformed, UplinkRejected
 
 __all__ = ["Ack", "AckWaiters", "parse_ack"]
 

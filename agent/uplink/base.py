@@ -6,7 +6,7 @@ from types import TracebackType
 from typing import Protocol, Sequence, runtime_checkable
 
 from agent.buffer_drops import DeliveryMarks
-from agent.reading import Reading
+from core.reading import Reading
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ import json
 from typing import Sequence
 
 from agent.buffer_drops import DeliveryMarks
-from agent.reading import Reading
+from core.reading import Reading
 
 __all__ = ["encode_batch"]
 

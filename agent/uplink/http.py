@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from agent.buffer_drops import DeliveryMarks
-from agent.errors import ConfigError, UplinkMalformed, UplinkRejected, UplinkUnavailable
-from agent.reading import Reading
+from core.errors import ConfigError, UplinkMalformed, UplinkRejected, UplinkUnavailable
+from core.reading import Reading
 from agent.uplink.codec import encode_batch
 
 __all__ = ["HttpSettings", "HttpUplink", "IngestAck", "TELEMETRY_PATH"]

@@ -49,9 +49,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer_drops import DeliveryMarks
-from agent.errors import (ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged,
+from core.errors import (ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged,
                           UplinkUnavailable)
-from agent.reading import Reading
+from core.reading import Reading
 from agent.uplink.acks import AckWaiters
 from agent.uplink.codec import encode_batch
 

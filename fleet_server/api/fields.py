@@ -1,4 +1,4 @@
-"""Field types for the API's pydantic models: the boundary rules of `agent.validate`, once.
+"""Field types for the API's pydantic models: the boundary rules of `core.validate`, once.
 
     Annotated[CleanStr, Field(max_length=128)]   a str of at most 128 characters, valid UTF-8
                                                  (no lone surrogate), no NUL
@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
-from agent.validate import is_clean_text
+from core.validate import is_clean_text
 
 __all__ = ["CleanStr"]
 

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.validate import is_clean_text
+from core.contracts import BOX_STATES, ERROR_STATES, FINAL_STATES, KIND_TO_TARGET
+from core.validate import is_clean_text
 from fleet_server.errors import PayloadError
 
 __all__ = [
@@ -28,17 +29,8 @@ __all__ = [
     "ReportOutcome", "RolloutSpec", "RolloutView", "StatusReport", "TargetFilter", "WaveSpec", "WaveView",
 ]
 
-#: Rollout kind -> the TUF target kind (firmware_manifests.schema.TargetKind value) it installs.
-KINDS: dict[str, str] = {
-    "agent": "agent_bundle", "model": "onnx_model", "firmware": "device_firmware", "config": "config_bundle",
-}
-BOX_STATES = (
-    "proceeding", "downloading", "downloaded", "installing", "restarting",
-    "success", "failure", "rejected", "canceled",
-)
-FINAL_STATES = frozenset({"success", "failure", "rejected", "canceled"})
-#: Final states that count against a wave's error threshold (a timeout is a `failure`).
-ERROR_STATES = frozenset({"failure", "rejected"})
+#: Rollout kind -> TUF target kind, the states a box reports: the contract both sides share.
+KINDS: dict[str, str] = KIND_TO_TARGET
 ROLLOUT_STATUSES = ("running", "paused", "canceled", "finished")
 _WAVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 _TEXT_MAX = 200

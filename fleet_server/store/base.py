@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
-from agent.reading import Reading
+from core.reading import Reading
 from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore

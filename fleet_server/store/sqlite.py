@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
-from agent.reading import Quality, Reading, RecordClass
+from core.reading import Quality, Reading, RecordClass
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.rollout.model import Inventory
 from fleet_server.seq_tracking import SeqReport, seq_ranges

@@ -22,7 +22,7 @@ from typing import Callable
 
 import httpx
 
-from agent.errors import FrameError
+from core.errors import FrameError
 from drivers import gates
 from drivers.tinyhttp import HttpServer, Request, Response
 

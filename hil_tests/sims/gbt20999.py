@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.errors import FrameError
+from core.errors import FrameError
 from drivers import gbt20999 as g
 
 __all__ = ["Plan", "GbtControllerSim", "Fault"]

@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping
 
-from agent.errors import ConfigError
+from core.errors import ConfigError
 
 _MISSING = object()
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

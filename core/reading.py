@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from enum import Enum, IntFlag
 from typing import Any, Sequence
 
-from agent.validate import (
+from core.validate import (
     INT64_MAX, TS_MAX, TS_MIN, VALUE_ABS_MAX, check_float, check_int, check_text, check_ts,
 )
 
@@ -95,7 +95,7 @@ MAX_QUALITY = int(Quality.DERIVED | Quality.WRAPPED | Quality.SUSPECT | Quality.
 def from_row(row: Sequence[Any]) -> Reading:
     """Decode one wire row, checking every field; raises ValueError naming the bad field.
 
-    The checks are `agent.validate`'s boundary rules: seq in 1..2**63-1, ts within 1970..2100,
+    The checks are `core.validate`'s boundary rules: seq in 1..2**63-1, ts within 1970..2100,
     value finite (no 400-digit integers), quality a known flag set, strings valid UTF-8 without NUL
     and length-capped. A row that passes can be stored by SQLite and PostgreSQL as it is.
 
@@ -116,7 +116,7 @@ def from_row(row: Sequence[Any]) -> Reading:
 
 
 def _from_row_checked(row: Sequence[Any]) -> Reading:
-    """`from_row` with every field checked by `agent.validate` (the errors' wording lives here)."""
+    """`from_row` with every field checked by `core.validate` (the errors' wording lives here)."""
     if not isinstance(row, (list, tuple)) or len(row) != len(ROW_FIELDS):
         raise ValueError(f"a reading row has {len(ROW_FIELDS)} fields {ROW_FIELDS}, got {_short(row)}")
     seq, ts, device, point, value, unit, quality, cls, text = row
@@ -158,7 +158,7 @@ def check_reading(reading: Reading) -> None:
 
     This runs for every reading on the box's hot path, so the common case (float value and ts,
     names seen before, no text) is decided by cheap comparisons; anything else takes the full
-    checks of `agent.validate`, which also word the error. Fields are checked in row order."""
+    checks of `core.validate`, which also word the error. Fields are checked in row order."""
     if reading.seq is not None:
         check_int(reading.seq, "seq", lo=1)
     ts = reading.ts
