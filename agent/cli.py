@@ -1,16 +1,7 @@
-"""The `quanedge` command.
-
-Sub-commands are registered lazily: `quanedge agent ...` imports only the agent, so a box never
-loads the fleet server's stack (FastAPI, SQLite store), TUF tooling or training libraries.
+"""`quanedge agent ...`: run and manage the edge agent on a box (the root CLI, quanedge/cli.py, adds
+this group; it imports nothing of the fleet server, TUF tooling or training libraries).
 
     quanedge agent run|supervise|check-config|enroll|read|command
-    quanedge fleet serve|token
-    quanedge sim wxt530 | modbus --model M (the Modbus device family) | fleet
-    quanedge scan --port /dev/ttyUSB0   (installer: find and identify the slaves on a bus)
-    quanedge demo
-    quanedge manifest ...   (signed update metadata)
-    quanedge models ...     (edge models)
-    quanedge rollout ...    (OTA rollouts, for fleet admins)
 """
 
 from __future__ import annotations
@@ -22,24 +13,15 @@ from typing import Callable, Optional
 
 import typer
 
+from core.cli import fail as _fail
+from core.cli import setup_logging as _setup_logging
 from core.errors import QuanedgeError
 
 ConfigOpt = typer.Option(..., "--config", "-c", help="Box config file (TOML).")
 
 
-def _fail(exc: BaseException, code: int = 2) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _setup_logging(verbose: bool) -> None:
-    from agent.logs import setup_logging
-
-    setup_logging(verbose)
-
-
 # --- agent ---------------------------------------------------------------------------------------
-def _agent_app() -> typer.Typer:
+def build_app() -> typer.Typer:
     app = typer.Typer(help="Run and manage the edge agent on a box.", no_args_is_help=True)
 
     @app.command("run")
@@ -165,98 +147,3 @@ def _agent_app() -> typer.Typer:
         raise typer.Exit({403: 3, 502: 4}.get(status, 2))
 
     return app
-
-
-# --- fleet ---------------------------------------------------------------------------------------
-def _fleet_app() -> typer.Typer:
-    from fleet_server.cli import build_app as build_fleet_app  # the server stack: never on a box
-
-    return build_fleet_app()
-
-
-# --- simulators ----------------------------------------------------------------------------------
-def _sim_app() -> typer.Typer:
-    app = typer.Typer(help="Device simulators (for demos, tests and installer training).", no_args_is_help=True)
-
-    from hil_tests.sims.cli import add_device_simulators
-
-    add_device_simulators(app)
-    return app
-
-
-def _demo(
-    seconds: float = typer.Option(20.0, help="How long the agent runs before the summary."),
-    workdir: Optional[Path] = typer.Option(None, help="Where to keep the demo's files (default: a temp dir)."),
-    broker: str = typer.Option("127.0.0.1:1883", help="MQTT broker to use when reachable."),
-) -> None:
-    """Simulated WXT530 -> agent -> fleet server (and the broker when one is reachable)."""
-    from agent.demo import run_demo
-
-    try:
-        raise typer.Exit(run_demo(seconds=seconds, workdir=workdir, broker=broker))
-    except QuanedgeError as exc:
-        _fail(exc)
-
-
-_GROUPS: dict[str, Callable[[], typer.Typer]] = {
-    "agent": _agent_app,
-    "fleet": _fleet_app,
-    "sim": _sim_app,
-}
-
-
-def _lazy_groups() -> dict[str, Callable[[], typer.Typer]]:
-    groups = dict(_GROUPS)
-
-    def manifest() -> typer.Typer:
-        from firmware_manifests.cli import app
-        return app
-
-    def models() -> typer.Typer:
-        from edge_models.cli import app
-        return app
-
-    def rollout() -> typer.Typer:
-        from fleet_server.rollout.cli import app
-        return app
-
-    groups["manifest"] = manifest
-    groups["models"] = models
-    groups["rollout"] = rollout
-    return groups
-
-
-def _root() -> None:
-    """Quanedge: edge agent and fleet manager for city devices."""
-
-
-def build_app(argv: list[str] | None = None) -> typer.Typer:
-    """The root app; only the sub-app named in argv is imported (all of them for --help)."""
-    argv = sys.argv[1:] if argv is None else argv
-    app = typer.Typer(help="Quanedge: edge agent and fleet manager for city devices.", no_args_is_help=True,
-                      add_completion=False)
-    app.callback()(_root)  # keeps `quanedge` a group even when only one sub-command is loaded
-    app.command("demo")(_demo)
-    wanted = argv[0] if argv and not argv[0].startswith("-") else None
-    if wanted in (None, "scan"):
-        from agent.scan import scan
-
-        app.command("scan")(scan)
-    for name, make in _lazy_groups().items():
-        if wanted is not None and wanted != name:
-            continue
-        try:
-            app.add_typer(make(), name=name)
-        except ImportError as exc:  # e.g. the [fleet] extra is not installed on a box
-            if wanted == name:
-                typer.secho(f"error: `quanedge {name}` is not available here: {exc}", fg="red", err=True)
-                raise SystemExit(2)
-    return app
-
-
-def main() -> None:
-    build_app()()
-
-
-if __name__ == "__main__":
-    main()

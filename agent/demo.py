@@ -46,7 +46,7 @@ def broker_reachable(hostport: str) -> bool:
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", *args], stdout=subprocess.PIPE, stderr=log,
+    return subprocess.Popen([sys.executable, "-m", "quanedge", *args], stdout=subprocess.PIPE, stderr=log,
                             start_new_session=True)
 
 

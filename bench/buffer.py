@@ -153,7 +153,7 @@ def agent_rss(work: Path) -> float:
     """RSS (MB) of a real agent process polling 20 simulated WXT530s once a second."""
     from agent.demo import free_port
 
-    sim = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "wxt530", "--tcp", "0",
+    sim = subprocess.Popen([sys.executable, "-m", "quanedge", "sim", "wxt530", "--tcp", "0",
                             *sum((["--unit", str(u)] for u in range(1, 21)), [])],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     agent = None
@@ -167,7 +167,7 @@ def agent_rss(work: Path) -> float:
 [uplink]\nkind = "mqtt"\n[uplink.mqtt]\nhost = "{host}"\nport = {port}\ntopic_prefix = "bench-rss-{secrets.token_hex(3)}"\n
 [health]\nlisten = "127.0.0.1:{free_port()}"\n
 [[bus]]\nname = "gw"\nkind = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n{devices}""")
-        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg)],
+        agent = subprocess.Popen([sys.executable, "-m", "quanedge", "agent", "run", "--config", str(cfg)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(RSS_S)
         if agent.poll() is not None:

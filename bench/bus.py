@@ -61,7 +61,7 @@ POINTS: dict[str, list[str] | None] = {
 
 
 def start_sim(*args: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "sim", "modbus", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "quanedge", "sim", "modbus", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     assert proc.stdout is not None
     return proc, json.loads(proc.stdout.readline())

@@ -9,7 +9,7 @@
     quanedge fleet box pending|admit|reject|revoke ...       admission and decommission (cli_boxes)
     quanedge fleet broker init ...                           the broker's bridge account (cli_boxes)
 
-Imported only when `quanedge fleet` is called (the root CLI in agent/cli.py loads groups lazily),
+Imported only when `quanedge fleet` is called (the root CLI in quanedge/cli.py loads groups lazily),
 so a box never imports the server stack.
 """
 
@@ -20,7 +20,8 @@ from typing import Optional
 
 import typer
 
-from agent.cli import _fail, _setup_logging
+from core.cli import fail as _fail
+from core.cli import setup_logging as _setup_logging
 from core.errors import QuanedgeError
 from fleet_server.cli_quarantine import build_quarantine_app
 from fleet_server.cli_admin import register as register_admin_commands

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from agent.cli import _fail
+from core.cli import fail as _fail
 from fleet_server.cli_http import call
 
 __all__ = ["register"]

@@ -38,7 +38,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-PY = [sys.executable, "-m", "agent.cli"]
+PY = [sys.executable, "-m", "quanedge"]
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-PY = [sys.executable, "-m", "agent.cli"]
+PY = [sys.executable, "-m", "quanedge"]
 
 
 def free_port() -> int:

@@ -126,10 +126,10 @@ def test_missing_section_and_broken_toml(tmp_path: Path) -> None:
 
 def test_check_config_cli_prints_a_clear_error_and_no_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("port = 1883", "port = 0"))
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "check-config", str(path)],
+    r = subprocess.run([sys.executable, "-m", "quanedge", "agent", "check-config", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "[uplink.mqtt.port]" in r.stderr and "got 0" in r.stderr and "Traceback" not in r.stderr
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "check-config", str(write(tmp_path, GOOD))],
+    ok = subprocess.run([sys.executable, "-m", "quanedge", "agent", "check-config", str(write(tmp_path, GOOD))],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "box pole-0017" in ok.stdout

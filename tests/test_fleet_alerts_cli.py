@@ -11,7 +11,7 @@ from rollout_support import serve_in_thread
 from test_fleet_helpers import ADMIN
 from typer.testing import CliRunner
 
-from agent.cli import build_app
+from quanedge.cli import build_app
 from core.reading import Reading
 from fleet_server.access import Role
 from fleet_server.app import create_app

@@ -123,7 +123,7 @@ def test_poison_is_quarantined_and_acked_the_next_box_is_stored_and_a_restart_is
         metrics = httpx.get(fleet.url + "/metrics").text
         assert 'quanedge_fleet_quarantined_total{reason="bad_row",transport="mqtt"} 3.0' in metrics
         assert _seqs(fleet, "box-a") == []
-        cli = subprocess.run([sys.executable, "-m", "agent.cli", "fleet", "quarantine", "list", "--server", fleet.url,
+        cli = subprocess.run([sys.executable, "-m", "quanedge", "fleet", "quarantine", "list", "--server", fleet.url,
                               "--admin-token", fleet.admin, "--reason", "bad_json"],
                              capture_output=True, text=True, timeout=30)
         assert cli.returncode == 0, cli.stderr

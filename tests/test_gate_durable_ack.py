@@ -178,7 +178,7 @@ def test_kill_9_never_loses_an_acknowledged_gate_event(tmp_path: Path) -> None:
                 acked.append(plate_id)
 
     for _ in range(cycles):
-        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg)],
+        agent = subprocess.Popen([sys.executable, "-m", "quanedge", "agent", "run", "--config", str(cfg)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 20

@@ -49,11 +49,11 @@ version = "1.0.0"
 
 def test_check_config_names_the_model_that_cannot_load(tmp_path: Path) -> None:
     path = write(tmp_path, "9.9.9")
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "check-config", str(path)],
+    r = subprocess.run([sys.executable, "-m", "quanedge", "agent", "check-config", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stdout
     assert "wx_fault@9.9.9" in r.stderr and "Traceback" not in r.stderr
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "check-config", str(write(tmp_path, "1.0.0"))],
+    ok = subprocess.run([sys.executable, "-m", "quanedge", "agent", "check-config", str(write(tmp_path, "1.0.0"))],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "2 model(s)" in ok.stdout, ok.stderr
 

@@ -289,7 +289,7 @@ def test_importing_the_commands_stays_cheap() -> None:
 
 def test_quanedge_sim_lists_and_runs_every_device_simulator() -> None:
     """The installer's entry point (`quanedge sim ...`) carries the same commands, bad options included."""
-    quanedge = [sys.executable, "-m", "agent.cli", "sim"]
+    quanedge = [sys.executable, "-m", "quanedge", "sim"]
     listing = subprocess.run([*quanedge, "--help"], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert listing.returncode == 0, listing.stderr
     for name in ("wxt530", "modbus", "fleet", "wxt-serial", "ntcip", "gbt20999", "plate-camera", "access-controller"):

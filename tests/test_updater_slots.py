@@ -35,8 +35,9 @@ def evil(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
 def test_install_unpacks_a_complete_version_and_is_idempotent(tmp_path: Path, bundles) -> None:
     slots = Slots(tmp_path)
     path = slots.install(bundles["0.2.0"], "0.2.0", "sha-a")
-    assert read_manifest(path, Version.parse("0.2.0"))["packages"] == ["agent", "drivers", "edge_models",
-                                                                      "firmware_manifests"]
+    assert read_manifest(path, Version.parse("0.2.0"))["packages"] == ["quanedge", "core", "agent", "drivers",
+                                                                      "edge_models", "firmware_manifests"]
+    assert (path / "quanedge" / "__main__.py").is_file() and (path / "core" / "reading.py").is_file()
     assert '__version__ = "0.2.0"' in (path / "agent" / "__init__.py").read_text()
     mtime = (path / "agent" / "__init__.py").stat().st_mtime_ns
     assert slots.install(bundles["0.2.0"], "0.2.0", "sha-a") == path  # same bundle: reused
@@ -113,4 +114,4 @@ def test_an_install_killed_half_way_leaves_no_version_and_is_redone(tmp_path: Pa
     assert read_manifest(path, Version.parse("0.2.0"))
     assert not (tmp_path / "root" / "versions" / "0.2.0.tmp").exists()
     files = {p.relative_to(path) for p in path.rglob("*.py")}
-    assert {Path("agent/updater/slots.py"), Path("drivers/modbus.py")} <= files
+    assert {Path("agent/updater/slots.py"), Path("drivers/modbus/driver.py"), Path("core/reading.py")} <= files

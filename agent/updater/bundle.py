@@ -1,7 +1,7 @@
 """Agent bundles: the agent's code as one tar.gz, built off the box and unpacked safely on it.
 
     quanedge-bundle.json   {"format": 1, "version": "0.2.0", "packages": ["agent", "drivers", ...]}
-    agent/ drivers/ edge_models/ firmware_manifests/      plain Python packages (no build step)
+    quanedge/ core/ agent/ drivers/ edge_models/ firmware_manifests/   plain Python packages (no build step)
 
 A slot runs with `PYTHONPATH=<slot>`, so the bundle IS the code that runs: no pip on the box and
 no network dependency at install time (third-party libraries come with the image). The bundle's
@@ -30,7 +30,7 @@ __all__ = ["BUNDLE_MANIFEST", "PACKAGES", "BundleError", "build_bundle", "copy_p
            "read_manifest"]
 
 BUNDLE_MANIFEST = "quanedge-bundle.json"
-PACKAGES = ("agent", "drivers", "edge_models", "firmware_manifests")
+PACKAGES = ("quanedge", "core", "agent", "drivers", "edge_models", "firmware_manifests")
 MAX_UNPACKED = 512 * 1024 * 1024
 _VERSION_LINE = re.compile(r'^__version__\s*=\s*["\']([^"\']+)["\']\s*$', re.MULTILINE)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")

@@ -3,7 +3,8 @@ an agent update (restart into the new version, health check, commit or roll back
 
     quanedge agent supervise --config box.toml [--root DIR]      (or python -m agent.updater.launcher)
 
-It runs `python -m agent.cli agent run --config box.toml` with `PYTHONPATH=<root>/versions/<v>`
+It runs `python -m quanedge agent run --config box.toml` with `PYTHONPATH=<root>/versions/<v>`
+(`-m agent.cli` for a bundle built before the root CLI moved to quanedge/, so a rollback to one still starts)
 (the real directory, resolved at start, so later switches never change a running process's
 code), `QUANEDGE_SUPERVISED_ROOT=<root>`, and PR_SET_PDEATHSIG so a killed supervisor takes its
 child along (the next supervisor never finds two agents on one buffer). A child that exits is
@@ -47,7 +48,7 @@ from core.compat import tomllib
 from core.backoff import Backoff
 from core.config_reader import NAME_RE, Table
 from core.errors import ConfigError, QuanedgeError
-from agent.logs import setup_logging
+from core.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.service import SUPERVISED_ROOT_ENV
@@ -279,7 +280,7 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(slot), env.get("PYTHONPATH")) if p)
         env[SUPERVISED_ROOT_ENV] = str(self.root)
-        cmd = [self.python, "-m", "agent.cli", "agent", "run", "--config", str(self.settings.config)]
+        cmd = [self.python, "-m", "quanedge", "agent", "run", "--config", str(self.settings.config)]
         self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         self.child_version = slot.name
         self._child_started = time.monotonic()

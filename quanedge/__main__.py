@@ -1,0 +1,3 @@
+from quanedge.cli import main
+
+main()
