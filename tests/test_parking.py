@@ -376,14 +376,19 @@ async def test_commands_through_the_agent_command_path_are_allowed_or_refused_an
     assert all(r.cls == RecordClass.EVENT and r.point == "_command" for r in audit)
 
 
+def test_the_kind_is_registered_with_its_simulator() -> None:
+    from drivers.registry import KINDS
+
+    assert KINDS["parking"] is KIND and set(KIND.simulators()) == {"parking"}
+
+
 async def test_the_sim_command_serves_a_pty_and_a_control_port(tmp_path: Path) -> None:
     from drivers.parking.driver import ParkingDriver
 
     layout = tmp_path / "lot.toml"
     layout.write_text(LOT.replace('kind = "parking"\n', ""))
-    code = "from drivers.parking import KIND; KIND.simulator()()"
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, "--layout", str(layout), "--control", "0",
-                                                stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hil_tests.sims.cli", "parking", "--layout",
+                                                str(layout), "--control", "0", stdout=asyncio.subprocess.PIPE)
     try:
         ready = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         reader, writer = await asyncio.open_connection("127.0.0.1", ready["control_port"])

@@ -1,6 +1,10 @@
 """The `parking` device kind: bay detectors and lot counters on one RS-485 line, and the guidance
 signs (LED-485 7-segment displays, Alpha protocol text signs) that show the free spaces.
 
+    settings.py  ParkingSettings + parse           codec.py     Modbus RTU, LED-485 segments, Alpha frames
+    guidance.py  free = capacity - occupied -> sign  line.py      the RS-485 line (pyserial + add_reader)
+    driver.py    ParkingDriver                       sim.py       the lot on a pty; sim_cli.py its command
+
 Imports the settings only; the driver, its serial line and the simulator are imported lazily.
 """
 
@@ -20,14 +24,10 @@ def _build(settings: ParkingSettings, ctx: Any) -> Any:
     return ParkingDriver(settings)
 
 
-def _simulator() -> Any:
-    import typer
+def _simulators() -> dict[str, Any]:
+    from drivers.parking.sim_cli import command
 
-    from drivers.parking.sim import parking_command
-
-    app = typer.Typer(add_completion=False)
-    app.command("parking")(parking_command)
-    return app
+    return {"parking": command}
 
 
 KIND = DeviceKind(
@@ -37,5 +37,5 @@ KIND = DeviceKind(
     build=_build,
     commands=COMMANDS,
     serial_port=lambda s: s.port,
-    simulator=_simulator,
+    simulators=_simulators,
 )

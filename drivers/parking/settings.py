@@ -50,6 +50,7 @@ from typing import ClassVar
 
 from core.config_reader import NAME_RE, Table
 from drivers.kind import ParseContext
+from drivers.settings_rules import NAME_EXPECTED, common
 
 __all__ = ["COMMANDS", "ParkingSettings", "Zone", "Detectors", "Counter", "Sign", "parse", "point_names"]
 
@@ -178,7 +179,7 @@ def _zone(zt: Table) -> Zone:
 
 def _sign(st: Table, index: int, zones: tuple[str, ...]) -> Sign:
     kind = st.str("type", choices=("led485", "alpha"))
-    name = st.str("name", f"sign{index + 1}", pattern=NAME_RE, expected="1-64 letters, digits, '.', '_' or '-'")
+    name = st.str("name", f"sign{index + 1}", pattern=NAME_RE, expected=NAME_EXPECTED)
     if kind == "led485":
         zone = st.str("zone", expected="the zone this display counts")
         if zone not in zones:
@@ -229,10 +230,7 @@ def _check_units(t: Table, zones: tuple[Zone, ...], signs: tuple[Sign, ...]) -> 
 
 def parse(t: Table, ctx: ParseContext) -> ParkingSettings:
     """One [[device]] table of kind "parking" -> ParkingSettings; ConfigError naming the key."""
-    allow = t.str_list("allow_commands", [])
-    for cmd in allow:
-        if cmd not in COMMANDS:
-            raise t.error("allow_commands", f"a parking device has no command {cmd!r}", cmd, "one of " + ", ".join(COMMANDS))
+    c = common(t, "parking", COMMANDS, 2.0)
     zone_tables = t.tables("zones")
     if not 1 <= len(zone_tables) <= 32:
         raise t.error("zones", "needs 1 to 32 zones", len(zone_tables), "[[device.zones]] sections")
@@ -251,12 +249,10 @@ def parse(t: Table, ctx: ParseContext) -> ParkingSettings:
     if baudrate not in BAUD_RATES:
         raise t.error("baudrate", "not a standard rate", baudrate, "one of " + ", ".join(map(str, BAUD_RATES)))
     s = ParkingSettings(
-        name=t.str("name", pattern=NAME_RE, expected="1-64 letters, digits, '.', '_' or '-'"),
         port=t.str("port", expected="a serial device path, e.g. /dev/ttyUSB1"), zones=zones, signs=signs,
         baudrate=baudrate, parity=t.str("parity", "N", choices=("N", "E", "O")),
         stopbits=t.int("stopbits", 1, min=1, max=2), timeout_s=t.int("timeout_ms", 300, min=20, max=5000) / 1000,
-        refresh_s=t.float("refresh_s", 60.0, min=1, max=3600), poll_s=t.float("poll_s", 2.0, min=0.05, max=86400),
-        points=t.str_list("points", []), allow_commands=allow)
+        refresh_s=t.float("refresh_s", 60.0, min=1, max=3600), **c)
     known = set(point_names(s))
     for p in s.points:
         if p not in known:
