@@ -35,7 +35,7 @@ TS_PLAUSIBLE_MIN = 1_262_304_000.0  # 2010-01-01
 TS_FUTURE_SLACK_S = 86_400.0
 NUMBER_MAX = 1e15
 _TS_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})?$")
-_NUMBER_RE = re.compile(r"^[+-]?(\d{1,20}(\.\d{0,15})?|\.\d{1,15})([eE][+-]?\d{1,3})?$")
+_NUMBER_RE = re.compile(r"^[+-]?(\d{1,20}(\.\d{0,20})?|\.\d{1,20})([eE][+-]?\d{1,3})?$")
 
 
 class SampleError(ValueError):
