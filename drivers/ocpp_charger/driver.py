@@ -51,6 +51,12 @@ SUBPROTOCOL = Subprotocol("ocpp1.6")
 REFRESH_AFTER_S = 2.0
 
 
+def _select(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """ocpp1.6 when offered; else the handshake goes on without one and the handler closes it
+    (OCPP-J 1.6 section 3.1.2: the server replies without the header, and closes), counted."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 class _Wire:
     """The connection as the `ocpp` package sees it (recv/send), counting every CALLERROR sent."""
 
@@ -100,7 +106,7 @@ class OcppChargerDriver:
         try:
             self._server = await serve(
                 self._handler, self.settings.listen_host, self.settings.listen_port, subprotocols=[SUBPROTOCOL],
-                process_request=self._gate, max_size=self.settings.max_message_bytes, ping_interval=30,
+                select_subprotocol=_select, process_request=self._gate, max_size=self.settings.max_message_bytes, ping_interval=30,
                 ping_timeout=30, server_header=None, logger=logging.getLogger("drivers.ocpp_charger.ws"))
         except OSError as exc:
             raise LinkError(f"{self.name}: cannot listen on {self.settings.listen_host}:"

@@ -103,8 +103,7 @@ class Session(ChargePoint):
                 and len(frame[1]) <= 36:
             await self._send(CallError(frame[1], exc.code, str(exc.description)[:200], exc.details or {}).to_json())
         else:
-            code = exc.code if isinstance(frame, list) else "FormationViolation"
-            self.site.junk(self.id, code)
+            self.site.junk(self.id, exc.code if isinstance(frame, list) else "not_json")
 
     # --- storing ----------------------------------------------------------------------------------
     def reading(self, point: str, value: float | None, ts: float, *, unit: str = "", cls: RecordClass,
