@@ -178,78 +178,9 @@ def _fleet_app() -> typer.Typer:
 def _sim_app() -> typer.Typer:
     app = typer.Typer(help="Device simulators (for demos, tests and installer training).", no_args_is_help=True)
 
-    @app.command("wxt530")
-    def wxt530(
-        tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
-        rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
-        unit: list[int] = typer.Option([1], "--unit", help="Slave id(s) to answer as; repeat for several."),
-        baudrate: int = typer.Option(19200), parity: str = typer.Option("N"),
-        seed: int = typer.Option(0, help="Weather seed (same seed, same weather)."),
-        control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
-    ) -> None:
-        """Simulated Vaisala WXT530 (Modbus RTU/TCP) with faults on demand. Prints one JSON line when ready."""
-        import asyncio
+    from hil_tests.sims.cli import add_device_simulators
 
-        from hil_tests.sims.wxt530 import serve_wxt530
-
-        if tcp is None and not rtu:
-            _fail("give --tcp PORT and/or --rtu")
-
-        def ready(info: dict) -> None:
-            print(json.dumps(info), flush=True)
-
-        try:
-            asyncio.run(serve_wxt530(tcp_port=tcp, rtu=rtu, units=tuple(unit), baudrate=baudrate, parity=parity,
-                                     seed=seed, control_port=control, on_ready=ready))
-        except KeyboardInterrupt:
-            pass
-
-    @app.command("modbus")
-    def modbus(
-        model: Optional[str] = typer.Option(None, "--model", help="Device model (a profile name), e.g. lufft_ws."),
-        unit: list[int] = typer.Option([], "--unit", help="Slave id(s) for --model; default: the profile's."),
-        slave: list[str] = typer.Option([], "--slave", help="MODEL:UNIT, repeat to mix models on one bus."),
-        tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
-        rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
-        baudrate: Optional[int] = typer.Option(None, help="Line speed (default: the first model's)."),
-        parity: Optional[str] = typer.Option(None, help="N, E or O (default: the first model's)."),
-        turnaround_ms: float = typer.Option(10.0, "--turnaround-ms", help="Slave reply delay on RTU."),
-        seed: int = typer.Option(0, help="Physics seed (same seed, same weather and air)."),
-        time_factor: float = typer.Option(1.0, "--time-factor", help="Model seconds per wall second."),
-        control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
-    ) -> None:
-        """Simulated Modbus devices (every shipped profile) on one bus, faults on demand. Prints one JSON line."""
-        import asyncio
-
-        from hil_tests.sims.modbus_devices import MODELS, parse_slaves, serve_models
-
-        specs = list(slave)
-        if model is not None:
-            if model not in MODELS:
-                _fail(f"unknown model {model!r}; known: {', '.join(MODELS)}")
-            specs += [f"{model}:{u}" for u in unit] or [model]
-        elif unit:
-            _fail("--unit goes with --model; use --slave MODEL:UNIT to mix models")
-        if not specs:
-            _fail(f"give --model MODEL or --slave MODEL:UNIT; models: {', '.join(MODELS)}")
-        if tcp is None and not rtu:
-            _fail("give --tcp PORT and/or --rtu")
-        try:
-            slaves = parse_slaves(specs)
-            asyncio.run(serve_models(slaves, tcp_port=tcp, rtu=rtu, baudrate=baudrate, parity=parity, seed=seed,
-                                     control_port=control, time_factor=time_factor, turnaround_s=turnaround_ms / 1000,
-                                     on_ready=lambda info: print(json.dumps(info), flush=True)))
-        except ValueError as exc:
-            _fail(exc)
-        except KeyboardInterrupt:
-            pass
-
-    from hil_tests.fleet_sim_cli import fleet_command
-    from hil_tests.sims.cli import COMMANDS as DEVICE_SIMS
-
-    app.command("fleet")(fleet_command)
-    for name, command in DEVICE_SIMS.items():   # wxt-serial, ntcip, gbt20999, plate-camera, access-controller
-        app.command(name)(command)
+    add_device_simulators(app)
     return app
 
 

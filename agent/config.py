@@ -11,8 +11,8 @@ does not start half-way: `load_config` either returns a complete `AgentConfig` o
     [[bus]]      name, kind = "rtu" | "tcp", serial: port, baudrate, parity, stopbits, bytesize;
                  tcp: host, port; timeout_ms
     [[device]]   name, kind (default "modbus"), poll_s, points, allow_commands, and per kind:
-                 modbus: bus, profile, unit; the others see agent.device_config (wxt_serial, ntcip,
-                 gbt20999, plate_camera, access_controller)
+                 the rest per kind: each kind's settings parser (drivers/<kind>/settings.py,
+                 registered in drivers/registry.py)
     [[model]]    edge models (see agent.inference)
     [[junction]] pattern-change policy of a signal controller (see agent.traffic_control)
     [updater]    OTA updates (see agent.updater.config); absent: updates disabled
@@ -24,13 +24,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any
 
-from agent import device_config as dc
 from core.compat import tomllib
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
 from core.config_reader import NAME_RE, Table, parse_size
 from core.errors import ConfigError
+from drivers.kind import DeviceSettings, ParseContext
+from drivers.modbus.settings import DeviceConfig
+from drivers.registry import KINDS
 
 _URL_RE = re.compile(r"^https?://[^\s/]+(/.*)?$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_/-]+$")
@@ -100,24 +102,11 @@ class BusConfig:
     timeout_s: float = 0.2
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    """A Modbus device (kind = "modbus", the default) on a [[bus]]."""
-
-    kind: ClassVar[str] = "modbus"
-    name: str
-    bus: str
-    profile_name: str
-    profile: Any  # drivers.profile.Profile
-    unit: int
-    poll_s: float
-    points: tuple[str, ...] = ()
-    allow_commands: tuple[str, ...] = ()
-
-
-AnyDeviceConfig = Union[DeviceConfig, dc.WxtSerialDeviceConfig, dc.NtcipDeviceConfig, dc.GbtDeviceConfig,
-                        dc.PlateCameraDeviceConfig, dc.AccessControllerDeviceConfig]
-DEVICE_KINDS = ("modbus", *dc.PARSERS)
+#: a [[device]]'s settings: the frozen object its kind's parser returns (drivers.kind.DeviceSettings)
+AnyDeviceConfig = DeviceSettings
+DEVICE_KINDS = tuple(KINDS)
+__all__ = ["AgentConfig", "AnyDeviceConfig", "BoxConfig", "BusConfig", "DeviceConfig", "HealthConfig", "HttpConfig",
+           "MqttConfig", "UplinkConfig", "load_config"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +158,8 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     devices = tuple(_device(t, {b.name: b for b in buses}, base_dir) for t in root.tables("device"))
     _unique(devices, "device", file)
     _unique_units(devices, file)
-    dc.check_exclusive(devices, {b.name: b.port for b in buses if b.kind == "rtu" and b.port},
-                       (health.host, health.port) if health.enabled and health.port else None, file)
+    _check_exclusive(devices, {b.name: b.port for b in buses if b.kind == "rtu" and b.port},
+                     (health.host, health.port) if health.enabled and health.port else None, file)
     model_tables = root.raw("model", [])
     models: tuple[Any, ...] = ()
     if model_tables:
@@ -308,33 +297,9 @@ def _bus(t: Table) -> BusConfig:
 
 def _device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> AnyDeviceConfig:
     kind = t.str("kind", "modbus", choices=DEVICE_KINDS)
-    if kind != "modbus":
-        cfg = dc.PARSERS[kind](t, base_dir)
-        t.reject_unknown()
-        return cfg
-    return _modbus_device(t, buses, base_dir)
-
-
-def _modbus_device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> DeviceConfig:
-    from drivers.profile import load_profile
-
-    name = t.str("name", pattern=NAME_RE, expected="1-64 chars of letters, digits, '.', '_' or '-'")
-    bus = t.str("bus")
-    if bus not in buses:
-        raise t.error("bus", "no [[bus]] with this name", bus, "one of " + ", ".join(sorted(buses)) if buses else "a [[bus]] section first")
-    profile_name = t.str("profile")
-    candidate = base_dir / profile_name
-    profile = load_profile(str(candidate) if candidate.suffix == ".toml" and candidate.exists() else profile_name)
-    unit = t.int("unit", getattr(profile, "default_unit", 1), min=1, max=247)
-    poll_s = t.float("poll_s", 1.0, min=0.01, max=86400)
-    points = t.str_list("points", [])
-    known = {p.name for p in profile.points}
-    for pt in points:
-        if pt not in known:
-            raise t.error("points", f"profile {profile_name} has no point {pt!r}", pt, "one of " + ", ".join(sorted(known)))
-    allow = t.str_list("allow_commands", [])
+    cfg = KINDS[kind].parse(t, ParseContext(base_dir, buses))
     t.reject_unknown()
-    return DeviceConfig(name, bus, profile_name, profile, unit, poll_s, points, allow)
+    return cfg
 
 
 def _unique(items: tuple[Any, ...], what: str, file: str) -> None:
@@ -357,3 +322,29 @@ def _unique_units(devices: tuple[AnyDeviceConfig, ...], file: str) -> None:
             raise ConfigError(f"unit id already used by device {seen[key]!r} on bus {d.bus!r}", file=file,
                               key=f"device[{i}].unit", value=d.unit, expected="a unit id unique on its bus")
         seen[key] = d.name
+
+
+def _check_exclusive(devices: tuple[AnyDeviceConfig, ...], rtu_ports: dict[str, str],
+                     health: tuple[str, int] | None, file: str) -> None:
+    """One owner per serial port (a [[bus]] or one device); one listener per TCP port."""
+    owners = {os.path.realpath(port): f"[[bus]] {bus!r}" for bus, port in rtu_ports.items()}
+    listeners: list[tuple[str, int, str]] = [(health[0], health[1], "[health] listen")] if health else []
+    for i, d in enumerate(devices):
+        kind = KINDS[d.kind]
+        port = kind.serial_port(d)
+        if port is not None:
+            real = os.path.realpath(port)
+            if real in owners:
+                raise ConfigError(f"serial port already used by {owners[real]}: a serial line has one master",
+                                  file=file, key=f"device[{i}].port", value=port,
+                                  expected="a port no other device or bus uses")
+            owners[real] = f"device {d.name!r}"
+        address = kind.listen_address(d)
+        if address is not None and address[1]:
+            host, tcp_port = address
+            for other_host, other_port, who in listeners:
+                wildcard = "0.0.0.0" in (host, other_host) or "::" in (host, other_host)
+                if other_port == tcp_port and (host == other_host or wildcard):
+                    raise ConfigError(f"listen port already used by {who}", file=file, key=f"device[{i}].listen",
+                                      value=f"{host}:{tcp_port}", expected="a port nothing else on this box listens on")
+            listeners.append((host, tcp_port, f"device {d.name!r}"))

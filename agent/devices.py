@@ -1,7 +1,10 @@
-"""From typed device config to running drivers: one factory per kind, and what the agent wraps them in.
+"""From typed device config to running drivers, and what the agent wraps them in.
 
-    FACTORIES[kind](device_config, context) -> Driver          (a plain mapping; drivers imported lazily)
-    build_devices(cfg, emit, observer, stack) -> DeviceSet     (schedulers, listeners, event sinks, drivers)
+    KINDS[kind].build(settings, context) -> Driver          (drivers/registry.py; drivers imported lazily)
+    build_devices(cfg, emit, observer, stack) -> DeviceSet  (schedulers, listeners, event sinks, drivers)
+
+The agent never branches on a kind's name: the kind's descriptor (drivers.kind.DeviceKind) says
+which line a device is on, whether it listens for pushes and whether the poller owns its open().
 
 Lines. Every driver sits on a *line*: a Modbus [[bus]] (shared by its slaves, one link, one
 scheduler), or the device's own serial port or connection (wxt_serial, ntcip, gbt20999, the gates).
@@ -27,19 +30,17 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from core.backoff import Backoff
 from agent.config import AgentConfig, AnyDeviceConfig, BusConfig
-from agent.device_config import (AccessControllerDeviceConfig, GbtDeviceConfig, NtcipDeviceConfig,
-                                 PlateCameraDeviceConfig, WxtSerialDeviceConfig)
 from core.errors import ConfigError, DriverError, LinkError
 from core.reading import Reading
 from agent.scheduler import BusScheduler, DeviceObserver, PolledDevice
 from drivers.base import Driver
+from drivers.registry import KINDS
 
-__all__ = ["FACTORIES", "BuildContext", "ManagedDriver", "EventSink", "Listener", "DeviceSet", "build_devices",
+__all__ = ["BuildContext", "ManagedDriver", "EventSink", "Listener", "DeviceSet", "build_devices",
            "line_of", "listens"]
 
 log = logging.getLogger(__name__)
@@ -219,75 +220,19 @@ class BuildContext:
         return self.sinks[device]
 
 
-# --- one factory per kind ------------------------------------------------------------------------
-def modbus(dev: Any, ctx: BuildContext) -> Driver:
-    from drivers.modbus import ModbusDevice
-
-    return ModbusDevice(dev.name, ctx.link(dev.bus), dev.unit, dev.profile)
-
-
-def wxt_serial(dev: WxtSerialDeviceConfig, ctx: BuildContext) -> Driver:
-    from drivers.wxt_serial import DEFAULT_POINTS, WxtSerialDriver, WxtSerialSettings
-
-    return WxtSerialDriver(dev.name, WxtSerialSettings(
-        port=dev.port, address=dev.address, protocol=dev.mode, baudrate=dev.baudrate, bytesize=dev.bytesize,
-        parity=dev.parity, stopbits=dev.stopbits, timeout_s=dev.timeout_s, points=dev.points or DEFAULT_POINTS))
-
-
-def ntcip(dev: NtcipDeviceConfig, ctx: BuildContext) -> Driver:
-    from drivers.ntcip_driver import NtcipDriver, NtcipSettings
-
-    return NtcipDriver(dev.name, NtcipSettings(
-        host=dev.host, port=dev.port, community=dev.community, write_community=dev.write_community,
-        timeout_s=dev.timeout_s, retries=dev.retries, phases=dev.phases, detectors=dev.detectors,
-        patterns=dev.patterns, pattern_time_unit=dev.pattern_time_unit, allowed_patterns=dev.allowed_patterns,
-        allow_standby=dev.allow_standby, allow_free=dev.allow_free, allow_flash=dev.allow_flash))
-
-
-def gbt20999(dev: GbtDeviceConfig, ctx: BuildContext) -> Driver:
-    from drivers.gbt20999_driver import GbtDriver, GbtSettings
-
-    return GbtDriver(dev.name, GbtSettings(
-        host=dev.host, port=dev.port, centre=dev.centre, controller=dev.controller_id, road=dev.road,
-        timeout_s=dev.timeout_s, heartbeat_s=dev.heartbeat_s, detectors=dev.detectors, plans=dev.plans,
-        allowed_plans=dev.allowed_plans, allowed_stages=dev.allowed_stages, allowed_modes=dev.allowed_modes),
-        on_report=ctx.events(dev.name, drop_when_full=True))
-
-
-def plate_camera(dev: PlateCameraDeviceConfig, ctx: BuildContext) -> Driver:
-    from drivers.gates import GateRules
-    from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
-
-    rules = GateRules(dev.allow_list, dev.deny_list, dev.allow_prefixes, dev.min_confidence)
-    return PlateReceiverDriver(dev.name, PlateReceiverSettings(
-        host=dev.listen_host, port=dev.listen_port, rules=rules, cameras=dev.cameras, relay=dev.relay,
-        heartbeat_timeout_s=dev.heartbeat_timeout_s), ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
-
-
-def access_controller(dev: AccessControllerDeviceConfig, ctx: BuildContext) -> Driver:
-    from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
-
-    return AccessControllerDriver(dev.name, AccessControllerSettings(
-        base_url=dev.url, username=dev.username, password=dev.password, doors=dev.doors, auth=dev.auth,
-        timeout_s=dev.timeout_s, allowed_commands=frozenset(dev.allow_commands),
-        listen_host=dev.listen_host or "127.0.0.1", listen_port=dev.listen_port, event_senders=dev.event_senders),
-        on_event=ctx.events(dev.name) if dev.listen_port is not None else None, on_refused=ctx.refusals(dev.name))
-
-
-FACTORIES: Mapping[str, Callable[[Any, BuildContext], Driver]] = MappingProxyType({
-    "modbus": modbus, "wxt_serial": wxt_serial, "ntcip": ntcip, "gbt20999": gbt20999,
-    "plate_camera": plate_camera, "access_controller": access_controller,
-})
+def build_driver(dev: AnyDeviceConfig, ctx: BuildContext) -> Driver:
+    """The driver of one device, built by its kind."""
+    return KINDS[dev.kind].build(dev, ctx)
 
 
 def line_of(dev: AnyDeviceConfig) -> str:
-    """The line a device is polled on: its [[bus]] for Modbus, its own otherwise."""
-    return dev.bus if dev.kind == "modbus" else f"{dev.kind}:{dev.name}"  # type: ignore[union-attr]
+    """The line a device is polled on: its [[bus]] for Modbus, its own otherwise (the kind says)."""
+    return KINDS[dev.kind].line(dev)
 
 
 def listens(dev: AnyDeviceConfig) -> bool:
     """Push devices: a Listener task owns open()/close()."""
-    return dev.kind == "plate_camera" or (dev.kind == "access_controller" and dev.listen_port is not None)  # type: ignore[union-attr]
+    return KINDS[dev.kind].listens(dev)
 
 
 # --- the whole set -------------------------------------------------------------------------------
@@ -322,13 +267,13 @@ def build_devices(cfg: AgentConfig, emit: Emit, observer: DeviceObserver | None,
     listeners: list[Listener] = []
     for i, dev in enumerate(cfg.devices):
         try:
-            driver = FACTORIES[dev.kind](dev, ctx)
+            driver = build_driver(dev, ctx)
         except ValueError as exc:  # config validation should have caught it: still say where
             raise ConfigError(f"device settings refused by the {dev.kind} driver: {exc}", file=str(cfg.path),
                               key=f"device[{i}]", value=dev.name) from exc
         line = line_of(dev)
         managed = ManagedDriver(driver, locks.setdefault(line, asyncio.Lock()),
-                                owns_open=dev.kind != "modbus" and not listens(dev))
+                                owns_open=KINDS[dev.kind].owns_open and not listens(dev))
         if managed.owns_open:
             stack.push_async_callback(managed.close)
         if listens(dev):

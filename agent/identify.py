@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from core.errors import DeviceTimeout, DriverError
 from core.reading import Quality
-from drivers.codec import REGISTER_COUNT, decode_point
-from drivers.profile import load_profile
+from drivers.modbus.codec import REGISTER_COUNT, decode_point
+from drivers.modbus.profile import load_profile
 
 __all__ = ["CONTROL_HOLDING", "CONTROL_INPUT", "IDENTIFY_MAX_REGISTERS", "Identification", "LUFFT_CODES",
            "identify"]

@@ -34,7 +34,8 @@ async def live_read(cfg: AgentConfig, device_name: str, interval: float, count: 
     """Any configured device, through the same driver factory the agent uses (agent.devices)."""
     from contextlib import AsyncExitStack
 
-    from agent.devices import FACTORIES, BuildContext, ManagedDriver
+    from agent.devices import BuildContext, ManagedDriver, build_driver
+    from drivers.registry import KINDS
 
     dev_cfg = cfg.device(device_name)
     if dev_cfg is None:
@@ -52,11 +53,11 @@ async def live_read(cfg: AgentConfig, device_name: str, interval: float, count: 
     async with AsyncExitStack() as stack:
         ctx = BuildContext({b.name: b for b in cfg.buses}, stack, keep)
         try:
-            driver = FACTORIES[dev_cfg.kind](dev_cfg, ctx)
+            driver = build_driver(dev_cfg, ctx)
         except ValueError as exc:
             raise ConfigError(f"device settings refused by the {dev_cfg.kind} driver: {exc}", file=str(cfg.path),
                               key="device", value=device_name) from exc
-        device = ManagedDriver(driver, asyncio.Lock(), owns_open=dev_cfg.kind != "modbus")
+        device = ManagedDriver(driver, asyncio.Lock(), owns_open=KINDS[dev_cfg.kind].owns_open)
         stack.push_async_callback(device.close)
         for sink in ctx.sinks.values():  # events pushed by the device go to the table, acknowledged
             task = asyncio.create_task(sink.run(), name=f"events:{sink.name}")

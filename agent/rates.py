@@ -1,6 +1,6 @@
 """Rates from counters: wrap-safe, reset-aware, derived on the box from consecutive readings.
 
-A profile point with a `counter` (drivers.profile.CounterSpec) is a value that only counts up and
+A profile point with a `counter` (drivers.modbus.profile.CounterSpec) is a value that only counts up and
 wraps at a modulus: tipping-bucket tips, accumulated rain in 0.01 mm, pulses. What the fleet wants is
 the rate, and a rate computed naively across a wrap is a huge negative number. `CounterRates` keeps
 the last good raw count of each counter point of one device and, for every new good reading, adds a
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from core.reading import Quality, Reading
-from drivers.codec import counter_delta, raw_count
-from drivers.profile import PointSpec
+from drivers.modbus.codec import counter_delta, raw_count
+from drivers.modbus.profile import PointSpec
 
 __all__ = ["CounterRates", "counter_points"]
 

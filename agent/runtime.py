@@ -51,7 +51,7 @@ SHUTDOWN_FLUSH_S = 5.0
 
 
 def make_link(bus: BusConfig) -> Any:
-    from drivers.modbus import ModbusLink
+    from drivers.modbus.driver import ModbusLink
 
     if bus.kind == "rtu":
         return ModbusLink.rtu(bus.port, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits,

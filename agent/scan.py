@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 
 import typer
 
-from agent.bus_timing import DeviceLoad, LineTiming, capacity_report
+from drivers.modbus.timing import DeviceLoad, LineTiming, capacity_report
 from core.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
 from agent.identify import IDENTIFY_MAX_REGISTERS, Identification, identify
-from drivers.codec import plan_reads
-from drivers.profile import load_profile
+from drivers.modbus.codec import plan_reads
+from drivers.modbus.profile import load_profile
 
 __all__ = ["DEFAULT_LINES", "PACE_S", "Identification", "ScanResult", "identify", "parse_units", "render_toml",
            "scan", "scan_bus"]
@@ -106,7 +106,7 @@ class _Prober:
 
     def __init__(self, port: str, line: LineTiming, timeout_s: float, deadline: float, result: ScanResult,
                  pace_s: float, clock: _Line) -> None:
-        from drivers.modbus import ModbusLink
+        from drivers.modbus.driver import ModbusLink
 
         self.line, self.deadline, self.result = line, deadline, result
         self.pace_s, self.clock = pace_s, clock

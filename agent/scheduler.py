@@ -14,7 +14,7 @@ back to online is logged once each way and recorded as an EVENT reading (point `
 0/1), so the fleet sees it too; a good poll clears the device's `last_error` (`last_error_at`
 says when it was set).
 
-Bus-aware polling, for drivers that expose their `profile` (drivers.modbus.ModbusDevice, also when
+Bus-aware polling, for drivers that expose their `profile` (drivers.modbus.driver.ModbusDevice, also when
 wrapped by something that keeps it as `inner`, like agent.devices.ManagedDriver):
 - a device's points are read in the coalesced requests the codec plans (never over 125 registers),
   one request per driver call, so that the scheduler can pace every request on the wire;
@@ -24,7 +24,7 @@ wrapped by something that keeps it as `inner`, like agent.devices.ManagedDriver)
   (their points come back COMM_FAILURE), so a silent slave costs one timeout per poll, whatever the
   size of its map;
 - counters in the profile get their derived `<point>_rate` readings (agent.rates);
-- the wire-time model (agent.bus_timing) predicts at start whether the bus can carry the requested
+- the wire-time model (drivers.modbus.timing) predicts at start whether the bus can carry the requested
   intervals: `capacity_report` holds the prediction and `run()` logs one WARNING per late device.
 """
 
@@ -37,13 +37,13 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol, Sequence
 
-from agent.bus_timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
+from drivers.modbus.timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
 from core.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from agent.rates import CounterRates
 from core.reading import Quality, Reading, RecordClass
 from drivers.base import Driver
-from drivers.codec import plan_reads
-from drivers.profile import Profile
+from drivers.modbus.codec import plan_reads
+from drivers.modbus.profile import Profile
 
 log = logging.getLogger(__name__)
 

@@ -136,7 +136,7 @@ class PatternGuard:
 
 
 _NTCIP_PED = re.compile(r"^phase(\d{1,3})_ped$")
-_PED_CLEAR, _PED_WALK = 2, 3  # drivers.ntcip.Ped
+_PED_CLEAR, _PED_WALK = 2, 3  # drivers.ntcip.mib.Ped
 
 
 def _matches(point: str, base: str) -> bool:
@@ -173,7 +173,7 @@ class PatternDecider:
                 self._observe_pattern(j, int(r.value), r.ts)
             elif _matches(r.point, p.ped_walk_point) or _matches(r.point, p.ped_clear_point):
                 j.ped[r.point] = (int(r.value), r.ts)
-            elif (m := _NTCIP_PED.match(r.point)) is not None:  # one phase's Ped state (drivers.ntcip)
+            elif (m := _NTCIP_PED.match(r.point)) is not None:  # one phase's Ped state (drivers.ntcip.mib)
                 state = int(r.value)
                 j.ped[f"{p.ped_walk_point}.{m[1]}"] = (int(state == _PED_WALK), r.ts)
                 j.ped[f"{p.ped_clear_point}.{m[1]}"] = (int(state == _PED_CLEAR), r.ts)

@@ -6,7 +6,7 @@ as a real bus or real devices would; the agent side is the real scheduler, drive
 - bus_utilisation: 8 slaves of 12-18 points (4 all-in-one stations, 2 WXT530, 2 Lufft) on one
   simulated RS-485 line at 9600 8N1, every device polled as fast as the bus allows (poll_s = 0.01).
   Achieved share of the wire-time limit: the sum, over the polls that completed, of each poll's
-  wire time per agent.bus_timing (request + t3.5 + turnaround + reply + t3.5, devices.md's
+  wire time per drivers.modbus.timing (request + t3.5 + turnaround + reply + t3.5, devices.md's
   numbers, with the simulated slaves' turnaround), divided by the elapsed time. 1.0 = not one
   microsecond of the line wasted.
 - silent_slave_delay_ms: the same 8 slaves polled every 1 s (about half the bus), run once with all
@@ -39,9 +39,9 @@ from typing import Any
 
 from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord
-from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.profile import LineDefaults, load_profile
-from hil_tests.sims.modbus_slave import set_fault
+from drivers.modbus.driver import ModbusDevice, ModbusLink
+from drivers.modbus.profile import LineDefaults, load_profile
+from drivers.modbus.sim_slave import set_fault
 
 RUN_S = float(os.environ.get("QUANEDGE_BENCH_BUS_S", "20"))
 TURNAROUND_S = float(os.environ.get("QUANEDGE_BENCH_TURNAROUND_MS", "5")) / 1000
@@ -143,8 +143,8 @@ async def silent_slave(path: str, control: int) -> dict[str, Any]:
 
 
 async def serve_tcp(n: int) -> None:
-    from hil_tests.sims.modbus_devices import make_model
-    from hil_tests.sims.modbus_slave import TcpSlaveServer
+    from drivers.modbus.sim import make_model
+    from drivers.modbus.sim_slave import TcpSlaveServer
 
     servers = [TcpSlaveServer({1: make_model(TCP_MODEL, 1, seed=i)[0]}) for i in range(n)]
     ports = [await s.start() for s in servers]

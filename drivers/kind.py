@@ -8,7 +8,8 @@ A kind lives in its own folder, `drivers/<kind>/`, Home Assistant style:
                                  driver's are the same object, so they cannot drift
     drivers/<kind>/driver.py     the Driver (drivers.base), built from those settings
     drivers/<kind>/codec.py      frames <-> values, pure functions (property-tested)
-    drivers/<kind>/sim.py        a simulator on the real transport, and its `quanedge sim <kind>` command
+    drivers/<kind>/sim.py        a simulator on the real transport
+    drivers/<kind>/sim_cli.py    its `quanedge sim <kind>` command (options only; imports sim.py when run)
     drivers/<kind>/identify.py   what `quanedge agent scan` asks to recognise the device (if it can)
 
 Adding a kind touches its folder and one line of drivers/registry.py. The agent never looks at
@@ -23,8 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 if TYPE_CHECKING:
-    import typer
-
     from core.config_reader import Table
     from core.reading import Reading
     from drivers.base import Driver
@@ -106,5 +105,6 @@ class DeviceKind:
     serial_port: Callable[[Any], str | None] = _nothing
     #: the (host, port) this device listens on (config refuses two listeners on one port)
     listen_address: Callable[[Any], tuple[str, int] | None] = _nothing
-    #: `quanedge sim <kind>`: a factory of the simulator's typer app (imported lazily)
-    simulator: Callable[[], "typer.Typer"] | None = None
+    #: `quanedge sim <name>` commands: loads {command name: typer command function} (sim_cli.py, light;
+    #: the simulator itself is imported when a command runs)
+    simulators: Callable[[], Mapping[str, Callable[..., None]]] | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hil_tests.physics.weather import WeatherModel
+from drivers.physics.weather import WeatherModel
 
 WEATHER_START = 1_750_000_000.0
 WEATHER_FIELDS = {

@@ -17,7 +17,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.plate_camera.sim import PlateCameraSim
 from tests.e2e_support import Fleet, enroll, free_port, start_agent, start_fleet, stop, wait_for
 
 BOX = "idle-box"

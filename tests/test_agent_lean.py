@@ -13,7 +13,7 @@ PROBE = """
 import json, sys
 from agent.cli import build_app
 build_app(["agent", "run"])
-import agent.runtime, agent.config, agent.uplink.mqtt, agent.uplink.http, drivers.modbus
+import agent.runtime, agent.config, agent.uplink.mqtt, agent.uplink.http, drivers.modbus.driver
 print(json.dumps(sorted(m.split(".")[0] for m in sys.modules)))
 """
 

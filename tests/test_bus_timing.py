@@ -1,4 +1,4 @@
-"""agent.bus_timing: the wire-time numbers of devices.md, and the over-subscription prediction."""
+"""drivers.modbus.timing: the wire-time numbers of devices.md, and the over-subscription prediction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.bus_timing import (
+from drivers.modbus.timing import (
     DeviceLoad,
     LineTiming,
     capacity_report,
@@ -88,7 +88,7 @@ def test_oversubscribed_bus_names_the_late_devices_and_by_how_much(caplog: pytes
     period = 20 * cycle / (1 - 2 * cycle / 60)  # the round-robin period the scheduler gives them
     assert late["fast0"].expected_period_s == pytest.approx(period)
     assert late["fast0"].late_by_s == pytest.approx(period - 0.5)
-    with caplog.at_level(logging.WARNING, logger="agent.bus_timing"):
+    with caplog.at_level(logging.WARNING, logger="drivers.modbus.timing"):
         rep.log()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 20

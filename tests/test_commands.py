@@ -1,6 +1,6 @@
 """The command path: allow-list, driver guard, audit records, serialisation with polling, the control endpoint.
 
-Real transports: a WXT530 on a pty (hil_tests.sims.wxt_serial) and the agent's health server on loopback.
+Real transports: a WXT530 on a pty (drivers.wxt_serial.sim) and the agent's health server on loopback.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from core.errors import CommandRefused
 from agent.health import Metrics, serve_health
 from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice
-from drivers.wxt_serial import WxtSerialDriver, WxtSerialSettings
-from hil_tests.sims.wxt_serial import Fault, WxtSerialSim
+from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
+from drivers.wxt_serial.sim import Fault, WxtSerialSim
 
 
 class Sink:

@@ -11,10 +11,10 @@ from core.backoff import Backoff
 from agent.devices import EventSink, Listener, ManagedDriver
 from core.errors import DriverError, LinkError
 from core.reading import Reading, RecordClass
-from drivers.gbt20999_driver import GbtDriver, GbtSettings
-from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.gbt20999.driver import GbtDriver, GbtSettings
+from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushCredential, parse_sources
-from hil_tests.sims.gbt20999 import GbtControllerSim
+from drivers.gbt20999.sim import GbtControllerSim
 
 
 def _event(i: int) -> Reading:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import device_config as dc
+from drivers.registry import KINDS
 from agent.config import DeviceConfig, load_config
-from agent.devices import FACTORIES, ManagedDriver, build_devices, line_of, listens
+from agent.devices import ManagedDriver, build_devices, line_of, listens
 from core.errors import ConfigError
 from drivers.base import Driver
 
@@ -151,18 +151,18 @@ async def test_every_kind_builds_its_driver_on_its_own_line(tmp_path: Path) -> N
         assert not devices.drivers["north-gate"].owns_open and devices.drivers["junction-7"].owns_open
         gate = devices.drivers["north-gate"].inner
         assert gate.rules.allow == {"鲁A12345", "鲁A67890"} and gate.settings.relay == 0
-    assert set(FACTORIES) == {"modbus", *dc.PARSERS}
+    assert set(KINDS) == {"modbus", "wxt_serial", "ntcip", "gbt20999", "plate_camera", "access_controller"}
     assert [line_of(d) for d in cfg.devices][0] == "rs485-1" and listens(cfg.devices[4])
 
 
 def test_command_lists_match_the_drivers() -> None:
     from drivers import gates
-    from drivers.gbt20999_driver import _COMMANDS as GBT
-    from drivers.ntcip_driver import NtcipDriver
-    from drivers.plate_receiver import PlateReceiverDriver
-    from drivers.wxt_serial import WxtSerialDriver
+    from drivers.gbt20999.driver import _COMMANDS as GBT
+    from drivers.ntcip.driver import NtcipDriver
+    from drivers.plate_camera.driver import PlateReceiverDriver
+    from drivers.wxt_serial.driver import WxtSerialDriver
 
-    assert dc.COMMANDS == {"wxt_serial": WxtSerialDriver.COMMANDS, "ntcip": NtcipDriver.COMMANDS,
+    assert {k: v.commands for k, v in KINDS.items() if k != "modbus"} == {"wxt_serial": WxtSerialDriver.COMMANDS, "ntcip": NtcipDriver.COMMANDS,
                            "gbt20999": tuple(GBT), "plate_camera": PlateReceiverDriver.COMMANDS,
                            "access_controller": tuple(gates.DOOR_COMMANDS)}
 

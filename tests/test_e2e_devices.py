@@ -20,12 +20,12 @@ from typing import Any, Iterator
 import pytest
 
 from agent.enroll import Credential, save_credential
-from drivers import ntcip as n
+from drivers.ntcip import mib as n
 from e2e_support import PY, free_port, health, start_agent, stop, wait_for
-from hil_tests.sims.access_controller import AccessControllerSim
-from hil_tests.sims.gbt20999 import GbtControllerSim, Plan
-from hil_tests.sims.ntcip import NtcipControllerSim, Pattern
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.access_controller.sim import AccessControllerSim
+from drivers.gbt20999.sim import GbtControllerSim, Plan
+from drivers.ntcip.sim import NtcipControllerSim, Pattern
+from drivers.plate_camera.sim import PlateCameraSim
 
 ROUTINE, ALARM, EVENT = 0, 1, 2
 ALLOWED_PLATE = "鲁A12345"

@@ -25,11 +25,11 @@ import pytest
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.devices import EventSink
 from agent.pipeline import Pipeline
-from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
+from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
 from drivers.gates import GateRules
-from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushCredential, parse_sources
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.plate_camera.sim import PlateCameraSim
 
 RULES = GateRules(allow=frozenset({"鲁A12345"}))
 CAMERAS = (PushCredential("cam-1", sources=parse_sources(["127.0.0.1"])),)

@@ -14,12 +14,12 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Reading, RecordClass
 from drivers import gates
 from drivers.base import Driver
-from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
-from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushCredential, parse_sources
 from drivers.tinyhttp import HttpServer, Response
-from hil_tests.sims.access_controller import AccessControllerSim
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.access_controller.sim import AccessControllerSim
+from drivers.plate_camera.sim import PlateCameraSim
 
 PUSH = (b'{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"\xe9\xb2\x81A12345","confidence":96,'
         b'"plateid":21085,"isoffline":0}},"serialno":"fe71e106-57263272"}}')

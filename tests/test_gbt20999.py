@@ -9,10 +9,10 @@ from hypothesis import given, settings, strategies as st
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
-from drivers import gbt20999 as g
+from drivers.gbt20999 import codec as g
 from drivers.base import Driver
-from drivers.gbt20999_driver import GbtDriver, GbtSettings, point_item
-from hil_tests.sims.gbt20999 import Fault, GbtControllerSim, Plan
+from drivers.gbt20999.driver import GbtDriver, GbtSettings, point_item
+from drivers.gbt20999.sim import Fault, GbtControllerSim, Plan
 
 QUERY_PLAN = bytes.fromhex("7E 00 13 01 02 01 00 00 00 01 01 01 10 01 01 04 0D 02 03 00 9A D9 7D")
 SET_PLAN_3 = bytes.fromhex("7E 00 14 01 02 01 00 00 00 01 01 02 30 01 01 05 11 03 00 00 03 72 2B 7D")

@@ -16,9 +16,9 @@ import pytest
 from agent.inference import InferenceStage, ModelSpec
 from core.reading import Quality, Reading, RecordClass
 from agent.traffic_control import JunctionPolicy, PatternDecider
-from hil_tests.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
-from hil_tests.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel
-from hil_tests.physics.weather import WeatherModel
+from drivers.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
+from drivers.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel
+from drivers.physics.weather import WeatherModel
 
 UNITS = {"air_temperature": "degC", "relative_humidity": "%", "air_pressure": "hPa", "wind_speed": "m/s",
          "rain_intensity": "mm/h", "rain_accumulation": "mm"}

@@ -16,9 +16,9 @@ from agent.inference import InferenceStage, ModelSpec
 from core.reading import Quality, Reading, RecordClass
 from edge_models.manifest import ModelLoadError, dumps_manifest, sha256_bytes
 from edge_models.runtime import default_models_dir
-from hil_tests.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
-from hil_tests.physics.traffic import TrafficModel
-from hil_tests.physics.weather import WeatherModel
+from drivers.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
+from drivers.physics.traffic import TrafficModel
+from drivers.physics.weather import WeatherModel
 
 from core.compat import tomllib
 

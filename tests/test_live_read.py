@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from hil_tests.sims.modbus_slave import SimSlave, serving
+from drivers.modbus.sim_slave import SimSlave, serving
 
 WXT_BLOCK = range(0x000A, 0x0026)
 

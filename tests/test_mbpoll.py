@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from drivers.codec import encode_point
-from drivers.profile import load_profile
-from hil_tests.sims.modbus_slave import SimSlave, serving
-from hil_tests.sims.wxt530 import Wxt530Registers, make_wxt530
+from drivers.modbus.codec import encode_point
+from drivers.modbus.profile import load_profile
+from drivers.modbus.sim_slave import SimSlave, serving
+from drivers.modbus.sim_wxt530 import Wxt530Registers, make_wxt530
 
 MBPOLL = shutil.which("mbpoll")
 pytestmark = pytest.mark.skipif(MBPOLL is None, reason="mbpoll is not installed (apt-get install -y mbpoll)")

@@ -1,4 +1,4 @@
-"""drivers.codec: register decoding/encoding for every type and byte order, and read planning."""
+"""drivers.modbus.codec: register decoding/encoding for every type and byte order, and read planning."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from core.reading import Quality
-from drivers.codec import (
+from drivers.modbus.codec import (
     MAX_READ_REGISTERS,
     RAW_RANGE,
     REGISTER_COUNT,
@@ -20,7 +20,7 @@ from drivers.codec import (
     encode_point,
     plan_reads,
 )
-from drivers.profile import PointSpec, SpecError
+from drivers.modbus.profile import PointSpec, SpecError
 
 TYPES = tuple(REGISTER_COUNT)
 reg16 = st.integers(0, 0xFFFF)

@@ -1,4 +1,4 @@
-"""drivers.modbus against the hand-written simulator: RTU on a pty and Modbus TCP, with faults."""
+"""drivers.modbus.driver against the hand-written simulator: RTU on a pty and Modbus TCP, with faults."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from core.errors import (
 )
 from core.reading import Quality
 from drivers.base import Driver
-from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.profile import PointSpec, Profile, load_profile
-from hil_tests.sims.modbus_slave import SimSlave, crc16, serving, set_fault
-from hil_tests.sims.wxt530 import Wxt530Registers, make_wxt530, precipitation_code, serve_wxt530
+from drivers.modbus.driver import ModbusDevice, ModbusLink
+from drivers.modbus.profile import PointSpec, Profile, load_profile
+from drivers.modbus.sim_slave import SimSlave, crc16, serving, set_fault
+from drivers.modbus.sim_wxt530 import Wxt530Registers, make_wxt530, precipitation_code, serve_wxt530
 
 PROFILE = load_profile("vaisala_wxt530")
 TIMEOUT = 0.2

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from hil_tests.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind, inject, random_faults
-from hil_tests.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel, demand_shape
+from drivers.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind, inject, random_faults
+from drivers.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel, demand_shape
 
 T = CHANNELS["air_temperature"]
 

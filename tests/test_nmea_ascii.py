@@ -9,11 +9,11 @@ from hypothesis import given, settings, strategies as st
 
 from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality
-from drivers import nmea
-from drivers.wxt_ascii import DECIMALS, UNITS, format_composite, parse_composite
+from drivers.wxt_serial import nmea
+from drivers.wxt_serial.codec import DECIMALS, UNITS, format_composite, parse_composite
 from drivers.base import Driver
-from drivers.wxt_serial import WxtSerialDriver, WxtSerialSettings
-from hil_tests.sims.wxt_serial import Fault, WxtSerialSim
+from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
+from drivers.wxt_serial.sim import Fault, WxtSerialSim
 
 ASCII_EXAMPLE = (
     "0R0,Dn=000#,Dm=106#,Dx=182#,Sn=1.1#,Sm=4.0#,Sx=6.6#,Ta=16.0C,Ua=50.0P,Pa=1018.1H,Rc=0.00M,Rd=0s,"

@@ -7,10 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError
 from core.reading import Quality
-from drivers import ntcip as n
+from drivers.ntcip import mib as n
 from drivers.base import Driver
-from drivers.ntcip_driver import NtcipDriver, NtcipSettings
-from hil_tests.sims.ntcip import NtcipControllerSim
+from drivers.ntcip.driver import NtcipDriver, NtcipSettings
+from drivers.ntcip.sim import NtcipControllerSim
 
 BASE = "1.3.6.1.4.1.1206.4.2.1"
 

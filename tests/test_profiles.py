@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from drivers.codec import plan_reads
-from drivers.profile import PROFILE_DIR, LineDefaults, load_profile
+from drivers.modbus.codec import plan_reads
+from drivers.modbus.profile import PROFILE_DIR, LineDefaults, load_profile
 
 # Transcribed by hand from /work/shared/reference/devices.md ("Vaisala WXT530 ... function 04"):
 # address -> (point, type, scale, unit)

@@ -20,7 +20,7 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInput
 from core.errors import ConfigError
 from agent.rates import CounterRates
 from core.reading import Quality, Reading
-from drivers.codec import (
+from drivers.modbus.codec import (
     MAX_READ_REGISTERS,
     RAW_RANGE,
     counter_delta,
@@ -29,8 +29,8 @@ from drivers.codec import (
     plan_reads,
     raw_count,
 )
-from drivers.profile import PROFILE_DIR, CounterSpec, LineDefaults, PointSpec, SpecError, load_profile
-from hil_tests.sims.modbus_slave import crc16
+from drivers.modbus.profile import PROFILE_DIR, CounterSpec, LineDefaults, PointSpec, SpecError, load_profile
+from drivers.modbus.sim_slave import crc16
 
 FAMILY = ("vaisala_wxt530", "lufft_ws", "renke_wind_speed", "renke_wind_direction", "small_weather_station",
           "dfrobot_sen0575", "pm_transmitter", "outdoor_six_gas")

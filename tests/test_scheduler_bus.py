@@ -24,10 +24,10 @@ import pytest
 from core.errors import ConfigError
 from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord, probe_interval, return_bound
-from drivers.modbus import ModbusDevice, ModbusLink
-from drivers.profile import LineDefaults, Profile, load_profile
-from hil_tests.sims.modbus_devices import make_model
-from hil_tests.sims.modbus_slave import RtuBus, SimSlave, serving, set_fault
+from drivers.modbus.driver import ModbusDevice, ModbusLink
+from drivers.modbus.profile import LineDefaults, Profile, load_profile
+from drivers.modbus.sim import make_model
+from drivers.modbus.sim_slave import RtuBus, SimSlave, serving, set_fault
 
 TIMEOUT = 0.1
 

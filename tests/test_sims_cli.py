@@ -80,7 +80,7 @@ def free_port() -> int:
 # --- WXT530 ASCII / NMEA on a pty ----------------------------------------------------------------
 @pytest.mark.parametrize("mode, sig", [("ascii", signal.SIGTERM), ("nmea", signal.SIGINT)])
 async def test_wxt_serial_is_polled_on_its_pty(sims, mode: str, sig: int) -> None:
-    from drivers.wxt_serial import WxtSerialDriver, WxtSerialSettings
+    from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
 
     proc, info = await sims("wxt-serial", "--mode", mode, "--seed", "5", "--control", "0")
     assert info["device"] == "wxt530" and info["protocol"] == mode and info["pty"].startswith("/dev/")
@@ -112,7 +112,7 @@ async def test_wxt_serial_is_polled_on_its_pty(sims, mode: str, sig: int) -> Non
 
 # --- NTCIP 1202 over SNMP/UDP --------------------------------------------------------------------
 async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
-    from drivers.ntcip_driver import NtcipDriver, NtcipSettings
+    from drivers.ntcip.driver import NtcipDriver, NtcipSettings
 
     proc, info = await sims("ntcip", "--port", "0", "--pattern", "2", "--time-unit", "ds", "--seed", "3",
                             "--control", "0")
@@ -145,7 +145,7 @@ async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
 
 # --- GB/T 20999 over TCP -------------------------------------------------------------------------
 async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) -> None:
-    from drivers.gbt20999_driver import GbtDriver, GbtSettings
+    from drivers.gbt20999.driver import GbtDriver, GbtSettings
 
     proc, info = await sims("gbt20999", "--plan", "2", "--mode", "local_actuated", "--time-factor", "50",
                             "--control", "0")
@@ -177,7 +177,7 @@ async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) 
 # --- plate camera pushing to a receiver ----------------------------------------------------------
 async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sims) -> None:
     from drivers import gates
-    from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+    from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 
     got: list[Reading] = []
     port = free_port()
@@ -219,7 +219,7 @@ async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sim
 
 # --- access controller over HTTP (digest) --------------------------------------------------------
 async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
-    from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
+    from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
     from drivers.push_auth import PushCredential
 
     proc, info = await sims("access-controller", "--card", "1001", "--no-permission", "2002", "--password", "s3cret",
@@ -278,9 +278,10 @@ def test_bad_options_give_one_line_naming_the_option_and_exit_2() -> None:
 
 
 def test_importing_the_commands_stays_cheap() -> None:
-    probe = ("import sys, hil_tests.sims.cli as c; assert callable(c.ntcip_command); "
+    probe = ("import sys, hil_tests.sims.cli as c; "
+             "assert callable(c.device_simulators()['ntcip']); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('pysnmp', 'httpx', 'asyncio', 'drivers', 'serial', 'pyasn1')))")
+             "('pysnmp', 'httpx', 'serial', 'pyasn1', 'pymodbus', 'websockets', 'ocpp')))")  # the kinds' settings load (stdlib only)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, cwd=ROOT,
                          check=True)
     assert out.stdout.strip() == "[]"

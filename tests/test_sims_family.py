@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from core.errors import DeviceTimeout, FrameError
-from drivers.codec import decode_point, plan_reads
-from drivers.modbus import ModbusLink
-from drivers.profile import LineDefaults, load_profile
-from hil_tests.physics.air import AirModel, traffic_level
-from hil_tests.physics.weather import WeatherModel
-from hil_tests.sims.modbus_devices import MODELS, TIP_MM, make_model, parse_slaves
-from hil_tests.sims.modbus_slave import RtuBus, serving, set_fault
+from drivers.modbus.codec import decode_point, plan_reads
+from drivers.modbus.driver import ModbusLink
+from drivers.modbus.profile import LineDefaults, load_profile
+from drivers.physics.air import AirModel, traffic_level
+from drivers.physics.weather import WeatherModel
+from drivers.modbus.sim import MODELS, TIP_MM, make_model, parse_slaves
+from drivers.modbus.sim_slave import RtuBus, serving, set_fault
 
 MBPOLL = shutil.which("mbpoll")
 needs_mbpoll = pytest.mark.skipif(MBPOLL is None, reason="mbpoll is not installed (apt-get install -y mbpoll)")

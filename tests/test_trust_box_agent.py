@@ -24,7 +24,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.plate_camera.sim import PlateCameraSim
 from tests.e2e_support import PY, Fleet, enroll, free_port, start_agent, start_fleet, stop, wait_for
 
 BOX = "trust-box"
@@ -188,7 +188,7 @@ def test_check_config_warns_about_an_mqtt_password_without_tls(tmp_path: Path) -
 
 
 async def test_the_access_controller_listener_refuses_and_counts_unauthenticated_pushes() -> None:
-    from drivers.access_controller import AccessControllerDriver, AccessControllerSettings
+    from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
     from drivers.push_auth import PushCredential
 
     taken, refused = [], []

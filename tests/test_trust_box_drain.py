@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from agent.enroll import Credential, save_credential
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.plate_camera.sim import PlateCameraSim
 from tests.e2e_support import free_port, start_agent, stop, wait_for
 
 BAD_PLATE = "京X00000"

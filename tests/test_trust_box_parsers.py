@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from agent.commands import parse_command_request
 from core.errors import FrameError
 from core.reading import Quality, Reading, RecordClass, check_reading, from_row
-from drivers import gates, gbt20999 as g, nmea, wxt_ascii
-from drivers.plate_receiver import PlateReceiverDriver, PlateReceiverSettings
+from drivers import gates
+from drivers.gbt20999 import codec as g
+from drivers.wxt_serial import codec as wxt_ascii, nmea
+from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushAuth, PushCredential, Refusal, parse_sources
 from drivers.tinyhttp import Request
 

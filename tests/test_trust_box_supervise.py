@@ -18,7 +18,7 @@ import pytest
 from agent.config import load_config
 from agent.runtime import run_agent
 from agent.supervise import Supervisor
-from hil_tests.sims.plate_camera import PlateCameraSim
+from drivers.plate_camera.sim import PlateCameraSim
 from tests.e2e_support import free_port
 
 CONFIG = """

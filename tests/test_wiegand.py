@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from core.errors import FrameError
-from drivers.wiegand import Credential, WiegandError, decode, encode, encode26, encode34
+from drivers.access_controller.wiegand import Credential, WiegandError, decode, encode, encode26, encode34
 
 EXAMPLE = "00101101000000001010001000"  # devices.md: FC 90 / card 324
 

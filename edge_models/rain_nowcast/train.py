@@ -64,7 +64,7 @@ def train(seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
             "train_days_per_station": data.TRAIN_DAYS, "train_rows": int(len(y)),
             "holdout_seeds": f"{data.HOLDOUT_SEEDS.start}..{data.HOLDOUT_SEEDS.stop - 1}",
             "holdout_days_per_station": data.HOLDOUT_DAYS, "climatology_rate": round(climatology, 6),
-            "data": "hil_tests.physics.weather, one-minute samples quantised to 0.1 units",
+            "data": "drivers.physics.weather, one-minute samples quantised to 0.1 units",
             "model": "GradientBoostingClassifier(100 trees, depth 3, subsample 0.5)",
             "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
             **training.lib_versions(),

@@ -1,4 +1,4 @@
-"""Samples for the traffic-demand forecast, from the junction physics (hil_tests.physics.traffic).
+"""Samples for the traffic-demand forecast, from the junction physics (drivers.physics.traffic).
 
 One row per (junction, detector, 5-minute interval) with a full hour of history; the target is
 the detector's volume in the interval that ends 15 minutes after the newest one. Junctions are
@@ -11,7 +11,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_models.features import traffic_features
-from hil_tests.physics.traffic import INTERVAL_S, TrafficModel
+from drivers.physics.traffic import INTERVAL_S, TrafficModel
 
 PERIOD_S = INTERVAL_S
 WINDOW = 12

@@ -71,7 +71,7 @@ def train(seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
             "train_days_per_junction": data.TRAIN_DAYS, "train_rows": int(len(y)),
             "holdout_seeds": f"{data.HOLDOUT_SEEDS.start}..{data.HOLDOUT_SEEDS.stop - 1}",
             "holdout_days_per_junction": data.HOLDOUT_DAYS,
-            "data": "hil_tests.physics.traffic, 4 detectors per junction, demand level 0.5-1.5x",
+            "data": "drivers.physics.traffic, 4 detectors per junction, demand level 0.5-1.5x",
             "model": "StandardScaler + MLPRegressor(32, 16) on volume / level",
             "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
             **training.lib_versions(),

@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from edge_models.datagen import simulate_weather
 from edge_models.features import FAULT_CHANNELS, fault_features, local_hour
-from hil_tests.physics.faults import CHANNELS, FaultKind, inject, quantise, random_faults
+from drivers.physics.faults import CHANNELS, FaultKind, inject, quantise, random_faults
 
 PERIOD_S = 60.0
 WINDOW = 60

@@ -73,7 +73,7 @@ def train(seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
             "train_days_per_station": data.TRAIN_DAYS, "train_rows": int(len(y)),
             "holdout_seeds": f"{data.HOLDOUT_SEEDS.start}..{data.HOLDOUT_SEEDS.stop - 1}",
             "holdout_days_per_station": data.HOLDOUT_DAYS,
-            "data": "hil_tests.physics.weather + hil_tests.physics.faults, quantised to 0.1 units",
+            "data": "drivers.physics.weather + drivers.physics.faults, quantised to 0.1 units",
             "model": "StandardScaler + MLPClassifier(32, 16)",
             "data_s": round(t_data, 1), "fit_s": round(t_fit, 1),
             "baseline_thresholds": {k: v for k, v in baseline.items()},

@@ -22,7 +22,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from hil_tests.physics.weather import WeatherState
+from drivers.physics.weather import WeatherState
 
 __all__ = ["AirModel", "AirState", "traffic_level"]
 

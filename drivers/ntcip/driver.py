@@ -28,7 +28,8 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Reading
-from drivers import ntcip as n
+from drivers.ntcip.settings import COMMANDS
+from drivers.ntcip import mib as n
 
 __all__ = ["NtcipSettings", "NtcipDriver"]
 
@@ -81,7 +82,7 @@ class NtcipSettings:
 
 
 class NtcipDriver:
-    COMMANDS = ("set_pattern",)
+    COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/ntcip/settings.py
 
     def __init__(self, name: str, settings: NtcipSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.name = name

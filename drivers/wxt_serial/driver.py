@@ -20,8 +20,9 @@ import serial
 
 from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading
-from drivers import nmea
-from drivers.wxt_ascii import Measurement, is_reply_to, parse_composite, poll_command
+from drivers.wxt_serial.settings import COMMANDS
+from drivers.wxt_serial import nmea
+from drivers.wxt_serial.codec import Measurement, is_reply_to, parse_composite, poll_command
 
 __all__ = ["WxtSerialSettings", "WxtSerialDriver", "DEFAULT_POINTS"]
 
@@ -69,7 +70,7 @@ class WxtSerialSettings:
 class WxtSerialDriver:
     """One WXT530 on its own serial line (the WXT is usually alone on its port)."""
 
-    COMMANDS = ("reset_rain", "set_polled_mode")
+    COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/wxt_serial/settings.py
 
     def __init__(self, name: str, settings: WxtSerialSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.name = name

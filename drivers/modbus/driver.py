@@ -55,8 +55,8 @@ from core.errors import (
     LinkError,
 )
 from core.reading import Quality, Reading
-from drivers.codec import MAX_READ_REGISTERS, ReadBlock, decode_point, plan_reads
-from drivers.profile import LineDefaults, PointSpec, Profile
+from drivers.modbus.codec import MAX_READ_REGISTERS, ReadBlock, decode_point, plan_reads
+from drivers.modbus.profile import LineDefaults, PointSpec, Profile
 
 __all__ = ["EXCEPTION_NAMES", "ModbusDevice", "ModbusLink"]
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hil_tests.sims.modbus_slave import SimSlave
+    from drivers.modbus.sim_slave import SimSlave
 
 __all__ = ["RtuBus", "crc16", "garbage"]
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@
     function = 4                       # 3 holding or 4 input registers
     address = "0x001F"                 # 0-based wire address: an int or a "0x..." string
     type = "s16"                       # u16 s16 u32 s32 f32
-    word_order = "ABCD"                # ABCD CDAB BADC DCBA (see drivers.codec)
+    word_order = "ABCD"                # ABCD CDAB BADC DCBA (see drivers.modbus.codec)
     scale = 0.1                        # value = raw * scale + offset
     offset = 0.0
     unit = "degC"
@@ -58,7 +58,7 @@ from typing import Any
 
 from core.compat import tomllib
 from core.errors import ConfigError
-from drivers.codec import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
+from drivers.modbus.codec import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
 __all__ = ["PROFILE_DIR", "CounterSpec", "LineDefaults", "PointSpec", "Profile", "SpecError", "load_profile"]
 

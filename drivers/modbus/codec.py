@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from core.reading import Quality
 
 if TYPE_CHECKING:  # PointSpec lives with the profile loader; the codec only reads its fields.
-    from drivers.profile import PointSpec
+    from drivers.modbus.profile import PointSpec
 
 __all__ = [
     "MAX_READ_REGISTERS",

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import CommandRefused, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
+from drivers.plate_camera.settings import COMMANDS
 from drivers import gates
 from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response
@@ -72,7 +73,7 @@ class PlateReceiverSettings:
 
 
 class PlateReceiverDriver:
-    COMMANDS = ("allow_plate", "revoke_plate")
+    COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/plate_camera/settings.py
 
     def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], Any], *,
                  clock: Callable[[], float] = time.time, on_refused: Callable[[str], None] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Simulators for the Modbus device family, fed by the shared physics (weather.py and air.py).
 
-Each model's register map is its shipped profile (drivers/profiles/<model>.toml), written with
-drivers.codec.encode_point, plus the registers a profile does not poll (identification,
+Each model's register map is its shipped profile (drivers/modbus/profiles/<model>.toml), written with
+drivers.modbus.codec.encode_point, plus the registers a profile does not poll (identification,
 configuration) as devices.md describes them; tests check the raw registers against devices.md's
 numbers too, so a wrong profile is caught, not mirrored. Writes the devices understand:
 
@@ -24,12 +24,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from drivers.codec import RAW_RANGE, encode_point
-from drivers.profile import PointSpec, Profile, load_profile
-from hil_tests.physics.air import AirModel, AirState
-from hil_tests.physics.weather import WeatherModel, WeatherState
-from hil_tests.sims.modbus_slave import SimSlave, serving
-from hil_tests.sims.wxt530 import make_wxt530
+from drivers.modbus.codec import RAW_RANGE, encode_point
+from drivers.modbus.profile import PointSpec, Profile, load_profile
+from drivers.physics.air import AirModel, AirState
+from drivers.physics.weather import WeatherModel, WeatherState
+from drivers.modbus.sim_slave import SimSlave, serving
+from drivers.modbus.sim_wxt530 import make_wxt530
 
 __all__ = ["MODELS", "ModelSim", "make_model", "parse_slaves", "serve_models"]
 
@@ -275,7 +275,7 @@ class SixGas(ModelSim):
 
 
 MODELS: dict[str, type[ModelSim] | None] = {
-    "vaisala_wxt530": None,  # hil_tests.sims.wxt530 (its own module, shared with the ASCII/NMEA sims)
+    "vaisala_wxt530": None,  # drivers.modbus.sim_wxt530 (its own module, shared with the ASCII/NMEA sims)
     "lufft_ws": LufftWs, "renke_wind_speed": RenkeWindSpeed, "renke_wind_direction": RenkeWindDirection,
     "small_weather_station": SmallWeatherStation, "dfrobot_sen0575": DfrobotRainGauge,
     "pm_transmitter": PmTransmitter, "outdoor_six_gas": SixGas,

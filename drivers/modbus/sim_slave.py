@@ -12,7 +12,7 @@ this one is written from the spec: functions 03, 04, 06 and 16 with exception re
     TcpSlaveServer  Modbus TCP (MBAP) on a port; several connections; several units (a gateway:
                     an unknown unit gets exception 0x0B, as a gateway answers)
     RtuBus          Modbus RTU on a pty with the real wire timing and line checks
-                    (hil_tests.sims.modbus_rtu, re-exported here)
+                    (drivers.modbus.sim_rtu, re-exported here)
     ControlServer   JSON lines on TCP: {"unit": 1, "fault": "silent"} -> {"ok": true}
     serving()       starts any of the above and yields {"tcp_port", "rtu_path", "control_port"}
 
@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hil_tests.sims.modbus_rtu import RtuBus, crc16
-from hil_tests.sims.modbus_rtu import garbage as _garbage
+from drivers.modbus.sim_rtu import RtuBus, crc16
+from drivers.modbus.sim_rtu import garbage as _garbage
 
 __all__ = ["FAULTS", "ControlServer", "Fault", "RtuBus", "SimSlave", "TcpSlaveServer", "crc16", "serving", "set_fault"]
 log = logging.getLogger(__name__)

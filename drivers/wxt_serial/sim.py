@@ -24,9 +24,9 @@ import time
 import tty
 from typing import Callable
 
-from drivers.nmea import build_sentence
-from drivers.wxt_ascii import format_composite
-from hil_tests.physics.weather import WeatherModel
+from drivers.wxt_serial.nmea import build_sentence
+from drivers.wxt_serial.codec import format_composite
+from drivers.physics.weather import WeatherModel
 
 __all__ = ["WxtSerialSim", "Fault"]
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from core.errors import FrameError
 from core.reading import Quality
-from drivers.wxt_ascii import Measurement
+from drivers.wxt_serial.codec import Measurement
 
 __all__ = [
     "Sentence", "checksum", "parse_sentence", "build_sentence", "decode", "DECODERS",

@@ -1,7 +1,7 @@
 """A Vaisala WXT530 on Modbus, fed by the shared weather physics.
 
-The register map is the shipped profile drivers/profiles/vaisala_wxt530.toml, and every value is
-written with drivers.codec.encode_point from that profile, so the simulator and the profile cannot
+The register map is the shipped profile drivers/modbus/profiles/vaisala_wxt530.toml, and every value is
+written with drivers.modbus.codec.encode_point from that profile, so the simulator and the profile cannot
 drift apart silently; the tests also check the raw registers against devices.md's table so that a
 wrong profile is caught too.
 
@@ -24,10 +24,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from drivers.codec import encode_point
-from drivers.profile import Profile, load_profile
-from hil_tests.physics.weather import WeatherModel, WeatherState
-from hil_tests.sims.modbus_slave import SimSlave, serving
+from drivers.modbus.codec import encode_point
+from drivers.modbus.profile import Profile, load_profile
+from drivers.physics.weather import WeatherModel, WeatherState
+from drivers.modbus.sim_slave import SimSlave, serving
 
 __all__ = ["RESERVED_REGISTERS", "Wxt530Registers", "make_wxt530", "precipitation_code", "serve_wxt530"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from core.errors import FrameError
-from drivers import gbt20999 as g
+from drivers.gbt20999 import codec as g
 
 __all__ = ["Plan", "GbtControllerSim", "Fault"]
 

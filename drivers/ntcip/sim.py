@@ -30,7 +30,7 @@ from pyasn1.error import PyAsn1Error
 from pysnmp.proto import api, rfc1905
 from pysnmp.proto.api import v2c
 
-from drivers import ntcip as n
+from drivers.ntcip import mib as n
 
 __all__ = ["Pattern", "NtcipControllerSim", "DEFAULT_PATTERNS"]
 

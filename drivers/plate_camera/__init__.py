@@ -1,0 +1,34 @@
+"""Plate-reading camera at a community gate, pushing plate events over HTTP to the box.
+
+    settings.py  PlateCameraDeviceConfig + parse    driver.py  PlateReceiverDriver (the push receiver)
+    sim.py       a camera pushing plates            (gate rules: drivers/gates.py, shared with access controllers)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.kind import BuildContext, DeviceKind
+from drivers.plate_camera.settings import COMMANDS, PlateCameraDeviceConfig, parse
+
+
+def build(dev: PlateCameraDeviceConfig, ctx: BuildContext) -> Any:
+    from drivers.gates import GateRules
+    from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+
+    rules = GateRules(dev.allow_list, dev.deny_list, dev.allow_prefixes, dev.min_confidence)
+    return PlateReceiverDriver(dev.name, PlateReceiverSettings(
+        host=dev.listen_host, port=dev.listen_port, rules=rules, cameras=dev.cameras, relay=dev.relay,
+        heartbeat_timeout_s=dev.heartbeat_timeout_s), ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
+
+
+def simulators() -> dict[str, Any]:
+    from drivers.plate_camera.sim_cli import command
+
+    return {"plate-camera": command}
+
+
+KIND = DeviceKind(
+    name="plate_camera", summary="plate-reading camera pushing events to the box (gate)",
+    parse=parse, build=build, commands=COMMANDS, listens=lambda dev: True,
+    listen_address=lambda dev: (dev.listen_host, dev.listen_port), simulators=simulators)
