@@ -14,6 +14,7 @@ from drivers.gbt20999 import KIND as GBT20999
 from drivers.kind import DeviceKind
 from drivers.modbus import KIND as MODBUS
 from drivers.ntcip import KIND as NTCIP
+from drivers.ocpp_charger import KIND as OCPP_CHARGER
 from drivers.plate_camera import KIND as PLATE_CAMERA
 from drivers.wxt_serial import KIND as WXT_SERIAL
 
@@ -26,6 +27,7 @@ KINDS: Mapping[str, DeviceKind] = MappingProxyType({k.name: k for k in (
     GBT20999,
     PLATE_CAMERA,
     ACCESS_CONTROLLER,
+    OCPP_CHARGER,
 )})
 
 

@@ -21,10 +21,10 @@ def _build(settings: OcppChargerSettings, ctx: BuildContext) -> Any:
     return OcppChargerDriver(settings, ctx.events(settings.name), on_refused=ctx.refusals(settings.name))
 
 
-def _simulator() -> Any:
-    from drivers.ocpp_charger.sim import app
+def _simulators() -> dict[str, Any]:
+    from drivers.ocpp_charger.sim_cli import command
 
-    return app()
+    return {"ocpp-charger": command}
 
 
 KIND = DeviceKind(
@@ -35,5 +35,5 @@ KIND = DeviceKind(
     commands=COMMANDS,
     listens=lambda s: True,
     listen_address=lambda s: (s.listen_host, s.listen_port),
-    simulator=_simulator,
+    simulators=_simulators,
 )
