@@ -151,7 +151,8 @@ async def test_every_kind_builds_its_driver_on_its_own_line(tmp_path: Path) -> N
         assert not devices.drivers["north-gate"].owns_open and devices.drivers["junction-7"].owns_open
         gate = devices.drivers["north-gate"].inner
         assert gate.rules.allow == {"鲁A12345", "鲁A67890"} and gate.settings.relay == 0
-    assert set(KINDS) == {"modbus", "wxt_serial", "ntcip", "gbt20999", "plate_camera", "access_controller"}
+    assert set(KINDS) == {"modbus", "wxt_serial", "ntcip", "gbt20999", "plate_camera", "access_controller",
+                          "ocpp_charger"}
     assert [line_of(d) for d in cfg.devices][0] == "rs485-1" and listens(cfg.devices[4])
 
 
@@ -159,12 +160,16 @@ def test_command_lists_match_the_drivers() -> None:
     from drivers import gates
     from drivers.gbt20999.driver import _COMMANDS as GBT
     from drivers.ntcip.driver import NtcipDriver
+    from drivers.ocpp_charger.commands import ARGS as OCPP_ARGS
+    from drivers.ocpp_charger.driver import OcppChargerDriver
     from drivers.plate_camera.driver import PlateReceiverDriver
     from drivers.wxt_serial.driver import WxtSerialDriver
 
     assert {k: v.commands for k, v in KINDS.items() if k != "modbus"} == {"wxt_serial": WxtSerialDriver.COMMANDS, "ntcip": NtcipDriver.COMMANDS,
                            "gbt20999": tuple(GBT), "plate_camera": PlateReceiverDriver.COMMANDS,
-                           "access_controller": tuple(gates.DOOR_COMMANDS)}
+                           "access_controller": tuple(gates.DOOR_COMMANDS),
+                           "ocpp_charger": OcppChargerDriver.COMMANDS}
+    assert set(OcppChargerDriver.COMMANDS) == set(OCPP_ARGS)  # every command has its argument rules
 
 
 BAD = [
