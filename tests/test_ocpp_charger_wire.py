@@ -315,3 +315,46 @@ async def test_a_charger_reconnecting_without_boot_is_asked_for_its_status(site:
     await sim.connect(boot=False)  # the box restarted; the charger only reconnects
     await until(lambda: sim.triggered == 1 and len(ctx.points(".status")) == 3)
     assert ctx.points("CP001.boot") == []
+
+
+async def test_sim_command_runs_chargers_driven_by_its_control_port(site: Any) -> None:
+    import signal
+    import sys
+
+    drv, ctx, _ = site
+    root = Path(__file__).resolve().parents[1]
+    cli = [sys.executable, "-m", "hil_tests.sims.cli", "ocpp-charger"]
+    bad = await asyncio.create_subprocess_exec(*cli, "--url", "http://x", stdout=asyncio.subprocess.PIPE,
+                                               stderr=asyncio.subprocess.PIPE, cwd=root)
+    out, err = await bad.communicate()
+    assert bad.returncode == 2 and out == b"" and err.decode().startswith("error: --url must start with ws://")
+    proc = await asyncio.create_subprocess_exec(
+        *cli, "--url", f"ws://127.0.0.1:{drv.port}/ocpp", "--cp-id", "CP001", "--secret", SECRET, "--meter-s", "0.1",
+        "--control", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=root)
+    try:
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert info["chargers"] == ["CP001"] and "CP001" in drv.sessions
+        reader, writer = await asyncio.open_connection("127.0.0.1", info["control_port"])
+
+        async def ctl(msg: dict) -> dict:
+            writer.write(json.dumps(msg).encode() + b"\n")
+            await writer.drain()
+            return json.loads(await asyncio.wait_for(reader.readline(), 10))
+
+        assert (await ctl({"plug": 1}))["connectors"]["1"]["status"] == "Preparing"
+        tx = (await ctl({"start": 1, "id_tag": "TAG-OK"}))["result"]
+        await until(lambda: len(ctx.points("c1.energy_import")) >= 2)
+        assert (await ctl({"stop": 1}))["result"] == tx and json.loads(ctx.points("tx_stop")[-1].text)["tx"] == tx
+        assert (await ctl({"fault": 2, "error_code": "OverVoltage"}))["ok"]
+        assert ctx.points("CP001.c2.status")[-1].cls == RecordClass.ALARM
+        assert await ctl({"stop": 7}) == {"ok": False, "error": "'stop' must be an integer 1..2, got 7"}
+        assert (await ctl({"disconnect": True}))["connected"] is False
+        await until(lambda: "CP001" not in drv.sessions)
+        assert (await ctl({"connect": True}))["connected"] is True and "CP001" in drv.sessions
+        writer.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
