@@ -37,7 +37,7 @@ from agent.config import AgentConfig, AnyDeviceConfig, BusConfig
 from core.errors import ConfigError, DriverError, LinkError
 from core.reading import Reading
 from agent.scheduler import BusScheduler, DeviceObserver, PolledDevice
-from drivers.base import Driver
+from drivers.base import BusAware, BusInfo, Driver
 from drivers.registry import KINDS
 
 __all__ = ["BuildContext", "ManagedDriver", "EventSink", "Listener", "DeviceSet", "build_devices",
@@ -57,6 +57,10 @@ class ManagedDriver:
         self.lock = lock
         self.owns_open = owns_open
         self._opened = False
+
+    def bus_info(self) -> BusInfo | None:
+        """The wrapped driver's bus, declared (drivers.base.BusAware), or None."""
+        return self.inner.bus_info() if isinstance(self.inner, BusAware) else None
 
     async def open(self) -> None:
         async with self.lock:

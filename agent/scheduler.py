@@ -14,11 +14,12 @@ back to online is logged once each way and recorded as an EVENT reading (point `
 0/1), so the fleet sees it too; a good poll clears the device's `last_error` (`last_error_at`
 says when it was set).
 
-Bus-aware polling, for drivers that expose their `profile` (drivers.modbus.driver.ModbusDevice, also when
-wrapped by something that keeps it as `inner`, like agent.devices.ManagedDriver):
+Bus-aware polling, for drivers that declare their bus (drivers.base.BusAware: `bus_info()` gives the
+profile, the line timing and the timeout; drivers.modbus.driver.ModbusDevice, and agent.devices.ManagedDriver
+which passes its driver's on):
 - a device's points are read in the coalesced requests the codec plans (never over 125 registers),
   one request per driver call, so that the scheduler can pace every request on the wire;
-- on an RTU bus (the driver's `link.is_rtu`) the line stays quiet for t3.5 between a reply and the
+- on an RTU bus (`bus_info().line` is set) the line stays quiet for t3.5 between a reply and the
   next request, which pymodbus does not do by itself;
 - the first request that times out ends that device's poll: its remaining requests are not sent
   (their points come back COMM_FAILURE), so a silent slave costs one timeout per poll, whatever the
@@ -41,9 +42,8 @@ from drivers.modbus.timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLo
 from core.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from agent.rates import CounterRates
 from core.reading import Quality, Reading, RecordClass
-from drivers.base import Driver
+from drivers.base import BusAware, BusInfo, Driver
 from drivers.modbus.codec import plan_reads
-from drivers.modbus.profile import Profile
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +111,15 @@ def error_kind(exc: DriverError) -> str:
     return "other"
 
 
-def _inner(driver: object) -> object:
-    """The driver, or the one a wrapper holds as `inner` (agent.devices.ManagedDriver adds a lock)."""
-    for _ in range(4):
-        if isinstance(getattr(driver, "profile", None), Profile) or not hasattr(driver, "inner"):
-            break
-        driver = getattr(driver, "inner")
-    return driver
+def _bus_info(dev: PolledDevice) -> BusInfo | None:
+    return dev.driver.bus_info() if isinstance(dev.driver, BusAware) else None
 
 
 def _plan(dev: PolledDevice) -> _Plan:
-    profile = getattr(_inner(dev.driver), "profile", None)
-    if not isinstance(profile, Profile):
+    info = _bus_info(dev)
+    if info is None:
         return _Plan(None, (), {}, {}, None)
+    profile = info.profile
     known = {p.name: p for p in profile.points}
     if dev.points is not None:
         unknown = [p for p in dev.points if p not in known]
@@ -140,9 +136,9 @@ def _plan(dev: PolledDevice) -> _Plan:
 
 def _rtu_line(devices: Sequence[PolledDevice]) -> LineTiming | None:
     for d in devices:
-        link = getattr(_inner(d.driver), "link", None)
-        if link is not None and getattr(link, "is_rtu", False) is True and hasattr(link, "line"):
-            return LineTiming.of(link.line)
+        info = _bus_info(d)
+        if info is not None and info.line is not None:
+            return info.line
     return None
 
 
@@ -193,7 +189,8 @@ class BusScheduler:
         assert self.line is not None
         out = []
         for d, p in zip(self.devices, self._plans):
-            timeout = getattr(getattr(_inner(d.driver), "link", None), "timeout_s", None)
+            info = _bus_info(d)
+            timeout = info.timeout_s if info is not None else None
             need = self.line.timeout_floor_s(max(p.reads), turnaround_s)
             if isinstance(timeout, (int, float)) and timeout < need:
                 out.append(f"bus {self.bus}: device {d.name}'s largest read ({max(p.reads)} registers) needs "
@@ -224,7 +221,7 @@ class BusScheduler:
             # asyncio.wait_for before Python 3.12 (used inside pymodbus) can swallow a cancel that
             # lands as the reply arrives; the task would then poll on forever and its TaskGroup never
             # exit. Task.cancelling() (3.11+) still tells that a cancel was asked for.
-            if me is not None and getattr(me, "cancelling", lambda: 0)():
+            if me is not None and me.cancelling():
                 raise asyncio.CancelledError()
 
     async def _request(self, dev: PolledDevice, points: Sequence[str] | None) -> list[Reading]:

@@ -7,9 +7,14 @@ driver as a subclass of `core.errors.DriverError`; library exceptions are mapped
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from core.reading import Reading
+
+if TYPE_CHECKING:
+    from drivers.modbus.profile import Profile
+    from drivers.modbus.timing import LineTiming
 
 
 @runtime_checkable
@@ -38,3 +43,20 @@ class Driver(Protocol):
 
     async def close(self) -> None:
         """Release the transport. Never raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusInfo:
+    """What a driver on a shared bus declares to the bus scheduler (agent.scheduler)."""
+
+    profile: "Profile"                 # the register map the scheduler plans paced, coalesced reads from
+    line: "LineTiming | None" = None   # the serial line's timing (t3.5 gaps, capacity); None on TCP
+    timeout_s: float | None = None     # the link's reply timeout (checked against the largest read)
+
+
+@runtime_checkable
+class BusAware(Protocol):
+    """A driver (or a wrapper of one) that declares its bus: `bus_info()` is None when it has none."""
+
+    def bus_info(self) -> BusInfo | None:
+        """The read plan's profile, the line timing and the timeout; None if not on a shared bus."""

@@ -23,6 +23,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.reading import Quality, Reading, RecordClass
+from agent.devices import ManagedDriver
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord, probe_interval, return_bound
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.profile import LineDefaults, Profile, load_profile
@@ -246,16 +247,21 @@ def test_start_up_checks_without_io() -> None:
     # a 26-register reply takes ~59 ms on the wire at 9600: a 50 ms timeout can never be met
     assert len(sched.timeout_warnings) == 1 and "26 registers" in sched.timeout_warnings[0]
     assert "50 ms timeout" in sched.timeout_warnings[0]
-    class Locked:  # a wrapper like agent.devices.ManagedDriver: the scheduler still sees the profile
+    # the agent's wrapper passes the bus its driver declares (drivers.base.BusAware) ...
+    locked = ManagedDriver(ModbusDevice("wxt", rtu, 1, wxt), asyncio.Lock(), owns_open=False)
+    wrapped = BusScheduler("b1", [PolledDevice("wxt", locked, 1.0)], _emit_nothing)
+    assert wrapped.capacity_report == report and len(wrapped.timeout_warnings) == 1
+
+    class Undeclared:  # ... and a wrapper that declares nothing gets no bus treatment: nothing is guessed
         def __init__(self, inner: ModbusDevice) -> None:
-            self.inner, self.name = inner, inner.name
+            self.inner, self.name, self.profile, self.link = inner, inner.name, inner.profile, inner.link
 
         async def read(self, points: Any = None) -> list[Reading]:
             return await self.inner.read(points)
 
-    wrapped = BusScheduler("b1", [PolledDevice("wxt", Locked(ModbusDevice("wxt", rtu, 1, wxt)), 1.0)],  # type: ignore[arg-type]
-                           _emit_nothing)
-    assert wrapped.capacity_report == report and len(wrapped.timeout_warnings) == 1
+    bare = BusScheduler("b1", [PolledDevice("wxt", Undeclared(ModbusDevice("wxt", rtu, 1, wxt)), 1.0)],  # type: ignore[arg-type]
+                        _emit_nothing)
+    assert bare.capacity_report is None and bare.line is None
     tcp = ModbusLink.tcp("127.0.0.1", 1502)
     sched = BusScheduler("gw", [PolledDevice("wxt", ModbusDevice("wxt", tcp, 1, wxt), 1.0)], _emit_nothing)
     assert sched.line is None and sched.capacity_report is None and sched.timeout_warnings == []

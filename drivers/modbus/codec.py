@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.reading import Quality
+from drivers.modbus.registers import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
-if TYPE_CHECKING:  # PointSpec lives with the profile loader; the codec only reads its fields.
+if TYPE_CHECKING:  # the profile loader imports nothing of the codec (drivers.modbus.registers holds what both need)
     from drivers.modbus.profile import PointSpec
 
 __all__ = [
@@ -44,14 +45,6 @@ __all__ = [
     "raw_count",
 ]
 
-REGISTER_COUNT: dict[str, int] = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2}
-WORD_ORDERS: tuple[str, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
-# Range of the raw integer of each type; for f32 the range of its 32-bit pattern.
-RAW_RANGE: dict[str, tuple[int, int]] = {
-    "u16": (0, 0xFFFF), "s16": (-0x8000, 0x7FFF),
-    "u32": (0, 0xFFFF_FFFF), "s32": (-0x8000_0000, 0x7FFF_FFFF), "f32": (0, 0xFFFF_FFFF),
-}
-MAX_READ_REGISTERS = 125  # function 03/04 protocol limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,10 @@ from core.errors import (
     LinkError,
 )
 from core.reading import Quality, Reading
+from drivers.base import BusInfo
 from drivers.modbus.codec import MAX_READ_REGISTERS, ReadBlock, decode_point, plan_reads
 from drivers.modbus.profile import LineDefaults, PointSpec, Profile
+from drivers.modbus.timing import LineTiming
 
 __all__ = ["EXCEPTION_NAMES", "ModbusDevice", "ModbusLink"]
 
@@ -129,10 +131,7 @@ class ModbusLink:
         timeout per cycle (bench/bus.py measured 295 ms for a 200 ms timeout)."""
         if self.serial_port is None:
             return self.recovery_s
-        ln = self.line
-        bits = 1 + ln.bytesize + (0 if ln.parity == "N" else 1) + ln.stopbits
-        t35 = 0.00175 if ln.baudrate > 19200 else 3.5 * bits / ln.baudrate
-        return max(2 * t35, 0.005)
+        return max(2 * LineTiming.of(self.line).t35_s, 0.005)
 
     @classmethod
     def rtu(
@@ -370,6 +369,11 @@ class ModbusDevice:
         self._order = {p.name: i for i, p in enumerate(profile.points)}
         self._all_blocks = self._plan(profile.points)
         self._selections: dict[tuple[str, ...], list[ReadBlock]] = {}  # the scheduler asks the same few
+
+    def bus_info(self) -> BusInfo:
+        """Declared to the bus scheduler (drivers.base.BusAware): the profile, the line, the timeout."""
+        line = LineTiming.of(self.link.line) if self.link.is_rtu else None
+        return BusInfo(self.profile, line, self.link.timeout_s)
 
     def _plan(self, specs: Sequence[PointSpec]) -> list[ReadBlock]:
         return plan_reads(specs, self.profile.max_registers_per_read, self.profile.max_read_gap)

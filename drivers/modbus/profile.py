@@ -58,7 +58,7 @@ from typing import Any
 
 from core.compat import tomllib
 from core.errors import ConfigError
-from drivers.modbus.codec import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
+from drivers.modbus.registers import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
 __all__ = ["PROFILE_DIR", "CounterSpec", "LineDefaults", "PointSpec", "Profile", "SpecError", "load_profile"]
 

@@ -28,10 +28,19 @@ import termios
 import time
 import tty
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from drivers.modbus.sim_slave import SimSlave
+
+class SimSlave(Protocol):
+    """What the bus needs of a slave (drivers.modbus.sim_slave.SimSlave is the one we ship)."""
+
+    unit: int
+
+    def overhear(self, unit: int, at: float) -> None: ...
+
+    def handle(self, pdu: bytes) -> Any: ...
+
+    async def answer(self, pdu: bytes) -> Any: ...
 
 __all__ = ["RtuBus", "crc16", "garbage"]
 log = logging.getLogger(__name__)
