@@ -15,6 +15,7 @@ from drivers.kind import DeviceKind
 from drivers.modbus import KIND as MODBUS
 from drivers.ntcip import KIND as NTCIP
 from drivers.parking import KIND as PARKING
+from drivers.ocpp_charger import KIND as OCPP_CHARGER
 from drivers.plate_camera import KIND as PLATE_CAMERA
 from drivers.wxt_serial import KIND as WXT_SERIAL
 
@@ -28,6 +29,7 @@ KINDS: Mapping[str, DeviceKind] = MappingProxyType({k.name: k for k in (
     PLATE_CAMERA,
     ACCESS_CONTROLLER,
     PARKING,
+    OCPP_CHARGER,
 )})
 
 

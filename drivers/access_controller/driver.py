@@ -37,6 +37,7 @@ import httpx
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
+from drivers.access_controller.settings import COMMANDS
 from drivers import gates
 from drivers.push_auth import PushAuth, PushCredential, Refusal
 from drivers.tinyhttp import HttpServer, Request, Response
@@ -84,6 +85,8 @@ class AccessControllerSettings:
 
 
 class AccessControllerDriver:
+    COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/access_controller/settings.py
+
     def __init__(self, name: str, settings: AccessControllerSettings, *,
                  on_event: Callable[[Reading], Any] | None = None, clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None,

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
+from drivers.gbt20999.settings import COMMANDS
 from drivers.gbt20999 import codec as g
 from drivers.gbt20999.points import _POINTS, _ROW_ITEMS, _ROWS, point_item
 
@@ -76,6 +77,8 @@ class GbtSettings:
 
 
 class GbtDriver:
+    COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/gbt20999/settings.py
+
     def __init__(
         self, name: str, settings: GbtSettings, *, on_report: Callable[[Reading], None] | None = None,
         clock: Callable[[], float] = time.time,
