@@ -113,6 +113,7 @@ class DeviceConfig:
     poll_s: float
     points: tuple[str, ...] = ()
     allow_commands: tuple[str, ...] = ()
+    alarms: tuple = ()  # agent.alarms.AlarmRule, from [[device.alarm]]
 
 
 AnyDeviceConfig = Union[DeviceConfig, dc.WxtSerialDeviceConfig, dc.NtcipDeviceConfig, dc.GbtDeviceConfig,
@@ -333,8 +334,11 @@ def _modbus_device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> Dev
         if pt not in known:
             raise t.error("points", f"profile {profile_name} has no point {pt!r}", pt, "one of " + ", ".join(sorted(known)))
     allow = t.str_list("allow_commands", [])
+    from agent.alarms import parse_alarm_rules
+
+    alarms = parse_alarm_rules(t.tables("alarm"), points or known, t.file)
     t.reject_unknown()
-    return DeviceConfig(name, bus, profile_name, profile, unit, poll_s, points, allow)
+    return DeviceConfig(name, bus, profile_name, profile, unit, poll_s, points, allow, alarms)
 
 
 def _unique(items: tuple[Any, ...], what: str, file: str) -> None:
