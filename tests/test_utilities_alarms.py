@@ -256,3 +256,14 @@ async def test_a_flooding_chamber_raises_one_alarm_in_the_agents_buffer(tmp_path
     assert max(r.value for r in got if r.point == "level" and r.ts < raised.ts) <= 3.5
     assert json.loads(raised.text or "") == {"state": "raised", "point": "level", "value": cause.value, "unit": "m",
                                              "above": 3.5, "clear_below": 3.2}
+
+
+def test_the_documented_alarm_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "devices" / "utilities.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    head = box(tmp_path).read_text().split("[[device]]", 1)[0].replace('name = "chambers"', 'name = "rs485-1"')
+    (tmp_path / "doc.toml").write_text(head + example)
+    cfg = load_config(tmp_path / "doc.toml")
+    assert [(d.name, [r.name for r in d.alarms]) for d in cfg.devices] == [
+        ("chamber-3", ["flood_risk"]), ("cover-17", ["cover_open"]), ("gas-3", ["methane_high"])]
+    assert cfg.devices[1].alarms[0].baseline == -1.4 and cfg.devices[2].alarms[0].inhibit_values == (0, 2, 3, 9)
