@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from core.compat import tomllib
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
@@ -121,6 +121,7 @@ class AgentConfig:
     models: tuple[Any, ...] = field(default=())  # agent.inference.ModelSpec
     junctions: tuple[Any, ...] = field(default=())  # agent.traffic_control.JunctionPolicy
     updater: Any = None  # agent.updater.config.UpdaterConfig (disabled when [updater] is absent)
+    alarms: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # device -> agent.alarms.AlarmRule ([[device.alarm]])
 
     @property
     def credential_path(self) -> Path:
@@ -155,7 +156,9 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     health = _health(root.table("health"))
     buses = tuple(_bus(t) for t in root.tables("bus"))
     _unique(buses, "bus", file)
-    devices = tuple(_device(t, {b.name: b for b in buses}, base_dir) for t in root.tables("device"))
+    parsed = [_device(t, {b.name: b for b in buses}, base_dir) for t in root.tables("device")]
+    devices = tuple(dev for dev, _ in parsed)
+    alarms = {dev.name: rules for dev, rules in parsed if rules}
     _unique(devices, "device", file)
     _unique_units(devices, file)
     _check_exclusive(devices, {b.name: b.port for b in buses if b.kind == "rtu" and b.port},
@@ -176,7 +179,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
 
     updater = parse_updater(root.table("updater"), data_dir=box.data_dir, base_dir=base_dir)
     root.reject_unknown()
-    return AgentConfig(p, box, buffer, uplink, health, buses, devices, models, junctions, updater)
+    return AgentConfig(p, box, buffer, uplink, health, buses, devices, models, junctions, updater, alarms)
 
 
 def _box(t: Table, base_dir: Path) -> BoxConfig:
@@ -295,11 +298,26 @@ def _bus(t: Table) -> BusConfig:
     return cfg
 
 
-def _device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> AnyDeviceConfig:
+def _device(t: Table, buses: dict[str, BusConfig], base_dir: Path) -> tuple[AnyDeviceConfig, tuple[Any, ...]]:
     kind = t.str("kind", "modbus", choices=DEVICE_KINDS)
     cfg = KINDS[kind].parse(t, ParseContext(base_dir, buses))
+    alarms = _alarms(t, cfg)
     t.reject_unknown()
-    return cfg
+    return cfg, alarms
+
+
+def _alarms(t: Table, dev: AnyDeviceConfig) -> tuple[Any, ...]:
+    """[[device.alarm]]: threshold alarms with hysteresis on the device's points (agent.alarms)."""
+    tables = t.tables("alarm")
+    if not tables:
+        return ()
+    points = KINDS[dev.kind].point_names(dev)
+    if points is None:
+        raise t.error("alarm", f"a {dev.kind} device's points are not known before it runs", None,
+                      "list the points the alarms watch in this device's `points`")
+    from agent.alarms import parse_alarm_rules
+
+    return parse_alarm_rules(tables, points, t.file)
 
 
 def _unique(items: tuple[Any, ...], what: str, file: str) -> None:

@@ -57,9 +57,11 @@ class Pipeline:
         max_queued_batches: int = 10_000,
         max_rows_per_append: int = 20_000,
         ack_log: Path | None = None,
+        alarms: Any = None,
     ) -> None:
         self.buffer = buffer
         self.stage = stage
+        self.alarms = alarms  # agent.alarms.AlarmEvaluator: threshold alarms, before the stage
         self._observer = observer
         self._queue: asyncio.Queue[list[Reading]] = asyncio.Queue(max_queued_batches)
         self._stored_waiters: list[asyncio.Future[None]] = []  # resolved by the next append that commits
@@ -139,6 +141,8 @@ class Pipeline:
         return out
 
     async def _judge(self, batch: list[Reading]) -> list[Reading]:
+        if self.alarms is not None:
+            batch = self.alarms.apply(batch)
         if self.stage is None:
             return batch
         try:

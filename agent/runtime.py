@@ -121,8 +121,11 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         stack.push_async_callback(buffer.close)
         ack_log = os.environ.get("QUANEDGE_ACK_LOG")
         chain = ChainStage([s for s in (stage, decider) if s is not None])
+        from agent.alarms import AlarmEvaluator
+
         pipeline = Pipeline(buffer, stage=chain or None, observer=metrics,
-                            ack_log=Path(ack_log) if ack_log else None)
+                            ack_log=Path(ack_log) if ack_log else None,
+                            alarms=AlarmEvaluator.for_config(cfg.alarms))
         if stage is not None and stage.load_errors:
             await pipeline.submit([Reading(cfg.box.id, "model_status.load", 1.0, "", time.time(), cls=RecordClass.EVENT,
                                            text=err[:1000]) for err in stage.load_errors])

@@ -73,6 +73,10 @@ def _nothing(settings: Any) -> None:
     return None
 
 
+def _listed_points(settings: Any) -> frozenset[str] | None:
+    return frozenset(settings.points) or None
+
+
 def _own_line(settings: Any) -> str:
     return f"{settings.kind}:{settings.name}"
 
@@ -105,6 +109,9 @@ class DeviceKind:
     serial_port: Callable[[Any], str | None] = _nothing
     #: the (host, port) this device listens on (config refuses two listeners on one port)
     listen_address: Callable[[Any], tuple[str, int] | None] = _nothing
+    #: the point names the device will report (alarm rules are checked against them); None: not known
+    #: before it runs (then only an explicit `points` list makes them known)
+    point_names: Callable[[Any], frozenset[str] | None] = _listed_points
     #: `quanedge sim <name>` commands: loads {command name: typer command function} (sim_cli.py, light;
     #: the simulator itself is imported when a command runs)
     simulators: Callable[[], Mapping[str, Callable[..., None]]] | None = None

@@ -192,7 +192,9 @@ def test_air_physics_is_plausible_and_repeatable() -> None:
 
 def test_model_table_and_bad_slave_specs() -> None:
     assert set(MODELS) == {"vaisala_wxt530", "lufft_ws", "renke_wind_speed", "renke_wind_direction",
-                           "small_weather_station", "dfrobot_sen0575", "pm_transmitter", "outdoor_six_gas"}
+                           "small_weather_station", "dfrobot_sen0575", "pm_transmitter", "outdoor_six_gas",
+                           "vega_vegapuls_c21", "hilink_ld8001h", "keller_series30", "gas_module_ch4",
+                           "witmotion_wt901c485"}
     assert parse_slaves(["dfrobot_sen0575", "pm_transmitter:3"]) == [("dfrobot_sen0575", 192), ("pm_transmitter", 3)]
     for bad, words in ((["nope:1"], "unknown model 'nope'"), (["pm_transmitter:0"], "unit must be 1..255"),
                        (["pm_transmitter:1", "renke_wind_speed:1"], "share a unit id")):

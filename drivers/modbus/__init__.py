@@ -26,7 +26,12 @@ def simulators() -> dict[str, Any]:
     return {"modbus": modbus_command, "wxt530": wxt530_command}
 
 
+def point_names(dev: DeviceConfig) -> frozenset[str]:
+    """The selection, or every point of the profile."""
+    return frozenset(dev.points) or frozenset(p.name for p in dev.profile.points)
+
+
 KIND = DeviceKind(
     name="modbus", summary="Modbus RTU/TCP slave on a [[bus]], register map from a profile",
     parse=parse, build=build, commands=(),  # commands come from the device's profile
-    line=lambda dev: dev.bus, owns_open=False, simulators=simulators)
+    line=lambda dev: dev.bus, owns_open=False, point_names=point_names, simulators=simulators)

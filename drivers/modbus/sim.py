@@ -6,6 +6,7 @@ configuration) as devices.md describes them; tests check the raw registers again
 numbers too, so a wrong profile is caught, not mirrored. Writes the devices understand:
 
     lufft_ws               holding 7 != 0 resets the rain total
+    hilink_ld8001h         0x0005 = installation height (cm): the level is reported against it
     small_weather_station  90 written to 24578 ("24579") resets the rain
     dfrobot_sen0575        holding 6 = rain window in hours (1-24), holding 7 = base rainfall x10000
     renke_*                0x07D0 address / 0x07D1 baud code: stored, applied at the next power-up
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 from drivers.modbus.codec import RAW_RANGE, encode_point
 from drivers.modbus.profile import PointSpec, Profile, load_profile
 from drivers.physics.air import AirModel, AirState
+from drivers.physics.utilities import ChamberLevel, Cover, Methane, PipePressure
 from drivers.physics.weather import WeatherModel, WeatherState
 from drivers.modbus.sim_slave import SimSlave, serving
 from drivers.modbus.sim_wxt530 import make_wxt530
@@ -39,7 +41,7 @@ TIP_MM = 0.2794  # SEN0575 bucket: 0.2794 mm (0.011 in) per tip
 
 def _register_value(spec: PointSpec, value: float | None) -> list[int]:
     """encode_point, with counters taken modulo their wrap and values clamped to the raw type."""
-    if value is not None:
+    if value is not None and spec.type != "f32":  # a float register holds the value itself
         lo, hi = RAW_RANGE[spec.type]
         raw = round((value - spec.offset) / spec.scale)
         if spec.counter is not None:
@@ -274,11 +276,137 @@ class SixGas(ModelSim):
                 "air_temperature": w.temperature_c, "relative_humidity": w.humidity_pct}
 
 
+# --- underground utilities (devices-city.md section 2; physics: hil_tests/physics/utilities.py) ---
+
+class _Chamber(ModelSim):
+    """A radar gauge over a drainage chamber that fills with the rain. `level.inflow_m_per_h` adds
+    a burst main (or a pump, negative); `level_m` / `depth_m` set the start and the chamber."""
+
+    def __init__(self, unit: int, *, level_m: float = 0.4, depth_m: float = 5.0, **kw: Any) -> None:
+        self._seed, self._level_args = kw.get("seed", 0), {"level_m": level_m, "depth_m": depth_m,
+                                                          "dry_level_m": min(0.4, level_m)}
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.level = ChamberLevel(self._seed, self._t0, **self._level_args)
+
+
+class VegapulsC21(_Chamber):
+    profile_name = "vega_vegapuls_c21"
+    MOUNT_M = 0.3  # sensor above the chamber's top
+
+    def setup(self) -> None:
+        super().setup()
+        self.input = self.holding  # FC3 and FC4 read the same registers
+        self.holding.update({a: 0 for a in range(100, 108)})
+        self.holding.update({a: 0 for a in range(2000, 2010)})
+        self.holding.update({a: 0 for a in range(2300, 2308)})
+        self.holding.update({200: self.unit, 201: 9600, 202: 0, 203: 1, 206: 50, 3000: 0})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        level = self.level.advance(w.t, w.rain_rate_mmh)
+        self.holding[2002], self.holding[2003] = encode_point(PointSpec("pv", 3, 2002, "f32"), level)  # ABCD copy
+        return {"pv_status": 0.0, "pv_unit": 45.0, "level": level, "ne107_code": 0.0,
+                "distance": self.level.depth_m + self.MOUNT_M - level, "device_status": 0.0}
+
+
+class HilinkRadar(_Chamber):
+    profile_name = "hilink_ld8001h"
+
+    def setup(self) -> None:
+        super().setup()
+        self.holding.update({0: 0, 2: 0, 4: 0, 5: round(self.level.depth_m * 100), 0x03F4: self.unit,
+                             0x03F6: 1152, 0x07D4: 10})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        height = self.holding[5] / 100.0  # as installed (written by the installer, FC06)
+        gap = self.level.depth_m - self.level.advance(w.t, w.rain_rate_mmh)
+        return {"air_gap": gap, "level": max(0.0, height - gap), "install_height": height}
+
+
+class KellerSeries30(ModelSim):
+    profile_name = "keller_series30"
+
+    def __init__(self, unit: int, **kw: Any) -> None:
+        self._seed = kw.get("seed", 0)
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.main = PipePressure(self._seed, self._t0)
+        self.holding.update({a: 0 for a in range(0, 12)})
+        self.holding.update({0x020C: 0, 0x020D: self.unit, 0x020E: 0x0514})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        bar, temp = self.main.advance(w.t)
+        for a, v in ((0, bar), (6, temp), (0xA, None)):  # CH0, T, TOB2: not polled
+            spec = PointSpec("x", 3, a, "f32", invalid=(0x7FC00000,))
+            self.holding[a], self.holding[a + 1] = encode_point(spec, v)
+        return {"pressure": bar, "pressure_2": None, "temperature": temp, "status": 0.0}
+
+    def slave(self) -> SimSlave:
+        self._slave = _KellerSlave(self.unit, holding=self.holding, input=self.input, refresh=self.refresh_if_due)
+        return self._slave
+
+
+class _KellerSlave(SimSlave):
+    """Series 30 read rules: at most 4 registers, from an even address, else exception 02."""
+
+    def handle(self, pdu: bytes) -> bytes:
+        if pdu[0] == 3 and len(pdu) == 5:
+            address, count = int.from_bytes(pdu[1:3], "big"), int.from_bytes(pdu[3:5], "big")
+            if count > 4 or address % 2:
+                return bytes([0x83, 0x02])
+        return super().handle(pdu)
+
+
+class GasModuleCh4(ModelSim):
+    profile_name = "gas_module_ch4"
+
+    def __init__(self, unit: int, *, warmup_s: float = 60.0, **kw: Any) -> None:
+        self._seed, self._warmup_s = kw.get("seed", 0), warmup_s
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.gas = Methane(self._seed, self._t0, warmup_s=self._warmup_s)
+        self.holding.update({a: 0 for a in range(10)})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        lel, status = self.gas.advance(w.t)
+        return {"gas_unit": 2.0, "decimals_code": 4.0, "concentration": lel, "low_alarm_level": self.gas.low_alarm,
+                "high_alarm_level": self.gas.high_alarm, "full_scale": self.gas.full_scale, "status": float(status),
+                "temperature": 15.0 + 0.2 * (w.temperature_c - 24.0), "gas_type": 11.0,
+                "relative_humidity": 95.0}
+
+    def refresh(self) -> None:
+        super().refresh()
+        self.holding[0] = 2 << 12 | 4 << 8  # two bit fields share register 0: %LEL, one decimal
+
+
+class WitmotionTilt(ModelSim):
+    profile_name = "witmotion_wt901c485"
+
+    def __init__(self, unit: int, **kw: Any) -> None:
+        self._seed = kw.get("seed", 0)
+        super().__init__(unit, **kw)
+
+    def setup(self) -> None:
+        self.cover = Cover(self._seed, self._t0)
+        self.holding.update({a: 0 for a in range(0x34, 0x40)})
+        self.holding.update({0x37: 3, 0x38: 0xFFFE, 0x39: 1, 0x3A: 210, 0x3B: 0xFF80, 0x3C: 380, 0x00: 0, 0x69: 0})
+
+    def physical(self, w: WeatherState, air: AirState | None) -> dict[str, float | None]:
+        c = self.cover.state(w.t)
+        return {"acc_x": c.acc_g[0], "acc_y": c.acc_g[1], "acc_z": c.acc_g[2], "roll": c.roll_deg,
+                "pitch": c.pitch_deg, "yaw": c.yaw_deg}
+
+
 MODELS: dict[str, type[ModelSim] | None] = {
     "vaisala_wxt530": None,  # drivers.modbus.sim_wxt530 (its own module, shared with the ASCII/NMEA sims)
     "lufft_ws": LufftWs, "renke_wind_speed": RenkeWindSpeed, "renke_wind_direction": RenkeWindDirection,
     "small_weather_station": SmallWeatherStation, "dfrobot_sen0575": DfrobotRainGauge,
     "pm_transmitter": PmTransmitter, "outdoor_six_gas": SixGas,
+    "vega_vegapuls_c21": VegapulsC21, "hilink_ld8001h": HilinkRadar, "keller_series30": KellerSeries30,
+    "gas_module_ch4": GasModuleCh4, "witmotion_wt901c485": WitmotionTilt,
 }
 
 
