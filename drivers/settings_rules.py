@@ -4,6 +4,10 @@
 kind's own commands may be allowed); the helpers read integer lists, listen addresses, hosts,
 timeouts, push senders' secrets and source networks, each error naming file, key, value and
 what was expected (core.config_reader.Table).
+
+A kind's settings class checks its own rules in `__post_init__` and raises `SettingError(key, ...)`
+with the config key; the parser builds it with `construct(t, Cls, ...)`, which turns that into the
+ConfigError naming file and key. One class, one set of rules, for the config file and for code.
 """
 
 from __future__ import annotations
@@ -89,3 +93,22 @@ def read_secret(t: Table, name: str) -> str | None:
         raise t.error(name, "not a usable shared secret", "***", "8-256 printable characters")
     return v
 
+
+
+class SettingError(ValueError):
+    """A rule of a kind's settings is broken. Raised by the settings class itself (so code that builds
+    settings directly gets the same rules as the config file), and turned into a ConfigError naming
+    the file and the config key by `construct`."""
+
+    def __init__(self, key: str, message: str, value: Any = None, expected: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" + (f" (got {value!r})" if value is not None else "")
+                         + (f"; expected {expected}" if expected else ""))
+        self.key, self.message, self.value, self.expected = key, message, value, expected
+
+
+def construct(t: Table, cls: Callable[..., Any], **values: Any) -> Any:
+    """`cls(**values)` with its rules' SettingError reported as the table's ConfigError for that key."""
+    try:
+        return cls(**values)
+    except SettingError as exc:
+        raise t.error(exc.key, exc.message, exc.value, exc.expected) from None

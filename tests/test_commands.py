@@ -22,7 +22,8 @@ from core.errors import CommandRefused
 from agent.health import Metrics, serve_health
 from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice
-from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
+from drivers.wxt_serial.driver import WxtSerialDriver
+from drivers.wxt_serial.settings import WxtSerialSettings
 from drivers.wxt_serial.sim import Fault, WxtSerialSim
 
 
@@ -45,8 +46,8 @@ async def wxt() -> AsyncIterator[WxtSerialSim]:
 
 
 def managed(sim: WxtSerialSim, lock: asyncio.Lock) -> ManagedDriver:
-    settings = WxtSerialSettings(port=sim.port, timeout_s=0.5, points=("Ta", "Ua", "Rc"))
-    return ManagedDriver(WxtSerialDriver("wxt1", settings), lock, owns_open=True)
+    settings = WxtSerialSettings(name="wxt1", port=sim.port, timeout_s=0.5, points=("Ta", "Ua", "Rc"))
+    return ManagedDriver(WxtSerialDriver(settings), lock, owns_open=True)
 
 
 class Probe:
@@ -79,7 +80,7 @@ class Probe:
 
 async def _poll_while_commanding(sim: WxtSerialSim, poll_lock: asyncio.Lock, command_lock: asyncio.Lock) -> tuple:
     sink = Sink()
-    probe = Probe(WxtSerialDriver("wxt1", WxtSerialSettings(port=sim.port, timeout_s=0.5, points=("Ta", "Ua", "Rc"))))
+    probe = Probe(WxtSerialDriver(WxtSerialSettings(name="wxt1", port=sim.port, timeout_s=0.5, points=("Ta", "Ua", "Rc"))))
     poller = ManagedDriver(probe, poll_lock, owns_open=True)      # type: ignore[arg-type]
     commander = ManagedDriver(probe, command_lock, owns_open=True)  # type: ignore[arg-type]
     dev = PolledDevice("wxt1", poller, 0.01)                      # polls back to back: the line is always busy

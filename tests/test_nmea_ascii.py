@@ -12,7 +12,8 @@ from core.reading import Quality
 from drivers.wxt_serial import nmea
 from drivers.wxt_serial.codec import DECIMALS, UNITS, format_composite, parse_composite
 from drivers.base import Driver
-from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
+from drivers.wxt_serial.driver import WxtSerialDriver
+from drivers.wxt_serial.settings import WxtSerialSettings
 from drivers.wxt_serial.sim import Fault, WxtSerialSim
 
 ASCII_EXAMPLE = (
@@ -171,7 +172,7 @@ T0 = 1_750_000_000.0
 def _driver(sim: WxtSerialSim, **kw) -> WxtSerialDriver:
     kw.setdefault("baudrate", sim.baudrate)
     kw.setdefault("timeout_s", 0.5)
-    return WxtSerialDriver("wxt1", WxtSerialSettings(port=sim.port, protocol=sim.protocol, **kw), clock=lambda: T0)
+    return WxtSerialDriver(WxtSerialSettings(name="wxt1", port=sim.port, mode=sim.protocol, **kw), clock=lambda: T0)
 
 
 async def test_ascii_poll_matches_the_weather() -> None:
@@ -269,18 +270,18 @@ async def test_commands_other_address_and_link_errors() -> None:
         finally:
             await other.close()
     with pytest.raises(LinkError):
-        await WxtSerialDriver("x", WxtSerialSettings(port="/dev/does-not-exist")).open()
+        await WxtSerialDriver(WxtSerialSettings(name="x", port="/dev/does-not-exist")).open()
 
 
 @pytest.mark.parametrize("kw", [
-    {"baudrate": 12345}, {"parity": "X"}, {"address": "00"}, {"protocol": "modbus"},
-    {"timeout_s": 0.1, "quiet_s": 0.2}, {"points": ()}, {"port": ""},
+    {"baudrate": 12345}, {"parity": "X"}, {"address": "00"}, {"mode": "modbus"},
+    {"timeout_s": 0.1, "quiet_s": 0.2}, {"points": ("Tx",)}, {"port": ""},
 ])
 def test_settings_are_validated(kw: dict) -> None:
-    base = {"port": "/dev/ttyUSB0"} | kw
+    base = {"name": "wxt1", "port": "/dev/ttyUSB0"} | kw
     with pytest.raises(ValueError):
         WxtSerialSettings(**base)
 
 
 def test_driver_satisfies_the_protocol() -> None:
-    assert isinstance(WxtSerialDriver("wxt1", WxtSerialSettings(port="/dev/ttyUSB0")), Driver)
+    assert isinstance(WxtSerialDriver(WxtSerialSettings(name="wxt1", port="/dev/ttyUSB0")), Driver)

@@ -80,14 +80,15 @@ def free_port() -> int:
 # --- WXT530 ASCII / NMEA on a pty ----------------------------------------------------------------
 @pytest.mark.parametrize("mode, sig", [("ascii", signal.SIGTERM), ("nmea", signal.SIGINT)])
 async def test_wxt_serial_is_polled_on_its_pty(sims, mode: str, sig: int) -> None:
-    from drivers.wxt_serial.driver import WxtSerialDriver, WxtSerialSettings
+    from drivers.wxt_serial.driver import WxtSerialDriver
+    from drivers.wxt_serial.settings import WxtSerialSettings
 
     proc, info = await sims("wxt-serial", "--mode", mode, "--seed", "5", "--control", "0")
     assert info["device"] == "wxt530" and info["protocol"] == mode and info["pty"].startswith("/dev/")
     baud = int(info["line"].split()[0])
     assert baud == (19200 if mode == "ascii" else 4800)
-    drv = WxtSerialDriver("wxt1", WxtSerialSettings(port=info["pty"], protocol=mode, baudrate=baud, timeout_s=0.5,
-                                                    quiet_s=0.15, points=("Dm", "Sm", "Ta", "Ua", "Pa", "Rc")))
+    drv = WxtSerialDriver(WxtSerialSettings(name="wxt1", port=info["pty"], mode=mode, baudrate=baud, timeout_s=0.5,
+                                            quiet_s=0.15, points=("Dm", "Sm", "Ta", "Ua", "Pa", "Rc")))
     await drv.open()
     try:
         r = {x.point: x for x in await drv.read()}

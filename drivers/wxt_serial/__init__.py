@@ -1,6 +1,6 @@
 """Vaisala WXT530 weather transmitter on its own serial line, ASCII or NMEA 0183.
 
-    settings.py  WxtSerialDeviceConfig + parse     codec.py  ASCII composite messages (0R0)
+    settings.py  WxtSerialSettings + parse     codec.py  ASCII composite messages (0R0)
     driver.py    WxtSerialDriver (pyserial)          nmea.py   NMEA 0183 sentences
     sim.py       a WXT530 on a pty
 """
@@ -10,15 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from drivers.kind import BuildContext, DeviceKind
-from drivers.wxt_serial.settings import COMMANDS, WxtSerialDeviceConfig, parse
+from drivers.wxt_serial.settings import COMMANDS, WxtSerialSettings, parse
 
 
-def build(dev: WxtSerialDeviceConfig, ctx: BuildContext) -> Any:
-    from drivers.wxt_serial.driver import DEFAULT_POINTS, WxtSerialDriver, WxtSerialSettings
+def build(dev: WxtSerialSettings, ctx: BuildContext) -> Any:
+    from drivers.wxt_serial.driver import WxtSerialDriver
 
-    return WxtSerialDriver(dev.name, WxtSerialSettings(
-        port=dev.port, address=dev.address, protocol=dev.mode, baudrate=dev.baudrate, bytesize=dev.bytesize,
-        parity=dev.parity, stopbits=dev.stopbits, timeout_s=dev.timeout_s, points=dev.points or DEFAULT_POINTS))
+    return WxtSerialDriver(dev)
 
 
 def simulators() -> dict[str, Any]:

@@ -20,51 +20,13 @@ import serial
 
 from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading
-from drivers.wxt_serial.settings import COMMANDS
+from drivers.wxt_serial.settings import COMMANDS, DEFAULT_POINTS, WxtSerialSettings
 from drivers.wxt_serial import nmea
 from drivers.wxt_serial.codec import Measurement, is_reply_to, parse_composite, poll_command
 
-__all__ = ["WxtSerialSettings", "WxtSerialDriver", "DEFAULT_POINTS"]
+__all__ = ["WxtSerialDriver"]
 
-BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-DEFAULT_POINTS = ("Dn", "Dm", "Dx", "Sn", "Sm", "Sx", "Ta", "Ua", "Pa", "Rc", "Rd", "Ri")
 MAX_LINE = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class WxtSerialSettings:
-    """Line and protocol settings; ASCII defaults to 19200 8N1, NMEA to 4800 8N1 on the device."""
-
-    port: str
-    address: str = "0"
-    protocol: str = "ascii"          # "ascii" (composite 0R0) or "nmea" (0R0 answered as sentences)
-    baudrate: int = 19200
-    bytesize: int = 8
-    parity: str = "N"
-    stopbits: int = 1
-    timeout_s: float = 1.0           # no reply within this -> DeviceTimeout
-    quiet_s: float = 0.15            # NMEA: the reply is complete after this long without a line
-    points: tuple[str, ...] = DEFAULT_POINTS
-
-    def __post_init__(self) -> None:
-        if not self.port:
-            raise ValueError("port must name a serial device, e.g. /dev/ttyUSB0")
-        if len(self.address) != 1 or not self.address.isalnum():
-            raise ValueError(f"address must be one character 0-9/A-Z/a-z, got {self.address!r}")
-        if self.protocol not in ("ascii", "nmea"):
-            raise ValueError(f"protocol must be 'ascii' or 'nmea', got {self.protocol!r}")
-        if self.baudrate not in BAUD_RATES:
-            raise ValueError(f"baudrate must be one of {BAUD_RATES}, got {self.baudrate}")
-        if self.bytesize not in (7, 8):
-            raise ValueError(f"bytesize must be 7 or 8, got {self.bytesize}")
-        if self.parity not in ("N", "E", "O"):
-            raise ValueError(f"parity must be N, E or O, got {self.parity!r}")
-        if self.stopbits not in (1, 2):
-            raise ValueError(f"stopbits must be 1 or 2, got {self.stopbits}")
-        if not 0 < self.quiet_s < self.timeout_s <= 30:
-            raise ValueError(f"need 0 < quiet_s < timeout_s <= 30, got {self.quiet_s}, {self.timeout_s}")
-        if not self.points:
-            raise ValueError("points must name at least one field code")
 
 
 class WxtSerialDriver:
@@ -72,8 +34,8 @@ class WxtSerialDriver:
 
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/wxt_serial/settings.py
 
-    def __init__(self, name: str, settings: WxtSerialSettings, *, clock: Callable[[], float] = time.time) -> None:
-        self.name = name
+    def __init__(self, settings: WxtSerialSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.name = settings.name
         self.settings = settings
         self._clock = clock
         self._serial: serial.Serial | None = None
@@ -211,8 +173,8 @@ class WxtSerialDriver:
         raise DeviceTimeout(f"{self.name}: no reply to 0R0 within {s.timeout_s}s")
 
     async def read(self, points: Sequence[str] | None = None) -> list[Reading]:
-        wanted = list(points) if points is not None else list(self.settings.points)
-        found = await (self._poll_nmea() if self.settings.protocol == "nmea" else self._poll_ascii())
+        wanted = list(points) if points is not None else list(self.settings.read_points)
+        found = await (self._poll_nmea() if self.settings.mode == "nmea" else self._poll_ascii())
         ts = self._clock()
         out = []
         for point in wanted:
