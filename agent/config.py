@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.compat import tomllib
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
-from core.config_reader import NAME_RE, Table, parse_size
+from core.config_reader import NAME_RE, Table, load_toml, parse_size
 from core.errors import ConfigError
 from drivers.kind import DeviceSettings, ParseContext
 from drivers.modbus.settings import DeviceConfig
@@ -139,15 +138,7 @@ class AgentConfig:
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     p = Path(path)
     file = str(p)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {exc}", file=file) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
-    root = Table(raw, file)
+    root = load_toml(p, "config file")
     base_dir = p.resolve().parent
     box = _box(root.table("box", required=True), base_dir)  # type: ignore[arg-type]
     buffer = _buffer(root.table("buffer"), box, file)

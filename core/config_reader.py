@@ -1,14 +1,21 @@
-"""Typed access to a parsed TOML table, producing ConfigErrors that name file, key, value and expectation.
+"""The one typed-TOML reader: every error names the file, the dotted key, the bad value and what was
+expected. The box config, device profiles, model manifests and the supervisor's settings all read
+through it, so a mistake reads the same wherever it is made.
 
-Used once, at load: the rest of the agent only ever sees typed, frozen config objects.
+    load_toml(path, what="config file") -> Table     the file, read and parsed, or a ConfigError
+    Table.str / int / float / bool / str_list / table / tables / mapping / raw, reject_unknown()
+
+Used once, at load: the rest of the code only ever sees typed, frozen objects.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from core.compat import tomllib
 from core.errors import ConfigError
 
 _MISSING = object()
@@ -18,26 +25,33 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class Table:
     """A view on one TOML table with its dotted location, for precise error messages."""
 
-    def __init__(self, data: Mapping[str, Any], file: str, key: str = "") -> None:
+    def __init__(self, data: Mapping[str, Any], file: str, key: str = "", *,
+                 error: type[ConfigError] = ConfigError) -> None:
+        """`error`: the ConfigError subclass raised (e.g. edge_models.manifest.ModelLoadError)."""
         if not isinstance(data, Mapping):
-            raise ConfigError("must be a table", file=file, key=key or None, value=data, expected="a TOML table")
+            raise error("must be a table", file=file, key=key or None, value=data, expected="a TOML table")
         self.data = data
         self.file = file
         self.key = key
+        self._error = error
         self._used: set[str] = set()
 
     def _k(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
 
     def error(self, name: str, message: str, value: Any = None, expected: str | None = None) -> ConfigError:
-        return ConfigError(message, file=self.file, key=self._k(name), value=value, expected=expected)
+        return self._error(message, file=self.file, key=self._k(name), value=value, expected=expected)
+
+    def child(self, data: Mapping[str, Any], name: str) -> "Table":
+        """A nested table (same file, same error class) at `<key>.<name>`."""
+        return Table(data, self.file, self._k(name), error=self._error)
 
     def _get(self, name: str, default: Any) -> Any:
         self._used.add(name)
         if name in self.data:
             return self.data[name]
         if default is _MISSING:
-            raise ConfigError("required key is missing", file=self.file, key=self._k(name))
+            raise self._error("required key is missing", file=self.file, key=self._k(name))
         return default
 
     def str(self, name: str, default: Any = _MISSING, *, pattern: re.Pattern | None = None,
@@ -94,13 +108,20 @@ class Table:
             return None
         if not isinstance(v, Mapping):
             raise self.error(name, "must be a table", v, f"a [{self._k(name)}] section")
-        return Table(v, self.file, self._k(name))
+        return self.child(v, name)
+
+    def mapping(self, name: str, default: Any = _MISSING, *, expected: str | None = None) -> dict[str, Any]:
+        """A free-form table (values not checked here), e.g. [thresholds]."""
+        v = self._get(name, default)
+        if not isinstance(v, Mapping):
+            raise self.error(name, "must be a table", v, expected or f"a [{self._k(name)}] table")
+        return dict(v)
 
     def tables(self, name: str) -> list["Table"]:
         v = self._get(name, [])
         if not isinstance(v, list) or not all(isinstance(x, Mapping) for x in v):
             raise self.error(name, "must be an array of tables", v, f"[[{self._k(name)}]] sections")
-        return [Table(x, self.file, f"{self._k(name)}[{i}]") for i, x in enumerate(v)]
+        return [Table(x, self.file, f"{self._k(name)}[{i}]", error=self._error) for i, x in enumerate(v)]
 
     def raw(self, name: str, default: Any = None) -> Any:
         return self._get(name, default)
@@ -109,9 +130,27 @@ class Table:
         """A typo in a key must not be silently ignored."""
         unknown = sorted(set(self.data) - self._used)
         if unknown:
-            raise ConfigError(
+            raise self._error(
                 "unknown key", file=self.file, key=self._k(unknown[0]), value=None,
                 expected="one of " + ", ".join(sorted(self._used)) if self._used else "no keys here")
+
+
+def load_toml(path: str | Path, what: str = "config file", *,
+              error: type[ConfigError] = ConfigError) -> Table:
+    """Read and parse a TOML file: a missing, unreadable, non-UTF-8 or malformed file is one `error`
+    naming the file and saying what it should be."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what}: {exc}", file=file, expected="a readable UTF-8 TOML file") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} is not valid TOML: {exc}", file=file, expected="a TOML document") from exc
+    return Table(data, file, error=error)
 
 
 def _range(what: str, lo: Any, hi: Any, exclusive: bool = False) -> str:

@@ -9,7 +9,7 @@
     [metrics]      held-out figures and the baseline they beat
     [training]     seed, library versions, data description
 
-Loaded on the box with tomllib only; written by the train scripts with the tiny writer below
+Loaded on the box through core.config_reader (the one TOML reader); written by the train scripts with the tiny writer below
 (no TOML-writing dependency). Every loading error names the file, the key and the bad value.
 """
 
@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.compat import tomllib
+from core.config_reader import Table, load_toml
 from core.errors import ConfigError
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_ROLES = ("judged", "context", "input")
+_REQUIRED = object()
 
 
 class ModelLoadError(ConfigError):
@@ -84,96 +87,51 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class _Reader:
-    def __init__(self, data: Mapping[str, Any], file: str, key: str = "") -> None:
-        self.data, self.file, self.key = data, file, key
-
-    def err(self, name: str, message: str, value: Any = None, expected: str | None = None) -> ModelLoadError:
-        k = f"{self.key}.{name}" if self.key else name
-        return ModelLoadError(message, file=self.file, key=k, value=value, expected=expected)
-
-    def get(self, name: str, types: type | tuple[type, ...], expected: str, default: Any = ...) -> Any:
-        if name not in self.data:
-            if default is ...:
-                raise self.err(name, "required key is missing", expected=expected)
-            return default
-        v = self.data[name]
-        tt = types if isinstance(types, tuple) else (types,)
-        if not isinstance(v, tt) or (isinstance(v, bool) and bool not in tt):
-            raise self.err(name, "wrong type", v, expected)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise self.err(name, "must be finite", v, expected)
-        return v
-
-    def str_list(self, name: str, default: Any = ...) -> tuple[str, ...]:
-        v = self.get(name, list, "a list of strings", default)
-        if not all(isinstance(x, str) and x for x in v):
-            raise self.err(name, "must be a list of non-empty strings", v, "a list of strings")
-        return tuple(v)
-
-    def tables(self, name: str) -> list["_Reader"]:
-        v = self.get(name, list, f"[[{name}]] tables")
-        if not all(isinstance(x, Mapping) for x in v):
-            raise self.err(name, "must be an array of tables", v, f"[[{name}]] tables")
-        return [_Reader(x, self.file, f"{name}[{i}]") for i, x in enumerate(v)]
-
-
 def load_manifest(path: Path) -> Manifest:
-    file = str(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError("model manifest not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"cannot read model manifest: {exc}", file=file) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelLoadError(f"model manifest is not valid TOML: {exc}", file=file) from exc
-    r = _Reader(raw, file)
-    name = r.get("name", str, "a model name like wx_fault")
-    if not _NAME_RE.match(name):
-        raise r.err("name", "invalid model name", name, "lower-case letters, digits and _")
-    version = r.get("version", str, 'a version like "1.0.0"')
-    if not _VERSION_RE.match(version):
-        raise r.err("version", "invalid version", version, 'dotted digits like "1.0.0"')
-    sha = r.get("sha256", str, "64 hex digits")
-    if not re.fullmatch(r"[0-9a-f]{64}", sha):
-        raise r.err("sha256", "invalid hash", sha, "64 lower-case hex digits")
-    window = r.get("window", int, "a positive integer")
-    if window < 2:
-        raise r.err("window", "out of range", window, "an integer >= 2")
-    period = float(r.get("sample_period_s", (int, float), "seconds > 0"))
-    if period <= 0:
-        raise r.err("sample_period_s", "out of range", period, "seconds > 0")
-    file_name = r.get("file", str, "the model file name, e.g. model.onnx")
+    r = load_toml(path, "model manifest", error=ModelLoadError)
+    name = r.str("name", pattern=_NAME_RE, expected="a model name: lower-case letters, digits and _")
+    version = r.str("version", pattern=_VERSION_RE, expected='dotted digits like "1.0.0"')
+    sha = r.str("sha256", pattern=_SHA_RE, expected="64 lower-case hex digits")
+    window = r.int("window", min=2)
+    period = r.float("sample_period_s", min=0, exclusive_min=True)
+    file_name = r.str("file", expected="the model file name, e.g. model.onnx")
     if "/" in file_name or "\\" in file_name or file_name.startswith("."):
-        raise r.err("file", "must be a plain file name in the model folder", file_name, "e.g. model.onnx")
-    thresholds = r.get("thresholds", dict, "a [thresholds] table", {})
+        raise r.error("file", "must be a plain file name in the model folder", file_name, "e.g. model.onnx")
+    thresholds = r.mapping("thresholds", {})
     for k, v in thresholds.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise r.err(f"thresholds.{k}", "must be a number", v, "a finite number")
+            raise r.error(f"thresholds.{k}", "must be a number", v, "a finite number")
     inputs = tuple(
-        InputSpec(t.get("name", str, "an input name"), t.get("point", str, "a device point name"),
-                  t.get("unit", str, "a unit"), t.get("role", str, "judged | context | input", "input"))
+        InputSpec(t.str("name", expected="an input name"), t.str("point", expected="a device point name"),
+                  _text(t, "unit", expected="a unit"), t.str("role", "input", choices=_ROLES))
         for t in r.tables("inputs"))
-    outputs = tuple(
-        OutputSpec(t.get("point", str, "an output point name"), t.get("unit", str, "a unit"),
-                   t.get("meaning", str, "a short description", ""))
-        for t in r.tables("outputs"))
+    outputs = tuple(OutputSpec(t.str("point", expected="an output point name"), _text(t, "unit", expected="a unit"),
+                               _text(t, "meaning", "")) for t in r.tables("outputs"))
     return Manifest(
-        name=name, version=version, kind=r.get("kind", str, "sensor_fault | rain_nowcast | traffic_demand"),
-        file=file_name, sha256=sha, size_bytes=r.get("size_bytes", int, "the file size in bytes"),
+        name=name, version=version, kind=r.str("kind", expected="sensor_fault | rain_nowcast | traffic_demand"),
+        file=file_name, sha256=sha, size_bytes=r.int("size_bytes", min=0),
         sample_period_s=period, window=window,
-        onnx_input=r.get("onnx_input", str, "the ONNX input name"),
-        onnx_output=r.get("onnx_output", str, "the ONNX output name"),
+        onnx_input=r.str("onnx_input", expected="the ONNX input name"),
+        onnx_output=r.str("onnx_output", expected="the ONNX output name"),
         features=r.str_list("features"), inputs=inputs, outputs=outputs,
         thresholds={k: float(v) for k, v in thresholds.items()},
-        description=r.get("description", str, "text", ""),
-        utc_offset_h=float(r.get("utc_offset_h", (int, float), "hours", 8.0)),
+        description=_text(r, "description", ""),
+        utc_offset_h=r.float("utc_offset_h", 8.0),
         classes=r.str_list("classes", ()),
-        metrics=r.get("metrics", dict, "a [metrics] table", {}),
-        training=r.get("training", dict, "a [training] table", {}),
+        metrics=r.mapping("metrics", {}),
+        training=r.mapping("training", {}),
         path=path,
     )
+
+
+def _text(t: Table, name: str, default: Any = _REQUIRED, *, expected: str = "text") -> str:
+    """A string that may be empty (a dimensionless unit, no description)."""
+    v = t.raw(name, default)
+    if v is _REQUIRED:
+        raise t.error(name, "required key is missing", None, expected)
+    if not isinstance(v, str):
+        raise t.error(name, "must be a string", v, expected)
+    return v
 
 
 # --- writing (train scripts only) ------------------------------------------------------------

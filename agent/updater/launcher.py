@@ -44,9 +44,8 @@ from typing import Any
 import httpx
 
 from agent import __version__ as base_version
-from core.compat import tomllib
 from core.backoff import Backoff
-from core.config_reader import NAME_RE, Table
+from core.config_reader import NAME_RE, load_toml
 from core.errors import ConfigError, QuanedgeError
 from core.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
@@ -73,11 +72,7 @@ def read_settings(path: Path) -> LaunchSettings:
     from agent.config import _health
 
     path = Path(path).resolve()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config: {exc}", file=str(path)) from exc
-    root = Table(raw, str(path))
+    root = load_toml(path, "config file")
     box = root.table("box", required=True)
     box_id = box.str("id", pattern=NAME_RE)  # type: ignore[union-attr]
     data_dir = Path(box.str("data_dir", f"var/{box_id}"))  # type: ignore[union-attr]
