@@ -46,17 +46,17 @@ class Table:
         """A nested table (same file, same error class) at `<key>.<name>`."""
         return Table(data, self.file, self._k(name), error=self._error)
 
-    def _get(self, name: str, default: Any) -> Any:
+    def _get(self, name: str, default: Any, expected: str | None = None) -> Any:
         self._used.add(name)
         if name in self.data:
             return self.data[name]
         if default is _MISSING:
-            raise self._error("required key is missing", file=self.file, key=self._k(name))
+            raise self._error("required key is missing", file=self.file, key=self._k(name), expected=expected)
         return default
 
     def str(self, name: str, default: Any = _MISSING, *, pattern: re.Pattern | None = None,
             choices: Iterable[str] | None = None, expected: str | None = None) -> Any:
-        v = self._get(name, default)
+        v = self._get(name, default, expected or ("one of " + ", ".join(sorted(choices)) if choices else None))
         if v is default and default is not _MISSING:
             return v
         if not isinstance(v, str) or not v:
@@ -68,7 +68,7 @@ class Table:
         return v
 
     def int(self, name: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
-        v = self._get(name, default)
+        v = self._get(name, default, _range("an integer", min, max))
         if v is default and default is not _MISSING:
             return v
         if not isinstance(v, int) or isinstance(v, bool):
@@ -79,7 +79,7 @@ class Table:
 
     def float(self, name: str, default: Any = _MISSING, *, min: float | None = None,
               max: float | None = None, exclusive_min: bool = False) -> Any:
-        v = self._get(name, default)
+        v = self._get(name, default, _range("a number", min, max, exclusive_min))
         if v is default and default is not _MISSING:
             return v
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):

@@ -98,8 +98,8 @@ BAD_PROFILES = [
      "[first, last]"),
     (_doc(line='parity = "X"\n').replace('parity = "N"\n', ""), "line.parity", "'X'", '"N", "E" or "O"'),
     (_doc().replace("baudrate = 9600", "baudrate = 12345"), "line.baudrate", "12345", "19200"),
-    (_doc(top="default_unit = 0\n"), "default_unit", "0", "1..255"),
-    (_doc(top="max_registers_per_read = 200\n"), "max_registers_per_read", "200", "1..125"),
+    (_doc(top="default_unit = 0\n"), "default_unit", "0", "an integer from 1 to 255"),
+    (_doc(top="max_registers_per_read = 200\n"), "max_registers_per_read", "200", "an integer from 1 to 125"),
     (_doc(top='protocol = "bacnet"\n'), "protocol", "'bacnet'", '"modbus"'),
     (_doc(top="colour = 1\n"), "colour", "'colour'", "one of"),
     (_doc().replace('manufacturer = "Acme"\n', ""), "manufacturer", None, "non-empty string"),
@@ -127,7 +127,7 @@ def test_bad_profile_errors_name_file_key_value_and_expectation(
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text('name = "dev\n')
-    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: profile is not valid TOML"):
         load_profile(str(path))
 
 

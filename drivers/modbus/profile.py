@@ -56,7 +56,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from core.compat import tomllib
+from core.config_reader import Table, load_toml
 from core.errors import ConfigError
 from drivers.modbus.registers import MAX_READ_REGISTERS, RAW_RANGE, REGISTER_COUNT, WORD_ORDERS
 
@@ -225,7 +225,8 @@ _COUNTER_KEYS = {f.name for f in fields(CounterSpec)}
 
 
 class _Loader:
-    """Validates one parsed TOML document; every failure names the file and the dotted key."""
+    """Validates one parsed profile (core.config_reader.Table for the document and its [line]; the
+    point and counter value objects check their own fields, SpecError naming the field)."""
 
     def __init__(self, file: str) -> None:
         self.file = file
@@ -237,18 +238,6 @@ class _Loader:
         for k in table:
             if k not in allowed:
                 raise self.fail(f"{prefix}{k}", "unknown key", k, "one of " + ", ".join(sorted(allowed)))
-
-    def text(self, doc: dict[str, Any], key: str, default: str | None = None) -> str:
-        v = doc.get(key, default)
-        if not isinstance(v, str) or not v.strip():
-            raise self.fail(key, "missing or empty" if v is None else "bad value", v, "a non-empty string")
-        return v
-
-    def integer(self, doc: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
-        v = doc.get(key, default)
-        if not _is_int(v) or not lo <= v <= hi:
-            raise self.fail(key, "bad value", v, f"an integer {lo}..{hi}")
-        return int(v)
 
     def register(self, value: Any, key: str) -> Any:
         if isinstance(value, str):
@@ -299,20 +288,18 @@ class _Loader:
         except SpecError as exc:
             raise self.fail(f"{key}.{exc.field}", "bad value", exc.value, exc.expected) from None
 
-    def profile(self, doc: dict[str, Any]) -> Profile:
-        self.unknown(doc, _TOP_KEYS, "")
-        protocol = self.text(doc, "protocol", "modbus")
+    def profile(self, doc: Table) -> Profile:
+        self.unknown(dict(doc.data), _TOP_KEYS, "")
+        protocol = doc.str("protocol", "modbus", expected='"modbus"')
         if protocol != "modbus":
-            raise self.fail("protocol", "unsupported protocol", protocol, '"modbus"')
-        line_doc = doc.get("line", {})
-        if not isinstance(line_doc, dict):
-            raise self.fail("line", "must be a table", line_doc, "[line] with baudrate, parity, stopbits, bytesize")
-        self.unknown(line_doc, _LINE_KEYS, "line.")
+            raise doc.error("protocol", "unsupported protocol", protocol, '"modbus"')
+        line_doc = doc.table("line") or doc.child({}, "line")
+        self.unknown(dict(line_doc.data), _LINE_KEYS, "line.")
         try:
-            line = LineDefaults(**line_doc)
+            line = LineDefaults(**line_doc.data)
         except SpecError as exc:
             raise self.fail(f"line.{exc.field}", "bad value", exc.value, exc.expected) from None
-        points_doc = doc.get("points")
+        points_doc = doc.raw("points")
         if not isinstance(points_doc, dict) or not points_doc:
             raise self.fail("points", "missing or empty", points_doc, "at least one [points.<name>] table")
         points = tuple(self.point(name, table) for name, table in points_doc.items())
@@ -320,15 +307,16 @@ class _Loader:
             if p.counter is not None and f"{p.name}_rate" in points_doc:
                 raise self.fail(f"points.{p.name}_rate", "name taken by the derived rate of a counter",
                                 f"{p.name}_rate", f"another name: the box derives {p.name}_rate from {p.name}")
+        text = "a non-empty string"
         return Profile(
-            name=self.text(doc, "name"),
-            manufacturer=self.text(doc, "manufacturer"),
-            model=self.text(doc, "model"),
+            name=doc.str("name", expected=text),
+            manufacturer=doc.str("manufacturer", expected=text),
+            model=doc.str("model", expected=text),
             protocol=protocol,
             line=line,
-            default_unit=self.integer(doc, "default_unit", 1, 1, 255),
-            max_registers_per_read=self.integer(doc, "max_registers_per_read", MAX_READ_REGISTERS, 1, MAX_READ_REGISTERS),
-            max_read_gap=self.integer(doc, "max_read_gap", 8, 0, MAX_READ_REGISTERS),
+            default_unit=doc.int("default_unit", 1, min=1, max=255),
+            max_registers_per_read=doc.int("max_registers_per_read", MAX_READ_REGISTERS, min=1, max=MAX_READ_REGISTERS),
+            max_read_gap=doc.int("max_read_gap", 8, min=0, max=MAX_READ_REGISTERS),
             points=points,
         )
 
@@ -346,14 +334,9 @@ def load_profile(name_or_path: str) -> Profile:
         raise ConfigError("profile must be a name or a path", value=name_or_path,
                           expected="e.g. 'vaisala_wxt530' or 'profiles/x.toml'")
     path = profile_path(name_or_path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
+    if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
-        raise ConfigError(f"cannot read profile ({exc.strerror})", file=str(path),
-                          expected=f"a readable TOML file; shipped profiles: {shipped}") from exc
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(path), expected="a UTF-8 TOML document") from exc
+        raise ConfigError("cannot read profile (no such file)", file=str(path),
+                          expected=f"a readable TOML file; shipped profiles: {shipped}")
+    doc = load_toml(path, "profile")
     return _Loader(str(path)).profile(doc)
