@@ -10,10 +10,10 @@ drain's observer Protocols. The buffer's figures are pulled at scrape time from 
 
 It runs on the event loop at every scrape, so it must be cheap (cached counters, no disk scan).
 
-`serve_health` is a deliberately tiny HTTP/1.1 server on asyncio streams (the box stays lean: no
-web framework): ``GET /metrics`` (prometheus text), ``GET /healthz`` (JSON from `ready()`, 200 when
-its "status" is "ok", else 503), 404 elsewhere, 405 for other methods, 400 for malformed requests.
-One request per connection (``Connection: close``); a client gets `REQUEST_TIMEOUT_S` to send it.
+`serve_health` serves, on the box's one small HTTP listener (core.http_listener; no web framework):
+``GET /metrics`` (prometheus text), ``GET /healthz`` (JSON from `ready()`, 200 when its "status" is
+"ok", else 503), 404 elsewhere, 405 for other methods, 400 for malformed requests, 431 for an
+oversized head. One request per connection; a client gets `REQUEST_TIMEOUT_S` to send it (408 otherwise).
 
 Control hook: `post={"/commands": handler}` adds POST endpoints for local tools (`quanedge agent
 command`). They answer only to loopback peers (403 otherwise, whatever address the server listens
@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 
+from core.http_listener import HttpServer, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 BufferStats = Callable[[], Mapping[str, Any]]
 PostHandler = Callable[[Mapping[str, str], bytes], Awaitable[tuple[int, bytes]]]
 REQUEST_TIMEOUT_S = 5.0
-_MAX_LINE = 8192
+_MAX_HEAD = 16_384
 _MAX_HEADERS = 64
 _MAX_BODY = 65536
 
@@ -203,10 +204,6 @@ def uplink_status(drain: UplinkState, pending: int) -> dict[str, Any]:
             "quarantined": drain.quarantined, "last_quarantine": drain.last_quarantine}
 
 
-class _BadRequest(Exception):
-    pass
-
-
 async def serve_health(
     metrics: Metrics,
     host: str,
@@ -219,149 +216,60 @@ async def serve_health(
     """Serve /metrics and /healthz until cancelled; `on_ready(bound_port)` once listening (port 0 = any).
 
     `post` maps paths to loopback-only POST handlers (see the module docstring)."""
-    handlers: set[asyncio.Task[Any]] = set()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
-        try:
-            await _serve_one(reader, writer, metrics, ready, post or {})
-        finally:
-            handlers.discard(task)
-            writer.close()
-
-    server = await asyncio.start_server(handle, host, port, limit=_MAX_LINE)
+    routes = _Routes(metrics, ready, post or {})
+    server = HttpServer(routes.handle, name="health", max_header=_MAX_HEAD, max_headers=_MAX_HEADERS,
+                        max_body=_MAX_BODY, idle_timeout_s=REQUEST_TIMEOUT_S, first_request_timeout_s=REQUEST_TIMEOUT_S,
+                        keep_alive=False, strict=True)
+    await server.start(host, port)
     try:
-        bound = server.sockets[0].getsockname()[1]
-        log.info("health endpoint on http://%s:%d (/metrics, /healthz)", host, bound)
+        log.info("health endpoint on http://%s:%d (/metrics, /healthz)", host, server.port)
         if on_ready is not None:
-            on_ready(bound)
+            on_ready(server.port)
         await asyncio.Future()  # until cancelled
     finally:
-        server.close()
-        for task in list(handlers):
-            task.cancel()
-        if handlers:
-            await asyncio.wait(list(handlers))
-        await server.wait_closed()
+        await server.stop()
 
 
-async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, metrics: Metrics,
-                     ready: Callable[[], Mapping[str, Any]], post: Mapping[str, PostHandler]) -> None:
-    try:
-        method, path, headers, body = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT_S)
-    except _BadRequest as exc:
-        await _write(writer, 400, "text/plain; charset=utf-8", f"bad request: {exc}\n".encode())
-        return
-    except asyncio.TimeoutError:
-        await _write(writer, 408, "text/plain; charset=utf-8", b"request timeout\n")
-        return
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return  # the client went away before finishing its request
-    if path in post:
-        await _post(writer, post[path], method, headers, body)
-        return
-    if path not in ("/metrics", "/healthz"):
-        await _write(writer, 404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n",
-                     head=method == "HEAD")
-        return
-    if method not in ("GET", "HEAD"):
-        await _write(writer, 405, "text/plain; charset=utf-8", b"method not allowed\n", extra={"Allow": "GET, HEAD"})
-        return
-    try:
-        if path == "/metrics":
-            status, ctype, body = 200, CONTENT_TYPE_LATEST, metrics.render()
-        else:
-            report = ready()
-            status = 200 if report.get("status") == "ok" else 503
-            ctype, body = "application/json", json.dumps(report, allow_nan=False).encode()
-    except Exception as exc:  # a broken stats/ready callable must show up as a 500, not kill the server
-        log.exception("health endpoint failed to render %s", path)
-        await _write(writer, 500, "text/plain; charset=utf-8", f"internal error: {type(exc).__name__}\n".encode())
-        return
-    await _write(writer, status, ctype, body, head=method == "HEAD")
+_TEXT = "text/plain; charset=utf-8"
+_NO_STORE = (("Cache-Control", "no-store"),)
 
 
-async def _post(writer: asyncio.StreamWriter, handler: PostHandler, method: str, headers: Mapping[str, str],
-                body: bytes) -> None:
-    text = "text/plain; charset=utf-8"
-    if method != "POST":
-        await _write(writer, 405, text, b"method not allowed\n", extra={"Allow": "POST"})
-        return
-    peer = writer.get_extra_info("peername")
-    try:
-        loopback = ipaddress.ip_address(peer[0]).is_loopback if peer else False
-    except ValueError:
-        loopback = False
-    if not loopback:
-        await _write(writer, 403, text, b"control endpoints answer only on loopback\n")
-        return
-    try:
-        status, reply = await handler(headers, body)
-    except Exception as exc:  # a broken handler is a 500, never a dead server
-        log.exception("control handler failed")
-        await _write(writer, 500, text, f"internal error: {type(exc).__name__}\n".encode())
-        return
-    await _write(writer, status, "application/json", reply)
+class _Routes:
+    """GET/HEAD /metrics and /healthz, and the loopback-only POST endpoints."""
 
+    def __init__(self, metrics: Metrics, ready: Callable[[], Mapping[str, Any]],
+                 post: Mapping[str, PostHandler]) -> None:
+        self.metrics, self.ready, self.post = metrics, ready, post
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
-    """Read one request (a body up to _MAX_BODY); returns (method, path without query, headers, body)."""
-    line = await _read_line(reader)
-    parts = line.split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isupper():
-        raise _BadRequest("malformed request line")
-    method, target, version = parts
-    if version not in ("HTTP/1.0", "HTTP/1.1"):
-        raise _BadRequest(f"unsupported version {version[:16]!r}")
-    if not target.startswith("/"):
-        raise _BadRequest("request target must be an absolute path")
-    headers: dict[str, str] = {}
-    while True:
-        line = await _read_line(reader)
-        if not line:
-            break
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name:
-            raise _BadRequest("malformed header line")
-        if len(headers) >= _MAX_HEADERS:
-            raise _BadRequest("too many headers")
-        headers[name.lower()] = value.strip()
-    if version == "HTTP/1.1" and "host" not in headers:
-        raise _BadRequest("HTTP/1.1 request without Host header")
-    if "transfer-encoding" in headers:
-        raise _BadRequest("request bodies with Transfer-Encoding are not accepted")
-    length = headers.get("content-length", "0")
-    if not length.isdigit() or int(length) > _MAX_BODY:
-        raise _BadRequest("bad Content-Length")
-    body = await reader.readexactly(int(length)) if int(length) else b""
-    return method, target.split("?", 1)[0], headers, body
+    async def handle(self, req: Request) -> Response:
+        if req.path in self.post:
+            return await self._post(req, self.post[req.path])
+        if req.path not in ("/metrics", "/healthz"):
+            return Response(404, b"not found; try /metrics or /healthz\n", _TEXT, _NO_STORE)
+        if req.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", _TEXT, (*_NO_STORE, ("Allow", "GET, HEAD")))
+        try:
+            if req.path == "/metrics":
+                return Response(200, self.metrics.render(), CONTENT_TYPE_LATEST, _NO_STORE)
+            report = self.ready()
+            body = json.dumps(report, allow_nan=False).encode()
+            return Response(200 if report.get("status") == "ok" else 503, body, "application/json", _NO_STORE)
+        except Exception as exc:  # a broken stats/ready callable must show up as a 500, not kill the server
+            log.exception("health endpoint failed to render %s", req.path)
+            return Response(500, f"internal error: {type(exc).__name__}\n".encode(), _TEXT, _NO_STORE)
 
-
-async def _read_line(reader: asyncio.StreamReader) -> str:
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError as exc:
-        raise _BadRequest("line too long") from exc
-    try:
-        return raw.rstrip(b"\r\n").decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise _BadRequest("non-ASCII bytes in request head") from exc
-
-
-_PHRASES = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 500: "Internal Server Error",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
-
-
-async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, *, head: bool = False,
-                 extra: Mapping[str, str] | None = None) -> None:
-    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-             "Cache-Control: no-store", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else body))
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass  # the scraper hung up; nothing to tell it
+    async def _post(self, req: Request, handler: PostHandler) -> Response:
+        if req.method != "POST":
+            return Response(405, b"method not allowed\n", _TEXT, (*_NO_STORE, ("Allow", "POST")))
+        try:
+            loopback = ipaddress.ip_address(req.peer_host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return Response(403, b"control endpoints answer only on loopback\n", _TEXT, _NO_STORE)
+        try:
+            status, reply = await handler(req.headers, req.body)
+        except Exception as exc:  # a broken handler is a 500, never a dead server
+            log.exception("control handler failed")
+            return Response(500, f"internal error: {type(exc).__name__}\n".encode(), _TEXT, _NO_STORE)
+        return Response(status, reply, "application/json", _NO_STORE)

@@ -17,7 +17,7 @@ from drivers.base import Driver
 from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
 from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushCredential, parse_sources
-from drivers.tinyhttp import HttpServer, Response
+from core.http_listener import HttpServer, Response
 from drivers.access_controller.sim import AccessControllerSim
 from drivers.plate_camera.sim import PlateCameraSim
 
@@ -170,7 +170,7 @@ async def _raw(port: int, data: bytes) -> bytes:
     return out
 
 
-async def test_tinyhttp_limits_and_keep_alive() -> None:
+async def test_http_listener_limits_strictness_and_keep_alive() -> None:
     async def echo(req):
         return Response(200, req.body)
 
@@ -183,8 +183,21 @@ async def test_tinyhttp_limits_and_keep_alive() -> None:
         two = await _raw(server.port, b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
                                       b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nyo")
         assert two.count(b"HTTP/1.1 200") == 2 and b"100 Continue" in two and two.endswith(b"yo")
+        # lenient by default: firmware without Host, a Latin-1 byte in a header value
+        assert (await _raw(server.port, b"POST / HTTP/1.1\r\nX-Site: caf\xe9\r\nContent-Length: 2\r\n"
+                                        b"Connection: close\r\n\r\nok")).startswith(b"HTTP/1.1 200")
+        for bad in (b"GET / HTTP/2.0\r\n\r\n", b"GET relative HTTP/1.1\r\n\r\n", b"get / HTTP/1.1\r\n\r\n"):
+            assert (await _raw(server.port, bad)).startswith(b"HTTP/1.1 400"), bad
     finally:
         await server.stop()
+    strict = await HttpServer(echo, strict=True, keep_alive=False).start()
+    try:
+        assert (await _raw(strict.port, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400")  # no Host
+        assert (await _raw(strict.port, b"GET / HTTP/1.1\r\nHost: b\r\nX: \xe9\r\n\r\n")).startswith(b"HTTP/1.1 400")
+        head = await _raw(strict.port, b"HEAD / HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\r\nabc")
+        assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 3" in head and head.endswith(b"\r\n\r\n")
+    finally:
+        await strict.stop()
 
 
 # --- plate receiver against the camera simulator -------------------------------------------------

@@ -173,7 +173,7 @@ async def test_healthz_is_200_when_ok_and_503_when_degraded(server: tuple[Metric
     (b"GET metrics HTTP/1.1\r\nHost: b\r\n\r\n", 400),
     (b"GET /metrics HTTP/1.1\r\nHost b\r\n\r\n", 400),            # header without colon
     (b"GET /metrics HTTP/1.1\r\nHost: b\r\nContent-Length: x\r\n\r\n", 400),
-    (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: b\r\n\r\n", 400),
+    (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: b\r\n\r\n", 431),     # head over the limit
     (b"GET /metrics HTTP/1.1\r\nHost: \xff\r\n\r\n", 400),
     (b"GET /healthz HTTP/1.0\r\n\r\n", 200),                       # 1.0 without Host is fine
 ])
@@ -200,11 +200,18 @@ async def test_broken_callables_give_500_and_the_server_keeps_going(
     assert (await raw(port, get("/metrics")))[0] == 200
 
 
-async def test_slow_client_gets_408(server: tuple[Metrics, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    _, port = server
+async def test_slow_client_gets_408(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(health, "REQUEST_TIMEOUT_S", 0.2)
-    status, _, _ = await raw(port, b"GET /metrics HTTP/1.1\r\n")  # never finishes its head
-    assert status == 408
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve_health(Metrics(), "127.0.0.1", 0, lambda: {"status": "ok"},
+                                            on_ready=bound.set_result))
+    try:
+        port = await asyncio.wait_for(bound, 5)
+        status, _, _ = await raw(port, b"GET /metrics HTTP/1.1\r\n")  # never finishes its head
+        assert status == 408
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_cancel_closes_listener_and_open_connections() -> None:

@@ -21,7 +21,7 @@ from core.errors import RecordRefused
 from agent.pipeline import Pipeline
 from core.reading import Reading
 from agent.uplink.http import HttpSettings, HttpUplink
-from drivers.tinyhttp import HttpServer, Request, Response
+from core.http_listener import HttpServer, Request, Response
 
 
 def reading(point: str = "t", text: str | None = None, device: str = "dev", value: float | None = 1.0) -> Reading:

@@ -22,7 +22,7 @@ from drivers.gbt20999 import codec as g
 from drivers.wxt_serial import codec as wxt_ascii, nmea
 from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
 from drivers.push_auth import PushAuth, PushCredential, Refusal, parse_sources
-from drivers.tinyhttp import Request
+from core.http_listener import Request
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLEAN = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")

@@ -40,7 +40,7 @@ from core.reading import Quality, Reading, RecordClass
 from drivers.access_controller.settings import COMMANDS
 from drivers import gates
 from drivers.push_auth import PushAuth, PushCredential, Refusal
-from drivers.tinyhttp import HttpServer, Request, Response
+from core.http_listener import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSettings", "AccessControllerDriver"]
 

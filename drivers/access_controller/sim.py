@@ -24,7 +24,7 @@ import httpx
 
 from core.errors import FrameError
 from drivers import gates
-from drivers.tinyhttp import HttpServer, Request, Response
+from core.http_listener import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSim", "Door"]
 

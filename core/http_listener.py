@@ -1,10 +1,16 @@
-"""A tiny HTTP/1.1 server on asyncio streams, for devices that push to us (plate cameras, access
-controllers). No framework: the agent stays lean.
+"""The box's one small HTTP/1.1 listener on asyncio streams: the health and control endpoint
+(agent.health), the push receivers of plate cameras and access controllers, and the simulators.
+No framework: the agent stays lean.
 
-Supports what those devices send: Content-Length bodies, keep-alive, ``Expect: 100-continue``.
-Limits protect the box: headers over `max_header` bytes get 431, bodies over `max_body` 413,
-chunked uploads 501, malformed requests 400 (and the connection is closed). A handler that raises
-gets a 500 - the device will re-send, which is what we want when the record was not taken.
+Supports what devices and scrapers send: Content-Length bodies, keep-alive, ``Expect: 100-continue``,
+HEAD (headers only). The request head comes from the network: only HTTP/1.0 or HTTP/1.1 and an
+absolute path are taken; `strict=True` (the health endpoint) also wants an ASCII head and a Host
+header on HTTP/1.1, which device firmware does not always send (push receivers stay lenient,
+decoding the head as Latin-1, so no byte can crash them). Limits protect the box:
+a head over `max_header` bytes or `max_headers` lines gets 431, bodies over `max_body` 413, chunked
+uploads 501, malformed requests 400 (and the connection is closed); a client that opens a connection
+and does not finish its first request head within `first_request_timeout_s` gets 408. A handler that
+raises gets a 500 - a device will re-send, which is what we want when the record was not taken.
 
 `gate(headers, peer)`, when given, is asked after the request head and BEFORE the body is read:
 a Response it returns (a 401/403 to an unauthenticated sender) is sent at once and the connection
@@ -31,7 +37,8 @@ class Request:
     query: str
     headers: dict[str, str]      # lower-case names
     body: bytes
-    peer: str = ""
+    peer: str = ""               # "host:port" of the sender
+    peer_host: str = ""          # its address alone (IPv4 or IPv6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +67,19 @@ class _Gated(Exception):
 
 class HttpServer:
     def __init__(self, handler: Handler, *, max_header: int = 16_384, max_body: int = 4 << 20,
-                 idle_timeout_s: float = 60.0, name: str = "http", gate: Gate | None = None) -> None:
+                 idle_timeout_s: float = 60.0, first_request_timeout_s: float | None = None, max_headers: int = 100,
+                 keep_alive: bool = True, strict: bool = False, name: str = "http", gate: Gate | None = None) -> None:
+        """`keep_alive=False`: one request per connection (Connection: close on every answer);
+        `strict`: an ASCII head and Host on HTTP/1.1 (see the module docstring)."""
         self.handler = handler
+        self.strict = strict
+        self.keep_alive = keep_alive
         self.gate = gate
         self.max_header = max_header
+        self.max_headers = max_headers
         self.max_body = max_body
         self.idle_timeout_s = idle_timeout_s
+        self.first_request_timeout_s = first_request_timeout_s
         self.name = name
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -91,9 +105,11 @@ class HttpServer:
             await asyncio.gather(*pending, return_exceptions=True)
         await server.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Request | None:
+    async def _read_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            first: bool) -> Request | None:
+        timeout = self.first_request_timeout_s if first and self.first_request_timeout_s else self.idle_timeout_s
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout_s)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 raise _BadRequest(400, "request head cut short") from None
@@ -101,22 +117,33 @@ class HttpServer:
         except asyncio.LimitOverrunError:
             raise _BadRequest(431, "request head too large") from None
         except asyncio.TimeoutError:
-            return None
+            if first and self.first_request_timeout_s:
+                raise _BadRequest(408, "request timeout") from None
+            return None  # an idle keep-alive connection: close it quietly
         try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-        except ValueError:
-            raise _BadRequest(400, "malformed request line") from None
-        if not version.startswith("HTTP/1.") or not method.isalpha():
+            lines = head.decode("ascii" if self.strict else "latin-1").split("\r\n")
+        except UnicodeDecodeError:
+            raise _BadRequest(400, "non-ASCII bytes in request head") from None
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            raise _BadRequest(400, "malformed request line")
+        method, target, version = parts
+        if version not in ("HTTP/1.0", "HTTP/1.1") or not method.isalpha() or not method.isupper():
             raise _BadRequest(400, f"unsupported request line {lines[0][:60]!r}")
+        if not target.startswith("/"):
+            raise _BadRequest(400, "request target must be an absolute path")
+        if len(lines) - 3 > self.max_headers:
+            raise _BadRequest(431, f"more than {self.max_headers} header lines")
         headers: dict[str, str] = {}
         for line in lines[1:]:
             if not line:
                 continue
             name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
+            if not sep or not name or name != name.strip() or " " in name:
                 raise _BadRequest(400, f"malformed header line {line[:60]!r}")
             headers[name.lower()] = value.strip()
+        if self.strict and version == "HTTP/1.1" and "host" not in headers:
+            raise _BadRequest(400, "HTTP/1.1 request without Host header")
         if "transfer-encoding" in headers:
             raise _BadRequest(501, "chunked bodies are not supported; send Content-Length")
         try:
@@ -129,6 +156,7 @@ class HttpServer:
             raise _BadRequest(413, f"body of {length} bytes exceeds {self.max_body}")
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if peer else ""
+        peer_host = str(peer[0]) if peer else ""
         if self.gate is not None:
             refused = self.gate(headers, peer_text)
             if refused is not None:
@@ -142,28 +170,29 @@ class HttpServer:
         if version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive":
             headers.setdefault("connection", "close")
         path, _, query = target.partition("?")
-        return Request(method.upper(), path, query, headers, body, peer_text)
+        return Request(method, path, query, headers, body, peer_text, peer_host)
 
     @staticmethod
-    def _encode(resp: Response, close: bool) -> bytes:
+    def _encode(resp: Response, close: bool, head: bool = False) -> bytes:
         try:
             reason = HTTPStatus(resp.status).phrase
         except ValueError:
             reason = "Status"
-        head = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Length: {len(resp.body)}",
-                f"Content-Type: {resp.content_type}", f"Connection: {'close' if close else 'keep-alive'}"]
-        head += [f"{k}: {v}" for k, v in resp.headers]
-        return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
+        lines = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Length: {len(resp.body)}",
+                 f"Content-Type: {resp.content_type}", f"Connection: {'close' if close else 'keep-alive'}"]
+        lines += [f"{k}: {v}" for k, v in resp.headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else resp.body)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         self._conns.add(writer)
+        first = True
         try:
             while True:
                 try:
-                    req = await self._read_request(reader, writer)
+                    req = await self._read_request(reader, writer, first)
                 except _BadRequest as bad:
                     writer.write(self._encode(Response(bad.status, str(bad).encode(), "text/plain"), True))
                     await writer.drain()
@@ -174,13 +203,14 @@ class HttpServer:
                     return
                 if req is None:
                     return
+                first = False
                 try:
                     resp = await self.handler(req)
                 except Exception:  # the device gets a 500 and re-sends; we keep the traceback
                     log.exception("%s: handler failed on %s %s", self.name, req.method, req.path)
                     resp = Response(500, b"internal error", "text/plain")
-                close = req.headers.get("connection", "").lower() == "close"
-                writer.write(self._encode(resp, close))
+                close = not self.keep_alive or req.headers.get("connection", "").lower() == "close"
+                writer.write(self._encode(resp, close, head=req.method == "HEAD"))
                 await writer.drain()
                 if close:
                     return
