@@ -33,7 +33,8 @@ from fleet_server.api.deps import require_admin, require_operator, require_viewe
 from fleet_server.api.fields import CleanStr
 from fleet_server.errors import PayloadError
 from fleet_server.rollout.engine import RolloutEngine
-from fleet_server.rollout.model import BOX_STATES, TargetFilter, WaveSpec
+from fleet_server.rollout.model import (BOX_STATES, KINDS, MIN_FINISHED, RATE_PER_MIN_MAX, TIMEOUT_S, TargetFilter,
+                                        WaveSpec)
 from fleet_server.rollout.windows import SitePolicy
 from fleet_server.store.base import BOX_ID_PATTERN
 
@@ -71,7 +72,7 @@ class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     target_name: CleanStr = Field(min_length=1, max_length=256)
-    kind: str = Field(pattern=r"^(agent|model|firmware|config)$")
+    kind: str = Field(pattern="^(" + "|".join(KINDS) + ")$")
     version: CleanStr | None = Field(None, max_length=64)
     component: CleanStr = Field("", max_length=128)
     name: CleanStr = Field("", max_length=200)
@@ -80,9 +81,9 @@ class CreateBody(BaseModel):
                                         min_length=1, max_length=20)
     success_pct: float = Field(90.0, ge=0, le=100, allow_inf_nan=False)
     error_pct: float = Field(10.0, ge=0, le=100, allow_inf_nan=False)
-    min_finished: int = Field(10, ge=1, le=1_000_000)
-    timeout_s: int = Field(3600, ge=10, le=30 * 86400)
-    rate_per_min: float | None = Field(None, gt=0, le=1_000_000, allow_inf_nan=False)
+    min_finished: int = Field(10, ge=MIN_FINISHED[0], le=MIN_FINISHED[1])
+    timeout_s: int = Field(3600, ge=TIMEOUT_S[0], le=TIMEOUT_S[1])
+    rate_per_min: float | None = Field(None, gt=0, le=RATE_PER_MIN_MAX, allow_inf_nan=False)
     respect_windows: bool = True
 
     def wave_specs(self) -> tuple[WaveSpec, ...]:

@@ -26,7 +26,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,17 +312,15 @@ class RolloutEngine:
     async def create(self, *, name: str, kind: str, target_name: str, version: str | None, component: str,
                      filter: TargetFilter, waves: tuple[WaveSpec, ...], timeout_s: int,
                      rate_per_min: float | None, respect_windows: bool, min_finished: int) -> RolloutView:
-        if kind not in KINDS:
-            raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}", field="kind")
-        if kind in ("model", "firmware") and not component:
-            raise PayloadError("bad_body", f"a {kind} rollout needs `component` (the {kind} name the box "
-                               "reports in its inventory)", field="component")
+        # the request's rules are RolloutSpec's (checked before the repository is read); the signed
+        # target then supplies the version and hardware
+        draft = RolloutSpec(name=name, kind=kind, target_name=target_name, version="", hardware=(),
+                            component=component, filter=filter, waves=waves, timeout_s=timeout_s,
+                            rate_per_min=rate_per_min, respect_windows=respect_windows, min_finished=min_finished)
         target_version, hardware = await to_thread.run_sync(
             resolve_target, self.repo_dir, kind, target_name, version)
-        spec = RolloutSpec(name=name or f"{target_name} {target_version}", kind=kind, target_name=target_name,
-                           version=target_version, hardware=hardware, component=component, filter=filter,
-                           waves=waves, timeout_s=timeout_s, rate_per_min=rate_per_min,
-                           respect_windows=respect_windows, min_finished=min_finished)
+        spec = replace(draft, name=name or f"{target_name} {target_version}", version=target_version,
+                       hardware=hardware)
         rollout_id = "r-" + secrets.token_hex(5)
 
         def create_and_list() -> tuple[RolloutView, list[str]]:

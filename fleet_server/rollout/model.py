@@ -32,6 +32,11 @@ __all__ = [
 #: Rollout kind -> TUF target kind, the states a box reports: the contract both sides share.
 KINDS: dict[str, str] = KIND_TO_TARGET
 ROLLOUT_STATUSES = ("running", "paused", "canceled", "finished")
+#: bounds of a rollout request (RolloutSpec checks them; the API's pydantic schema declares the same)
+NEEDS_COMPONENT = frozenset({"model", "firmware"})
+TIMEOUT_S = (10, 30 * 86400)
+RATE_PER_MIN_MAX = 1_000_000
+MIN_FINISHED = (1, 1_000_000)
 _WAVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
 _TEXT_MAX = 200
 
@@ -185,15 +190,22 @@ class RolloutSpec:
     min_finished: int = 10
 
     def __post_init__(self) -> None:
+        """The rules of a rollout request, in one place (the API's schema reuses the bounds below)."""
         if self.kind not in KINDS:
             raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r:.40}", field="kind")
+        if self.kind in NEEDS_COMPONENT and not self.component:
+            raise PayloadError("bad_body", f"a {self.kind} rollout needs `component` (the {self.kind} name the box "
+                               "reports in its inventory)", field="component")
         if not self.waves or not self.waves[-1].is_everything:
             raise PayloadError("bad_wave", "the last wave must be '100%' (a rollout covers its target set)",
                                field="waves")
-        if not 10 <= self.timeout_s <= 30 * 86400:
+        if not TIMEOUT_S[0] <= self.timeout_s <= TIMEOUT_S[1]:
             raise PayloadError("bad_body", "timeout_s must be 10 s .. 30 days", field="timeout_s")
-        if self.rate_per_min is not None and not 0 < self.rate_per_min <= 1_000_000:
+        if self.rate_per_min is not None and not 0 < self.rate_per_min <= RATE_PER_MIN_MAX:
             raise PayloadError("bad_body", "rate_per_min must be positive or null", field="rate_per_min")
+        if not MIN_FINISHED[0] <= self.min_finished <= MIN_FINISHED[1]:
+            raise PayloadError("bad_body", f"min_finished must be {MIN_FINISHED[0]}..{MIN_FINISHED[1]}",
+                               field="min_finished")
 
     def capacities(self, total: int) -> list[tuple[WaveSpec, int]]:
         """Per-wave capacity (boxes newly covered by each wave); waves that add nobody are dropped."""
