@@ -73,3 +73,23 @@ def test_garbage_only_frame_error(frame) -> None:
         return
     assert encode(cred) == (frame.strip() if isinstance(frame, str) else frame.decode().strip()
                             if isinstance(frame, bytes) else "".join(map(str, frame)))
+
+
+async def test_a_reader_frame_reaches_the_controller_as_its_card_number() -> None:
+    """The access controller's Wiegand input (its simulator): a good frame is reported as the card's
+    decimal number (facility << 16 | card), decided against the controller's card list; a frame with
+    a flipped bit is dropped by the controller, as real ones do, and counted."""
+    import json
+
+    from drivers.access_controller.sim import AccessControllerSim
+
+    frame = "00101101000000001010001000"  # FC 90 / card 324 (devices.md)
+    assert 90 << 16 | 324 == 5898564
+    async with AccessControllerSim(cards=frozenset({"5898564"})) as sim:
+        assert await sim.wiegand(frame) == "valid_card"
+        assert await sim.wiegand(encode26(90, 325)) == "unknown_card"
+        flipped = frame[:5] + ("1" if frame[5] == "0" else "0") + frame[6:]
+        assert await sim.wiegand(flipped) is None and await sim.wiegand("0101") is None
+        assert sim.bad_frames == 2
+        cards = [json.loads(body)["AccessControllerEvent"]["cardNo"] for body in sim.pushed]
+        assert cards == ["5898564", "5898565"]

@@ -24,6 +24,7 @@ import httpx
 
 from core.errors import FrameError
 from drivers import gates
+from drivers.access_controller import wiegand
 from core.http_listener import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSim", "Door"]
@@ -58,6 +59,7 @@ class AccessControllerSim:
         self.clock = clock
         self.serial = 0
         self.pushed: list[bytes] = []
+        self.bad_frames = 0           # Wiegand frames dropped for bad parity or length
         self.auth_failures = 0
         self._nonces: set[str] = set()
         self._server = HttpServer(self._handle, name="acs-sim")
@@ -180,6 +182,18 @@ class AccessControllerSim:
             minor = 0x06 if card in self.no_permission else 0x09
         await self._push(0x05, minor, card, door)
         return gates.EVENT_NAMES[(0x05, minor)]
+
+    async def wiegand(self, frame: str, door: int = 1) -> str | None:
+        """A reader on the controller's Wiegand input pulses `frame` (26- or 34-bit, '0'/'1' text). The
+        controller checks the parity and reports the card as the decimal of its facility and card
+        bits, as access controllers do; a frame with bad parity is dropped (no event), as they do.
+        Returns the event's name, or None for a dropped frame."""
+        try:
+            cred = wiegand.decode(frame)
+        except wiegand.WiegandError:
+            self.bad_frames += 1
+            return None
+        return await self.swipe(str(cred.facility << 16 | cred.card), door)
 
     async def face(self, matched: bool, door: int = 1) -> str:
         if matched:

@@ -31,7 +31,8 @@ def command(
 ) -> None:
     """Simulated access controller (Hikvision ISAPI over HTTP, digest auth): doors, cards, faces, pushed events.
 
-    Control actions: {"swipe": "1001", "door": 1}, {"face": true, "door": 1}, {"status": true},
+    Control actions: {"swipe": "1001", "door": 1}, {"wiegand": "00101101000000001010001000", "door": 1}
+    (a reader's raw 26/34-bit frame), {"face": true, "door": 1}, {"status": true},
     {"event_url": "http://..."}, {"repush": true} (send the last event again).
     """
     _check_port("--port", port)
@@ -66,6 +67,14 @@ def command(
                 raise ValueError("'swipe' must be a card number (a non-empty string)")
             return {"event": await sim.swipe(msg["swipe"], door_of(msg))}
 
+        async def wiegand_frame(msg: dict) -> dict:
+            if not isinstance(msg["wiegand"], str):
+                raise ValueError("'wiegand' must be a frame of 26 or 34 '0'/'1' characters")
+            event = await sim.wiegand(msg["wiegand"], door_of(msg))
+            if event is None:
+                raise ValueError("frame dropped by the controller (bad length, characters or parity)")
+            return {"event": event}
+
         async def face(msg: dict) -> dict:
             return {"event": await sim.face(bool(msg["face"]), door_of(msg))}
 
@@ -95,8 +104,8 @@ def command(
                     await sim.swipe(rng.choice(pool), door)
 
         await _listen("--port", lambda: sim.start(host, port))
-        ctl = _Control({"swipe": swipe, "face": face, "event_url": set_url, "repush": repush},
-                       lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures,
+        ctl = _Control({"swipe": swipe, "wiegand": wiegand_frame, "face": face, "event_url": set_url, "repush": repush},
+                       lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures, "bad_frames": sim.bad_frames,
                                 "doors": {str(d): {"lock": s.lock, "state": s.state} for d, s in sim.doors.items()}})
         info = {"device": "access_controller", "url": f"http://{host}:{sim.port}", "host": host,
                 "tcp_port": sim.port, "username": username, "doors": doors, "event_url": _redact(event_url), "seed": seed}

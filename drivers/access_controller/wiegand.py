@@ -9,7 +9,10 @@ E is EVEN parity over itself and the first half of the data bits (12 for 26-bit,
 O is ODD parity over itself and the second half. FC 90 / card 324 encodes as
 ``00101101000000001010001000`` (devices.md).
 
-Frames come in as a text of '0'/'1' (what most controllers log) or as a sequence of 0/1 ints.
+Readers are wired to the access controller's Wiegand input, not to the box: the controller decodes
+the frame and reports the card (its simulator, sim.py, does so with this codec, dropping frames
+with bad parity as controllers do). Frames come in as a text of '0'/'1' (what most controllers log)
+or as a sequence of 0/1 ints.
 Anything else - wrong length, other characters, a parity mismatch - raises `WiegandError`
 (a FrameError) naming what is wrong.
 """
