@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,6 @@ from fleet_server.store.base import hash_secret
 from fleet_server.store.sqlite import SqliteStore
 from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS
 from fleet_server.store.sqlite_users import USER_MIGRATIONS
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    yield s
-    s.close()
 
 
 def entry(ts: float, principal: str = "alice", action: str = "create_rollout", status: int = 201) -> AuditEntry:

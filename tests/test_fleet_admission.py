@@ -3,8 +3,6 @@ an admin, answers that never tell which ids exist, revocation, and the broker-do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from fleet_server.errors import BrokerUnavailable
 from fleet_server.store.sqlite import SqliteStore
 from tests.test_fleet_helpers import (
-    Clock, TestClient, admin, bearer, enroll, new_token, open_client, open_store, post, rows, snapshot,
+    TestClient, admin, enroll, new_token, post, rows, snapshot,
 )
 
 
@@ -32,21 +30,6 @@ class FakeAccounts:
         if self.down:
             raise BrokerUnavailable("broker 127.0.0.1:1 did not answer (test)")
         self.passwords.pop(box_id, None)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    yield from open_store(tmp_path, clock)
-
-
-@pytest.fixture
-def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
-    yield from open_client(tmp_path, store)
 
 
 @pytest.fixture

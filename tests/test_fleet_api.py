@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from test_fleet_helpers import (
     bearer,
     enroll,
     new_token,
-    open_client,
-    open_store,
     post,
     rows,
     snapshot,
@@ -31,21 +28,6 @@ from fleet_server.app import create_app
 from fleet_server.errors import StoreError
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    yield from open_store(tmp_path, clock)
-
-
-@pytest.fixture
-def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
-    yield from open_client(tmp_path, store)
 
 
 # -- enrollment -------------------------------------------------------------------------------

@@ -24,18 +24,6 @@ SECRET = "s3cr3t-value-that-must-never-be-stored"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def client(tmp_path: Path, store: SqliteStore, clock: Clock) -> Iterator[TestClient]:
     settings = ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN)
     with TestClient(create_app(settings, store, clock=clock), raise_server_exceptions=False) as c:

@@ -10,17 +10,12 @@ import pytest
 
 from fleet_server.store import quarantine as q
 from fleet_server.store.sqlite import SqliteStore
-from test_fleet_helpers import Clock, TestClient, admin, bearer, enroll, open_client, open_store
+from test_fleet_helpers import Clock, TestClient, admin, bearer, enroll, open_store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
     yield from open_store(tmp_path, Clock())
-
-
-@pytest.fixture
-def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
-    yield from open_client(tmp_path, store)
 
 
 def test_quarantine_is_admin_only_paged_and_filtered(client: TestClient, store: SqliteStore) -> None:

@@ -30,11 +30,6 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "fleet.db", clock=clock)
     provision(s, 3)

@@ -24,18 +24,6 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def client(tmp_path: Path, store: SqliteStore, clock: Clock, repo_dir: Path) -> Iterator[TestClient]:
     yield from open_app(tmp_path, store, clock, repo_dir)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, open_store, snapshot
+from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, snapshot
 
 from core.reading import Reading
 from fleet_server.access import AuditQuery, Role
@@ -17,16 +17,6 @@ from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 
 BASE = 1_764_000_000_000_000   # a buffer file's first seq: its creation time in microseconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    yield from open_store(tmp_path, clock)
 
 
 @pytest.fixture

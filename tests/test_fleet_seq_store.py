@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 
 from core.reading import Reading
+from test_fleet_helpers import Clock
 from fleet_server.alerts import SEQ_GAP, AlertQuery, UnknownAlert
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.seq_tracking import BUFFER_REPLACED, UNANNOUNCED, Gap, SeqReport, SeqState
 from fleet_server.store import sqlite_seq
 from fleet_server.store.sqlite import SqliteStore
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,30 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.reading import Quality, Reading, RecordClass
+from test_fleet_helpers import Clock
 from fleet_server.errors import AdmissionRequired, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.store.base import IngestResult, Store, hash_secret
 from fleet_server.store.sqlite import SqliteStore
 from fleet_server.store.sqlite_schema import MIGRATIONS
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    yield s
-    s.close()
 
 
 def enrolled(store: SqliteStore, box_id: str = "box-1", hardware: str = "hw-1") -> str:

@@ -11,13 +11,10 @@ import pytest
 from test_fleet_helpers import (
     ADMIN,
     MAX_BATCH,
-    Clock,
     TestClient,
     admin,
     bearer,
     enroll,
-    open_client,
-    open_store,
     post,
     rows,
     snapshot,
@@ -27,21 +24,6 @@ from core.reading import Quality, Reading, RecordClass
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    yield from open_store(tmp_path, clock)
-
-
-@pytest.fixture
-def client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:
-    yield from open_client(tmp_path, store)
 
 
 def test_same_batch_twice_is_stored_once(client: TestClient, store: SqliteStore) -> None:
