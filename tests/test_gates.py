@@ -15,7 +15,8 @@ from core.reading import Reading, RecordClass
 from drivers import gates
 from drivers.base import Driver
 from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
-from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.plate_camera.driver import PlateReceiverDriver
+from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
 from core.http_listener import HttpServer, Response
 from drivers.access_controller.sim import AccessControllerSim
@@ -25,6 +26,8 @@ PUSH = (b'{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"\xe9\xb2\x81A12
         b'"plateid":21085,"isoffline":0}},"serialno":"fe71e106-57263272"}}')
 RULES = gates.GateRules(allow=frozenset({"鲁A12345", "鲁A 88888"}), deny=frozenset({"鲁B00000"}),
                         allow_prefixes=("鲁A9",), min_confidence=80)
+GATE = {"allow_list": RULES.allow, "deny_list": RULES.deny, "allow_prefixes": RULES.allow_prefixes,
+        "min_confidence": RULES.min_confidence}  # the same rules, as a plate camera's settings
 LOOPBACK = parse_sources(["127.0.0.1"])
 SIM_CAMERA = (PushCredential("fe71e106-57263272", sources=LOOPBACK),)  # the simulator's default serial
 ACS_PUSH = (PushCredential("acs1", sources=LOOPBACK),)
@@ -212,9 +215,8 @@ class Clock:
 async def test_camera_pushes_are_decided_acknowledged_and_deduplicated() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
-                             got.append,
-                             clock=clock)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
+                                                 **GATE), got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/devicemanagement/php/plateresult.php"
     try:
@@ -257,8 +259,8 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
             raise RuntimeError("buffer full")
         got.append(r)
 
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
-                             on_event)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
+                                                 **GATE), on_event)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/") as cam:
@@ -273,9 +275,9 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
 async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES,
-                                                            cameras=(PushCredential("cam-A", sources=LOOPBACK),),
-                                                            heartbeat_timeout_s=10),
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, **GATE,
+                                                 cameras=(PushCredential("cam-A", sources=LOOPBACK),),
+                                                 heartbeat_timeout_s=10),
                              got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/"
@@ -411,14 +413,15 @@ def test_access_settings_validation(kw: dict) -> None:
         AccessControllerSettings(**({"base_url": "http://x", "username": "u", "password": "p"} | kw))
 
 
-@pytest.mark.parametrize("kw", [{"port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()}])
+@pytest.mark.parametrize("kw", [{"listen_port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()},
+                                {"allow_prefixes": ("",)}, {"min_confidence": 101}, {"deny_list": {"--"}}])
 def test_receiver_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        PlateReceiverSettings(**({"cameras": SIM_CAMERA} | kw))
+        PlateCameraSettings(**({"name": "gate1", "cameras": SIM_CAMERA} | kw))
     with pytest.raises(ValueError):
         gates.GateRules(allow_prefixes=("",))
 
 
 def test_drivers_satisfy_the_protocol() -> None:
-    assert isinstance(PlateReceiverDriver("gate1", PlateReceiverSettings(cameras=SIM_CAMERA), lambda r: None), Driver)
+    assert isinstance(PlateReceiverDriver(PlateCameraSettings(name="gate1", cameras=SIM_CAMERA), lambda r: None), Driver)
     assert isinstance(AccessControllerDriver("acs1", AccessControllerSettings("http://x", "u", "p")), Driver)

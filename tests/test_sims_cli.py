@@ -177,16 +177,16 @@ async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) 
 
 # --- plate camera pushing to a receiver ----------------------------------------------------------
 async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sims) -> None:
-    from drivers import gates
-    from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+    from drivers.plate_camera.driver import PlateReceiverDriver
+    from drivers.plate_camera.settings import PlateCameraSettings
 
     got: list[Reading] = []
     port = free_port()
     from drivers.push_auth import PushCredential
 
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=port,
-                                                            rules=gates.GateRules(allow=frozenset({"鲁A12345"})),
-                                                            cameras=(PushCredential("cam-T", "cam-T-secret"),)),
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=port,
+                                                 allow_list=frozenset({"鲁A12345"}),
+                                                 cameras=(PushCredential("cam-T", "cam-T-secret"),)),
                              got.append)
     await rx.open()
     try:
