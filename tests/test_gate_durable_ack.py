@@ -25,7 +25,8 @@ import pytest
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.devices import EventSink
 from agent.pipeline import Pipeline
-from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+from drivers.access_controller.driver import AccessControllerDriver
+from drivers.access_controller.settings import AccessControllerSettings
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
@@ -111,10 +112,9 @@ async def test_no_commit_in_time_is_a_503_and_the_resend_stores_one_event(held) 
 
 async def test_the_access_controller_push_waits_for_the_commit(held) -> None:
     buffer, sink = held
-    drv = AccessControllerDriver("door", AccessControllerSettings(base_url="http://127.0.0.1:9", username="u", password="p",
-                                                           listen_host="127.0.0.1", listen_port=0,
-                                                           event_senders=(PushCredential("door", sources=parse_sources(["127.0.0.1"])),)),
-                                 on_event=sink)
+    drv = AccessControllerDriver(AccessControllerSettings(
+        name="door", url="http://127.0.0.1:9", username="u", password="p", listen_host="127.0.0.1", listen_port=0,
+        event_senders=(PushCredential("door", sources=parse_sources(["127.0.0.1"])),)), on_event=sink)
     await drv.open()
     event = {"ipAddress": "10.0.0.5", "dateTime": "2026-12-02T08:00:00+08:00", "eventType": "AccessControllerEvent",
              "AccessControllerEvent": {"majorEventType": 5, "subEventType": 1, "cardNo": "12345678",

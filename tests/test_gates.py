@@ -14,7 +14,8 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Reading, RecordClass
 from drivers import gates
 from drivers.base import Driver
-from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+from drivers.access_controller.driver import AccessControllerDriver
+from drivers.access_controller.settings import AccessControllerSettings
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
@@ -317,10 +318,10 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
 async def test_access_controller_commands_state_and_events() -> None:
     events: list[Reading] = []
     async with AccessControllerSim(cards=frozenset({"1001"}), no_permission=frozenset({"2002"})) as sim:
-        s = AccessControllerSettings(base_url=sim.url, username="admin", password="hik12345", doors=(1, 2, 3),
-                                     allowed_commands=frozenset({"open", "always_open", "resume"}),
+        s = AccessControllerSettings(name="acs1", url=sim.url, username="admin", password="hik12345", doors=(1, 2, 3),
+                                     allow_commands=("open", "always_open", "resume"),
                                      listen_host="127.0.0.1", listen_port=0, event_senders=ACS_PUSH)
-        drv = AccessControllerDriver("acs1", s, on_event=events.append)
+        drv = AccessControllerDriver(s, on_event=events.append)
         await drv.open()
         sim.event_url = f"http://127.0.0.1:{drv.listen_port}/"
         try:
@@ -352,8 +353,8 @@ async def test_access_controller_commands_state_and_events() -> None:
             assert json.loads(events[1].text)["card"] == "1001"
         finally:
             await drv.close()
-        wrong = AccessControllerDriver("acs1", AccessControllerSettings(base_url=sim.url, username="admin",
-                                                                        password="nope"))
+        wrong = AccessControllerDriver(AccessControllerSettings(name="acs1", url=sim.url, username="admin",
+                                                                password="nope", allow_commands=("open",)))
         await wrong.open()
         try:
             with pytest.raises(DeviceException) as err:
@@ -361,7 +362,7 @@ async def test_access_controller_commands_state_and_events() -> None:
             assert err.value.code == 401
         finally:
             await wrong.close()
-    gone = AccessControllerDriver("acs1", AccessControllerSettings(base_url=sim.url, username="a", password="b"))
+    gone = AccessControllerDriver(AccessControllerSettings(name="acs1", url=sim.url, username="a", password="b"))
     await gone.open()
     try:
         with pytest.raises(LinkError):
@@ -381,8 +382,9 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
             return httpx.Response(200, content=b'{"AcsWorkStatus": 5}')
         return httpx.Response(200, content=gates.response_status_xml(request.url.path, 1, "OK", "ok"))
 
-    s = AccessControllerSettings(base_url="http://acs.local", username="admin", password="x", auth="basic")
-    drv = AccessControllerDriver("acs1", s, transport=httpx.MockTransport(handler))
+    s = AccessControllerSettings(name="acs1", url="http://acs.local", username="admin", password="x", auth="basic",
+                                 allow_commands=("open",))
+    drv = AccessControllerDriver(s, transport=httpx.MockTransport(handler))
     await drv.open()
     try:
         await drv.write("open", {})
@@ -397,7 +399,7 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    drv = AccessControllerDriver("acs1", s, transport=httpx.MockTransport(slow))
+    drv = AccessControllerDriver(s, transport=httpx.MockTransport(slow))
     await drv.open()
     try:
         with pytest.raises(DeviceTimeout):
@@ -406,11 +408,12 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
         await drv.close()
 
 
-@pytest.mark.parametrize("kw", [{"base_url": "ftp://x"}, {"auth": "ntlm"}, {"doors": ()},
-                                {"allowed_commands": frozenset({"explode"})}, {"username": ""}])
+@pytest.mark.parametrize("kw", [{"url": "ftp://x"}, {"auth": "ntlm"}, {"doors": ()}, {"doors": (65,)},
+                                {"allow_commands": ("explode",)}, {"username": ""}, {"password": ""},
+                                {"listen_port": 0}, {"points": ("door2_lock",)}])
 def test_access_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        AccessControllerSettings(**({"base_url": "http://x", "username": "u", "password": "p"} | kw))
+        AccessControllerSettings(**({"name": "acs1", "url": "http://x", "username": "u", "password": "p"} | kw))
 
 
 @pytest.mark.parametrize("kw", [{"listen_port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()},
@@ -424,4 +427,4 @@ def test_receiver_settings_validation(kw: dict) -> None:
 
 def test_drivers_satisfy_the_protocol() -> None:
     assert isinstance(PlateReceiverDriver(PlateCameraSettings(name="gate1", cameras=SIM_CAMERA), lambda r: None), Driver)
-    assert isinstance(AccessControllerDriver("acs1", AccessControllerSettings("http://x", "u", "p")), Driver)
+    assert isinstance(AccessControllerDriver(AccessControllerSettings("acs1", "http://x", "u", "p")), Driver)
