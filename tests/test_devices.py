@@ -12,7 +12,8 @@ from agent.devices import EventSink, Listener, ManagedDriver
 from core.errors import DriverError, LinkError
 from core.reading import Reading, RecordClass
 from drivers.gbt20999.driver import GbtDriver, GbtSettings
-from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.plate_camera.driver import PlateReceiverDriver
+from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
 from drivers.gbt20999.sim import GbtControllerSim
 
@@ -94,9 +95,9 @@ async def test_event_sink_keeps_what_it_holds_when_cancelled_under_backpressure(
 async def test_listener_retries_a_busy_port_then_listens_and_closes_on_cancel() -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(
-        host="127.0.0.1", port=port, cameras=(PushCredential("cam", sources=parse_sources(["127.0.0.1"])),)),
-        lambda r: None)
+    rx = PlateReceiverDriver(PlateCameraSettings(
+        name="gate", listen_host="127.0.0.1", listen_port=port,
+        cameras=(PushCredential("cam", sources=parse_sources(["127.0.0.1"])),)), lambda r: None)
     listener = Listener(rx, backoff=Backoff(base_s=0.05, cap_s=0.1))
     task = asyncio.create_task(listener.run())
     await asyncio.sleep(0.2)

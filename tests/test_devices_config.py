@@ -258,3 +258,35 @@ def test_modbus_stays_the_default_and_keeps_its_rules(tmp_path: Path) -> None:
         load_config(write(tmp_path, twice))
     with pytest.raises(ConfigError, match=r"device\[0\]\.port.*unknown key"):
         load_config(write(tmp_path, '[[device]]\nname = "a"\nbus = "rs485-1"\nprofile = "vaisala_wxt530"\nport = 1\n'))
+
+
+# --- one rule, one place: the settings class refuses the same value from the file and from code ---
+def _refused_by_both(tmp_path: Path, old: str, new: str, key: str, build) -> None:
+    from drivers.settings_rules import SettingError
+
+    with pytest.raises(SettingError) as direct:  # code that builds the settings itself: a ValueError
+        build()
+    assert isinstance(direct.value, ValueError) and direct.value.key == key
+    path = write(tmp_path, DEVICES.replace(old, new, 1))
+    with pytest.raises(ConfigError) as loaded:
+        load_config(path)
+    err = loaded.value
+    assert (err.file, err.key.split(".", 1)[1]) == (str(path), key), str(err)
+    assert direct.value.message in str(err) and err.expected == direct.value.expected  # the same rule's words
+
+
+def test_a_plate_camera_rule_lives_once_in_its_settings(tmp_path: Path) -> None:
+    from drivers.plate_camera.settings import PlateCameraSettings
+
+    _refused_by_both(
+        tmp_path, 'cameras = [{ serial = "fe71e106-57263272", secret = "cam-secret-1", sources = ["192.168.1.100"] }]',
+        "cameras = []", "cameras", lambda: PlateCameraSettings(name="north-gate", cameras=()))
+
+
+def test_an_access_controller_rule_lives_once_in_its_settings(tmp_path: Path) -> None:
+    from drivers.access_controller.settings import AccessControllerSettings
+
+    _refused_by_both(
+        tmp_path, 'event_secret = "acs-push-secret"\n', "", "event_secret",
+        lambda: AccessControllerSettings(name="lobby-door", url="http://192.168.1.64", username="admin",
+                                         password="hik12345", listen_host="0.0.0.0", listen_port=8082))

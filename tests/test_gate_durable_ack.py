@@ -25,13 +25,14 @@ import pytest
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.devices import EventSink
 from agent.pipeline import Pipeline
-from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
-from drivers.gates import GateRules
-from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.access_controller.driver import AccessControllerDriver
+from drivers.access_controller.settings import AccessControllerSettings
+from drivers.plate_camera.driver import PlateReceiverDriver
+from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
 from drivers.plate_camera.sim import PlateCameraSim
 
-RULES = GateRules(allow=frozenset({"鲁A12345"}))
+ALLOW = frozenset({"鲁A12345"})
 CAMERAS = (PushCredential("cam-1", sources=parse_sources(["127.0.0.1"])),)
 
 
@@ -69,8 +70,8 @@ async def held(tmp_path: Path):
 
 async def test_the_camera_gets_its_answer_only_after_the_commit(held) -> None:
     buffer, sink = held
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=CAMERAS),
-                             sink)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate", listen_host="127.0.0.1", listen_port=0, allow_list=ALLOW,
+                                                 cameras=CAMERAS), sink)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/", serialno="cam-1", timeout_s=5.0) as cam:
@@ -88,8 +89,8 @@ async def test_the_camera_gets_its_answer_only_after_the_commit(held) -> None:
 
 async def test_no_commit_in_time_is_a_503_and_the_resend_stores_one_event(held) -> None:
     buffer, sink = held
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=CAMERAS,
-                                                           store_timeout_s=0.2), sink)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate", listen_host="127.0.0.1", listen_port=0, allow_list=ALLOW,
+                                                 cameras=CAMERAS, store_timeout_s=0.2), sink)
     await rx.open()
     body = {"AlarmInfoPlate": {"serialno": "cam-1", "result": {"PlateResult": {
         "license": "鲁A12345", "plateid": 7, "confidence": 96, "timeStamp": {"Timeval": {"sec": 1}}}}}}
@@ -111,10 +112,9 @@ async def test_no_commit_in_time_is_a_503_and_the_resend_stores_one_event(held) 
 
 async def test_the_access_controller_push_waits_for_the_commit(held) -> None:
     buffer, sink = held
-    drv = AccessControllerDriver("door", AccessControllerSettings(base_url="http://127.0.0.1:9", username="u", password="p",
-                                                           listen_host="127.0.0.1", listen_port=0,
-                                                           event_senders=(PushCredential("door", sources=parse_sources(["127.0.0.1"])),)),
-                                 on_event=sink)
+    drv = AccessControllerDriver(AccessControllerSettings(
+        name="door", url="http://127.0.0.1:9", username="u", password="p", listen_host="127.0.0.1", listen_port=0,
+        event_senders=(PushCredential("door", sources=parse_sources(["127.0.0.1"])),)), on_event=sink)
     await drv.open()
     event = {"ipAddress": "10.0.0.5", "dateTime": "2026-12-02T08:00:00+08:00", "eventType": "AccessControllerEvent",
              "AccessControllerEvent": {"majorEventType": 5, "subEventType": 1, "cardNo": "12345678",

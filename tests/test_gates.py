@@ -14,8 +14,10 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Reading, RecordClass
 from drivers import gates
 from drivers.base import Driver
-from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
-from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.access_controller.driver import AccessControllerDriver
+from drivers.access_controller.settings import AccessControllerSettings
+from drivers.plate_camera.driver import PlateReceiverDriver
+from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
 from core.http_listener import HttpServer, Response
 from drivers.access_controller.sim import AccessControllerSim
@@ -25,6 +27,8 @@ PUSH = (b'{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"\xe9\xb2\x81A12
         b'"plateid":21085,"isoffline":0}},"serialno":"fe71e106-57263272"}}')
 RULES = gates.GateRules(allow=frozenset({"鲁A12345", "鲁A 88888"}), deny=frozenset({"鲁B00000"}),
                         allow_prefixes=("鲁A9",), min_confidence=80)
+GATE = {"allow_list": RULES.allow, "deny_list": RULES.deny, "allow_prefixes": RULES.allow_prefixes,
+        "min_confidence": RULES.min_confidence}  # the same rules, as a plate camera's settings
 LOOPBACK = parse_sources(["127.0.0.1"])
 SIM_CAMERA = (PushCredential("fe71e106-57263272", sources=LOOPBACK),)  # the simulator's default serial
 ACS_PUSH = (PushCredential("acs1", sources=LOOPBACK),)
@@ -212,9 +216,8 @@ class Clock:
 async def test_camera_pushes_are_decided_acknowledged_and_deduplicated() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
-                             got.append,
-                             clock=clock)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
+                                                 **GATE), got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/devicemanagement/php/plateresult.php"
     try:
@@ -257,8 +260,8 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
             raise RuntimeError("buffer full")
         got.append(r)
 
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES, cameras=SIM_CAMERA),
-                             on_event)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
+                                                 **GATE), on_event)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/") as cam:
@@ -273,9 +276,9 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
 async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=0, rules=RULES,
-                                                            cameras=(PushCredential("cam-A", sources=LOOPBACK),),
-                                                            heartbeat_timeout_s=10),
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, **GATE,
+                                                 cameras=(PushCredential("cam-A", sources=LOOPBACK),),
+                                                 heartbeat_timeout_s=10),
                              got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/"
@@ -315,10 +318,10 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
 async def test_access_controller_commands_state_and_events() -> None:
     events: list[Reading] = []
     async with AccessControllerSim(cards=frozenset({"1001"}), no_permission=frozenset({"2002"})) as sim:
-        s = AccessControllerSettings(base_url=sim.url, username="admin", password="hik12345", doors=(1, 2, 3),
-                                     allowed_commands=frozenset({"open", "always_open", "resume"}),
+        s = AccessControllerSettings(name="acs1", url=sim.url, username="admin", password="hik12345", doors=(1, 2, 3),
+                                     allow_commands=("open", "always_open", "resume"),
                                      listen_host="127.0.0.1", listen_port=0, event_senders=ACS_PUSH)
-        drv = AccessControllerDriver("acs1", s, on_event=events.append)
+        drv = AccessControllerDriver(s, on_event=events.append)
         await drv.open()
         sim.event_url = f"http://127.0.0.1:{drv.listen_port}/"
         try:
@@ -350,8 +353,8 @@ async def test_access_controller_commands_state_and_events() -> None:
             assert json.loads(events[1].text)["card"] == "1001"
         finally:
             await drv.close()
-        wrong = AccessControllerDriver("acs1", AccessControllerSettings(base_url=sim.url, username="admin",
-                                                                        password="nope"))
+        wrong = AccessControllerDriver(AccessControllerSettings(name="acs1", url=sim.url, username="admin",
+                                                                password="nope", allow_commands=("open",)))
         await wrong.open()
         try:
             with pytest.raises(DeviceException) as err:
@@ -359,7 +362,7 @@ async def test_access_controller_commands_state_and_events() -> None:
             assert err.value.code == 401
         finally:
             await wrong.close()
-    gone = AccessControllerDriver("acs1", AccessControllerSettings(base_url=sim.url, username="a", password="b"))
+    gone = AccessControllerDriver(AccessControllerSettings(name="acs1", url=sim.url, username="a", password="b"))
     await gone.open()
     try:
         with pytest.raises(LinkError):
@@ -379,8 +382,9 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
             return httpx.Response(200, content=b'{"AcsWorkStatus": 5}')
         return httpx.Response(200, content=gates.response_status_xml(request.url.path, 1, "OK", "ok"))
 
-    s = AccessControllerSettings(base_url="http://acs.local", username="admin", password="x", auth="basic")
-    drv = AccessControllerDriver("acs1", s, transport=httpx.MockTransport(handler))
+    s = AccessControllerSettings(name="acs1", url="http://acs.local", username="admin", password="x", auth="basic",
+                                 allow_commands=("open",))
+    drv = AccessControllerDriver(s, transport=httpx.MockTransport(handler))
     await drv.open()
     try:
         await drv.write("open", {})
@@ -395,7 +399,7 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
-    drv = AccessControllerDriver("acs1", s, transport=httpx.MockTransport(slow))
+    drv = AccessControllerDriver(s, transport=httpx.MockTransport(slow))
     await drv.open()
     try:
         with pytest.raises(DeviceTimeout):
@@ -404,21 +408,23 @@ async def test_wire_request_and_error_mapping_with_a_mock_transport() -> None:
         await drv.close()
 
 
-@pytest.mark.parametrize("kw", [{"base_url": "ftp://x"}, {"auth": "ntlm"}, {"doors": ()},
-                                {"allowed_commands": frozenset({"explode"})}, {"username": ""}])
+@pytest.mark.parametrize("kw", [{"url": "ftp://x"}, {"auth": "ntlm"}, {"doors": ()}, {"doors": (65,)},
+                                {"allow_commands": ("explode",)}, {"username": ""}, {"password": ""},
+                                {"listen_port": 0}, {"points": ("door2_lock",)}])
 def test_access_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        AccessControllerSettings(**({"base_url": "http://x", "username": "u", "password": "p"} | kw))
+        AccessControllerSettings(**({"name": "acs1", "url": "http://x", "username": "u", "password": "p"} | kw))
 
 
-@pytest.mark.parametrize("kw", [{"port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()}])
+@pytest.mark.parametrize("kw", [{"listen_port": 70000}, {"relay": 9}, {"dedup_capacity": 100}, {"cameras": ()},
+                                {"allow_prefixes": ("",)}, {"min_confidence": 101}, {"deny_list": {"--"}}])
 def test_receiver_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        PlateReceiverSettings(**({"cameras": SIM_CAMERA} | kw))
+        PlateCameraSettings(**({"name": "gate1", "cameras": SIM_CAMERA} | kw))
     with pytest.raises(ValueError):
         gates.GateRules(allow_prefixes=("",))
 
 
 def test_drivers_satisfy_the_protocol() -> None:
-    assert isinstance(PlateReceiverDriver("gate1", PlateReceiverSettings(cameras=SIM_CAMERA), lambda r: None), Driver)
-    assert isinstance(AccessControllerDriver("acs1", AccessControllerSettings("http://x", "u", "p")), Driver)
+    assert isinstance(PlateReceiverDriver(PlateCameraSettings(name="gate1", cameras=SIM_CAMERA), lambda r: None), Driver)
+    assert isinstance(AccessControllerDriver(AccessControllerSettings("acs1", "http://x", "u", "p")), Driver)

@@ -177,16 +177,16 @@ async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) 
 
 # --- plate camera pushing to a receiver ----------------------------------------------------------
 async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sims) -> None:
-    from drivers import gates
-    from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+    from drivers.plate_camera.driver import PlateReceiverDriver
+    from drivers.plate_camera.settings import PlateCameraSettings
 
     got: list[Reading] = []
     port = free_port()
     from drivers.push_auth import PushCredential
 
-    rx = PlateReceiverDriver("gate1", PlateReceiverSettings(host="127.0.0.1", port=port,
-                                                            rules=gates.GateRules(allow=frozenset({"鲁A12345"})),
-                                                            cameras=(PushCredential("cam-T", "cam-T-secret"),)),
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=port,
+                                                 allow_list=frozenset({"鲁A12345"}),
+                                                 cameras=(PushCredential("cam-T", "cam-T-secret"),)),
                              got.append)
     await rx.open()
     try:
@@ -220,16 +220,17 @@ async def test_plate_camera_pushes_to_the_receiver_and_keeps_records_offline(sim
 
 # --- access controller over HTTP (digest) --------------------------------------------------------
 async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
-    from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+    from drivers.access_controller.driver import AccessControllerDriver
+    from drivers.access_controller.settings import AccessControllerSettings
     from drivers.push_auth import PushCredential
 
     proc, info = await sims("access-controller", "--card", "1001", "--no-permission", "2002", "--password", "s3cret",
                             "--doors", "2", "--control", "0")
     assert info["url"] == f"http://127.0.0.1:{info['tcp_port']}" and info["doors"] == 2
     events: list[Reading] = []
-    drv = AccessControllerDriver("acs1", AccessControllerSettings(
-        base_url=info["url"], username="admin", password="s3cret", doors=(1, 2), listen_host="127.0.0.1",
-        listen_port=0, event_senders=(PushCredential("acs1", "acs-push-secret", "controller"),)),
+    drv = AccessControllerDriver(AccessControllerSettings(
+        name="acs1", url=info["url"], username="admin", password="s3cret", doors=(1, 2), allow_commands=("open",),
+        listen_host="127.0.0.1", listen_port=0, event_senders=(PushCredential("acs1", "acs-push-secret", "controller"),)),
         on_event=events.append)
     await drv.open()
     try:
@@ -248,8 +249,8 @@ async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
         assert names == ["remote_open", "valid_card", "no_permission", "face_fail"]
     finally:
         await drv.close()
-    wrong = AccessControllerDriver("acs1", AccessControllerSettings(base_url=info["url"], username="admin",
-                                                                    password="hik12345"))
+    wrong = AccessControllerDriver(AccessControllerSettings(name="acs1", url=info["url"], username="admin",
+                                                            password="hik12345", allow_commands=("open",)))
     await wrong.open()
     try:
         with pytest.raises(DeviceException) as err:

@@ -188,12 +188,13 @@ def test_check_config_warns_about_an_mqtt_password_without_tls(tmp_path: Path) -
 
 
 async def test_the_access_controller_listener_refuses_and_counts_unauthenticated_pushes() -> None:
-    from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+    from drivers.access_controller.driver import AccessControllerDriver
+    from drivers.access_controller.settings import AccessControllerSettings
     from drivers.push_auth import PushCredential
 
     taken, refused = [], []
-    drv = AccessControllerDriver("door", AccessControllerSettings(
-        base_url="http://127.0.0.1:9", username="u", password="p", listen_host="127.0.0.1", listen_port=0,
+    drv = AccessControllerDriver(AccessControllerSettings(
+        name="door", url="http://127.0.0.1:9", username="u", password="p", listen_host="127.0.0.1", listen_port=0,
         event_senders=(PushCredential("door", "acs-push-secret", "controller"),)),
         on_event=taken.append, on_refused=refused.append)
     await drv.open()

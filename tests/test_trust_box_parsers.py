@@ -20,7 +20,8 @@ from core.reading import Quality, Reading, RecordClass, check_reading, from_row
 from drivers import gates
 from drivers.gbt20999 import codec as g
 from drivers.wxt_serial import codec as wxt_ascii, nmea
-from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+from drivers.plate_camera.driver import PlateReceiverDriver
+from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushAuth, PushCredential, Refusal, parse_sources
 from core.http_listener import Request
 
@@ -116,8 +117,7 @@ _CAMS = (PushCredential("cam-1", "secret-123", sources=parse_sources(["10.0.0.7"
        st.sampled_from(["application/json", "multipart/form-data; boundary=b", "application/x-www-form-urlencoded"]))
 def test_the_plate_receiver_answers_every_request_with_a_status(body, peer, auth, ctype) -> None:
     got: list[Reading] = []
-    rx = PlateReceiverDriver("gate", PlateReceiverSettings(cameras=_CAMS, rules=gates.GateRules(allow={"A1"})),
-                             got.append)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate", cameras=_CAMS, allow_list=frozenset({"A1"})), got.append)
     headers = {"content-type": ctype, **({"authorization": auth} if auth else {})}
     resp = asyncio.run(rx._handle(Request("POST", "/", "", headers, body, peer)))
     assert resp.status in (200, 400, 401, 403), resp

@@ -1,6 +1,6 @@
 """ISAPI access controller (doors, card readers): door state polled, door commands, pushed events.
 
-    settings.py  AccessControllerDeviceConfig + parse    driver.py   AccessControllerDriver (httpx)
+    settings.py  AccessControllerSettings + parse        driver.py   AccessControllerDriver (httpx)
     sim.py       a controller on HTTP (digest auth)      wiegand.py  Wiegand 26/34 card frames
 """
 
@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.access_controller.settings import COMMANDS, AccessControllerDeviceConfig, parse
+from drivers.access_controller.settings import COMMANDS, AccessControllerSettings, parse
 from drivers.kind import BuildContext, DeviceKind
 
 
-def build(dev: AccessControllerDeviceConfig, ctx: BuildContext) -> Any:
-    from drivers.access_controller.driver import AccessControllerDriver, AccessControllerSettings
+def build(dev: AccessControllerSettings, ctx: BuildContext) -> Any:
+    from drivers.access_controller.driver import AccessControllerDriver
 
-    return AccessControllerDriver(dev.name, AccessControllerSettings(
-        base_url=dev.url, username=dev.username, password=dev.password, doors=dev.doors, auth=dev.auth,
-        timeout_s=dev.timeout_s, allowed_commands=frozenset(dev.allow_commands),
-        listen_host=dev.listen_host or "127.0.0.1", listen_port=dev.listen_port, event_senders=dev.event_senders),
-        on_event=ctx.events(dev.name) if dev.listen_port is not None else None, on_refused=ctx.refusals(dev.name))
+    return AccessControllerDriver(dev, on_event=ctx.events(dev.name) if dev.listen_port is not None else None,
+                                  on_refused=ctx.refusals(dev.name))
 
 
 def simulators() -> dict[str, Any]:
@@ -28,8 +25,8 @@ def simulators() -> dict[str, Any]:
     return {"access-controller": command}
 
 
-def _listen(dev: AccessControllerDeviceConfig) -> tuple[str, int] | None:
-    return None if dev.listen_port is None else (dev.listen_host or "127.0.0.1", dev.listen_port)
+def _listen(dev: AccessControllerSettings) -> tuple[str, int] | None:
+    return None if dev.listen_port is None else (dev.listen_host, dev.listen_port)
 
 
 KIND = DeviceKind(

@@ -2,8 +2,8 @@
 
 Commands (PUT /ISAPI/AccessControl/RemoteControl/door/<n>, body
 ``<RemoteControlDoor><cmd>open</cmd></RemoteControlDoor>``): open, close, always_open,
-always_close, resume - each refused unless listed in `allowed_commands` (holding a door open is a
-security decision, so only "open" is allowed by default).
+always_close, resume - each refused unless listed in the settings' `allow_commands` (holding a door
+open is a security decision, so none is allowed by default).
 
 read() polls GET /ISAPI/AccessControl/AcsWorkStatus?format=json: door<n>_lock (doorLockStatus),
 door<n>_state (doorStatus: 1 sleep, 2 remain open, 3 remain closed, 4 normal), door<n>_magnet.
@@ -11,7 +11,7 @@ door<n>_state (doorStatus: 1 sleep, 2 remain open, 3 remain closed, 4 normal), d
 Events (card, face, remote open) are pushed by the controller to our listener (`listen_port`) as
 AccessControllerEvent JSON; each becomes an ALARM Reading for `on_event`, its codes decoded to names.
 When `on_event` returns an awaitable (the agent's event sink: completes on the buffer's commit) the
-controller's answer waits for it (up to STORE_TIMEOUT_S; otherwise 503 and the controller re-pushes),
+controller's answer waits for it (up to `store_timeout_s`; otherwise 503 and the controller re-pushes),
 so an acknowledged event is a stored event; a re-push meanwhile waits for the first copy.
 The listener binds to loopback unless configured otherwise, and needs `event_senders` (an HTTP
 Basic secret and/or source addresses, drivers/push_auth.py): an unauthenticated push gets 401/403
@@ -30,68 +30,30 @@ import inspect
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
-from drivers.access_controller.settings import COMMANDS
+from drivers.access_controller.settings import COMMANDS, AccessControllerSettings
 from drivers import gates
-from drivers.push_auth import PushAuth, PushCredential, Refusal
+from drivers.push_auth import PushAuth, Refusal
 from core.http_listener import HttpServer, Request, Response
 
-__all__ = ["AccessControllerSettings", "AccessControllerDriver"]
+__all__ = ["AccessControllerDriver"]
 
-STORE_TIMEOUT_S = 5.0  # an event's answer waits this long for the buffer's commit
 _STATUS_KEYS = {"lock": "doorLockStatus", "state": "doorStatus", "magnet": "magneticStatus"}
-
-
-@dataclass(frozen=True, slots=True)
-class AccessControllerSettings:
-    base_url: str
-    username: str
-    password: str
-    doors: tuple[int, ...] = (1,)
-    auth: str = "digest"                      # "digest" (Hikvision default) or "basic"
-    timeout_s: float = 3.0
-    allowed_commands: frozenset[str] = frozenset({"open"})
-    listen_host: str = "127.0.0.1"
-    listen_port: int | None = None            # None: no event listener
-    event_senders: tuple[PushCredential, ...] = ()  # who may push events (required with listen_port)
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {self.base_url!r}")
-        if not self.username:
-            raise ValueError("username must be set")
-        if self.auth not in ("digest", "basic"):
-            raise ValueError(f"auth must be 'digest' or 'basic', got {self.auth!r}")
-        if not self.doors or any(not isinstance(d, int) or not 1 <= d <= 64 for d in self.doors):
-            raise ValueError(f"doors must hold door numbers 1..64, got {self.doors}")
-        unknown = set(self.allowed_commands) - set(gates.DOOR_COMMANDS)
-        if unknown:
-            raise ValueError(f"allowed_commands holds unknown commands {sorted(unknown)}; known: {sorted(gates.DOOR_COMMANDS)}")
-        if not 0 < self.timeout_s <= 60:
-            raise ValueError(f"timeout_s must be in (0, 60], got {self.timeout_s}")
-        if self.listen_port is not None and not 0 <= self.listen_port < 65536:
-            raise ValueError(f"listen_port must be 0..65535, got {self.listen_port}")
-        if self.listen_port is not None:
-            if not self.event_senders:
-                raise ValueError("an event listener needs event_senders (a secret and/or source addresses): "
-                                 "without them anyone could push door events")
-            PushAuth(self.event_senders)
 
 
 class AccessControllerDriver:
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/access_controller/settings.py
 
-    def __init__(self, name: str, settings: AccessControllerSettings, *,
+    def __init__(self, settings: AccessControllerSettings, *,
                  on_event: Callable[[Reading], Any] | None = None, clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None,
                  on_refused: Callable[[str], None] | None = None) -> None:
-        self.name = name
+        self.name = settings.name
         self.settings = settings
         self.on_event = on_event
         self._clock = clock
@@ -109,7 +71,7 @@ class AccessControllerDriver:
     async def open(self) -> None:
         s = self.settings
         auth = (httpx.DigestAuth if s.auth == "digest" else httpx.BasicAuth)(s.username, s.password)
-        self._client = httpx.AsyncClient(base_url=s.base_url, auth=auth, timeout=s.timeout_s, transport=self._transport)
+        self._client = httpx.AsyncClient(base_url=s.url, auth=auth, timeout=s.timeout_s, transport=self._transport)
         if s.listen_port is not None:
             self._listener = HttpServer(self._on_push, max_body=256 << 10, name=f"acs-events-{self.name}",
                                         gate=self._gate)
@@ -181,7 +143,7 @@ class AccessControllerDriver:
     async def write(self, command: str, args: Mapping[str, Any]) -> None:
         if command not in gates.DOOR_COMMANDS:
             raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(gates.DOOR_COMMANDS)}")
-        if command not in self.settings.allowed_commands:
+        if command not in self.settings.allow_commands:
             raise CommandRefused(f"{self.name}: {command} is not allowed on this controller")
         door = args.get("door", self.settings.doors[0])
         if door not in self.settings.doors or isinstance(door, bool):
@@ -194,7 +156,7 @@ class AccessControllerDriver:
             raise DeviceException(f"{self.name}: {command} door {door} refused: {text} ({sub})", code)
 
     async def _stored(self, stored: "asyncio.Future[Any]") -> bool:
-        return await gates.wait_stored(stored, STORE_TIMEOUT_S)
+        return await gates.wait_stored(stored, self.settings.store_timeout_s)
 
     def _settled(self, serial: int, f: "asyncio.Future[Any]") -> None:
         self._pending.pop(serial, None)

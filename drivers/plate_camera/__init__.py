@@ -1,6 +1,6 @@
 """Plate-reading camera at a community gate, pushing plate events over HTTP to the box.
 
-    settings.py  PlateCameraDeviceConfig + parse    driver.py  PlateReceiverDriver (the push receiver)
+    settings.py  PlateCameraSettings + parse        driver.py  PlateReceiverDriver (the push receiver)
     sim.py       a camera pushing plates            (gate rules: drivers/gates.py, shared with access controllers)
 """
 
@@ -9,17 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from drivers.kind import BuildContext, DeviceKind
-from drivers.plate_camera.settings import COMMANDS, PlateCameraDeviceConfig, parse
+from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings, parse
 
 
-def build(dev: PlateCameraDeviceConfig, ctx: BuildContext) -> Any:
-    from drivers.gates import GateRules
-    from drivers.plate_camera.driver import PlateReceiverDriver, PlateReceiverSettings
+def build(dev: PlateCameraSettings, ctx: BuildContext) -> Any:
+    from drivers.plate_camera.driver import PlateReceiverDriver
 
-    rules = GateRules(dev.allow_list, dev.deny_list, dev.allow_prefixes, dev.min_confidence)
-    return PlateReceiverDriver(dev.name, PlateReceiverSettings(
-        host=dev.listen_host, port=dev.listen_port, rules=rules, cameras=dev.cameras, relay=dev.relay,
-        heartbeat_timeout_s=dev.heartbeat_timeout_s), ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
+    return PlateReceiverDriver(dev, ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
 
 
 def simulators() -> dict[str, Any]:

@@ -28,63 +28,34 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import CommandRefused, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
-from drivers.plate_camera.settings import COMMANDS
+from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings
 from drivers import gates
-from drivers.push_auth import PushAuth, PushCredential, Refusal
+from drivers.push_auth import PushAuth, Refusal
 from core.http_listener import HttpServer, Request, Response
 
-__all__ = ["PlateReceiverSettings", "PlateReceiverDriver"]
+__all__ = ["PlateReceiverDriver"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class PlateReceiverSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    rules: gates.GateRules = field(default_factory=gates.GateRules)
-    cameras: tuple[PushCredential, ...] = ()   # the cameras that may push (identity = serial); required
-    relay: int | None = None                   # also pulse this camera IO (ivs_ioctrl) when opening
-    heartbeat_timeout_s: float = 15.0
-    dedup_capacity: int = 20_000
-    store_timeout_s: float = 5.0   # the camera's answer waits this long for the buffer's commit
-    max_body: int = 4 << 20                    # pushes may carry base64 images
-
-    def __post_init__(self) -> None:
-        if not self.cameras:
-            raise ValueError("cameras must list at least one camera with a secret and/or source addresses: "
-                             "an empty list would let anyone open the gate")
-        PushAuth(self.cameras)  # the same checks the receiver applies (no shared user names)
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be 0..65535, got {self.port}")
-        if self.relay is not None and not 0 <= self.relay <= 3:
-            raise ValueError(f"relay must be a camera IO 0..3, got {self.relay}")
-        if not 0 < self.store_timeout_s <= 60:
-            raise ValueError(f"store_timeout_s must be 0 < seconds <= 60, got {self.store_timeout_s!r}")
-        if self.heartbeat_timeout_s <= 0 or self.dedup_capacity < 9000:
-            raise ValueError("need heartbeat_timeout_s > 0 and dedup_capacity >= 9000 (the camera's offline store)")
-        if self.max_body < 1024:
-            raise ValueError(f"max_body must be at least 1024 bytes, got {self.max_body}")
 
 
 class PlateReceiverDriver:
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/plate_camera/settings.py
 
-    def __init__(self, name: str, settings: PlateReceiverSettings, on_event: Callable[[Reading], Any], *,
+    def __init__(self, settings: PlateCameraSettings, on_event: Callable[[Reading], Any], *,
                  clock: Callable[[], float] = time.time, on_refused: Callable[[str], None] | None = None) -> None:
-        self.name = name
+        self.name = settings.name
         self.settings = settings
-        self.rules = settings.rules
+        self.rules = settings.gate_rules()  # allow_plate / revoke_plate change these, not the settings
         self.on_event = on_event
         self._clock = clock
         self._dedup = gates.Deduplicator(settings.dedup_capacity)
         self._pending: dict[tuple[str, int], tuple[gates.Decision, asyncio.Future[Any]]] = {}
-        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{name}",
+        self._server = HttpServer(self._handle, max_body=settings.max_body, name=f"plate-receiver-{self.name}",
                                   gate=self._gate)
         self.last_seen: dict[str, float] = {}
         self.events = 0
@@ -94,13 +65,14 @@ class PlateReceiverDriver:
         self._auth = PushAuth(settings.cameras)
         self._serials = frozenset(c.identity for c in settings.cameras)
         self._on_refused = on_refused
-        self.port = settings.port
+        self.port = settings.listen_port
 
     async def open(self) -> None:
         try:
-            await self._server.start(self.settings.host, self.settings.port)
+            await self._server.start(self.settings.listen_host, self.settings.listen_port)
         except OSError as exc:
-            raise LinkError(f"{self.name}: cannot listen on {self.settings.host}:{self.settings.port}: {exc}") from exc
+            raise LinkError(f"{self.name}: cannot listen on {self.settings.listen_host}:{self.settings.listen_port}: "
+                            f"{exc}") from exc
         self.port = self._server.port
 
     async def close(self) -> None:
