@@ -9,7 +9,8 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Quality
 from drivers.ntcip import mib as n
 from drivers.base import Driver
-from drivers.ntcip.driver import NtcipDriver, NtcipSettings
+from drivers.ntcip.driver import NtcipDriver
+from drivers.ntcip.settings import NtcipSettings
 from drivers.ntcip.sim import NtcipControllerSim
 
 BASE = "1.3.6.1.4.1.1206.4.2.1"
@@ -106,7 +107,7 @@ class Clock:
 def _drv(sim: NtcipControllerSim, **kw) -> NtcipDriver:
     base = dict(host="127.0.0.1", port=sim.port, timeout_s=0.3, retries=0, detectors=(1, 2, 4), patterns=(1, 2),
                 allowed_patterns=frozenset({2, 7}))
-    return NtcipDriver("asc1", NtcipSettings(**(base | kw)))
+    return NtcipDriver(NtcipSettings(name="asc1", **(base | kw)))
 
 
 async def test_phases_decoded_correctly_at_every_poll_as_they_change() -> None:
@@ -220,8 +221,8 @@ async def test_snmp_failures_map_to_our_errors() -> None:
                                 {"phases": 0}, {"community": ""}, {"timeout_s": 0}, {"detectors": (0,)}])
 def test_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        NtcipSettings(**({"host": "10.0.0.5"} | kw))
+        NtcipSettings(**({"name": "asc1", "host": "10.0.0.5"} | kw))
 
 
 def test_driver_satisfies_the_protocol() -> None:
-    assert isinstance(NtcipDriver("asc1", NtcipSettings(host="10.0.0.5")), Driver)
+    assert isinstance(NtcipDriver(NtcipSettings(name="asc1", host="10.0.0.5")), Driver)

@@ -113,14 +113,15 @@ async def test_wxt_serial_is_polled_on_its_pty(sims, mode: str, sig: int) -> Non
 
 # --- NTCIP 1202 over SNMP/UDP --------------------------------------------------------------------
 async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
-    from drivers.ntcip.driver import NtcipDriver, NtcipSettings
+    from drivers.ntcip.driver import NtcipDriver
+    from drivers.ntcip.settings import NtcipSettings
 
     proc, info = await sims("ntcip", "--port", "0", "--pattern", "2", "--time-unit", "ds", "--seed", "3",
                             "--control", "0")
     assert info["device"] == "ntcip1202" and info["udp_port"] > 0
-    drv = NtcipDriver("asc1", NtcipSettings(host="127.0.0.1", port=info["udp_port"], timeout_s=1.0, retries=1,
-                                            detectors=(1, 2), patterns=(2, 3), pattern_time_unit="ds",
-                                            allowed_patterns=frozenset({3})))
+    drv = NtcipDriver(NtcipSettings(name="asc1", host="127.0.0.1", port=info["udp_port"], timeout_s=1.0, retries=1,
+                                    detectors=(1, 2), patterns=(2, 3), pattern_time_unit="ds",
+                                    allowed_patterns=frozenset({3})))
     await drv.open()
     try:
         r = {x.point: x for x in await drv.read()}
