@@ -147,14 +147,15 @@ async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
 
 # --- GB/T 20999 over TCP -------------------------------------------------------------------------
 async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) -> None:
-    from drivers.gbt20999.driver import GbtDriver, GbtSettings
+    from drivers.gbt20999.driver import GbtDriver
+    from drivers.gbt20999.settings import GbtSettings
 
     proc, info = await sims("gbt20999", "--plan", "2", "--mode", "local_actuated", "--time-factor", "50",
                             "--control", "0")
     assert info["device"] == "gbt20999" and info["mode"] == "local_actuated"
     reports: list[Reading] = []
-    drv = GbtDriver("tsc1", GbtSettings(host="127.0.0.1", port=info["tcp_port"], timeout_s=0.5, plans=(2,),
-                                        detectors=(1,), allowed_plans=frozenset({3})), on_report=reports.append)
+    drv = GbtDriver(GbtSettings(name="tsc1", host="127.0.0.1", port=info["tcp_port"], timeout_s=0.5, plans=(2,),
+                                detectors=(1,), allowed_plans=frozenset({3})), on_report=reports.append)
     await drv.open()
     try:
         r = {x.point: x for x in await drv.read()}
