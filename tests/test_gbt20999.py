@@ -256,3 +256,49 @@ def test_point_names_and_settings_validation() -> None:
 
 def test_driver_satisfies_the_protocol() -> None:
     assert isinstance(GbtDriver(GbtSettings(name="tsc1", host="10.0.0.9", port=5000)), Driver)
+
+
+# --- one settings class: the config file and code meet the same rules -----------------------------
+_CONFIG = """
+[box]
+id = "box"
+data_dir = "var"
+
+[uplink]
+kind = "mqtt"
+[uplink.mqtt]
+host = "127.0.0.1"
+
+[[device]]
+name = "tsc1"
+kind = "gbt20999"
+host = "10.0.0.9"
+port = 5000
+"""
+
+
+@pytest.mark.parametrize("line, kw, key", [
+    # the old parser refused these and the driver's old settings class took them; now GbtSettings refuses them
+    # (points: checked there alone, the parser no longer has its own copy)
+    ('points = ["det0_flow"]', {"points": ("det0_flow",)}, "points"),
+    ("heartbeat_s = 5000", {"heartbeat_s": 5000.0}, "heartbeat_s"),
+    ("plans = [2, 2]", {"plans": (2, 2)}, "plans"),
+    ('host = "10.0.0.9 oops"', {"host": "10.0.0.9 oops"}, "host"),
+])
+def test_a_rule_lives_once_for_the_config_file_and_for_code(tmp_path, line: str, kw: dict, key: str) -> None:
+    from agent.config import load_config
+    from core.errors import ConfigError
+    from drivers.settings_rules import SettingError
+
+    path = tmp_path / "box.toml"
+    text = _CONFIG.replace('host = "10.0.0.9"', line) if line.startswith("host") else _CONFIG + line + "\n"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and f"[device[0].{key}]" in str(err.value), str(err.value)
+    with pytest.raises(ValueError) as direct:
+        GbtSettings(**({"name": "tsc1", "host": "10.0.0.9", "port": 5000} | kw))
+    assert isinstance(direct.value, SettingError) and direct.value.key == key
+    path.write_text(_CONFIG + "controller_id = 7\n", encoding="utf-8")
+    (dev,) = load_config(path).devices
+    assert dev == GbtSettings(name="tsc1", host="10.0.0.9", port=5000, controller_id=7)  # one class for file and code
