@@ -11,7 +11,8 @@ from core.backoff import Backoff
 from agent.devices import EventSink, Listener, ManagedDriver
 from core.errors import DriverError, LinkError
 from core.reading import Reading, RecordClass
-from drivers.gbt20999.driver import GbtDriver, GbtSettings
+from drivers.gbt20999.driver import GbtDriver
+from drivers.gbt20999.settings import GbtSettings
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
@@ -24,7 +25,7 @@ def _event(i: int) -> Reading:
 
 async def test_a_dropped_connection_fails_one_read_and_the_next_one_reconnects() -> None:
     async with GbtControllerSim() as sim:
-        drv = ManagedDriver(GbtDriver("tsc", GbtSettings(host="127.0.0.1", port=sim.port, timeout_s=1)),
+        drv = ManagedDriver(GbtDriver(GbtSettings(name="tsc", host="127.0.0.1", port=sim.port, timeout_s=1)),
                             asyncio.Lock(), owns_open=True)
         try:
             assert [r.point for r in await drv.read(["current_plan"])] == ["current_plan"]  # opened on first use
@@ -42,7 +43,7 @@ async def test_a_dropped_connection_fails_one_read_and_the_next_one_reconnects()
 async def test_the_line_lock_is_held_for_reads_and_writes() -> None:
     lock = asyncio.Lock()
     async with GbtControllerSim() as sim:
-        drv = ManagedDriver(GbtDriver("tsc", GbtSettings(host="127.0.0.1", port=sim.port, allowed_plans=frozenset({2}))),
+        drv = ManagedDriver(GbtDriver(GbtSettings(name="tsc", host="127.0.0.1", port=sim.port, allowed_plans=frozenset({2}))),
                             lock, owns_open=True)
         try:
             async with lock:                                           # a poll on the same line is in progress

@@ -11,7 +11,8 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Quality, Reading, RecordClass
 from drivers.gbt20999 import codec as g
 from drivers.base import Driver
-from drivers.gbt20999.driver import GbtDriver, GbtSettings, point_item
+from drivers.gbt20999.driver import GbtDriver, point_item
+from drivers.gbt20999.settings import GbtSettings
 from drivers.gbt20999.sim import Fault, GbtControllerSim, Plan
 
 QUERY_PLAN = bytes.fromhex("7E 00 13 01 02 01 00 00 00 01 01 01 10 01 01 04 0D 02 03 00 9A D9 7D")
@@ -139,14 +140,14 @@ def test_garbage_only_frame_error(data: bytes) -> None:
 
 # --- driver against the simulator ----------------------------------------------------------------
 def _settings(sim: GbtControllerSim, **kw) -> GbtSettings:
-    base = dict(host="127.0.0.1", port=sim.port, timeout_s=0.5, detectors=(1, 3), plans=(1, 3),
+    base = dict(name="tsc1", host="127.0.0.1", port=sim.port, timeout_s=0.5, detectors=(1, 3), plans=(1, 3),
                 allowed_plans=frozenset({1, 2, 3, 9}), allowed_stages=frozenset({2}))
     return GbtSettings(**(base | kw))
 
 
 async def test_wire_bytes_equal_devices_md_and_plan_change_takes_effect() -> None:
     async with GbtControllerSim() as sim:
-        drv = GbtDriver("tsc1", _settings(sim))
+        drv = GbtDriver(_settings(sim))
         await drv.open()
         try:
             (plan,) = await drv.read(["current_plan"])
@@ -163,7 +164,7 @@ async def test_wire_bytes_equal_devices_md_and_plan_change_takes_effect() -> Non
 async def test_read_all_points_matches_the_controller() -> None:
     t = 1_750_000_123.0
     async with GbtControllerSim(clock=lambda: t) as sim:
-        drv = GbtDriver("tsc1", _settings(sim), clock=lambda: t)
+        drv = GbtDriver(_settings(sim), clock=lambda: t)
         await drv.open()
         try:
             r = {x.point: x for x in await drv.read()}
@@ -183,7 +184,7 @@ async def test_stages_cycle_in_real_time_and_are_reported() -> None:
     fast = (Plan(1, 0, 1, ((1, 0.15), (2, 0.15), (3, 0.2))),)
     reports: list[Reading] = []
     async with GbtControllerSim(plans=fast, heartbeat_s=0.1) as sim:
-        drv = GbtDriver("tsc1", _settings(sim, plans=(), detectors=()), on_report=reports.append)
+        drv = GbtDriver(_settings(sim, plans=(), detectors=()), on_report=reports.append)
         await drv.open()
         try:
             seen = set()
@@ -202,7 +203,7 @@ async def test_stages_cycle_in_real_time_and_are_reported() -> None:
 
 async def test_guards_device_refusals_and_errors() -> None:
     async with GbtControllerSim() as sim:
-        drv = GbtDriver("tsc1", _settings(sim, heartbeat_s=0.05))
+        drv = GbtDriver(_settings(sim, heartbeat_s=0.05))
         await drv.open()
         try:
             sent = len(sim.bytes_in)
@@ -238,7 +239,7 @@ async def test_guards_device_refusals_and_errors() -> None:
         finally:
             await drv.close()
     with pytest.raises(LinkError):
-        await GbtDriver("x", GbtSettings(host="127.0.0.1", port=sim.port, timeout_s=0.5)).open()
+        await GbtDriver(GbtSettings(name="x", host="127.0.0.1", port=sim.port, timeout_s=0.5)).open()
 
 
 def test_point_names_and_settings_validation() -> None:
@@ -248,10 +249,56 @@ def test_point_names_and_settings_validation() -> None:
         with pytest.raises(ValueError):
             point_item(bad)
     for kw in ({"port": 0}, {"allowed_plans": frozenset({0})}, {"allowed_modes": frozenset({0x99})},
-               {"timeout_s": 0}, {"controller": -1}):
+               {"timeout_s": 0}, {"controller_id": -1}):
         with pytest.raises(ValueError):
-            GbtSettings(**({"host": "h", "port": 1} | kw))
+            GbtSettings(**({"name": "tsc1", "host": "h", "port": 1} | kw))
 
 
 def test_driver_satisfies_the_protocol() -> None:
-    assert isinstance(GbtDriver("tsc1", GbtSettings(host="10.0.0.9", port=5000)), Driver)
+    assert isinstance(GbtDriver(GbtSettings(name="tsc1", host="10.0.0.9", port=5000)), Driver)
+
+
+# --- one settings class: the config file and code meet the same rules -----------------------------
+_CONFIG = """
+[box]
+id = "box"
+data_dir = "var"
+
+[uplink]
+kind = "mqtt"
+[uplink.mqtt]
+host = "127.0.0.1"
+
+[[device]]
+name = "tsc1"
+kind = "gbt20999"
+host = "10.0.0.9"
+port = 5000
+"""
+
+
+@pytest.mark.parametrize("line, kw, key", [
+    # the old parser refused these and the driver's old settings class took them; now GbtSettings refuses them
+    # (points: checked there alone, the parser no longer has its own copy)
+    ('points = ["det0_flow"]', {"points": ("det0_flow",)}, "points"),
+    ("heartbeat_s = 5000", {"heartbeat_s": 5000.0}, "heartbeat_s"),
+    ("plans = [2, 2]", {"plans": (2, 2)}, "plans"),
+    ('host = "10.0.0.9 oops"', {"host": "10.0.0.9 oops"}, "host"),
+])
+def test_a_rule_lives_once_for_the_config_file_and_for_code(tmp_path, line: str, kw: dict, key: str) -> None:
+    from agent.config import load_config
+    from core.errors import ConfigError
+    from drivers.settings_rules import SettingError
+
+    path = tmp_path / "box.toml"
+    text = _CONFIG.replace('host = "10.0.0.9"', line) if line.startswith("host") else _CONFIG + line + "\n"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and f"[device[0].{key}]" in str(err.value), str(err.value)
+    with pytest.raises(ValueError) as direct:
+        GbtSettings(**({"name": "tsc1", "host": "10.0.0.9", "port": 5000} | kw))
+    assert isinstance(direct.value, SettingError) and direct.value.key == key
+    path.write_text(_CONFIG + "controller_id = 7\n", encoding="utf-8")
+    (dev,) = load_config(path).devices
+    assert dev == GbtSettings(name="tsc1", host="10.0.0.9", port=5000, controller_id=7)  # one class for file and code

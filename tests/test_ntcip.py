@@ -9,7 +9,8 @@ from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameErr
 from core.reading import Quality
 from drivers.ntcip import mib as n
 from drivers.base import Driver
-from drivers.ntcip.driver import NtcipDriver, NtcipSettings
+from drivers.ntcip.driver import NtcipDriver
+from drivers.ntcip.settings import NtcipSettings
 from drivers.ntcip.sim import NtcipControllerSim
 
 BASE = "1.3.6.1.4.1.1206.4.2.1"
@@ -106,7 +107,7 @@ class Clock:
 def _drv(sim: NtcipControllerSim, **kw) -> NtcipDriver:
     base = dict(host="127.0.0.1", port=sim.port, timeout_s=0.3, retries=0, detectors=(1, 2, 4), patterns=(1, 2),
                 allowed_patterns=frozenset({2, 7}))
-    return NtcipDriver("asc1", NtcipSettings(**(base | kw)))
+    return NtcipDriver(NtcipSettings(name="asc1", **(base | kw)))
 
 
 async def test_phases_decoded_correctly_at_every_poll_as_they_change() -> None:
@@ -220,8 +221,51 @@ async def test_snmp_failures_map_to_our_errors() -> None:
                                 {"phases": 0}, {"community": ""}, {"timeout_s": 0}, {"detectors": (0,)}])
 def test_settings_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
-        NtcipSettings(**({"host": "10.0.0.5"} | kw))
+        NtcipSettings(**({"name": "asc1", "host": "10.0.0.5"} | kw))
 
 
 def test_driver_satisfies_the_protocol() -> None:
-    assert isinstance(NtcipDriver("asc1", NtcipSettings(host="10.0.0.5")), Driver)
+    assert isinstance(NtcipDriver(NtcipSettings(name="asc1", host="10.0.0.5")), Driver)
+
+
+# --- one settings class: the config file and code meet the same rules -----------------------------
+_CONFIG = """
+[box]
+id = "box"
+data_dir = "var"
+
+[uplink]
+kind = "mqtt"
+[uplink.mqtt]
+host = "127.0.0.1"
+
+[[device]]
+name = "asc1"
+kind = "ntcip"
+host = "10.0.0.5"
+"""
+
+
+@pytest.mark.parametrize("line, kw, key", [
+    # the old parser refused these and the driver's old settings class took them; now NtcipSettings refuses them
+    # (points: checked there alone, the parser no longer has its own copy)
+    ('points = ["phase0_color"]', {"points": ("phase0_color",)}, "points"),
+    ("detectors = [1, 1]", {"detectors": (1, 1)}, "detectors"),
+    ("timeout_ms = 5", {"timeout_s": 0.005}, "timeout_ms"),
+])
+def test_a_rule_lives_once_for_the_config_file_and_for_code(tmp_path, line: str, kw: dict, key: str) -> None:
+    from agent.config import load_config
+    from core.errors import ConfigError
+    from drivers.settings_rules import SettingError
+
+    path = tmp_path / "box.toml"
+    path.write_text(_CONFIG + line + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and f"[device[0].{key}]" in str(err.value), str(err.value)
+    with pytest.raises(ValueError) as direct:
+        NtcipSettings(name="asc1", host="10.0.0.5", **kw)
+    assert isinstance(direct.value, SettingError) and direct.value.key == key
+    path.write_text(_CONFIG, encoding="utf-8")
+    (dev,) = load_config(path).devices
+    assert dev == NtcipSettings(name="asc1", host="10.0.0.5")      # the file builds the very class code builds

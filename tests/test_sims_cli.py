@@ -113,14 +113,15 @@ async def test_wxt_serial_is_polled_on_its_pty(sims, mode: str, sig: int) -> Non
 
 # --- NTCIP 1202 over SNMP/UDP --------------------------------------------------------------------
 async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
-    from drivers.ntcip.driver import NtcipDriver, NtcipSettings
+    from drivers.ntcip.driver import NtcipDriver
+    from drivers.ntcip.settings import NtcipSettings
 
     proc, info = await sims("ntcip", "--port", "0", "--pattern", "2", "--time-unit", "ds", "--seed", "3",
                             "--control", "0")
     assert info["device"] == "ntcip1202" and info["udp_port"] > 0
-    drv = NtcipDriver("asc1", NtcipSettings(host="127.0.0.1", port=info["udp_port"], timeout_s=1.0, retries=1,
-                                            detectors=(1, 2), patterns=(2, 3), pattern_time_unit="ds",
-                                            allowed_patterns=frozenset({3})))
+    drv = NtcipDriver(NtcipSettings(name="asc1", host="127.0.0.1", port=info["udp_port"], timeout_s=1.0, retries=1,
+                                    detectors=(1, 2), patterns=(2, 3), pattern_time_unit="ds",
+                                    allowed_patterns=frozenset({3})))
     await drv.open()
     try:
         r = {x.point: x for x in await drv.read()}
@@ -146,14 +147,15 @@ async def test_ntcip_controller_is_read_and_commanded_over_snmp(sims) -> None:
 
 # --- GB/T 20999 over TCP -------------------------------------------------------------------------
 async def test_gbt20999_controller_is_read_reports_stages_and_takes_plans(sims) -> None:
-    from drivers.gbt20999.driver import GbtDriver, GbtSettings
+    from drivers.gbt20999.driver import GbtDriver
+    from drivers.gbt20999.settings import GbtSettings
 
     proc, info = await sims("gbt20999", "--plan", "2", "--mode", "local_actuated", "--time-factor", "50",
                             "--control", "0")
     assert info["device"] == "gbt20999" and info["mode"] == "local_actuated"
     reports: list[Reading] = []
-    drv = GbtDriver("tsc1", GbtSettings(host="127.0.0.1", port=info["tcp_port"], timeout_s=0.5, plans=(2,),
-                                        detectors=(1,), allowed_plans=frozenset({3})), on_report=reports.append)
+    drv = GbtDriver(GbtSettings(name="tsc1", host="127.0.0.1", port=info["tcp_port"], timeout_s=0.5, plans=(2,),
+                                detectors=(1,), allowed_plans=frozenset({3})), on_report=reports.append)
     await drv.open()
     try:
         r = {x.point: x for x in await drv.read()}

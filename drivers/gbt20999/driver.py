@@ -15,75 +15,28 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
-from drivers.gbt20999.settings import COMMANDS
+from drivers.gbt20999.settings import COMMANDS, GbtSettings
 from drivers.gbt20999 import codec as g
 from drivers.gbt20999.points import _POINTS, _ROW_ITEMS, _ROWS, point_item
 
-__all__ = ["GbtSettings", "GbtDriver", "point_item"]
+__all__ = ["GbtDriver", "point_item"]
 
 _COMMANDS = {"set_plan": ("plan", g.ASSIGN_PLAN), "set_stage": ("stage", g.ASSIGN_STAGE),
              "set_mode": ("mode", g.ASSIGN_MODE)}
-
-
-def _ids(values: Any, what: str) -> frozenset[int]:
-    ids = frozenset(values)
-    if any(not isinstance(v, int) or not 1 <= v <= 255 for v in ids):
-        raise ValueError(f"{what} must hold integers 1..255, got {sorted(ids, key=str)}")
-    return ids
-
-
-@dataclass(frozen=True, slots=True)
-class GbtSettings:
-    host: str
-    port: int
-    centre: int = 1
-    controller: int = 1
-    road: int = 1
-    timeout_s: float = 2.0
-    heartbeat_s: float = 0.0          # >0: we also send heartbeats (0x70) at this interval
-    detectors: tuple[int, ...] = ()
-    plans: tuple[int, ...] = ()
-    allowed_plans: frozenset[int] = frozenset()   # set_plan guard; empty = refuse every plan
-    allowed_stages: frozenset[int] = frozenset()
-    allowed_modes: frozenset[int] = frozenset()
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("host must be set")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1..65535, got {self.port}")
-        for name in ("centre", "road"):
-            if not 0 <= getattr(self, name) <= 255:
-                raise ValueError(f"{name} must be 0..255, got {getattr(self, name)}")
-        if not 0 <= self.controller <= 0xFFFFFFFF:
-            raise ValueError(f"controller must be a 32-bit id, got {self.controller}")
-        if not 0 < self.timeout_s <= 60 or self.heartbeat_s < 0:
-            raise ValueError(f"need 0 < timeout_s <= 60 and heartbeat_s >= 0, got {self.timeout_s}, {self.heartbeat_s}")
-        _ids(self.detectors, "detectors"), _ids(self.plans, "plans"), _ids(self.allowed_plans, "allowed_plans")
-        _ids(self.allowed_stages, "allowed_stages")
-        bad = [m for m in self.allowed_modes if m not in g.MODES]
-        if bad:
-            raise ValueError(f"allowed_modes holds unknown mode codes {bad}; known: {sorted(g.MODES)}")
-
-    def default_points(self) -> list[str]:
-        pts = ["run_mode", "current_plan", "current_stage"]
-        pts += [f"det{d}_{k}" for d in self.detectors for k in ("flow", "occupancy", "speed")]
-        return pts + [f"plan{p}_{k}" for p in self.plans for k in ("cycle", "offset")]
 
 
 class GbtDriver:
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/gbt20999/settings.py
 
     def __init__(
-        self, name: str, settings: GbtSettings, *, on_report: Callable[[Reading], None] | None = None,
+        self, settings: GbtSettings, *, on_report: Callable[[Reading], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = name
+        self.name = settings.name
         self.settings = settings
         self.on_report = on_report
         self._clock = clock
@@ -143,7 +96,7 @@ class GbtDriver:
 
     def _frame(self, ftype: g.FrameType, seq: int, items: tuple[g.DataItem, ...] = ()) -> bytes:
         s = self.settings
-        return g.encode_frame(g.Frame(ftype, seq, items, centre=s.centre, controller=s.controller, road=s.road))
+        return g.encode_frame(g.Frame(ftype, seq, items, centre=s.centre, controller=s.controller_id, road=s.road))
 
     def _send(self, data: bytes) -> None:
         if self._writer is None or self._link_error:
@@ -168,7 +121,7 @@ class GbtDriver:
             self.bad_frames += 1
             self.last_bad_frame = str(frame)
             return
-        if (frame.controller, frame.road) != (s.controller, s.road):
+        if (frame.controller, frame.road) != (s.controller_id, s.road):
             self.bad_frames += 1
             self.last_bad_frame = f"frame from controller {frame.controller} road {frame.road}, not ours"
             return

@@ -14,7 +14,6 @@ opt-in setting, since they take the intersection out of coordination.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from pyasn1.type.univ import Integer as _AsnInteger
@@ -28,64 +27,19 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Reading
-from drivers.ntcip.settings import COMMANDS
+from drivers.ntcip.settings import COMMANDS, NtcipSettings
 from drivers.ntcip import mib as n
 
-__all__ = ["NtcipSettings", "NtcipDriver"]
+__all__ = ["NtcipDriver"]
 
 _FRAME_ERRORS = (errind.DeserializationError, errind.DataMismatch, errind.EmptyResponse, errind.UnknownPDUHandler)
-
-
-@dataclass(frozen=True, slots=True)
-class NtcipSettings:
-    host: str
-    port: int = 161
-    community: str = "public"
-    write_community: str = "private"
-    timeout_s: float = 1.0
-    retries: int = 1
-    phases: int = 8
-    detectors: tuple[int, ...] = ()
-    patterns: tuple[int, ...] = ()
-    pattern_time_unit: str = "s"          # "s" or "ds" (tenths): differs between 1202 versions
-    allowed_patterns: frozenset[int] = frozenset()
-    allow_standby: bool = False
-    allow_free: bool = False
-    allow_flash: bool = False
-    max_oids_per_get: int = 32
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("host must be set")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1..65535, got {self.port}")
-        if not self.community or not self.write_community:
-            raise ValueError("community and write_community must be non-empty")
-        if not 0 < self.timeout_s <= 30 or not 0 <= self.retries <= 5:
-            raise ValueError(f"need 0 < timeout_s <= 30 and 0 <= retries <= 5, got {self.timeout_s}, {self.retries}")
-        if not 1 <= self.phases <= 255:
-            raise ValueError(f"phases must be 1..255, got {self.phases}")
-        if self.pattern_time_unit not in ("s", "ds"):
-            raise ValueError(f"pattern_time_unit must be 's' or 'ds', got {self.pattern_time_unit!r}")
-        for name, values, top in (("detectors", self.detectors, 255), ("patterns", self.patterns, 253),
-                                  ("allowed_patterns", self.allowed_patterns, 253)):
-            if any(not isinstance(v, int) or not 1 <= v <= top for v in values):
-                raise ValueError(f"{name} must hold integers 1..{top}, got {sorted(values, key=str)}")
-        if not 1 <= self.max_oids_per_get <= 128:
-            raise ValueError(f"max_oids_per_get must be 1..128, got {self.max_oids_per_get}")
-
-    def default_points(self) -> list[str]:
-        pts = [f"phase{p}_{k}" for p in range(1, self.phases + 1) for k in ("color", "ped", "vehcall", "pedcall")]
-        pts += [f"det{d}_{k}" for d in self.detectors for k in ("volume", "occupancy")]
-        pts += ["coord_pattern", "local_free", "coord_cycle", "coord_sync"]
-        return pts + [f"pattern{p}_{k}" for p in self.patterns for k in ("cycle", "offset")]
 
 
 class NtcipDriver:
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/ntcip/settings.py
 
-    def __init__(self, name: str, settings: NtcipSettings, *, clock: Callable[[], float] = time.time) -> None:
-        self.name = name
+    def __init__(self, settings: NtcipSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.name = settings.name
         self.settings = settings
         self._clock = clock
         self._engine: SnmpEngine | None = None
