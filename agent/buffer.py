@@ -51,9 +51,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from agent import buffer_drops, buffer_rows
 from agent.buffer_drops import DeliveryMarks
@@ -185,7 +186,7 @@ class DurableBuffer:
         self.writer_restarts = 0
 
     # --- life cycle -----------------------------------------------------------------------
-    async def __aenter__(self) -> "DurableBuffer":
+    async def __aenter__(self) -> DurableBuffer:
         await self.open()
         return self
 

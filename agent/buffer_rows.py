@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 from agent import buffer_drops
 

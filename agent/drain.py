@@ -37,15 +37,16 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-from core.backoff import Backoff
 from agent.buffer import DurableBuffer
 from agent.buffer_drops import DeliveryMarks
+from agent.uplink.base import Uplink
+from core.backoff import Backoff
 from core.errors import UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged
 from core.reading import Reading, check_reading
-from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric

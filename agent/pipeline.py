@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.backoff import Backoff
 from agent.buffer import DurableBuffer
+from core.backoff import Backoff
 from core.errors import RecordRefused, StorageError
 from core.reading import Reading, check_reading
 
@@ -42,7 +42,7 @@ class StoreObserver(Protocol):
 class _Durable(list):
     """A queued batch whose submitter waits for its commit (Pipeline.store)."""
 
-    def __init__(self, readings: list[Reading], done: "asyncio.Future[None]") -> None:
+    def __init__(self, readings: list[Reading], done: asyncio.Future[None]) -> None:
         super().__init__(readings)
         self.done = done
 

@@ -46,7 +46,7 @@ def _readings(n: int, device: str = "wxt-1") -> list[Reading]:
 
 
 def sqlite_limit(path: Path, rows: int) -> float:
-    from agent.buffer import _SCHEMA, _INSERT, _to_row
+    from agent.buffer import _INSERT, _SCHEMA, _to_row
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")

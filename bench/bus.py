@@ -37,8 +37,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord
+from core.reading import Quality, Reading, RecordClass
 from drivers.modbus import ModbusDevice, ModbusLink
 from drivers.profile import LineDefaults, load_profile
 from hil_tests.sims.modbus_slave import set_fault

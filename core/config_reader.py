@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from core.errors import ConfigError
 
@@ -88,7 +89,7 @@ class Table:
             raise self.error(name, "must be a list of non-empty strings", v, 'e.g. ["a", "b"]')
         return tuple(v)
 
-    def table(self, name: str, *, required: bool = False) -> "Table | None":
+    def table(self, name: str, *, required: bool = False) -> Table | None:
         v = self._get(name, _MISSING if required else None)
         if v is None:
             return None
@@ -96,7 +97,7 @@ class Table:
             raise self.error(name, "must be a table", v, f"a [{self._k(name)}] section")
         return Table(v, self.file, self._k(name))
 
-    def tables(self, name: str) -> list["Table"]:
+    def tables(self, name: str) -> list[Table]:
         v = self._get(name, [])
         if not isinstance(v, list) or not all(isinstance(x, Mapping) for x in v):
             raise self.error(name, "must be an array of tables", v, f"[[{self._k(name)}]] sections")

@@ -23,8 +23,18 @@ import numpy as np
 
 from core.reading import Quality, Reading, RecordClass
 from edge_models.features import (
-    FAULT_CHANNELS, FAULT_CLASSES, FAULT_CONTEXT, FAULT_FEATURES, NOWCAST_CHANNELS, NOWCAST_FEATURES,
-    TRAFFIC_CHANNELS, TRAFFIC_FEATURES, fault_features, local_hour, nowcast_features, traffic_features,
+    FAULT_CHANNELS,
+    FAULT_CLASSES,
+    FAULT_CONTEXT,
+    FAULT_FEATURES,
+    NOWCAST_CHANNELS,
+    NOWCAST_FEATURES,
+    TRAFFIC_CHANNELS,
+    TRAFFIC_FEATURES,
+    fault_features,
+    local_hour,
+    nowcast_features,
+    traffic_features,
     traffic_volume,
 )
 from edge_models.manifest import ModelLoadError

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from core.compat import tomllib
 from core.errors import ConfigError
@@ -111,7 +112,7 @@ class _Reader:
             raise self.err(name, "must be a list of non-empty strings", v, "a list of strings")
         return tuple(v)
 
-    def tables(self, name: str) -> list["_Reader"]:
+    def tables(self, name: str) -> list[_Reader]:
         v = self.get(name, list, f"[[{name}]] tables")
         if not all(isinstance(x, Mapping) for x in v):
             raise self.err(name, "must be an array of tables", v, f"[[{name}]] tables")

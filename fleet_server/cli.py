@@ -22,9 +22,9 @@ import typer
 
 from agent.cli import _fail, _setup_logging
 from core.errors import QuanedgeError
-from fleet_server.cli_quarantine import build_quarantine_app
 from fleet_server.cli_admin import register as register_admin_commands
 from fleet_server.cli_alerts import register as register_alert_commands
+from fleet_server.cli_quarantine import build_quarantine_app
 
 __all__ = ["build_app"]
 

@@ -101,7 +101,7 @@ class Action:
     component: str = ""
 
     @classmethod
-    def from_json(cls, data: Any) -> "Action":
+    def from_json(cls, data: Any) -> Action:
         """Raises ValueError naming the bad field."""
         if not isinstance(data, dict):
             raise ValueError(f"action must be an object, got {data!r:.80}")

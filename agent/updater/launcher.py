@@ -43,10 +43,6 @@ from typing import Any
 import httpx
 
 from agent import __version__ as base_version
-from core.compat import tomllib
-from core.backoff import Backoff
-from core.config_reader import NAME_RE, Table
-from core.errors import ConfigError, QuanedgeError
 from agent.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State
@@ -54,6 +50,10 @@ from agent.updater.service import SUPERVISED_ROOT_ENV
 from agent.updater.slots import Slots
 from agent.updater.steps import agent_owns
 from agent.updater.testhooks import pause
+from core.backoff import Backoff
+from core.compat import tomllib
+from core.config_reader import NAME_RE, Table
+from core.errors import ConfigError, QuanedgeError
 
 __all__ = ["LaunchSettings", "Supervisor", "judge_health", "main", "read_settings"]
 

@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__ as running_version
-from core.compat import TaskGroup, timeout
-from core.backoff import Backoff
 from agent.enroll import load_credential
-from core.errors import ConfigError
-from core.reading import Quality, Reading, RecordClass
 from agent.updater.checkin import CheckinClient, ServerRefused, ServerUnavailable, UpdaterError
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Job, Journal, JournalConflict, Report, State
 from agent.updater.slots import Slots
 from agent.updater.steps import JobRunner, agent_owns
+from core.backoff import Backoff
+from core.compat import TaskGroup, timeout
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 
 __all__ = ["SUPERVISED_ROOT_ENV", "UpdaterService"]
 
@@ -108,10 +108,9 @@ class UpdaterService:
             model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set)
         try:
             client = await self._client()
-            async with client:
-                async with TaskGroup() as tg:
-                    tg.create_task(self._worker(client), name="updater-worker")
-                    tg.create_task(self._reporter(client), name="updater-reporter")
+            async with client, TaskGroup() as tg:
+                tg.create_task(self._worker(client), name="updater-worker")
+                tg.create_task(self._reporter(client), name="updater-reporter")
         finally:
             self.journal.close()
             self.journal = None

@@ -20,8 +20,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from core.errors import QuanedgeError
 from agent.updater.bundle import copy_packages, extract, read_manifest
+from core.errors import QuanedgeError
 from firmware_manifests.schema import Version
 
 __all__ = ["SlotError", "Slots", "fsync_dir", "fsync_tree"]

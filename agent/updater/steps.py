@@ -29,19 +29,20 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent import __version__ as running_version
-from core.compat import timeout
-from core.backoff import Backoff
-from core.errors import ConfigError
 from agent.updater.bundle import BundleError
 from agent.updater.download import fetch_target
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.slots import SlotError, Slots
 from agent.updater.testhooks import apause, pause
 from agent.updater.verify import ReasonCode, UpdateRejected
+from core.backoff import Backoff
+from core.compat import timeout
+from core.errors import ConfigError
 from firmware_manifests.schema import TargetKind, Version
 
 __all__ = ["AGENT_OWNED", "JobRunner", "ServerClosed", "agent_owns"]

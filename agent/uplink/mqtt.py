@@ -40,20 +40,27 @@ import math
 import socket
 import ssl
 import time
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Coroutine, Iterator, Sequence
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer_drops import DeliveryMarks
-from core.errors import (ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged,
-                          UplinkUnavailable)
-from core.reading import Reading
 from agent.uplink.acks import AckWaiters
 from agent.uplink.codec import encode_batch
+from core.errors import (
+    ConfigError,
+    UplinkError,
+    UplinkMalformed,
+    UplinkRejected,
+    UplinkUnacknowledged,
+    UplinkUnavailable,
+)
+from core.reading import Reading
 
 __all__ = ["MqttSettings", "MqttUplink"]
 
@@ -175,7 +182,7 @@ class MqttUplink:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.lost
 
-    async def __aenter__(self) -> "MqttUplink":
+    async def __aenter__(self) -> MqttUplink:
         if self._entered:
             raise RuntimeError("an MqttUplink is entered once; make a new one")
         self._entered = True

@@ -37,7 +37,14 @@ from fleet_server.errors import Forbidden, NotAuthenticated, PayloadError, Store
 from fleet_server.rollout import planner
 from fleet_server.rollout.errors import ActionClosed, RepositoryUnavailable
 from fleet_server.rollout.model import (
-    KINDS, ActionView, Inventory, RolloutSpec, RolloutView, StatusReport, TargetFilter, WaveSpec,
+    KINDS,
+    ActionView,
+    Inventory,
+    RolloutSpec,
+    RolloutView,
+    StatusReport,
+    TargetFilter,
+    WaveSpec,
 )
 from fleet_server.rollout.windows import SitePolicy
 from fleet_server.store.base import Store, hash_secret

@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import replace
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 from fleet_server.errors import PayloadError, UnknownBox
 from fleet_server.rollout import planner
 from fleet_server.rollout.errors import ActionClosed, RolloutConflict, UnknownAction, UnknownRollout
 from fleet_server.rollout.model import (
-    FINAL_STATES, ActionView, CheckinOutcome, Inventory, ReportOutcome, RolloutSpec,
-    RolloutView, StatusReport, WaveView,
+    FINAL_STATES,
+    ActionView,
+    CheckinOutcome,
+    Inventory,
+    ReportOutcome,
+    RolloutSpec,
+    RolloutView,
+    StatusReport,
+    WaveView,
 )
 from fleet_server.rollout.windows import SitePolicy
 
