@@ -19,7 +19,8 @@ Disk cap (a hard cap, not a row estimate): the database file may not grow beyond
 minus the WAL allowance (`PRAGMA max_page_count`: SQLite itself refuses the page), and the writer
 checkpoints and truncates the WAL whenever it passes half its allowance. Group commits are
 limited to a quarter of the allowance, so the WAL stays inside it even when a reader defers one
-checkpoint. (A single append larger than that still commits atomically, and may overshoot by itself.) Eviction policy when the cap is near:
+checkpoint. (A single append larger than that still commits atomically, and may overshoot by itself.)
+Eviction policy when the cap is near:
     1. oldest ROUTINE readings first;
     2. then oldest EVENT records;
     3. ALARM records only when nothing else is left.
@@ -44,6 +45,7 @@ without losing them silently; `stats()["quarantined"]` counts them (durable: cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -356,10 +358,8 @@ class DurableBuffer:
         self._new_data.clear()
         if self._depth > 0 and self._next_seq - 1 > self._sent_upto:
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._new_data.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -423,7 +423,7 @@ class DurableBuffer:
                 self._writer_loop(db)
                 db.close()
                 return
-            except Exception as exc:  # noqa: BLE001 - an unexpected writer fault: record, restart
+            except Exception as exc:  # an unexpected writer fault: record, restart
                 _close_quietly(db)
                 db = None
                 if self._loop is None or self._loop.is_closed():
@@ -498,7 +498,7 @@ class DurableBuffer:
                 elif op.kind == "forget":
                     buffer_drops.forget(db, op.arg)
             self._failing = False
-        except BaseException as exc:  # noqa: BLE001 - every caller must learn of the failure
+        except BaseException as exc:  # every caller must learn of the failure
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
             log.error("buffer commit failed: %s", err)
             self._note_failure(str(err))
@@ -673,10 +673,8 @@ def _close_quietly(db: sqlite3.Connection | None) -> None:
 
 
 def _rollback(db: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):
         db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:

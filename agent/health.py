@@ -24,6 +24,7 @@ body). Authorisation beyond that (the control token) is the handler's job (agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -358,11 +359,9 @@ _PHRASES = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, *, head: bool = False,
                  extra: Mapping[str, str] | None = None) -> None:
-    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-             "Cache-Control: no-store", "Connection: close"]
+    lines = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Status')}", f"Content-Type: {ctype}",
+             f"Content-Length: {len(body)}", "Cache-Control: no-store", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (b"" if head else body))
-    try:
+    with contextlib.suppress(ConnectionError):  # the scraper hung up; nothing to tell it
         await writer.drain()
-    except ConnectionError:
-        pass  # the scraper hung up; nothing to tell it

@@ -9,9 +9,9 @@ with backoff while the queue absorbs the gap; when the queue is full the schedul
 (backpressure), so memory stays bounded and nothing is silently dropped.
 
 A reading that breaks the boundary rules (`check_reading`, applied by the buffer's append: a lone
-surrogate, a non-finite value) is refused on its own - logged with its reason, counted in `stats()["refused"]` and the metrics -
-and never holds up the others. `store()` (a device waiting for our answer) checks first and raises
-RecordRefused, so the device is told why instead of "stored".
+surrogate, a non-finite value) is refused on its own - logged with its reason, counted in
+`stats()["refused"]` and the metrics - and never holds up the others. `store()` (a device waiting
+for our answer) checks first and raises RecordRefused, so the device is told why instead of "stored".
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class Supervisor:
                     await asyncio.gather(inner, return_exceptions=True)
                     st.state = "stopped"
                     raise
-            except Exception as exc:  # noqa: BLE001 - recorded, logged, restarted: that is the point
+            except Exception as exc:  # recorded, logged, restarted: that is the point
                 error = exc
             finally:
                 st.task = None

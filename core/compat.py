@@ -10,7 +10,7 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 boxes only
     import tomli as tomllib
-    from exceptiongroup import BaseExceptionGroup, ExceptionGroup  # noqa: F401
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup  # noqa: F401 - builtins on 3.11
     from taskgroup import TaskGroup, timeout
 
 __all__ = ["tomllib", "TaskGroup", "timeout"]

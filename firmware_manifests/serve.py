@@ -29,7 +29,7 @@ class RepoRequestHandler(SimpleHTTPRequestHandler):
 
     timeout = 15  # seconds a stalled client may hold a handler thread
 
-    def send_head(self):  # noqa: ANN201 - signature of the base class
+    def send_head(self):  # signature of the base class
         raw = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         path = posixpath.normpath(raw)
         if not path.startswith(SERVED_TREES) or raw.endswith("/") or "/." in path:
@@ -37,11 +37,11 @@ class RepoRequestHandler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
-    def list_directory(self, path):  # noqa: ANN001, ANN201
+    def list_directory(self, path):
         self.send_error(404, "no listings")
         return None
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         logger.debug("repo http %s " + format, self.client_address[0], *args)
 
 
@@ -60,7 +60,7 @@ class RepoServer:
         directory = str(self.repo_dir)
 
         class _Handler(handler):  # bind the directory without functools.partial magic
-            def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            def __init__(self, *args, **kwargs) -> None:
                 super().__init__(*args, directory=directory, **kwargs)
 
         self._httpd = ThreadingHTTPServer((host, port), _Handler)

@@ -280,7 +280,7 @@ class Supervisor:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(slot), env.get("PYTHONPATH")) if p)
         env[SUPERVISED_ROOT_ENV] = str(self.root)
         cmd = [self.python, "-m", "agent.cli", "agent", "run", "--config", str(self.settings.config)]
-        self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)
         self.child_version = slot.name
         self._child_started = time.monotonic()
         log.info("supervisor: agent %s started (pid %d)", slot.name, self.child.pid)

@@ -75,7 +75,8 @@ class _Refuse(Exception):
 class JobRunner:
     def __init__(self, journal: Journal, root: Path, *, hardware: str, supervised: bool, bootstrap_root: bytes,
                  clock_slack_s: float, model_health_s: float, stage: Any = None, model_specs: dict | None = None,
-                 closed: Callable[[str], str | None] = lambda _id: None, wake: Callable[[], None] = lambda: None) -> None:
+                 closed: Callable[[str], str | None] = lambda _id: None,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.journal = journal
         self.root = Path(root)
         self.slots = Slots(self.root)

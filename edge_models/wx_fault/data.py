@@ -34,7 +34,8 @@ SCALE = {"air_temperature": 1.0, "relative_humidity": 3.0, "air_pressure": 0.5, 
 _KINDS = list(FaultKind)
 
 
-def _labels(t: np.ndarray, truth_q: np.ndarray, obs: np.ndarray, code: np.ndarray, faults: list, channel: str) -> np.ndarray:
+def _labels(t: np.ndarray, truth_q: np.ndarray, obs: np.ndarray, code: np.ndarray, faults: list,
+            channel: str) -> np.ndarray:
     n = len(t)
     label = np.zeros(n, dtype=np.int64)
     elapsed = np.full(n, -1, dtype=np.int64)

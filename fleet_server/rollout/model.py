@@ -186,7 +186,8 @@ class RolloutSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r:.40}", field="kind")
+            raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r:.40}",
+                               field="kind")
         if not self.waves or not self.waves[-1].is_everything:
             raise PayloadError("bad_wave", "the last wave must be '100%' (a rollout covers its target set)",
                                field="waves")

@@ -39,6 +39,7 @@ from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.seq import SeqStore
 
 if TYPE_CHECKING:
+    from fleet_server.errors import UnknownBox
     from fleet_server.rollout.model import (
         ActionView,
         CheckinOutcome,

@@ -351,7 +351,8 @@ def _breach_reason(rollout: RolloutView) -> str:
     wave = planner.breached_wave(rollout)
     assert wave is not None
     return (f"error threshold: wave {wave.no} has {wave.errors - wave.errors_acked} failed or rejected of "
-            f"{wave.finished - wave.errors_acked} finished ({wave.capacity} in the wave, threshold {wave.error_pct:g} %)")
+            f"{wave.finished - wave.errors_acked} finished ({wave.capacity} in the wave, "
+            f"threshold {wave.error_pct:g} %)")
 
 
 def _action(row: tuple[Any, ...]) -> ActionView:
