@@ -26,6 +26,7 @@ delivered by whichever agent version runs next. Nothing is reported from memory 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -90,14 +91,15 @@ class UpdaterService:
         while True:
             try:
                 await self._run_once()
-            except Exception as exc:  # noqa: BLE001 - logged with its traceback, then retried
+            except Exception as exc:  # logged with its traceback, then retried
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("updater stopped by an unexpected error; restarting it in 60 s")
                 await asyncio.sleep(60.0)
 
     async def _run_once(self) -> None:
+        assert self.ucfg.trusted_root is not None  # UpdaterConfig refuses an enabled updater without one
         try:
-            bootstrap = self.ucfg.trusted_root.read_bytes()  # type: ignore[union-attr]
+            bootstrap = self.ucfg.trusted_root.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read the fleet's TUF root: {exc}", key="updater.trusted_root",
                               value=str(self.ucfg.trusted_root)) from exc
@@ -190,9 +192,10 @@ class UpdaterService:
     async def _announce_boot(self) -> None:
         """A new agent version under its health check says so: an EVENT reading the uplink must
         carry (the supervisor's `sent > 0` test), and an audit record of the boot."""
+        assert self.journal is not None
         try:
-            job = await asyncio.to_thread(self.journal.current)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - the worker will meet the same fault and log it
+            job = await asyncio.to_thread(self.journal.current)
+        except Exception as exc:  # the worker will meet the same fault and log it
             log.error("updater: cannot read the journal: %s", exc)
             return
         if (job is None or self._emit is None or job.action.kind != "agent" or job.state is not State.HEALTH_CHECK
@@ -230,13 +233,12 @@ class UpdaterService:
         """An agent update handed to a supervisor that is gone: past its deadline, switch back."""
         if time.time() < job.deadline:
             return
+        assert self.journal is not None
         if job.slot_from:
             Slots(self.root).switch(job.slot_from, previous=None)
-        try:
-            await asyncio.to_thread(self.journal.finish, job, "failure", reason_code="supervisor_missing",  # type: ignore[union-attr]
+        with contextlib.suppress(JournalConflict):
+            await asyncio.to_thread(self.journal.finish, job, "failure", reason_code="supervisor_missing",
                                     reason="the agent no longer runs under its supervisor; switched back")
-        except JournalConflict:
-            pass
 
     # --- reporter -----------------------------------------------------------------------------
     async def _reporter(self, client: CheckinClient) -> None:
@@ -287,10 +289,11 @@ class UpdaterService:
                         async with timeout(EMIT_TIMEOUT_S):  # not wait_for: see _reporter
                             await self._emit([self._event(r) for r in fresh])
                     await asyncio.to_thread(self.journal.mark_emitted, [r.id for r in fresh])
-                except Exception as exc:  # noqa: BLE001 - retried at the next flush
+                except Exception as exc:  # retried at the next flush
                     log.error("update events not stored (retried at the next flush): %r", exc)
 
     async def _deliver(self, client: CheckinClient, reports: list[Report]) -> None:
+        assert self.journal is not None
         for r in reports:
             try:
                 delivery = await client.post_status(r.action.action_id, r.body())
@@ -305,7 +308,8 @@ class UpdaterService:
             await asyncio.to_thread(self.journal.mark_delivered, r.id)
 
     async def _heartbeat(self, client: CheckinClient) -> None:
-        job = await asyncio.to_thread(self.journal.current)  # type: ignore[union-attr]
+        assert self.journal is not None
+        job = await asyncio.to_thread(self.journal.current)
         if job is None or not agent_owns(job) or job.state not in _PROGRESS:
             return
         detail = {"bytes": job.offset, "attempts": job.attempts} if job.state is State.DOWNLOADING else None
