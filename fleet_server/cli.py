@@ -100,9 +100,9 @@ def build_app() -> typer.Typer:
                            headers={"Authorization": f"Bearer {admin_token}"},
                            json={"ttl_s": ttl_s, "max_uses": max_uses, "note": note}, timeout=10)
         except httpx.HTTPError as exc:
-            _fail(f"cannot reach {server}: {exc}")
+            _fail(OSError(f"cannot reach {server}: {exc}"))
         if r.status_code != 200:
-            _fail(f"server refused ({r.status_code}): {r.text[:300]}")
+            _fail(RuntimeError(f"server refused ({r.status_code}): {r.text[:300]}"))
         typer.echo(r.json()["token"])
 
     app.add_typer(build_quarantine_app(), name="quarantine")

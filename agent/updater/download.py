@@ -102,6 +102,7 @@ class ResumingFetcher(FetcherInterface):
                 os.fsync(fd)
             self.requests.append((name, offset))
             headers = {"Range": f"bytes={offset}-"} if offset else {}
+            resp: urllib3.BaseHTTPResponse | None
             try:
                 resp = self._pool.request("GET", url, headers=headers, preload_content=False,
                                           timeout=self._timeout)

@@ -78,8 +78,8 @@ def read_settings(path: Path) -> LaunchSettings:
         raise ConfigError(f"cannot read config: {exc}", file=str(path)) from exc
     root = Table(raw, str(path))
     box = root.table("box", required=True)
-    box_id = box.str("id", pattern=NAME_RE)  # type: ignore[union-attr]
-    data_dir = Path(box.str("data_dir", f"var/{box_id}"))  # type: ignore[union-attr]
+    box_id = box.str("id", pattern=NAME_RE)
+    data_dir = Path(box.str("data_dir", f"var/{box_id}"))
     data_dir = data_dir if data_dir.is_absolute() else path.parent / data_dir
     health = _health(root.table("health"))
     if not health.enabled or health.port == 0:

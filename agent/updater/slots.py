@@ -112,7 +112,8 @@ class Slots:
     def bootstrap(self, src_root: Path, version: str) -> bool:
         """First start: make the running code `versions/<version>` and point `current` at it.
         Returns False when a current version already exists (nothing done)."""
-        if self.current_version() is not None and self.path(self.current_version()).is_dir():
+        current = self.current_version()
+        if current is not None and self.path(current).is_dir():
             return False
         tmp = self.path(f"{version}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

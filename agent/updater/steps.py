@@ -95,26 +95,27 @@ class JobRunner:
     async def run(self, job: Job) -> None:
         """Drive `job` until it is finished or handed to the supervisor."""
         self.stop.clear()
+        current: Job | None = job  # the journal's latest version of it; None once finished
         try:
             async with timeout(max(0.0, job.deadline - time.time())):
-                while job is not None and agent_owns(job):
-                    self._check_closed(job)
-                    job = await self._step(job)
+                while current is not None and agent_owns(current):
+                    self._check_closed(current)
+                    current = await self._step(current)
                     self._wake()
         except TimeoutError:
-            await self._end(self._latest(job), "failure", "timeout", "the update passed its deadline")
+            await self._end(self._latest(current), "failure", "timeout", "the update passed its deadline")
         except ServerClosed as exc:
-            latest = self._latest(job)
+            latest = self._latest(current)
             if latest is not None:
                 await self._undo(latest)
                 await asyncio.to_thread(self.journal.drop, latest, exc.state, reason="closed by the server")
             log.warning("update %s closed by the server (%s); cleaned up", job.action.action_id, exc.state)
         except _Refuse as exc:
-            await self._end(self._latest(job), exc.final, exc.code, exc.reason)
+            await self._end(self._latest(current), exc.final, exc.code, exc.reason)
         except UpdateRejected as exc:
-            await self._end(self._latest(job), "rejected", exc.reason_code.value, exc.message)
+            await self._end(self._latest(current), "rejected", exc.reason_code.value, exc.message)
         except (BundleError, SlotError, ConfigError, OSError) as exc:
-            await self._end(self._latest(job), "failure", "install_failed", f"{type(exc).__name__}: {exc}")
+            await self._end(self._latest(current), "failure", "install_failed", f"{type(exc).__name__}: {exc}")
         except JournalConflict as exc:
             log.warning("update journal changed under us: %s", exc)
         finally:

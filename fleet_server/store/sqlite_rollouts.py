@@ -316,7 +316,8 @@ class RolloutTables:
                 boxes.append(expired_box)
         return touched
 
-    def _count_final(self, conn: sqlite3.Connection, rollout_id: str, wave: int, state: str, now: float) -> None:
+    def _count_final(self, conn: sqlite3.Connection, rollout_id: str, wave: int | None, state: str,
+                     now: float) -> None:
         column = _COUNTER[state]
         conn.execute(f"UPDATE rollout_waves SET {column} = {column} + 1 WHERE rollout_id = ? AND wave = ?",
                      (rollout_id, wave))
