@@ -251,8 +251,13 @@ class DurableBuffer:
                 raise RecordRefused(str(exc), index=i) from None
         return await self._submit_rows([_to_row(r) for r in readings])
 
+    def _future(self) -> asyncio.Future[Any]:
+        """A future on the loop that opened the buffer (the writer thread resolves it there)."""
+        assert self._loop is not None, "the buffer is used before open()"
+        return self._loop.create_future()
+
     async def _submit_rows(self, rows: list[tuple]) -> AppendResult:
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("append", rows, fut))
         return await fut
 
@@ -265,7 +270,7 @@ class DurableBuffer:
             raise BufferClosed("buffer is closed")
         arg = [(r.seq, json.dumps(r.to_row(), ensure_ascii=True, allow_nan=True, default=str)[:65536],
                 reason[:1000]) for r, reason in items]
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("quarantine", arg, fut))
         return await fut
 
@@ -299,7 +304,8 @@ class DurableBuffer:
     def _peek_sync(self, after: int, limit: int) -> list[Reading]:
         with self._reader_lock:
             try:
-                rows = self._reader.execute(  # type: ignore[union-attr]
+                assert self._reader is not None  # the callers check; a close() racing a read fails it
+                rows = self._reader.execute(
                     "SELECT seq, ts, device, point, value, unit, quality, cls, text FROM readings "
                     "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
             except sqlite3.Error as exc:
@@ -316,7 +322,8 @@ class DurableBuffer:
     def _next_batch_sync(self, after: int, limit: int, next_seq: int) -> tuple[list[Reading], DeliveryMarks]:
         with self._reader_lock:
             try:
-                marks = buffer_drops.marks(self._reader, self._base_seq, next_seq)  # type: ignore[arg-type]
+                assert self._reader is not None  # next_batch checks; a close() racing a read fails it
+                marks = buffer_drops.marks(self._reader, self._base_seq, next_seq)
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.settings.path}: read failed: {exc}") from exc
         return self._peek_sync(after, limit), marks
@@ -342,14 +349,14 @@ class DurableBuffer:
         """
         self._acked_upto = max(self._acked_upto, upto_seq)
         self._sent_upto = max(self._sent_upto, upto_seq)
-        fut = self._loop.create_future() if wait else None  # type: ignore[union-attr]
+        fut = self._future() if wait else None
         self._ops.put(_Op("ack", upto_seq, fut))
         if fut is not None:
             await fut
 
     async def expire(self, now: float | None = None) -> int:
         """Delete rows past their TTL; returns how many were dropped."""
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("expire", time.time() if now is None else now, fut))
         return await fut
 
@@ -507,7 +514,8 @@ class DurableBuffer:
             self._bound_wal(db)
             self._refresh_used(db)
         finally:  # callers learn their outcome even if the bookkeeping fails (the loop then restarts)
-            self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
+            assert self._loop is not None  # set by open() before the writer starts
+            self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))
 
     def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]], appended: bool) -> None:
         for op, value, err in results:
