@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,8 +57,13 @@ class Pipeline:
         observer: StoreObserver | None = None,
         max_queued_batches: int = 10_000,
         max_rows_per_append: int = 20_000,
+        on_commit: Callable[[int, int], None] | None = None,
         ack_log: Path | None = None,
     ) -> None:
+        """`on_commit(first_seq, last_seq)` is called after each durable append (also settable as
+        the `on_commit` attribute before `run()`). `ack_log` is transitional: agent/runtime.py
+        still passes it from QUANEDGE_ACK_LOG, which no test sets any more (tests/pause_points.py
+        sets `on_commit`), so both go together."""
         self.buffer = buffer
         self.stage = stage
         self._observer = observer
@@ -70,9 +76,13 @@ class Pipeline:
         self._leftover: list[Reading] = []
         self.last_refusal: str | None = None
         self._backoff = Backoff(base_s=0.2, cap_s=10.0)
-        # Ack journal (diagnostic for crash tests and test rigs): one "first last" line per
-        # acknowledged append, written after the durable commit returned.
-        self._ack_fd = os.open(ack_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if ack_log else None
+        self.on_commit = on_commit
+        if ack_log is not None and on_commit is None:  # transitional, see above
+            fd = os.open(ack_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+            def write_ack(first: int, last: int) -> None:
+                os.write(fd, f"{first} {last}\n".encode())
+            self.on_commit = write_ack
 
     async def submit(self, readings: list[Reading]) -> None:
         """Queue readings for storage (waits when the queue is full)."""
@@ -180,8 +190,8 @@ class Pipeline:
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
-            if self._ack_fd is not None:
-                os.write(self._ack_fd, f"{result.first_seq} {result.last_seq}\n".encode())
+            if self.on_commit is not None:
+                self.on_commit(result.first_seq, result.last_seq)
             for i, why in result.refused:
                 self._refuse(batch[i], why)
             n = len(batch) - len(result.refused)
