@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,12 @@ import httpx
 
 from agent import __version__ as base_version
 from agent.logs import setup_logging
+from agent.updater.checkpoints import Checkpoints
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.service import SUPERVISED_ROOT_ENV
 from agent.updater.slots import Slots
 from agent.updater.steps import agent_owns
-from agent.updater.testhooks import pause
 from core.backoff import Backoff
 from core.compat import tomllib
 from core.config_reader import NAME_RE, Table
@@ -127,8 +128,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 
 
 class Supervisor:
-    def __init__(self, settings: LaunchSettings, root: Path | None = None, *, python: str = sys.executable) -> None:
+    def __init__(self, settings: LaunchSettings, root: Path | None = None, *, python: str = sys.executable,
+                 agent_main: Sequence[str] = ("-m", "agent.cli"), checkpoints: Checkpoints | None = None) -> None:
+        """`agent_main`: how `python` starts the agent's CLI from a slot (`<agent_main> agent run --config ...`)."""
         self.settings = settings
+        self.agent_main = tuple(agent_main)
+        self.checkpoints = checkpoints or Checkpoints()
         self.ucfg = settings.updater
         self.root = Path(root or self.ucfg.root).resolve()
         self.slots = Slots(self.root)
@@ -198,10 +203,10 @@ class Supervisor:
 
     # --- the update's second half ----------------------------------------------------------
     def _restart_into_new(self, job: Job) -> None:
-        pause("restarting")
+        self.checkpoints.reached("restarting")
         self._stop_child()
         self._boot(job)
-        pause("health_check")
+        self.checkpoints.reached("health_check")
 
     def _boot(self, job: Job) -> Job:
         job = self.journal.advance(job, State.HEALTH_CHECK, boot_attempts=job.boot_attempts + 1,
@@ -259,7 +264,7 @@ class Supervisor:
         self._roll_back(job)
 
     def _roll_back(self, job: Job) -> None:
-        pause("rolling_back")
+        self.checkpoints.reached("rolling_back")
         self._stop_child()
         if job.slot_from:
             self.slots.switch(job.slot_from, previous=None)
@@ -279,7 +284,7 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(slot), env.get("PYTHONPATH")) if p)
         env[SUPERVISED_ROOT_ENV] = str(self.root)
-        cmd = [self.python, "-m", "agent.cli", "agent", "run", "--config", str(self.settings.config)]
+        cmd = [self.python, *self.agent_main, "agent", "run", "--config", str(self.settings.config)]
         self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)
         self.child_version = slot.name
         self._child_started = time.monotonic()

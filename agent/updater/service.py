@@ -38,6 +38,7 @@ from typing import Any
 from agent import __version__ as running_version
 from agent.enroll import load_credential
 from agent.updater.checkin import CheckinClient, ServerRefused, ServerUnavailable, UpdaterError
+from agent.updater.checkpoints import Checkpoints
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Job, Journal, JournalConflict, Report, State
 from agent.updater.slots import Slots
@@ -62,7 +63,7 @@ Emit = Callable[[list[Reading]], Awaitable[Any]]
 
 class UpdaterService:
     def __init__(self, cfg: Any, ucfg: UpdaterConfig, emit: Emit | None = None, inference_stage: Any = None, *,
-                 transport: Any = None) -> None:
+                 transport: Any = None, checkpoints: Checkpoints | None = None) -> None:
         self.box_id = cfg.box.id
         self.hardware = cfg.box.hardware
         self.credential_path = Path(cfg.credential_path)
@@ -71,6 +72,7 @@ class UpdaterService:
         self.model_specs = {s.name: s for s in getattr(cfg, "models", ())}
         self._emit = emit
         self._transport = transport
+        self.checkpoints = checkpoints
         supervised = os.environ.get(SUPERVISED_ROOT_ENV)
         self.supervised = bool(supervised)
         self.root = Path(supervised) if supervised else ucfg.root
@@ -107,7 +109,7 @@ class UpdaterService:
         self.runner = JobRunner(
             self.journal, self.root, hardware=self.hardware, supervised=self.supervised, bootstrap_root=bootstrap,
             clock_slack_s=self.ucfg.clock_slack_s, model_health_s=self.ucfg.model_health_s, stage=self.stage,
-            model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set)
+            model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set, checkpoints=self.checkpoints)
         try:
             client = await self._client()
             async with client, TaskGroup() as tg:
