@@ -19,7 +19,8 @@ Disk cap (a hard cap, not a row estimate): the database file may not grow beyond
 minus the WAL allowance (`PRAGMA max_page_count`: SQLite itself refuses the page), and the writer
 checkpoints and truncates the WAL whenever it passes half its allowance. Group commits are
 limited to a quarter of the allowance, so the WAL stays inside it even when a reader defers one
-checkpoint. (A single append larger than that still commits atomically, and may overshoot by itself.) Eviction policy when the cap is near:
+checkpoint. (A single append larger than that still commits atomically, and may overshoot by itself.)
+Eviction policy when the cap is near:
     1. oldest ROUTINE readings first;
     2. then oldest EVENT records;
     3. ALARM records only when nothing else is left.
@@ -44,6 +45,7 @@ without losing them silently; `stats()["quarantined"]` counts them (durable: cou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -51,9 +53,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from agent import buffer_drops, buffer_rows
 from agent.buffer_drops import DeliveryMarks
@@ -185,7 +188,7 @@ class DurableBuffer:
         self.writer_restarts = 0
 
     # --- life cycle -----------------------------------------------------------------------
-    async def __aenter__(self) -> "DurableBuffer":
+    async def __aenter__(self) -> DurableBuffer:
         await self.open()
         return self
 
@@ -248,8 +251,13 @@ class DurableBuffer:
                 raise RecordRefused(str(exc), index=i) from None
         return await self._submit_rows([_to_row(r) for r in readings])
 
+    def _future(self) -> asyncio.Future[Any]:
+        """A future on the loop that opened the buffer (the writer thread resolves it there)."""
+        assert self._loop is not None, "the buffer is used before open()"
+        return self._loop.create_future()
+
     async def _submit_rows(self, rows: list[tuple]) -> AppendResult:
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("append", rows, fut))
         return await fut
 
@@ -262,7 +270,7 @@ class DurableBuffer:
             raise BufferClosed("buffer is closed")
         arg = [(r.seq, json.dumps(r.to_row(), ensure_ascii=True, allow_nan=True, default=str)[:65536],
                 reason[:1000]) for r, reason in items]
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("quarantine", arg, fut))
         return await fut
 
@@ -296,7 +304,8 @@ class DurableBuffer:
     def _peek_sync(self, after: int, limit: int) -> list[Reading]:
         with self._reader_lock:
             try:
-                rows = self._reader.execute(  # type: ignore[union-attr]
+                assert self._reader is not None  # the callers check; a close() racing a read fails it
+                rows = self._reader.execute(
                     "SELECT seq, ts, device, point, value, unit, quality, cls, text FROM readings "
                     "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
             except sqlite3.Error as exc:
@@ -313,7 +322,8 @@ class DurableBuffer:
     def _next_batch_sync(self, after: int, limit: int, next_seq: int) -> tuple[list[Reading], DeliveryMarks]:
         with self._reader_lock:
             try:
-                marks = buffer_drops.marks(self._reader, self._base_seq, next_seq)  # type: ignore[arg-type]
+                assert self._reader is not None  # next_batch checks; a close() racing a read fails it
+                marks = buffer_drops.marks(self._reader, self._base_seq, next_seq)
             except sqlite3.Error as exc:
                 raise StorageError(f"{self.settings.path}: read failed: {exc}") from exc
         return self._peek_sync(after, limit), marks
@@ -339,14 +349,14 @@ class DurableBuffer:
         """
         self._acked_upto = max(self._acked_upto, upto_seq)
         self._sent_upto = max(self._sent_upto, upto_seq)
-        fut = self._loop.create_future() if wait else None  # type: ignore[union-attr]
+        fut = self._future() if wait else None
         self._ops.put(_Op("ack", upto_seq, fut))
         if fut is not None:
             await fut
 
     async def expire(self, now: float | None = None) -> int:
         """Delete rows past their TTL; returns how many were dropped."""
-        fut = self._loop.create_future()  # type: ignore[union-attr]
+        fut = self._future()
         self._ops.put(_Op("expire", time.time() if now is None else now, fut))
         return await fut
 
@@ -355,10 +365,8 @@ class DurableBuffer:
         self._new_data.clear()
         if self._depth > 0 and self._next_seq - 1 > self._sent_upto:
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._new_data.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -422,7 +430,7 @@ class DurableBuffer:
                 self._writer_loop(db)
                 db.close()
                 return
-            except Exception as exc:  # noqa: BLE001 - an unexpected writer fault: record, restart
+            except Exception as exc:  # an unexpected writer fault: record, restart
                 _close_quietly(db)
                 db = None
                 if self._loop is None or self._loop.is_closed():
@@ -497,7 +505,7 @@ class DurableBuffer:
                 elif op.kind == "forget":
                     buffer_drops.forget(db, op.arg)
             self._failing = False
-        except BaseException as exc:  # noqa: BLE001 - every caller must learn of the failure
+        except BaseException as exc:  # every caller must learn of the failure
             err = exc if isinstance(exc, StorageError) else StorageError(f"{self.settings.path}: {exc}")
             log.error("buffer commit failed: %s", err)
             self._note_failure(str(err))
@@ -506,7 +514,8 @@ class DurableBuffer:
             self._bound_wal(db)
             self._refresh_used(db)
         finally:  # callers learn their outcome even if the bookkeeping fails (the loop then restarts)
-            self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))  # type: ignore[union-attr]
+            assert self._loop is not None  # set by open() before the writer starts
+            self._loop.call_soon_threadsafe(self._resolve, results, bool(appends))
 
     def _resolve(self, results: list[tuple[_Op, Any, BaseException | None]], appended: bool) -> None:
         for op, value, err in results:
@@ -672,10 +681,8 @@ def _close_quietly(db: sqlite3.Connection | None) -> None:
 
 
 def _rollback(db: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):
         db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:

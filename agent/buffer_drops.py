@@ -23,8 +23,8 @@ stored and announced as stored. Only a loss on the way of exactly those readings
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from core.seq_ranges import seq_ranges
 

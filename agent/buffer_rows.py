@@ -14,9 +14,10 @@ maps to StorageError at its one boundary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 from agent import buffer_drops
 
@@ -40,10 +41,8 @@ class DataError(Exception):
 
 
 def _rollback(db: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):
         db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass
 
 
 def insert_rowwise(db: sqlite3.Connection, insert_sql: str, appends: Sequence[Sequence[tuple]],
@@ -65,7 +64,7 @@ def insert_rowwise(db: sqlite3.Connection, insert_sql: str, appends: Sequence[Se
                     db.execute(insert_sql, (seq, *r))
                 except sqlite3.OperationalError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - this row's data: refuse it alone
+                except Exception as exc:  # this row's data: refuse it alone
                     db.execute("ROLLBACK TO one_row")
                     refused.append((i, f"{type(exc).__name__}: {str(exc)[:200]}"))
                 else:

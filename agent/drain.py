@@ -37,15 +37,16 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-from core.backoff import Backoff
 from agent.buffer import DurableBuffer
 from agent.buffer_drops import DeliveryMarks
+from agent.uplink.base import Uplink
+from core.backoff import Backoff
 from core.errors import UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged
 from core.reading import Reading, check_reading
-from agent.uplink.base import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Drain:
                         break
                     good = await self._screen(batch)
                     if good:
-                        self.buffer.mark_handed_out(good[-1].seq)  # type: ignore[arg-type]
+                        self.buffer.mark_handed_out(_seq(good[-1]))
                         task = asyncio.create_task(uplink.send(good, marks), name=f"quanedge-send-{self.name}")
                         inflight.append(_InFlight(good, marks, task))
                 if not inflight:
@@ -199,7 +200,7 @@ class Drain:
         await self._confirmed(batch, marks)
 
     async def _confirmed(self, batch: list[Reading], marks: DeliveryMarks) -> None:
-        await self.buffer.ack(batch[-1].seq)  # type: ignore[arg-type]
+        await self.buffer.ack(_seq(batch[-1]))
         self.buffer.forget_drops(marks.dropped)
         self._refused_streak = 0
         if not self.connected or self.last_error is not None:
@@ -238,7 +239,7 @@ class Drain:
 
     async def _quarantine(self, reading: Reading, reason: str) -> None:
         await self.buffer.quarantine([(reading, reason)])
-        self.buffer.mark_handed_out(reading.seq)  # type: ignore[arg-type]
+        self.buffer.mark_handed_out(_seq(reading))
         self.quarantined += 1
         self.last_quarantine = f"seq {reading.seq}: {reason}"[:500]
         if self._observer is not None and hasattr(self._observer, "quarantined"):
@@ -258,3 +259,9 @@ async def _drop(inflight: deque[_InFlight]) -> None:
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _seq(reading: Reading) -> int:
+    """A buffered reading's seq (the buffer gives every row one)."""
+    assert reading.seq is not None
+    return reading.seq

@@ -24,12 +24,14 @@ body). Authorisation beyond that (the control token) is the handler's job (agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 from core.http_listener import HttpServer, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest

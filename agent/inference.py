@@ -29,10 +29,11 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from core.config_reader import NAME_RE, Table
 from core.errors import ConfigError
@@ -195,7 +196,7 @@ class InferenceStage:
 
     @classmethod
     def from_config(cls, specs: Sequence[ModelSpec], models_dir: Path | None = None, *, strict: bool = True,
-                    status_device: str = "agent") -> "InferenceStage":
+                    status_device: str = "agent") -> InferenceStage:
         """Load and verify every declared model. strict: raise ModelLoadError on the first bad one;
         otherwise start without it (readings still flow) and list it in stats()["load_errors"]."""
         base = Path(models_dir) if models_dir is not None else default_models_dir()

@@ -9,21 +9,20 @@ with backoff while the queue absorbs the gap; when the queue is full the schedul
 (backpressure), so memory stays bounded and nothing is silently dropped.
 
 A reading that breaks the boundary rules (`check_reading`, applied by the buffer's append: a lone
-surrogate, a non-finite value) is refused on its own - logged with its reason, counted in `stats()["refused"]` and the metrics -
-and never holds up the others. `store()` (a device waiting for our answer) checks first and raises
-RecordRefused, so the device is told why instead of "stored".
+surrogate, a non-finite value) is refused on its own - logged with its reason, counted in
+`stats()["refused"]` and the metrics - and never holds up the others. `store()` (a device waiting
+for our answer) checks first and raises RecordRefused, so the device is told why instead of "stored".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from core.backoff import Backoff
 from agent.buffer import DurableBuffer
+from core.backoff import Backoff
 from core.errors import RecordRefused, StorageError
 from core.reading import Reading, check_reading
 
@@ -42,7 +41,7 @@ class StoreObserver(Protocol):
 class _Durable(list):
     """A queued batch whose submitter waits for its commit (Pipeline.store)."""
 
-    def __init__(self, readings: list[Reading], done: "asyncio.Future[None]") -> None:
+    def __init__(self, readings: list[Reading], done: asyncio.Future[None]) -> None:
         super().__init__(readings)
         self.done = done
 
@@ -56,9 +55,11 @@ class Pipeline:
         observer: StoreObserver | None = None,
         max_queued_batches: int = 10_000,
         max_rows_per_append: int = 20_000,
-        ack_log: Path | None = None,
+        on_commit: Callable[[int, int], None] | None = None,
         alarms: Any = None,
     ) -> None:
+        """`on_commit(first_seq, last_seq)` is called after each durable append (also settable as
+        the `on_commit` attribute before `run()`; tests/pause_points.py logs acknowledged appends so)."""
         self.buffer = buffer
         self.stage = stage
         self.alarms = alarms  # agent.alarms.AlarmEvaluator: threshold alarms, before the stage
@@ -72,9 +73,7 @@ class Pipeline:
         self._leftover: list[Reading] = []
         self.last_refusal: str | None = None
         self._backoff = Backoff(base_s=0.2, cap_s=10.0)
-        # Ack journal (diagnostic for crash tests and test rigs): one "first last" line per
-        # acknowledged append, written after the durable commit returned.
-        self._ack_fd = os.open(ack_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if ack_log else None
+        self.on_commit = on_commit
 
     async def submit(self, readings: list[Reading]) -> None:
         """Queue readings for storage (waits when the queue is full)."""
@@ -184,8 +183,8 @@ class Pipeline:
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
-            if self._ack_fd is not None:
-                os.write(self._ack_fd, f"{result.first_seq} {result.last_seq}\n".encode())
+            if self.on_commit is not None:
+                self.on_commit(result.first_seq, result.last_seq)
             for i, why in result.refused:
                 self._refuse(batch[i], why)
             n = len(batch) - len(result.refused)

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any, Callable
 
 from core.compat import TaskGroup
@@ -119,12 +117,10 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         buffer = DurableBuffer(cfg.buffer)  # drop counts reach /metrics via buffer.stats (durable)
         await buffer.open()
         stack.push_async_callback(buffer.close)
-        ack_log = os.environ.get("QUANEDGE_ACK_LOG")
         chain = ChainStage([s for s in (stage, decider) if s is not None])
         from agent.alarms import AlarmEvaluator
 
         pipeline = Pipeline(buffer, stage=chain or None, observer=metrics,
-                            ack_log=Path(ack_log) if ack_log else None,
                             alarms=AlarmEvaluator.for_config(cfg.alarms))
         if stage is not None and stage.load_errors:
             await pipeline.submit([Reading(cfg.box.id, "model_status.load", 1.0, "", time.time(), cls=RecordClass.EVENT,

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from core.backoff import Backoff
 
@@ -41,7 +42,7 @@ class ComponentState:
     restarts: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
-    task: "asyncio.Task[Any] | None" = None
+    task: asyncio.Task[Any] | None = None
     crash_requested: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ class Supervisor:
                     await asyncio.gather(inner, return_exceptions=True)
                     st.state = "stopped"
                     raise
-            except Exception as exc:  # noqa: BLE001 - recorded, logged, restarted: that is the point
+            except Exception as exc:  # recorded, logged, restarted: that is the point
                 error = exc
             finally:
                 st.task = None

@@ -46,7 +46,7 @@ def _readings(n: int, device: str = "wxt-1") -> list[Reading]:
 
 
 def sqlite_limit(path: Path, rows: int) -> float:
-    from agent.buffer import _SCHEMA, _INSERT, _to_row
+    from agent.buffer import _INSERT, _SCHEMA, _to_row
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -103,9 +103,10 @@ async def drain_mqtt(path: Path, rows: int) -> dict:
 
     host, _, port = BROKER.rpartition(":")
     prefix = f"bench-{secrets.token_hex(3)}"
-    settings = MqttSettings(host=host, port=int(port), topic_prefix=prefix, ack="broker")  # PUBACK only: bench.delivery measures end to end
+    # PUBACK only: bench.delivery measures end to end
+    settings = MqttSettings(host=host, port=int(port), topic_prefix=prefix, ack="broker")
     async with DurableBuffer(BufferSettings(path, max_bytes=2 * 1024**3)) as buf:
-        for i in range(0, rows, 5000):
+        for _i in range(0, rows, 5000):
             await buf.append(_readings(5000))
         drain = Drain(buf, lambda: MqttUplink(settings, "bench-box"), name="mqtt", batch_size=1000)
         t0 = time.perf_counter()
@@ -164,7 +165,8 @@ def agent_rss(work: Path) -> float:
                           for u in range(1, 21))
         cfg = work / "box.toml"
         cfg.write_text(f"""[box]\nid = "rss-bench"\ndata_dir = "{work / 'box'}"\n
-[uplink]\nkind = "mqtt"\n[uplink.mqtt]\nhost = "{host}"\nport = {port}\ntopic_prefix = "bench-rss-{secrets.token_hex(3)}"\n
+[uplink]\nkind = "mqtt"\n[uplink.mqtt]\nhost = "{host}"\nport = {port}\n\
+topic_prefix = "bench-rss-{secrets.token_hex(3)}"\n
 [health]\nlisten = "127.0.0.1:{free_port()}"\n
 [[bus]]\nname = "gw"\nkind = "tcp"\nhost = "127.0.0.1"\nport = {sim_port}\n{devices}""")
         agent = subprocess.Popen([sys.executable, "-m", "quanedge", "agent", "run", "--config", str(cfg)],

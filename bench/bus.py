@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.profile import LineDefaults, load_profile
@@ -204,7 +203,8 @@ def main() -> None:
         out.update(_measure(tcp_points, json.loads(tcp.stdout.readline())["tcp_ports"]))
     finally:
         stop(tcp)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     out["machine"] = f"{cpu}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
     print(json.dumps(out))
 

@@ -38,8 +38,8 @@ def main() -> None:
         work = Path(tmp)
         if args.only in (None, "queue_overflow"):
             o = delivery.queue_overflow(work / "overflow", args.readings, rate=args.rate, down_s=20)
-            out.update(lost_queue_overflow=o.lost, gaps_queue_overflow=o.gaps, broker_dropped_in_overflow=o.broker_dropped,
-                       queue_overflow_s=o.seconds)
+            out.update(lost_queue_overflow=o.lost, gaps_queue_overflow=o.gaps,
+                       broker_dropped_in_overflow=o.broker_dropped, queue_overflow_s=o.seconds)
         if args.only in (None, "broker_crash"):
             o = delivery.broker_crash(work / "crash", args.readings, rate=args.rate, gap_s=10)
             out.update(lost_broker_crash=o.lost, gaps_broker_crash=o.gaps, broker_crash_s=o.seconds)

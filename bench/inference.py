@@ -114,7 +114,7 @@ async def batch_latency(calls: int = 600) -> dict:
             if k >= WARMUP_TICKS:
                 lat.append((time.perf_counter() - t0) * 1000)
         session = {}
-        for name, runner in stage._runners.items():  # noqa: SLF001 - bench looks inside on purpose
+        for name, runner in stage._runners.items():  # bench looks inside on purpose
             x = np.random.default_rng(3).normal(size=(64, len(runner.head.manifest.features))).astype(np.float32)
             times = []
             for _ in range(500):

@@ -10,15 +10,18 @@ Used once, at load: the rest of the code only ever sees typed, frozen objects.
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Literal, TypeVar, overload
 
 from core.compat import tomllib
 from core.errors import ConfigError
 
 _MISSING = object()
+_D = TypeVar("_D")  # an accessor's default: returned as given when the key is absent
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -54,12 +57,22 @@ class Table:
             raise self._error("required key is missing", file=self.file, key=self._k(name), expected=expected)
         return default
 
-    def str(self, name: str, default: Any = _MISSING, *, pattern: re.Pattern | None = None,
-            choices: Iterable[str] | None = None, expected: str | None = None) -> Any:
+    # The accessors are named after the types they return, so inside this class `str` and friends
+    # mean the methods: annotations spell the types as builtins.*.
+    @overload
+    def str(self, name: builtins.str, *, pattern: re.Pattern[builtins.str] | None = None,
+            choices: Iterable[builtins.str] | None = None, expected: builtins.str | None = None) -> builtins.str: ...
+    @overload
+    def str(self, name: builtins.str, default: _D, *, pattern: re.Pattern[builtins.str] | None = None,
+            choices: Iterable[builtins.str] | None = None,
+            expected: builtins.str | None = None) -> builtins.str | _D: ...
+
+    def str(self, name: builtins.str, default: Any = _MISSING, *, pattern: re.Pattern[builtins.str] | None = None,
+            choices: Iterable[builtins.str] | None = None, expected: builtins.str | None = None) -> Any:
         v = self._get(name, default, expected or ("one of " + ", ".join(sorted(choices)) if choices else None))
         if v is default and default is not _MISSING:
             return v
-        if not isinstance(v, str) or not v:
+        if not isinstance(v, builtins.str) or not v:
             raise self.error(name, "must be a non-empty string", v, expected or "a string")
         if choices is not None and v not in set(choices):
             raise self.error(name, "unknown value", v, "one of " + ", ".join(sorted(choices)))
@@ -67,42 +80,62 @@ class Table:
             raise self.error(name, "invalid format", v, expected or f"matching {pattern.pattern}")
         return v
 
-    def int(self, name: str, default: Any = _MISSING, *, min: int | None = None, max: int | None = None) -> Any:
+    @overload
+    def int(self, name: builtins.str, *, min: builtins.int | None = None,
+            max: builtins.int | None = None) -> builtins.int: ...
+    @overload
+    def int(self, name: builtins.str, default: _D, *, min: builtins.int | None = None,
+            max: builtins.int | None = None) -> builtins.int | _D: ...
+
+    def int(self, name: builtins.str, default: Any = _MISSING, *, min: builtins.int | None = None,
+            max: builtins.int | None = None) -> Any:
         v = self._get(name, default, _range("an integer", min, max))
         if v is default and default is not _MISSING:
             return v
-        if not isinstance(v, int) or isinstance(v, bool):
+        if not isinstance(v, builtins.int) or isinstance(v, builtins.bool):
             raise self.error(name, "must be an integer", v, _range("an integer", min, max))
         if (min is not None and v < min) or (max is not None and v > max):
             raise self.error(name, "out of range", v, _range("an integer", min, max))
         return v
 
-    def float(self, name: str, default: Any = _MISSING, *, min: float | None = None,
-              max: float | None = None, exclusive_min: bool = False) -> Any:
+    @overload
+    def float(self, name: builtins.str, *, min: builtins.float | None = None, max: builtins.float | None = None,
+              exclusive_min: builtins.bool = False) -> builtins.float: ...
+    @overload
+    def float(self, name: builtins.str, default: _D, *, min: builtins.float | None = None,
+              max: builtins.float | None = None, exclusive_min: builtins.bool = False) -> builtins.float | _D: ...
+
+    def float(self, name: builtins.str, default: Any = _MISSING, *, min: builtins.float | None = None,
+              max: builtins.float | None = None, exclusive_min: builtins.bool = False) -> Any:
         v = self._get(name, default, _range("a number", min, max, exclusive_min))
         if v is default and default is not _MISSING:
             return v
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        if not isinstance(v, (builtins.int, builtins.float)) or isinstance(v, builtins.bool) or not math.isfinite(v):
             raise self.error(name, "must be a number", v, _range("a number", min, max))
         if min is not None and (v < min or (exclusive_min and v == min)):
             raise self.error(name, "out of range", v, _range("a number", min, max, exclusive_min))
         if max is not None and v > max:
             raise self.error(name, "out of range", v, _range("a number", min, max, exclusive_min))
-        return float(v)
+        return builtins.float(v)
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def bool(self, name: builtins.str, default: Any = _MISSING) -> builtins.bool:
         v = self._get(name, default)
-        if not isinstance(v, bool):
+        if not isinstance(v, builtins.bool):
             raise self.error(name, "must be true or false", v, "a boolean")
         return v
 
-    def str_list(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+    def str_list(self, name: builtins.str, default: Any = _MISSING) -> tuple[builtins.str, ...]:
         v = self._get(name, default)
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) and x for x in v):
             raise self.error(name, "must be a list of non-empty strings", v, 'e.g. ["a", "b"]')
         return tuple(v)
 
-    def table(self, name: str, *, required: bool = False) -> "Table | None":
+    @overload
+    def table(self, name: builtins.str, *, required: Literal[True]) -> Table: ...
+    @overload
+    def table(self, name: builtins.str, *, required: builtins.bool = False) -> Table | None: ...
+
+    def table(self, name: builtins.str, *, required: builtins.bool = False) -> Table | None:
         v = self._get(name, _MISSING if required else None)
         if v is None:
             return None
@@ -117,13 +150,13 @@ class Table:
             raise self.error(name, "must be a table", v, expected or f"a [{self._k(name)}] table")
         return dict(v)
 
-    def tables(self, name: str) -> list["Table"]:
+    def tables(self, name: builtins.str) -> list[Table]:
         v = self._get(name, [])
         if not isinstance(v, list) or not all(isinstance(x, Mapping) for x in v):
             raise self.error(name, "must be an array of tables", v, f"[[{self._k(name)}]] sections")
         return [Table(x, self.file, f"{self._k(name)}[{i}]", error=self._error) for i, x in enumerate(v)]
 
-    def raw(self, name: str, default: Any = None) -> Any:
+    def raw(self, name: builtins.str, default: Any = None) -> Any:
         return self._get(name, default)
 
     def reject_unknown(self) -> None:

@@ -10,13 +10,12 @@ Wire form (used by every uplink and by the fleet server's ingest) is a compact r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, IntFlag
-from typing import Any, Sequence
+from typing import Any
 
-from core.validate import (
-    INT64_MAX, TS_MAX, TS_MIN, VALUE_ABS_MAX, check_float, check_int, check_text, check_ts,
-)
+from core.validate import INT64_MAX, TS_MAX, TS_MIN, VALUE_ABS_MAX, check_float, check_int, check_text, check_ts
 
 
 class RecordClass(str, Enum):
@@ -27,7 +26,7 @@ class RecordClass(str, Enum):
     EVENT = "event"      # state changes, command audit records, update status
 
     @classmethod
-    def parse(cls, text: str) -> "RecordClass":
+    def parse(cls, text: str) -> RecordClass:
         try:
             return cls(text)
         except ValueError:
@@ -69,7 +68,7 @@ class Reading:
     text: str | None = None
     seq: int | None = None
 
-    def with_seq(self, seq: int) -> "Reading":
+    def with_seq(self, seq: int) -> Reading:
         return replace(self, seq=seq)
 
     def to_row(self) -> list[Any]:

@@ -23,8 +23,18 @@ import numpy as np
 
 from core.reading import Quality, Reading, RecordClass
 from edge_models.features import (
-    FAULT_CHANNELS, FAULT_CLASSES, FAULT_CONTEXT, FAULT_FEATURES, NOWCAST_CHANNELS, NOWCAST_FEATURES,
-    TRAFFIC_CHANNELS, TRAFFIC_FEATURES, fault_features, local_hour, nowcast_features, traffic_features,
+    FAULT_CHANNELS,
+    FAULT_CLASSES,
+    FAULT_CONTEXT,
+    FAULT_FEATURES,
+    NOWCAST_CHANNELS,
+    NOWCAST_FEATURES,
+    TRAFFIC_CHANNELS,
+    TRAFFIC_FEATURES,
+    fault_features,
+    local_hour,
+    nowcast_features,
+    traffic_features,
     traffic_volume,
 )
 from edge_models.manifest import ModelLoadError
@@ -160,14 +170,12 @@ class FaultHead(Head):
         score = 1.0 - out[:, 0]
         cls = 1 + np.argmax(out[:, 1:], axis=1)
         alarm, clear = self.alarm, self.clear
-        j = 0
-        for i in np.flatnonzero(ok).tolist():
+        for j, i in enumerate(np.flatnonzero(ok).tolist()):
             b = rows.bindings[i]
             point = b.points[int(rows.chans[i])]  # type: ignore[index]
             ts = float(rows.ts[i])
             sc = float(score[j])
             name = FAULT_CLASSES[int(cls[j])] if sc >= alarm else "ok"
-            j += 1
             records.append(Reading(b.device, "fault_score." + point, sc, "1", ts, DERIVED, ROUTINE, name))
             key = (b.device, point)
             if key not in state:
@@ -204,12 +212,10 @@ class NowcastHead(Head):
     def emit(self, rows: Rows, ok: np.ndarray, out: np.ndarray, state: dict, records: list[Reading],
              suspect: set) -> None:
         th = self.manifest.thresholds
-        j = 0
-        for i in np.flatnonzero(ok).tolist():
+        for j, i in enumerate(np.flatnonzero(ok).tolist()):
             b = rows.bindings[i]
             ts = float(rows.ts[i])
             p = float(out[j, 0])
-            j += 1
             records.append(Reading(b.device, "rain_prob_30min", p, "1", ts, DERIVED, ROUTINE))
             key = (b.device, "rain_alarm")
             if key not in state and p >= self.alarm:
@@ -239,12 +245,10 @@ class TrafficHead(Head):
 
     def emit(self, rows: Rows, ok: np.ndarray, out: np.ndarray, state: dict, records: list[Reading],
              suspect: set) -> None:
-        j = 0
-        for i in np.flatnonzero(ok).tolist():
+        for j, i in enumerate(np.flatnonzero(ok).tolist()):
             b = rows.bindings[i]
             records.append(Reading(b.device, "volume_15min_forecast" + b.suffix, float(out[j, 0]), "veh",
                                    float(rows.ts[i]), DERIVED, ROUTINE))
-            j += 1
 
 
 HEADS: dict[str, type[Head]] = {h.kind: h for h in (FaultHead, NowcastHead, TrafficHead)}

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from core.config_reader import Table, load_toml
 from core.errors import ConfigError

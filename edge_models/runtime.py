@@ -71,7 +71,7 @@ class OnnxModel:
         self._outputs = [manifest.onnx_output]
 
     @classmethod
-    def load(cls, folder: Path, *, name: str | None = None, version: str | None = None) -> "OnnxModel":
+    def load(cls, folder: Path, *, name: str | None = None, version: str | None = None) -> OnnxModel:
         folder = Path(folder)
         m = load_manifest(folder / MANIFEST_NAME)
         mfile = str(folder / MANIFEST_NAME)

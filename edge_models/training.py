@@ -8,9 +8,10 @@ model's, not scikit-learn's), then writes the final manifest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge_models.manifest import dumps_manifest, sha256_bytes
 from edge_models.runtime import MANIFEST_NAME, OnnxModel

@@ -51,11 +51,11 @@ class Role(str, enum.Enum):
 
 DirArg = Annotated[Path, typer.Argument(help="Repository directory.", show_default=False)]
 KeysOpt = Annotated[
-    Optional[Path],  # noqa: UP007 - typer needs Optional on 3.10
+    Optional[Path],  # typer needs Optional on 3.10
     typer.Option("--keys", help="Key directory (default DIR/keys); offline keys may be on removable media."),
 ]
 PassOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    Optional[str],
     typer.Option(
         "--passphrase",
         envvar="QUANEDGE_KEY_PASSPHRASE",
@@ -116,11 +116,11 @@ def add(
         typer.Option(help="Compatible hardware id; repeat or comma-separate.", show_default=False),
     ],
     min_from: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option(help="Oldest installed version this can upgrade from."),
     ] = None,
     name: Annotated[
-        Optional[str],  # noqa: UP007
+        Optional[str],
         typer.Option(help="Target name (default: the file name)."),
     ] = None,
 ) -> None:

@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tuf.api.exceptions import RepositoryError
-from tuf.api.metadata import Metadata, TargetFile
+from tuf.api.metadata import Metadata, Signed, TargetFile
 
 from firmware_manifests.keys import ROLES
 from firmware_manifests.schema import ManifestError, TargetMeta
@@ -51,7 +52,7 @@ class ExpiryPolicy:
         return {f"{role}_expiry_s": getattr(self, role).total_seconds() for role in ROLES}
 
     @classmethod
-    def from_json(cls, data: object, file: Path) -> ExpiryPolicy:
+    def from_json(cls, data: Any, file: Path) -> ExpiryPolicy:  # parsed JSON; a wrong shape is a TypeError
         try:
             return cls(**{r: timedelta(seconds=float(data[f"{r}_expiry_s"])) for r in ROLES})
         except (KeyError, TypeError, ValueError) as exc:
@@ -109,7 +110,7 @@ class RepoStatus:
     targets: tuple[TargetStatus, ...]
 
 
-def load_metadata(path: Path, cls: type) -> Metadata:
+def load_metadata(path: Path, cls: type[Signed]) -> Metadata:
     """Read and parse one metadata file (no signature check); errors name the file."""
     try:
         md = Metadata.from_bytes(path.read_bytes())

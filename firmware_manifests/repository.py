@@ -29,12 +29,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner, Signer
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from firmware_manifests.keys import ROLES, KeyStore, check_role
@@ -290,7 +290,7 @@ class Repository:
         self,
         role: str,
         root: Root,
-        signers: dict[str, list[Signer]],
+        signers: Mapping[str, Sequence[Signer]],
         signed: Targets | Snapshot | Timestamp,
         verify_with: list[Root] | None = None,
     ) -> Published:
@@ -323,9 +323,13 @@ class Repository:
                    default=0)
 
     def _current(self, role: str) -> Targets | Snapshot | Timestamp:
-        return {"targets": self.targets, "snapshot": self.snapshot, "timestamp": self.timestamp}[
-            role
-        ]().signed
+        if role == "targets":
+            return self.targets().signed
+        if role == "snapshot":
+            return self.snapshot().signed
+        if role == "timestamp":
+            return self.timestamp().signed
+        raise KeyError(role)
 
     def _expires(self, role: str) -> datetime:
         return self._clock() + getattr(self.expiry, role)
@@ -340,7 +344,7 @@ class Repository:
             )
         return signer
 
-    def _write_signed(self, md: Metadata, signers: list[Signer], roots: list[Root]) -> MetaFile:
+    def _write_signed(self, md: Metadata, signers: Sequence[Signer], roots: list[Root]) -> MetaFile:
         role = md.signed.type
         for signer in signers:
             md.sign(signer, append=True)
@@ -353,7 +357,7 @@ class Repository:
             exclusive_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
         return MetaFile(md.signed.version, len(data), {"sha256": hashlib.sha256(data).hexdigest()})
 
-    def _write_root(self, md: Metadata[Root], signers: list[Signer], previous: Root | None) -> None:
+    def _write_root(self, md: Metadata[Root], signers: Sequence[Signer], previous: Root | None) -> None:
         for signer in signers:
             md.sign(signer, append=True)
         for root in (md.signed, previous) if previous else (md.signed,):
@@ -382,5 +386,5 @@ class Repository:
         except OSError as exc:
             raise ManifestError(f"cannot read metadata: {exc.strerror}", file=path) from None
 
-    def _load(self, name: str | Path, cls: type) -> Metadata:
+    def _load(self, name: str | Path, cls: type[Signed]) -> Metadata:
         return load_metadata(Path(name) if isinstance(name, Path) else self.metadata_dir / name, cls)

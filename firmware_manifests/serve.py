@@ -9,6 +9,8 @@ directory listings are off. Later the fleet server serves the same two trees its
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 import posixpath
@@ -16,6 +18,7 @@ import threading
 import urllib.parse
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["RepoRequestHandler", "RepoServer"]
 
@@ -29,7 +32,7 @@ class RepoRequestHandler(SimpleHTTPRequestHandler):
 
     timeout = 15  # seconds a stalled client may hold a handler thread
 
-    def send_head(self):  # noqa: ANN201 - signature of the base class
+    def send_head(self) -> io.BytesIO | BinaryIO | None:
         raw = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         path = posixpath.normpath(raw)
         if not path.startswith(SERVED_TREES) or raw.endswith("/") or "/." in path:
@@ -37,11 +40,11 @@ class RepoRequestHandler(SimpleHTTPRequestHandler):
             return None
         return super().send_head()
 
-    def list_directory(self, path):  # noqa: ANN001, ANN201
+    def list_directory(self, path: str | os.PathLike[str]) -> io.BytesIO | None:
         self.send_error(404, "no listings")
         return None
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         logger.debug("repo http %s " + format, self.client_address[0], *args)
 
 
@@ -59,17 +62,14 @@ class RepoServer:
         self.repo_dir = Path(repo_dir)
         directory = str(self.repo_dir)
 
-        class _Handler(handler):  # bind the directory without functools.partial magic
-            def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-                super().__init__(*args, directory=directory, **kwargs)
-
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        # the way http.server's own `python -m http.server --directory` binds it
+        self._httpd = ThreadingHTTPServer((host, port), functools.partial(handler, directory=directory))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
+        host, port = self._httpd.socket.getsockname()[:2]  # server_address, as bound
         return f"http://{host}:{port}/"
 
     def start(self) -> RepoServer:

@@ -44,14 +44,26 @@ from fleet_server.access import UnknownUser, UserExists
 from fleet_server.admission import AdmissionService
 from fleet_server.alerts import UnknownAlert
 from fleet_server.api import (
-    admission, alerts, audit, boxes, checkin, enrollment, health, quarantine, rollouts, telemetry, tuf, users,
+    admission,
+    alerts,
+    audit,
+    boxes,
+    checkin,
+    enrollment,
+    health,
+    quarantine,
+    rollouts,
+    telemetry,
+    tuf,
+    users,
 )
 from fleet_server.api.audit_trail import AuditMiddleware
 from fleet_server.api.auth import AuthMiddleware, document_auth
+from fleet_server.api.deps import FleetState
 from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
 from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
-from fleet_server.api.deps import FleetState
+from fleet_server.broker import accounts_from_settings
 from fleet_server.errors import (
     BatchTooLarge,
     BrokerRefused,
@@ -66,13 +78,16 @@ from fleet_server.errors import (
     UnknownAdmission,
     UnknownBox,
 )
-from fleet_server.broker import accounts_from_settings
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.rollout.engine import RolloutEngine
 from fleet_server.rollout.errors import (
-    ActionClosed, RepositoryUnavailable, RolloutConflict, UnknownAction, UnknownRollout,
+    ActionClosed,
+    RepositoryUnavailable,
+    RolloutConflict,
+    UnknownAction,
+    UnknownRollout,
 )
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import Store

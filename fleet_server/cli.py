@@ -23,9 +23,9 @@ import typer
 from core.cli import fail as _fail
 from core.cli import setup_logging as _setup_logging
 from core.errors import QuanedgeError
-from fleet_server.cli_quarantine import build_quarantine_app
 from fleet_server.cli_admin import register as register_admin_commands
 from fleet_server.cli_alerts import register as register_alert_commands
+from fleet_server.cli_quarantine import build_quarantine_app
 
 __all__ = ["build_app"]
 
@@ -101,9 +101,9 @@ def build_app() -> typer.Typer:
                            headers={"Authorization": f"Bearer {admin_token}"},
                            json={"ttl_s": ttl_s, "max_uses": max_uses, "note": note}, timeout=10)
         except httpx.HTTPError as exc:
-            _fail(f"cannot reach {server}: {exc}")
+            _fail(OSError(f"cannot reach {server}: {exc}"))
         if r.status_code != 200:
-            _fail(f"server refused ({r.status_code}): {r.text[:300]}")
+            _fail(RuntimeError(f"server refused ({r.status_code}): {r.text[:300]}"))
         typer.echo(r.json()["token"])
 
     app.add_typer(build_quarantine_app(), name="quarantine")

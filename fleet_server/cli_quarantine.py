@@ -58,4 +58,5 @@ def _get(server: str, token: str, params: dict[str, Any]) -> Any:
 def _line(m: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m["received_at"]))
     size = f"{m['size']}B" + ("+" if m["truncated"] else "")
-    return f"{m['id']:>6}  {when}Z  {m['transport']:<4}  {m['reason']:<16}  {size:>8}  {m['topic']}  {m['detail'][:120]}"
+    return (f"{m['id']:>6}  {when}Z  {m['transport']:<4}  {m['reason']:<16}  {size:>8}  {m['topic']}  "
+            f"{m['detail'][:120]}")

@@ -150,7 +150,7 @@ class MqttBridge:
             outcomes = self.ingest.ingest_many([(box_id, items[i][1]) for i, box_id in telemetry], "mqtt")
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug on one message: take them one by one, so only it is kept
+        except Exception as exc:  # a bug on one message: take them one by one, so only it is kept
             log.info("group ingest of %d messages failed (%s: %s); processing them one by one",
                      len(telemetry), type(exc).__name__, exc)
             for i, _ in telemetry:
@@ -174,7 +174,7 @@ class MqttBridge:
             return self._handle(topic, payload)
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - poison: keep it (StoreError if that fails) and go on
+        except Exception as exc:  # poison: keep it (StoreError if that fails) and go on
             return self._poison(topic, payload, exc)
 
     def _poison(self, topic: str, payload: bytes, exc: Exception) -> bytes | None:
@@ -293,8 +293,8 @@ def _payload_bytes(payload: Any) -> bytes:
 
 # The two reaches into aiomqtt's paho client (see module docstring); remove once aiomqtt has an API.
 def _manual_ack(client: aiomqtt.Client) -> None:
-    client._client.manual_ack_set(True)  # noqa: SLF001
+    client._client.manual_ack_set(True)
 
 
 def _ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
-    client._client.ack(mid, qos)  # noqa: SLF001
+    client._client.ack(mid, qos)

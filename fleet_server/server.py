@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import logging
 import os
+import sys
 
 import uvicorn
 

@@ -127,8 +127,10 @@ def rtu_bus(path: str, baudrate: int = 19200) -> str:
     return f'[[bus]]\nname = "b1"\nkind = "rtu"\nport = "{path}"\nbaudrate = {baudrate}\ntimeout_ms = 300'
 
 
-def start_agent(tmp: Path, config: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([*PY, "agent", "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+def start_agent(tmp: Path, config: Path, env: dict | None = None, main: list[str] | None = None) -> subprocess.Popen:
+    """`main`: how python starts the agent CLI (default `-m agent.cli`; pause_points.py adds test hooks)."""
+    cmd = [sys.executable, *main] if main else PY
+    return subprocess.Popen([*cmd, "agent", "run", "--config", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(tmp / "agent.log", "ab"), env={**os.environ, **(env or {})})
 
 

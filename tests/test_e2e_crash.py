@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pause_points import SCRIPT as PAUSE_SCRIPT  # logs acknowledged appends (QUANEDGE_TEST_ACK_LOG)
 from e2e_support import (box_config, enroll, health, http_uplink, start_agent, start_fleet, start_sim, stop,
                          tcp_bus, wait_for)
 
@@ -28,10 +29,10 @@ def test_kill9_cycles_lose_nothing_acknowledged_and_store_it_exactly_once(tmp_pa
                                    uplink=http_uplink(fleet.url, batch_size=200), poll_s=0.05)
         enroll(fleet, config)
         ack_log = tmp_path / "acks.log"
-        env = {"QUANEDGE_ACK_LOG": str(ack_log)}
+        env = {"QUANEDGE_TEST_ACK_LOG": str(ack_log)}
         rng = random.Random(20261123)
         for cycle in range(CYCLES):
-            agent = start_agent(tmp_path, config, env)
+            agent = start_agent(tmp_path, config, env, main=[PAUSE_SCRIPT])
             wait_for(lambda: health(hport)["status"] in ("ok", "degraded"), 30, f"agent up (cycle {cycle})")
             time.sleep(rng.uniform(0.0, 0.8))  # somewhere in ingest / drain
             agent.send_signal(signal.SIGKILL)
@@ -39,7 +40,7 @@ def test_kill9_cycles_lose_nothing_acknowledged_and_store_it_exactly_once(tmp_pa
         acked = [tuple(map(int, ln.split())) for ln in ack_log.read_text().splitlines() if ln.strip()]
         assert len(acked) > CYCLES, "the agent acknowledged too little to prove anything"
         # A last clean run drains everything that was buffered.
-        agent = start_agent(tmp_path, config, env)
+        agent = start_agent(tmp_path, config, env, main=[PAUSE_SCRIPT])
         last_acked = max(last for _, last in acked)
 
         def drained() -> bool:

@@ -15,6 +15,7 @@ import pytest
 from agent.updater.download import fetch_target
 from agent.updater.journal import Action, Journal, State
 from agent.updater.verify import ReasonCode, UpdateRejected
+from pause_points import with_tests_on_path
 from updater_support import HW, TufRepo, wait_until
 
 SIZE = 300_000
@@ -131,11 +132,11 @@ import sys
 from pathlib import Path
 from agent.updater.download import fetch_target
 from agent.updater.journal import Journal
-from agent.updater.testhooks import pause
+from pause_points import EnvPause
 root, repo_url, trusted, hw = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]).read_bytes(), sys.argv[4]
 j = Journal(root / "j.db")
 fetch_target(j.current(), j, root=root / "root", hardware=hw, installed_version=lambda k: "0.1.0", clock_slack_s=0,
-             bootstrap_root=trusted, fsync_every=32 * 1024, pause=pause)
+             bootstrap_root=trusted, fsync_every=32 * 1024, pause=EnvPause().reached)
 """
 
 
@@ -143,7 +144,8 @@ def test_kill_9_mid_download_resumes_at_the_durable_offset(tmp_path: Path, repo:
     journal = Journal(tmp_path / "j.db")
     job_for(journal, repo)
     marker = tmp_path / "paused"
-    env = {**os.environ, "QUANEDGE_UPDATER_PAUSE_AT": "downloading", "QUANEDGE_UPDATER_PAUSE_FILE": str(marker)}
+    env = with_tests_on_path({**os.environ, "QUANEDGE_UPDATER_PAUSE_AT": "downloading",
+                              "QUANEDGE_UPDATER_PAUSE_FILE": str(marker)})
     trusted = repo.trusted_root(tmp_path / "root.json")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), repo.url, str(trusted), HW], env=env)
     try:

@@ -24,6 +24,7 @@ import pytest
 from agent.updater.journal import Journal, State
 from agent.updater.slots import Slots
 from e2e_support import free_port, health, start_sim, stop
+from pause_points import SCRIPT as PAUSE_SCRIPT
 from updater_contract import ContractServer
 from updater_support import (TufRepo, agent_bundle, box_config, break_uplink, crash_on_start, model_bundle, wait_until,
                              wired_source)
@@ -62,8 +63,9 @@ class Box:
         return self.tmp / "updater"
 
     def start(self, **env: str) -> subprocess.Popen:
-        full = {**os.environ, "QUANEDGE_ACK_LOG": str(self.tmp / "acks.log"), **env}
-        self.launcher = subprocess.Popen([sys.executable, "-m", "agent.updater.launcher", "--config", str(self.config)],
+        full = {**os.environ, "QUANEDGE_TEST_ACK_LOG": str(self.tmp / "acks.log"), **env}
+        # the real supervisor and agents, with the pause points and ack log filled in (pause_points.py)
+        self.launcher = subprocess.Popen([sys.executable, PAUSE_SCRIPT, "launcher", "--config", str(self.config)],
                                          stdout=subprocess.DEVNULL, stderr=open(self.tmp / "launcher.log", "ab"),
                                          env=full)
         return self.launcher

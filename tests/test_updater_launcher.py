@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from agent.updater.launcher import judge_health, read_settings
+from agent.updater.launcher import Supervisor, judge_health, read_settings
 from agent.updater.slots import Slots
 from e2e_support import free_port, health, start_sim, stop
 from updater_contract import ContractServer
@@ -51,6 +51,20 @@ def test_settings_read_only_what_the_supervisor_needs(tmp_path: Path) -> None:
 def test_the_supervisor_needs_a_fixed_health_port(tmp_path: Path, health: str) -> None:
     with pytest.raises(ConfigError, match=r"\[health.listen\].*fixed port"):
         read_settings(write(tmp_path, health))
+
+
+def test_the_supervisor_starts_each_slot_through_the_cli_its_bundle_has(tmp_path: Path) -> None:
+    (tmp_path / "root.json").write_text("{}")
+    settings = read_settings(write(tmp_path, '[health]\nlisten = "127.0.0.1:9200"\n[updater]\nenabled = true\n'
+                                             'trusted_root = "root.json"\n'))
+    sup = Supervisor(settings, tmp_path / "updater")
+    new, old = tmp_path / "new", tmp_path / "old"
+    (new / "quanedge").mkdir(parents=True)
+    (new / "quanedge" / "__main__.py").write_text("")
+    (old / "agent").mkdir(parents=True)
+    assert sup._agent_main(new) == ("-m", "quanedge")
+    assert sup._agent_main(old) == ("-m", "agent.cli")  # a bundle from before the root CLI: a rollback still starts
+    assert Supervisor(settings, tmp_path / "updater", agent_main=("x.py",))._agent_main(new) == ("x.py",)
 
 
 def test_the_supervisor_restarts_a_dead_agent_and_takes_it_along_when_killed(tmp_path: Path) -> None:

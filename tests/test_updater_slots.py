@@ -16,6 +16,7 @@ import pytest
 from agent.updater.bundle import BundleError, build_bundle, read_manifest
 from agent.updater.slots import SlotError, Slots
 from firmware_manifests.schema import Version
+from pause_points import with_tests_on_path
 from updater_support import REPO_ROOT, wait_until
 
 
@@ -91,14 +92,15 @@ INSTALL = """
 import sys
 from pathlib import Path
 from agent.updater.slots import Slots
-from agent.updater.testhooks import pause
-Slots(Path(sys.argv[1])).install(Path(sys.argv[2]), "0.2.0", "sha", on_half=lambda: pause("installing"))
+from pause_points import EnvPause
+Slots(Path(sys.argv[1])).install(Path(sys.argv[2]), "0.2.0", "sha", on_half=lambda: EnvPause().reached("installing"))
 """
 
 
 def test_an_install_killed_half_way_leaves_no_version_and_is_redone(tmp_path: Path, bundles) -> None:
     marker = tmp_path / "paused"
-    env = {**os.environ, "QUANEDGE_UPDATER_PAUSE_AT": "installing", "QUANEDGE_UPDATER_PAUSE_FILE": str(marker)}
+    env = with_tests_on_path({**os.environ, "QUANEDGE_UPDATER_PAUSE_AT": "installing",
+                              "QUANEDGE_UPDATER_PAUSE_FILE": str(marker)})
     proc = subprocess.Popen([sys.executable, "-c", INSTALL, str(tmp_path / "root"), str(bundles["0.2.0"])], env=env)
     try:
         wait_until(marker.exists, 60, "the install to pause half-way")

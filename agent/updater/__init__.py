@@ -17,7 +17,7 @@ The install state machine builds on top and only ever installs a ``VerifiedTarge
     service    UpdaterService: check-in loop, driver, outbox delivery, EVENT readings
     launcher   the supervisor: restart into a new version, health check, commit / roll back
     checkin    the HTTP client of the check-in contract
-    testhooks  pause points for kill -9 tests (env-driven; they only wait)
+    checkpoints  named update points, observable through constructor arguments (no-ops by default)
 
 Names are imported lazily, so `import agent.updater.config` (done by every config load) does not
 pull in python-tuf.

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from core.errors import QuanedgeError
 from agent.updater.journal import Action
+from core.errors import QuanedgeError
 
 __all__ = ["CheckinAnswer", "CheckinClient", "Delivery", "ServerRefused", "ServerUnavailable", "UpdaterError"]
 
@@ -69,7 +69,7 @@ class CheckinClient:
         self._etag: str | None = None
         self._last: CheckinAnswer | None = None
 
-    async def __aenter__(self) -> "CheckinClient":
+    async def __aenter__(self) -> CheckinClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -55,7 +55,8 @@ class ResumingFetcher(FetcherInterface):
     """Metadata: a plain fetch. Targets (URLs under `targets_base`): resumed from a .part file.
 
     `start_offset(part_name)` says how many bytes of the part are journaled as durable;
-    `on_durable(part_name, length)` is called after each fsync; `pause(point)` is the test hook.
+    `on_durable(part_name, length)` is called after each fsync; `pause(point)` is called at the "downloading" checkpoint
+    (agent.updater.checkpoints).
     """
 
     def __init__(self, parts_dir: Path, *, targets_base: str, start_offset: Callable[[str], int],
@@ -102,6 +103,7 @@ class ResumingFetcher(FetcherInterface):
                 os.fsync(fd)
             self.requests.append((name, offset))
             headers = {"Range": f"bytes={offset}-"} if offset else {}
+            resp: urllib3.BaseHTTPResponse | None
             try:
                 resp = self._pool.request("GET", url, headers=headers, preload_content=False,
                                           timeout=self._timeout)

@@ -101,7 +101,7 @@ class Action:
     component: str = ""
 
     @classmethod
-    def from_json(cls, data: Any) -> "Action":
+    def from_json(cls, data: Any) -> Action:
         """Raises ValueError naming the bad field."""
         if not isinstance(data, dict):
             raise ValueError(f"action must be an object, got {data!r:.80}")
@@ -267,7 +267,8 @@ class Journal:
             if db.execute("SELECT 1 FROM job").fetchone():
                 raise JournalConflict("an update is already in progress")
             cols = ("action_id", "action", *_JOB_COLS)
-            db.execute(f'INSERT INTO job (id, {", ".join(_q(c) for c in cols)}) VALUES (1, {", ".join("?" * len(cols))})',
+            names, marks = ", ".join(_q(c) for c in cols), ", ".join("?" * len(cols))
+            db.execute(f"INSERT INTO job (id, {names}) VALUES (1, {marks})",
                        (action.action_id, json.dumps(action.to_json()), *self._values(job)))
             self._queue(db, action, "proceeding", None, None, None, now)
         return job

@@ -38,12 +38,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from agent import __version__ as base_version
+from agent.updater.checkpoints import Checkpoints
 from core.backoff import Backoff
 from core.config_reader import NAME_RE, load_toml
 from core.errors import ConfigError, QuanedgeError
@@ -53,7 +55,6 @@ from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.service import SUPERVISED_ROOT_ENV
 from agent.updater.slots import Slots
 from agent.updater.steps import agent_owns
-from agent.updater.testhooks import pause
 
 __all__ = ["LaunchSettings", "Supervisor", "judge_health", "main", "read_settings"]
 
@@ -74,8 +75,8 @@ def read_settings(path: Path) -> LaunchSettings:
     path = Path(path).resolve()
     root = load_toml(path, "config file")
     box = root.table("box", required=True)
-    box_id = box.str("id", pattern=NAME_RE)  # type: ignore[union-attr]
-    data_dir = Path(box.str("data_dir", f"var/{box_id}"))  # type: ignore[union-attr]
+    box_id = box.str("id", pattern=NAME_RE)
+    data_dir = Path(box.str("data_dir", f"var/{box_id}"))
     data_dir = data_dir if data_dir.is_absolute() else path.parent / data_dir
     health = _health(root.table("health"))
     if not health.enabled or health.port == 0:
@@ -123,8 +124,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 
 
 class Supervisor:
-    def __init__(self, settings: LaunchSettings, root: Path | None = None, *, python: str = sys.executable) -> None:
+    def __init__(self, settings: LaunchSettings, root: Path | None = None, *, python: str = sys.executable,
+                 agent_main: Sequence[str] | None = None, checkpoints: Checkpoints | None = None) -> None:
+        """`agent_main`: how `python` starts the agent's CLI from a slot (`<agent_main> agent run --config ...`);
+        by default `-m quanedge`, or `-m agent.cli` for a slot whose bundle predates the root CLI."""
         self.settings = settings
+        self.agent_main = tuple(agent_main) if agent_main is not None else None
+        self.checkpoints = checkpoints or Checkpoints()
         self.ucfg = settings.updater
         self.root = Path(root or self.ucfg.root).resolve()
         self.slots = Slots(self.root)
@@ -194,10 +200,10 @@ class Supervisor:
 
     # --- the update's second half ----------------------------------------------------------
     def _restart_into_new(self, job: Job) -> None:
-        pause("restarting")
+        self.checkpoints.reached("restarting")
         self._stop_child()
         self._boot(job)
-        pause("health_check")
+        self.checkpoints.reached("health_check")
 
     def _boot(self, job: Job) -> Job:
         job = self.journal.advance(job, State.HEALTH_CHECK, boot_attempts=job.boot_attempts + 1,
@@ -255,7 +261,7 @@ class Supervisor:
         self._roll_back(job)
 
     def _roll_back(self, job: Job) -> None:
-        pause("rolling_back")
+        self.checkpoints.reached("rolling_back")
         self._stop_child()
         if job.slot_from:
             self.slots.switch(job.slot_from, previous=None)
@@ -275,11 +281,18 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(slot), env.get("PYTHONPATH")) if p)
         env[SUPERVISED_ROOT_ENV] = str(self.root)
-        cmd = [self.python, "-m", "quanedge", "agent", "run", "--config", str(self.settings.config)]
-        self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        cmd = [self.python, *self._agent_main(slot), "agent", "run", "--config", str(self.settings.config)]
+        self.child = subprocess.Popen(cmd, cwd=slot, env=env, preexec_fn=_die_with_parent)
         self.child_version = slot.name
         self._child_started = time.monotonic()
         log.info("supervisor: agent %s started (pid %d)", slot.name, self.child.pid)
+
+    def _agent_main(self, slot: Path) -> tuple[str, ...]:
+        if self.agent_main is not None:
+            return self.agent_main
+        if (slot / "quanedge" / "__main__.py").is_file():
+            return ("-m", "quanedge")
+        return ("-m", "agent.cli")  # a bundle built before the root CLI moved to quanedge/
 
     def _stop_child(self) -> None:
         child, self.child = self.child, None

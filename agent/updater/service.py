@@ -26,6 +26,7 @@ delivered by whichever agent version runs next. Nothing is reported from memory 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -35,16 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__ as running_version
-from core.compat import TaskGroup, timeout
-from core.backoff import Backoff
 from agent.enroll import load_credential
-from core.errors import ConfigError
-from core.reading import Quality, Reading, RecordClass
 from agent.updater.checkin import CheckinClient, ServerRefused, ServerUnavailable, UpdaterError
+from agent.updater.checkpoints import Checkpoints
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Job, Journal, JournalConflict, Report, State
 from agent.updater.slots import Slots
 from agent.updater.steps import JobRunner, agent_owns
+from core.backoff import Backoff
+from core.compat import TaskGroup, timeout
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 
 __all__ = ["SUPERVISED_ROOT_ENV", "UpdaterService"]
 
@@ -61,7 +63,7 @@ Emit = Callable[[list[Reading]], Awaitable[Any]]
 
 class UpdaterService:
     def __init__(self, cfg: Any, ucfg: UpdaterConfig, emit: Emit | None = None, inference_stage: Any = None, *,
-                 transport: Any = None) -> None:
+                 transport: Any = None, checkpoints: Checkpoints | None = None) -> None:
         self.box_id = cfg.box.id
         self.hardware = cfg.box.hardware
         self.credential_path = Path(cfg.credential_path)
@@ -70,6 +72,7 @@ class UpdaterService:
         self.model_specs = {s.name: s for s in getattr(cfg, "models", ())}
         self._emit = emit
         self._transport = transport
+        self.checkpoints = checkpoints
         supervised = os.environ.get(SUPERVISED_ROOT_ENV)
         self.supervised = bool(supervised)
         self.root = Path(supervised) if supervised else ucfg.root
@@ -90,14 +93,15 @@ class UpdaterService:
         while True:
             try:
                 await self._run_once()
-            except Exception as exc:  # noqa: BLE001 - logged with its traceback, then retried
+            except Exception as exc:  # logged with its traceback, then retried
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("updater stopped by an unexpected error; restarting it in 60 s")
                 await asyncio.sleep(60.0)
 
     async def _run_once(self) -> None:
+        assert self.ucfg.trusted_root is not None  # UpdaterConfig refuses an enabled updater without one
         try:
-            bootstrap = self.ucfg.trusted_root.read_bytes()  # type: ignore[union-attr]
+            bootstrap = self.ucfg.trusted_root.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read the fleet's TUF root: {exc}", key="updater.trusted_root",
                               value=str(self.ucfg.trusted_root)) from exc
@@ -105,13 +109,12 @@ class UpdaterService:
         self.runner = JobRunner(
             self.journal, self.root, hardware=self.hardware, supervised=self.supervised, bootstrap_root=bootstrap,
             clock_slack_s=self.ucfg.clock_slack_s, model_health_s=self.ucfg.model_health_s, stage=self.stage,
-            model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set)
+            model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set, checkpoints=self.checkpoints)
         try:
             client = await self._client()
-            async with client:
-                async with TaskGroup() as tg:
-                    tg.create_task(self._worker(client), name="updater-worker")
-                    tg.create_task(self._reporter(client), name="updater-reporter")
+            async with client, TaskGroup() as tg:
+                tg.create_task(self._worker(client), name="updater-worker")
+                tg.create_task(self._reporter(client), name="updater-reporter")
         finally:
             self.journal.close()
             self.journal = None
@@ -191,9 +194,10 @@ class UpdaterService:
     async def _announce_boot(self) -> None:
         """A new agent version under its health check says so: an EVENT reading the uplink must
         carry (the supervisor's `sent > 0` test), and an audit record of the boot."""
+        assert self.journal is not None
         try:
-            job = await asyncio.to_thread(self.journal.current)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - the worker will meet the same fault and log it
+            job = await asyncio.to_thread(self.journal.current)
+        except Exception as exc:  # the worker will meet the same fault and log it
             log.error("updater: cannot read the journal: %s", exc)
             return
         if (job is None or self._emit is None or job.action.kind != "agent" or job.state is not State.HEALTH_CHECK
@@ -231,13 +235,12 @@ class UpdaterService:
         """An agent update handed to a supervisor that is gone: past its deadline, switch back."""
         if time.time() < job.deadline:
             return
+        assert self.journal is not None
         if job.slot_from:
             Slots(self.root).switch(job.slot_from, previous=None)
-        try:
-            await asyncio.to_thread(self.journal.finish, job, "failure", reason_code="supervisor_missing",  # type: ignore[union-attr]
+        with contextlib.suppress(JournalConflict):
+            await asyncio.to_thread(self.journal.finish, job, "failure", reason_code="supervisor_missing",
                                     reason="the agent no longer runs under its supervisor; switched back")
-        except JournalConflict:
-            pass
 
     # --- reporter -----------------------------------------------------------------------------
     async def _reporter(self, client: CheckinClient) -> None:
@@ -288,10 +291,11 @@ class UpdaterService:
                         async with timeout(EMIT_TIMEOUT_S):  # not wait_for: see _reporter
                             await self._emit([self._event(r) for r in fresh])
                     await asyncio.to_thread(self.journal.mark_emitted, [r.id for r in fresh])
-                except Exception as exc:  # noqa: BLE001 - retried at the next flush
+                except Exception as exc:  # retried at the next flush
                     log.error("update events not stored (retried at the next flush): %r", exc)
 
     async def _deliver(self, client: CheckinClient, reports: list[Report]) -> None:
+        assert self.journal is not None
         for r in reports:
             try:
                 delivery = await client.post_status(r.action.action_id, r.body())
@@ -306,7 +310,8 @@ class UpdaterService:
             await asyncio.to_thread(self.journal.mark_delivered, r.id)
 
     async def _heartbeat(self, client: CheckinClient) -> None:
-        job = await asyncio.to_thread(self.journal.current)  # type: ignore[union-attr]
+        assert self.journal is not None
+        job = await asyncio.to_thread(self.journal.current)
         if job is None or not agent_owns(job) or job.state not in _PROGRESS:
             return
         detail = {"bytes": job.offset, "attempts": job.attempts} if job.state is State.DOWNLOADING else None

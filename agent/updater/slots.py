@@ -20,8 +20,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from core.errors import QuanedgeError
 from agent.updater.bundle import copy_packages, extract, read_manifest
+from core.errors import QuanedgeError
 from firmware_manifests.schema import Version
 
 __all__ = ["SlotError", "Slots", "fsync_dir", "fsync_tree"]
@@ -112,7 +112,8 @@ class Slots:
     def bootstrap(self, src_root: Path, version: str) -> bool:
         """First start: make the running code `versions/<version>` and point `current` at it.
         Returns False when a current version already exists (nothing done)."""
-        if self.current_version() is not None and self.path(self.current_version()).is_dir():
+        current = self.current_version()
+        if current is not None and self.path(current).is_dir():
             return False
         tmp = self.path(f"{version}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -29,19 +29,20 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent import __version__ as running_version
-from core.compat import timeout
-from core.backoff import Backoff
-from core.errors import ConfigError
 from agent.updater.bundle import BundleError
+from agent.updater.checkpoints import Checkpoints
 from agent.updater.download import fetch_target
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.slots import SlotError, Slots
-from agent.updater.testhooks import apause, pause
 from agent.updater.verify import ReasonCode, UpdateRejected
+from core.backoff import Backoff
+from core.compat import timeout
+from core.errors import ConfigError
 from firmware_manifests.schema import TargetKind, Version
 
 __all__ = ["AGENT_OWNED", "JobRunner", "ServerClosed", "agent_owns"]
@@ -74,7 +75,8 @@ class _Refuse(Exception):
 class JobRunner:
     def __init__(self, journal: Journal, root: Path, *, hardware: str, supervised: bool, bootstrap_root: bytes,
                  clock_slack_s: float, model_health_s: float, stage: Any = None, model_specs: dict | None = None,
-                 closed: Callable[[str], str | None] = lambda _id: None, wake: Callable[[], None] = lambda: None) -> None:
+                 closed: Callable[[str], str | None] = lambda _id: None,
+                 wake: Callable[[], None] = lambda: None, checkpoints: Checkpoints | None = None) -> None:
         self.journal = journal
         self.root = Path(root)
         self.slots = Slots(self.root)
@@ -87,32 +89,34 @@ class JobRunner:
         self.model_specs = dict(model_specs or {})
         self._closed = closed
         self._wake = wake
+        self.checkpoints = checkpoints or Checkpoints()
         self.stop = threading.Event()
 
     # --- driving ------------------------------------------------------------------------------
     async def run(self, job: Job) -> None:
         """Drive `job` until it is finished or handed to the supervisor."""
         self.stop.clear()
+        current: Job | None = job  # the journal's latest version of it; None once finished
         try:
             async with timeout(max(0.0, job.deadline - time.time())):
-                while job is not None and agent_owns(job):
-                    self._check_closed(job)
-                    job = await self._step(job)
+                while current is not None and agent_owns(current):
+                    self._check_closed(current)
+                    current = await self._step(current)
                     self._wake()
         except TimeoutError:
-            await self._end(self._latest(job), "failure", "timeout", "the update passed its deadline")
+            await self._end(self._latest(current), "failure", "timeout", "the update passed its deadline")
         except ServerClosed as exc:
-            latest = self._latest(job)
+            latest = self._latest(current)
             if latest is not None:
                 await self._undo(latest)
                 await asyncio.to_thread(self.journal.drop, latest, exc.state, reason="closed by the server")
             log.warning("update %s closed by the server (%s); cleaned up", job.action.action_id, exc.state)
         except _Refuse as exc:
-            await self._end(self._latest(job), exc.final, exc.code, exc.reason)
+            await self._end(self._latest(current), exc.final, exc.code, exc.reason)
         except UpdateRejected as exc:
-            await self._end(self._latest(job), "rejected", exc.reason_code.value, exc.message)
+            await self._end(self._latest(current), "rejected", exc.reason_code.value, exc.message)
         except (BundleError, SlotError, ConfigError, OSError) as exc:
-            await self._end(self._latest(job), "failure", "install_failed", f"{type(exc).__name__}: {exc}")
+            await self._end(self._latest(current), "failure", "install_failed", f"{type(exc).__name__}: {exc}")
         except JournalConflict as exc:
             log.warning("update journal changed under us: %s", exc)
         finally:
@@ -155,7 +159,7 @@ class JobRunner:
         s = job.state
         if s is State.ACCEPTED:
             self._precheck(job)
-            await apause("accepted")
+            await self.checkpoints.areached("accepted")
             return await asyncio.to_thread(self.journal.advance, job, State.DOWNLOADING)
         if s is State.DOWNLOADING:
             target = await self._download(job)
@@ -166,7 +170,7 @@ class JobRunner:
                               f"the action asked for {job.action.target_kind} {job.action.version}")
             job = await asyncio.to_thread(self.journal.advance, job, State.DOWNLOADED, file_path=str(target.path),
                                           sha256=target.sha256, length=target.length, offset=target.length)
-            await apause("downloaded")
+            await self.checkpoints.areached("downloaded")
             return job
         if s is State.DOWNLOADED:
             if not job.file_path or not Path(job.file_path).is_file():
@@ -175,18 +179,18 @@ class JobRunner:
         if s is State.INSTALLING:
             await asyncio.to_thread(self._install, job)
             job = await asyncio.to_thread(self.journal.advance, job, State.INSTALLED, slot_to=job.action.version)
-            await apause("installed")
+            await self.checkpoints.areached("installed")
             return job
         if s is State.INSTALLED:
             return await asyncio.to_thread(self.journal.advance, job, State.SWITCHING,
                                            slot_from=self._running(job), slot_to=job.action.version)
         if s is State.SWITCHING:
-            await apause("switching")
+            await self.checkpoints.areached("switching")
             return await self._switch(job)
         if s is State.HEALTH_CHECK:
             return await self._model_health(job)
         if s is State.ROLLING_BACK:
-            await apause("rolling_back")
+            await self.checkpoints.areached("rolling_back")
             await self._undo(job)
             await self._end(job, "failure", job.reason_code or "health_check_failed", job.reason or "rolled back")
             return None
@@ -220,7 +224,7 @@ class JobRunner:
                 return await self._blocking(
                     fetch_target, job, self.journal, root=self.root, hardware=self.hardware,
                     installed_version=self._installed_version(job), clock_slack_s=self.clock_slack_s,
-                    bootstrap_root=self.bootstrap_root, stop=self.stop, pause=pause)
+                    bootstrap_root=self.bootstrap_root, stop=self.stop, pause=self.checkpoints.reached)
             except UpdateRejected as exc:
                 if exc.reason_code is not ReasonCode.REPOSITORY_UNREACHABLE:
                     raise
@@ -248,19 +252,20 @@ class JobRunner:
     def _install(self, job: Job) -> None:
         bundle, version = Path(job.file_path or ""), job.action.version
         if job.action.kind == "agent":
-            self.slots.install(bundle, version, job.sha256 or "", on_half=lambda: pause("installing"))
+            self.slots.install(bundle, version, job.sha256 or "",
+                               on_half=lambda: self.checkpoints.reached("installing"))
         else:
             from agent.updater.models import install_model
-            pause("installing")
+            self.checkpoints.reached("installing")
             install_model(bundle, self._models_dir, self._component(job), version, job.sha256 or "")
 
     async def _switch(self, job: Job) -> Job:
         if job.action.kind == "agent":
             self.slots.switch(job.slot_to or job.action.version, previous=job.slot_from)
-            await apause("switched")
+            await self.checkpoints.areached("switched")
             return await asyncio.to_thread(self.journal.advance, job, State.RESTARTING)
         await self._swap_in(job)
-        await apause("switched")
+        await self.checkpoints.areached("switched")
         return await asyncio.to_thread(self.journal.advance, job, State.HEALTH_CHECK,
                                        health_deadline=time.time() + self.model_health_s)
 
@@ -280,7 +285,7 @@ class JobRunner:
             await self._swap_in(job)
             job = await asyncio.to_thread(self.journal.advance, job, State.HEALTH_CHECK,
                                           health_deadline=time.time() + self.model_health_s)
-        await apause("health_check")
+        await self.checkpoints.areached("health_check")
         await asyncio.sleep(max(0.0, (job.health_deadline or 0) - time.time()))
         model = self.stage.stats()["models"].get(name, {})
         if model.get("version") != job.action.version or model.get("failing"):

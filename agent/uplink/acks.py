@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from core.errors import UplinkMalformed, UplinkRejected
 
@@ -39,7 +39,7 @@ class Ack:
     refused: dict[str, Any] | None = None
 
 
-def _seq(value: Any) -> bool:
+def _seq(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_SEQ
 
 

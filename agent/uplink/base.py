@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from agent.buffer_drops import DeliveryMarks
 from core.reading import Reading
@@ -25,7 +26,7 @@ class Uplink(Protocol):
     name: str
     window: int
 
-    async def __aenter__(self) -> "Uplink": ...
+    async def __aenter__(self) -> Uplink: ...
 
     async def __aexit__(
         self,

@@ -15,7 +15,7 @@ Compact JSON (no spaces), ASCII-only (other characters \\u-escaped), no NaN/Infi
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from agent.buffer_drops import DeliveryMarks
 from core.reading import Reading

@@ -20,17 +20,18 @@ from __future__ import annotations
 import json
 import math
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Sequence, TypedDict
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
 
 from agent.buffer_drops import DeliveryMarks
+from agent.uplink.codec import encode_batch
 from core.errors import ConfigError, UplinkMalformed, UplinkRejected, UplinkUnavailable
 from core.reading import Reading
-from agent.uplink.codec import encode_batch
 
 __all__ = ["HttpSettings", "HttpUplink", "IngestAck", "TELEMETRY_PATH"]
 
@@ -93,7 +94,7 @@ class HttpUplink:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
-    async def __aenter__(self) -> "HttpUplink":
+    async def __aenter__(self) -> HttpUplink:
         if self._client is not None:
             raise RuntimeError("HttpUplink is already open")
         self._client = httpx.AsyncClient(

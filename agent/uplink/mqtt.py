@@ -40,20 +40,27 @@ import math
 import socket
 import ssl
 import time
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Coroutine, Iterator, Sequence
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer_drops import DeliveryMarks
-from core.errors import (ConfigError, UplinkError, UplinkMalformed, UplinkRejected, UplinkUnacknowledged,
-                          UplinkUnavailable)
-from core.reading import Reading
 from agent.uplink.acks import AckWaiters
 from agent.uplink.codec import encode_batch
+from core.errors import (
+    ConfigError,
+    UplinkError,
+    UplinkMalformed,
+    UplinkRejected,
+    UplinkUnacknowledged,
+    UplinkUnavailable,
+)
+from core.reading import Reading
 
 __all__ = ["MqttSettings", "MqttUplink"]
 
@@ -105,12 +112,14 @@ class MqttSettings:
         if (self.cert_file is None) != (self.key_file is None):
             key = "key_file" if self.key_file is None else "cert_file"
             raise bad(key, "a client certificate needs both cert_file and key_file", None, "both set, or neither")
-        if isinstance(self.keepalive_s, bool) or not isinstance(self.keepalive_s, int) or not 1 <= self.keepalive_s <= 65535:
+        keepalive = self.keepalive_s
+        if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 1 <= keepalive <= 65535:
             raise bad("keepalive_s", "keepalive out of range", self.keepalive_s, "an integer 1..65535 seconds")
         prefix = self.topic_prefix
         if not isinstance(prefix, str) or not prefix or prefix.startswith("/") or prefix.endswith("/") \
                 or any(ch in prefix for ch in _TOPIC_FORBIDDEN):
-            raise bad("topic_prefix", "invalid topic prefix", prefix, "non-empty, no leading/trailing '/', no '+' or '#'")
+            raise bad("topic_prefix", "invalid topic prefix", prefix,
+                      "non-empty, no leading/trailing '/', no '+' or '#'")
         if self.client_id is not None and (not isinstance(self.client_id, str) or not self.client_id):
             raise bad("client_id", "client_id is empty", self.client_id, "a non-empty string, or unset")
         if self.ack not in ("fleet", "broker"):
@@ -175,7 +184,7 @@ class MqttUplink:
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.lost
 
-    async def __aenter__(self) -> "MqttUplink":
+    async def __aenter__(self) -> MqttUplink:
         if self._entered:
             raise RuntimeError("an MqttUplink is entered once; make a new one")
         self._entered = True
@@ -370,10 +379,10 @@ class MqttUplink:
 
 
 def _translate(exc: aiomqtt.MqttError, doing: str) -> UplinkError:
-    if isinstance(exc, aiomqtt.MqttCodeError) and isinstance(exc.rc, ReasonCode):
-        if exc.rc.value in _REFUSED_FOR_GOOD:
-            return UplinkRejected(f"{doing}: broker refused the connection: {exc.rc} "
-                                  "(check username/password, client_id and the broker's ACL)")
+    if (isinstance(exc, aiomqtt.MqttCodeError) and isinstance(exc.rc, ReasonCode)
+            and exc.rc.value in _REFUSED_FOR_GOOD):
+        return UplinkRejected(f"{doing}: broker refused the connection: {exc.rc} "
+                              "(check username/password, client_id and the broker's ACL)")
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         # aiomqtt re-raises paho's ssl error as a bare MqttError(str(exc)), so the text is all we have.
@@ -411,7 +420,7 @@ def _abort(client: aiomqtt.Client) -> None:
 def _paho(client: aiomqtt.Client) -> paho.Client:
     # aiomqtt 2.5.1 exposes neither paho's connect_timeout nor its socket; this is the only place
     # that reaches into the wrapped paho client.
-    return client._client  # noqa: SLF001
+    return client._client
 
 
 def _status(state: str) -> bytes:

@@ -63,7 +63,8 @@ def train(seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
         ],
         "outputs": [
             {"point": "volume_15min_forecast", "unit": "veh",
-             "meaning": "vehicles in the 5-minute interval ending 15 minutes after the reading (same suffix as the detector point)"},
+             "meaning": "vehicles in the 5-minute interval ending 15 minutes after the reading "
+                        "(same suffix as the detector point)"},
         ],
         "thresholds": {"pattern_normal_from": 12.0, "pattern_peak_from": 28.0},
         "training": {
@@ -83,7 +84,8 @@ def train(seed: int = 0, out_dir: Path | None = None) -> dict[str, Any]:
 
 def main(seed: int = 0) -> None:  # pragma: no cover - CLI entry
     out = train(seed)
-    print({k: out["metrics"][k] for k in ("mae_veh_per_5min", "baseline_mae_persistence", "improvement_vs_persistence")})
+    keys = ("mae_veh_per_5min", "baseline_mae_persistence", "improvement_vs_persistence")
+    print({k: out["metrics"][k] for k in keys})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,8 @@ SCALE = {"air_temperature": 1.0, "relative_humidity": 3.0, "air_pressure": 0.5, 
 _KINDS = list(FaultKind)
 
 
-def _labels(t: np.ndarray, truth_q: np.ndarray, obs: np.ndarray, code: np.ndarray, faults: list, channel: str) -> np.ndarray:
+def _labels(t: np.ndarray, truth_q: np.ndarray, obs: np.ndarray, code: np.ndarray, faults: list,
+            channel: str) -> np.ndarray:
     n = len(t)
     label = np.zeros(n, dtype=np.int64)
     elapsed = np.full(n, -1, dtype=np.int64)
@@ -102,7 +103,8 @@ def windows(st: dict, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def dataset(seeds: range | list[int], days: float, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     parts = [windows(station(s, days), stride) for s in seeds]
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+    x, y, ch = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return x, y, ch
 
 
 TRAIN_SEEDS = range(100, 116)
@@ -132,7 +134,7 @@ def fit_baseline(x: np.ndarray, y: np.ndarray, channel: np.ndarray) -> dict:
     """Tune the rule's three thresholds per channel on training data (best binary F1)."""
     from edge_models.metrics import f1_binary
 
-    grid_run = [5, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60]
+    grid_run: list[float] = [5, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60]
     grid_z = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0]
     grid_slope = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 50.0]
     best: dict = {}
@@ -165,7 +167,7 @@ def evaluate(model, seeds=HOLDOUT_SEEDS, days: float = HOLDOUT_DAYS, baseline: d
     flagged = score >= threshold
     cls = np.where(flagged, 1 + np.argmax(prob[:, 1:], axis=1), 0)
     per_class = f1_per_class(y, cls, 5)
-    out = {
+    out: dict[str, float | str] = {
         "f1_fault": r4(f1_binary(y > 0, flagged)),
         "macro_f1_classes": r4(float(np.mean(per_class))),
         "false_flag_rate_ok": r4(float(np.mean(flagged[y == 0]))),

@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_models import training
 from edge_models.features import FAULT_CHANNELS, FAULT_CLASSES, FAULT_FEATURES
 from edge_models.wx_fault import data

@@ -31,7 +31,8 @@ BoxId = Annotated[str, Path(pattern=BOX_ID_PATTERN)]
 @router.get("/admission")
 def list_requests(
     state: Annotated[FleetState, Depends(fleet)],
-    filter_state: Annotated[Literal["pending", "accepted", "rejected", "issued", "all"], Query(alias="state")] = "pending",
+    filter_state: Annotated[Literal["pending", "accepted", "rejected", "issued", "all"],
+                            Query(alias="state")] = "pending",
 ) -> dict[str, list[dict[str, Any]]]:
     requests = state.store.admission_requests(None if filter_state == "all" else filter_state)
     return {"requests": [r.to_dict() for r in requests]}

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from anyio import to_thread
-from prometheus_client import Counter
 from fastapi.routing import iter_route_contexts
+from prometheus_client import Counter
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 

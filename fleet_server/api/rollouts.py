@@ -68,6 +68,10 @@ class WaveBody(BaseModel):
     error_pct: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
 
 
+def _default_waves() -> list[WaveSize | WaveBody]:
+    return ["1", "1%", "10%", "50%", "100%"]
+
+
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -77,8 +81,7 @@ class CreateBody(BaseModel):
     component: CleanStr = Field("", max_length=128)
     name: CleanStr = Field("", max_length=200)
     filter: FilterBody = Field(default_factory=FilterBody)
-    waves: list[WaveSize | WaveBody] = Field(default_factory=lambda: ["1", "1%", "10%", "50%", "100%"],
-                                        min_length=1, max_length=20)
+    waves: list[WaveSize | WaveBody] = Field(default_factory=_default_waves, min_length=1, max_length=20)
     success_pct: float = Field(90.0, ge=0, le=100, allow_inf_nan=False)
     error_pct: float = Field(10.0, ge=0, le=100, allow_inf_nan=False)
     min_finished: int = Field(10, ge=MIN_FINISHED[0], le=MIN_FINISHED[1])

@@ -10,4 +10,5 @@ from fleet_server.broker.accounts import BrokerAccounts, DynsecAccounts, account
 from fleet_server.broker.acl import box_client_id, box_role, bridge_role
 from fleet_server.broker.dynsec import DynsecClient
 
-__all__ = ["BrokerAccounts", "DynsecAccounts", "DynsecClient", "accounts_from_settings", "box_client_id", "box_role", "bridge_role"]
+__all__ = ["BrokerAccounts", "DynsecAccounts", "DynsecClient", "accounts_from_settings", "box_client_id", "box_role",
+           "bridge_role"]

@@ -81,7 +81,7 @@ class DynsecClient:
             await client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(), qos=1)
             async for message in client.messages:
                 try:
-                    body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    body = json.loads(bytes(message.payload))
                     responses = body["responses"]
                 except (ValueError, KeyError, TypeError):
                     continue

@@ -24,7 +24,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet_server.cli_http import call as _call, fail as _fail
+from fleet_server.cli_http import call as _call
+from fleet_server.cli_http import fail as _fail
 
 __all__ = ["app", "render"]
 

@@ -37,7 +37,14 @@ from fleet_server.errors import Forbidden, NotAuthenticated, PayloadError, Store
 from fleet_server.rollout import planner
 from fleet_server.rollout.errors import ActionClosed, RepositoryUnavailable
 from fleet_server.rollout.model import (
-    KINDS, ActionView, Inventory, RolloutSpec, RolloutView, StatusReport, TargetFilter, WaveSpec,
+    KINDS,
+    ActionView,
+    Inventory,
+    RolloutSpec,
+    RolloutView,
+    StatusReport,
+    TargetFilter,
+    WaveSpec,
 )
 from fleet_server.rollout.windows import SitePolicy
 from fleet_server.store.base import Store, hash_secret
@@ -63,7 +70,8 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
 
 
-def resolve_target(repo_dir: Path | None, kind: str, target_name: str, version: str | None) -> tuple[str, tuple[str, ...]]:
+def resolve_target(repo_dir: Path | None, kind: str, target_name: str,
+                   version: str | None) -> tuple[str, tuple[str, ...]]:
     """(version, hardware) of a published, signed target; PayloadError naming what is wrong."""
     if repo_dir is None:
         raise RepositoryUnavailable("this fleet server has no update repository (settings.tuf_repo_dir)")
@@ -103,7 +111,7 @@ def _run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[tu
     for fn, args in calls:
         try:
             out.append((True, fn(*args)))
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's future, re-raised there
+        except Exception as exc:  # handed to the caller's future, re-raised there
             out.append((False, exc))
     return out
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from core.reading import Reading
 from fleet_server.seq_tracking import Gap, SeqReport
@@ -39,8 +39,15 @@ from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.seq import SeqStore
 
 if TYPE_CHECKING:
+    from fleet_server.errors import UnknownBox
     from fleet_server.rollout.model import (
-        ActionView, CheckinOutcome, Inventory, ReportOutcome, RolloutSpec, RolloutView, StatusReport,
+        ActionView,
+        CheckinOutcome,
+        Inventory,
+        ReportOutcome,
+        RolloutSpec,
+        RolloutView,
+        StatusReport,
     )
     from fleet_server.rollout.windows import SitePolicy
 

@@ -123,7 +123,8 @@ class AdmissionTables:
                 raise AdmissionRequired(f"box id {box_id!r} needs its current credential or an admin's approval")
             if route == "rekey":  # the box proved itself: rotate, keep site and tags
                 conn.execute("UPDATE boxes SET hardware = ?, agent_version = ?, credential_hash = ?"
-                             " WHERE box_id = ?", (app.hardware, app.agent_version, hash_secret(new_credential), box_id))
+                             " WHERE box_id = ?",
+                             (app.hardware, app.agent_version, hash_secret(new_credential), box_id))
                 self._credential_generation += 1
             else:
                 self._spend_token(conn, token, now)

@@ -10,9 +10,7 @@ from contextlib import AbstractContextManager
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from fleet_server.store.quarantine import (
-    DETAIL_MAX, KEEP_MAX, PAYLOAD_MAX, TOPIC_MAX, QuarantinedMessage, clean,
-)
+from fleet_server.store.quarantine import DETAIL_MAX, KEEP_MAX, PAYLOAD_MAX, TOPIC_MAX, QuarantinedMessage, clean
 
 __all__ = ["QUARANTINE_MIGRATIONS", "QuarantineTables"]
 

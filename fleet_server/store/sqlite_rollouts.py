@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import replace
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any
 
 from fleet_server.errors import PayloadError, UnknownBox
 from fleet_server.rollout import planner
 from fleet_server.rollout.errors import ActionClosed, RolloutConflict, UnknownAction, UnknownRollout
 from fleet_server.rollout.model import (
-    FINAL_STATES, ActionView, CheckinOutcome, Inventory, ReportOutcome, RolloutSpec,
-    RolloutView, StatusReport, WaveView,
+    FINAL_STATES,
+    ActionView,
+    CheckinOutcome,
+    Inventory,
+    ReportOutcome,
+    RolloutSpec,
+    RolloutView,
+    StatusReport,
+    WaveView,
 )
 from fleet_server.rollout.windows import SitePolicy
 
@@ -309,7 +316,8 @@ class RolloutTables:
                 boxes.append(expired_box)
         return touched
 
-    def _count_final(self, conn: sqlite3.Connection, rollout_id: str, wave: int, state: str, now: float) -> None:
+    def _count_final(self, conn: sqlite3.Connection, rollout_id: str, wave: int | None, state: str,
+                     now: float) -> None:
         column = _COUNTER[state]
         conn.execute(f"UPDATE rollout_waves SET {column} = {column} + 1 WHERE rollout_id = ? AND wave = ?",
                      (rollout_id, wave))
@@ -344,7 +352,8 @@ def _breach_reason(rollout: RolloutView) -> str:
     wave = planner.breached_wave(rollout)
     assert wave is not None
     return (f"error threshold: wave {wave.no} has {wave.errors - wave.errors_acked} failed or rejected of "
-            f"{wave.finished - wave.errors_acked} finished ({wave.capacity} in the wave, threshold {wave.error_pct:g} %)")
+            f"{wave.finished - wave.errors_acked} finished ({wave.capacity} in the wave, "
+            f"threshold {wave.error_pct:g} %)")
 
 
 def _action(row: tuple[Any, ...]) -> ActionView:
