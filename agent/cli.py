@@ -7,9 +7,8 @@ this group; it imports nothing of the fleet server, TUF tooling or training libr
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 

@@ -33,9 +33,10 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from core.errors import CommandRefused, DeviceTimeout, DriverError
 from core.reading import Reading, RecordClass

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from agent.buffer import MIN_MAX_BYTES, BufferSettings
 from core.config_reader import NAME_RE, Table, load_toml, parse_size

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
-from core.backoff import Backoff
 from agent.config import AgentConfig, AnyDeviceConfig, BusConfig
+from agent.scheduler import BusScheduler, DeviceObserver, PolledDevice
+from core.backoff import Backoff
 from core.errors import ConfigError, DriverError, LinkError
 from core.reading import Reading
-from agent.scheduler import BusScheduler, DeviceObserver, PolledDevice
 from drivers.base import BusAware, BusInfo, Driver
 from drivers.registry import KINDS
 
@@ -114,7 +115,7 @@ class EventSink:
         self.forwarded = 0
         self.refused = 0
 
-    def __call__(self, reading: Reading) -> "asyncio.Future[None]":
+    def __call__(self, reading: Reading) -> asyncio.Future[None]:
         """Take an event; the returned future completes once it is in the buffer (committed when
         the sink has a `store`), so a push driver can hold the device's acknowledgement until then."""
         try:

@@ -24,7 +24,6 @@ body). Authorisation beyond that (the control token) is the handler's job (agent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -33,11 +32,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from core.http_listener import HttpServer, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from core.http_listener import HttpServer, Request, Response
 
 __all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "uplink_status"]
 

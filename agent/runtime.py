@@ -25,21 +25,22 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, Callable
+from typing import Any
 
-from core.compat import TaskGroup
 from agent.buffer import DurableBuffer
 from agent.commands import CommandRouter, ControlEndpoint, write_control_token
 from agent.config import AgentConfig, BusConfig
 from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
-from core.errors import ConfigError
 from agent.health import Metrics, serve_health, uplink_status
 from agent.pipeline import Pipeline
-from core.reading import Reading, RecordClass
 from agent.supervise import Supervisor
+from core.compat import TaskGroup
+from core.errors import ConfigError
+from core.reading import Reading, RecordClass
 
 log = logging.getLogger(__name__)
 

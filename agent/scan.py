@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 
 import typer
 
-from drivers.modbus.timing import DeviceLoad, LineTiming, capacity_report
-from core.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
 from agent.identify import IDENTIFY_MAX_REGISTERS, Identification, identify
+from core.errors import DeviceException, DeviceTimeout, DriverError, FrameError, LinkError, QuanedgeError
 from drivers.modbus.codec import plan_reads
 from drivers.modbus.profile import load_profile
+from drivers.modbus.timing import DeviceLoad, LineTiming, capacity_report
 
 __all__ = ["DEFAULT_LINES", "PACE_S", "Identification", "ScanResult", "identify", "parse_units", "render_toml",
            "scan", "scan_bus"]

@@ -35,15 +35,16 @@ import asyncio
 import heapq
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Protocol
 
-from drivers.modbus.timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
-from core.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from agent.rates import CounterRates
+from core.errors import ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
 from drivers.base import BusAware, BusInfo, Driver
 from drivers.modbus.codec import plan_reads
+from drivers.modbus.timing import DEFAULT_TURNAROUND_S, CapacityReport, DeviceLoad, LineTiming, capacity_report
 
 log = logging.getLogger(__name__)
 

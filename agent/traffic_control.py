@@ -25,8 +25,9 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from core.config_reader import Table
 from core.errors import ConfigError, DriverError
@@ -50,7 +51,7 @@ class PatternThresholds:
             raise ValueError(f"need 0 < normal_from < peak_from and 0 <= hysteresis < 0.5, got {self}")
 
     @classmethod
-    def from_manifest(cls, thresholds: Mapping[str, float]) -> "PatternThresholds":
+    def from_manifest(cls, thresholds: Mapping[str, float]) -> PatternThresholds:
         """The defaults shipped in the traffic_demand manifest's [thresholds]."""
         d = cls()
         return cls(float(thresholds.get("pattern_normal_from", d.normal_from)),

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord
+from core.reading import Quality, Reading, RecordClass
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.profile import LineDefaults, load_profile
 from drivers.modbus.sim_slave import set_fault

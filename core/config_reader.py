@@ -45,7 +45,7 @@ class Table:
     def error(self, name: str, message: str, value: Any = None, expected: str | None = None) -> ConfigError:
         return self._error(message, file=self.file, key=self._k(name), value=value, expected=expected)
 
-    def child(self, data: Mapping[str, Any], name: str) -> "Table":
+    def child(self, data: Mapping[str, Any], name: str) -> Table:
         """A nested table (same file, same error class) at `<key>.<name>`."""
         return Table(data, self.file, self._k(name), error=self._error)
 

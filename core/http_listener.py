@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable
 
 __all__ = ["Request", "Response", "HttpServer", "Handler"]
 
@@ -86,7 +86,7 @@ class HttpServer:
         self._conns: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "HttpServer":
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> HttpServer:
         self._server = await asyncio.start_server(self._serve, host, port, limit=self.max_header)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -7,8 +7,9 @@ driver as a subclass of `core.errors.DriverError`; library exceptions are mapped
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from core.reading import Reading
 
@@ -49,8 +50,8 @@ class Driver(Protocol):
 class BusInfo:
     """What a driver on a shared bus declares to the bus scheduler (agent.scheduler)."""
 
-    profile: "Profile"                 # the register map the scheduler plans paced, coalesced reads from
-    line: "LineTiming | None" = None   # the serial line's timing (t3.5 gaps, capacity); None on TCP
+    profile: Profile                 # the register map the scheduler plans paced, coalesced reads from
+    line: LineTiming | None = None   # the serial line's timing (t3.5 gaps, capacity); None on TCP
     timeout_s: float | None = None     # the link's reply timeout (checked against the largest read)
 
 

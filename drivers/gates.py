@@ -23,7 +23,6 @@ receiver answers 400 with the reason and nothing unstorable reaches the buffer.
 from __future__ import annotations
 
 import asyncio
-
 import json
 import re
 from collections import OrderedDict
@@ -337,7 +336,7 @@ def access_event_json(major: int, minor: int, *, card_no: str = "", door: int = 
                            "serialNo": serial_no}}).encode()
 
 
-async def wait_stored(stored: "asyncio.Future[Any]", timeout_s: float) -> bool:
+async def wait_stored(stored: asyncio.Future[Any], timeout_s: float) -> bool:
     """Wait (bounded) for the agent's commit of a pushed event (see plate_receiver, access_controller).
 
     True: stored, answer the device "ok". False: not in time, refused, or the agent is stopping;
@@ -350,6 +349,6 @@ async def wait_stored(stored: "asyncio.Future[Any]", timeout_s: float) -> bool:
         if stored.cancelled():  # the agent is stopping and could not store it
             return False
         raise
-    except Exception:  # noqa: BLE001 - refused by the pipeline: the device re-sends
+    except Exception:
         return False
     return True

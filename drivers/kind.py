@@ -19,9 +19,10 @@ for pushes, the serial port or TCP listen address it owns, the line it is polled
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from core.config_reader import Table
@@ -95,8 +96,8 @@ class DeviceKind:
 
     name: str
     summary: str
-    parse: Callable[["Table", ParseContext], DeviceSettings]
-    build: Callable[[Any, BuildContext], "Driver"]
+    parse: Callable[[Table, ParseContext], DeviceSettings]
+    build: Callable[[Any, BuildContext], Driver]
     commands: tuple[str, ...] = ()
     #: a push device: a Listener task owns open()/close() instead of the poller
     listens: Callable[[Any], bool] = _never

@@ -23,8 +23,9 @@ import base64
 import binascii
 import hmac
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Union
 
 __all__ = ["PushCredential", "PushAuth", "Refusal", "parse_sources"]
 

@@ -6,16 +6,16 @@ are imported when a device of that kind is built or simulated.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from drivers.access_controller import KIND as ACCESS_CONTROLLER
 from drivers.gbt20999 import KIND as GBT20999
 from drivers.kind import DeviceKind
 from drivers.modbus import KIND as MODBUS
 from drivers.ntcip import KIND as NTCIP
-from drivers.parking import KIND as PARKING
 from drivers.ocpp_charger import KIND as OCPP_CHARGER
+from drivers.parking import KIND as PARKING
 from drivers.plate_camera import KIND as PLATE_CAMERA
 from drivers.wxt_serial import KIND as WXT_SERIAL
 

@@ -13,7 +13,8 @@ ConfigError naming file and key. One class, one set of rules, for the config fil
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from core.config_reader import NAME_RE, Table
 from drivers.push_auth import parse_sources

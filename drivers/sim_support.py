@@ -11,7 +11,8 @@ request ({"fault": "silence"}, {"status": true}, ...), and answers {"ok": true, 
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import typer
 
@@ -23,7 +24,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _check_port(option: str, port: Optional[int]) -> None:
+def _check_port(option: str, port: int | None) -> None:
     if port is not None and not 0 <= port <= 65535:
         _fail(f"{option} must be 0..65535 (0 = any free port), got {port}")
 
@@ -102,11 +103,11 @@ class _Control:
 
     def __init__(self, handlers: dict[str, Handler], status: Callable[[], dict]) -> None:
         self.handlers = {**handlers, "status": lambda msg: status()}
-        self.port: Optional[int] = None
+        self.port: int | None = None
         self._server: Any = None
         self._writers: set[Any] = set()
 
-    async def start(self, host: str, port: Optional[int]) -> "_Control":
+    async def start(self, host: str, port: int | None) -> _Control:
         import asyncio
 
         if port is not None:
@@ -165,14 +166,14 @@ def _enum_fault(enum_cls: Any, setter: Callable[[Any], None]) -> Handler:
     return handle
 
 
-def _int(msg: dict, key: str, lo: int, hi: int, default: Optional[int] = None) -> int:
+def _int(msg: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
     value = msg.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{key!r} must be an integer {lo}..{hi}, got {value!r}")
     return value
 
 
-def _redact(url: Optional[str]) -> Optional[str]:
+def _redact(url: str | None) -> str | None:
     """The URL without the password of its user info (a camera's push secret never goes to stdout)."""
     if url is None or "@" not in url.split("://", 1)[-1].split("/", 1)[0]:
         return url
@@ -181,6 +182,6 @@ def _redact(url: Optional[str]) -> Optional[str]:
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-def _http_url(option: str, url: Optional[str]) -> None:
+def _http_url(option: str, url: str | None) -> None:
     if url is not None and not (url.startswith(("http://", "https://")) and len(url.split("://", 1)[1]) > 0):
         _fail(f"{option} must be an http(s) URL, got {url!r}")

@@ -30,9 +30,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -55,7 +56,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
             value = pred()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - not up yet
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last})" if last else ""))

@@ -11,9 +11,9 @@ SQLite file (fast; ids must be new: change --prefix to re-run); otherwise throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,8 +23,8 @@ __all__ = ["fleet_command"]
 def fleet_command(
     boxes: int = typer.Option(..., "--boxes", min=1, max=1_000_000, help="How many boxes to simulate."),
     server: str = typer.Option("http://127.0.0.1:8080", help="Fleet server URL (plain http)."),
-    db: Optional[Path] = typer.Option(None, help="Provision the boxes straight into this SQLite file."),
-    admin_token: Optional[str] = typer.Option(None, envvar="QUANEDGE_ADMIN_TOKEN",
+    db: Path | None = typer.Option(None, help="Provision the boxes straight into this SQLite file."),
+    admin_token: str | None = typer.Option(None, envvar="QUANEDGE_ADMIN_TOKEN",
                                               help="Enroll through the API instead (admin token)."),
     prefix: str = typer.Option("sim", help="Box ids are <prefix>-000000 ..."),
     hardware: str = typer.Option("qe-box-a", help="Hardware id the boxes report."),
@@ -77,7 +77,5 @@ def fleet_command(
             task.cancel()
             typer.echo(summary(sim, started))
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -23,8 +24,8 @@ from pathlib import Path
 from agent.buffer import DurableBuffer
 from agent.config import load_config
 from agent.drain import Drain
-from core.reading import Reading
 from agent.runtime import GIL_SWITCH_INTERVAL_S, make_uplink_factory
+from core.reading import Reading
 
 
 async def run(config: Path, readings: int, rate: float, chunk: int, prefill: bool) -> None:
@@ -76,10 +77,8 @@ async def run(config: Path, readings: int, rate: float, chunk: int, prefill: boo
                 line.update(final)
                 print(json.dumps(line), flush=True)
             tick += 1
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
         for task in (producing, draining):
             task.cancel()
         await asyncio.gather(producing, draining, return_exceptions=True)

@@ -67,7 +67,7 @@ class SecureBroker:
                        check=True, capture_output=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "SecureBroker":
+    def start(self) -> SecureBroker:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "log", "ab"))
 

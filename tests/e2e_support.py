@@ -33,7 +33,7 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
             v = pred()
             if v:
                 return v
-        except Exception as exc:  # noqa: BLE001 - polled until the deadline
+        except Exception as exc:
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
@@ -163,7 +163,7 @@ class Mosquitto:
                              f"persistence_location {self.dir}/\nautosave_interval 1\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "log", "ab"))
 

@@ -82,9 +82,9 @@ def ack_logger(path: str | os.PathLike[str]) -> Callable[[int, int], None]:
 def _launcher(argv: list[str]) -> int:
     import argparse
 
-    from core.logs import setup_logging
     from agent.updater.launcher import Supervisor, read_settings
     from core.errors import QuanedgeError
+    from core.logs import setup_logging
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", "-c", type=Path, required=True)
@@ -103,9 +103,9 @@ def _agent_run(argv: list[str]) -> int:
 
     import agent.updater.service as service
     from agent.config import load_config
-    from core.logs import setup_logging
     from agent.runtime import run_agent
     from core.errors import QuanedgeError
+    from core.logs import setup_logging
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", "-c", type=Path, required=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-
 from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer
 
 from firmware_manifests.repository import Repository

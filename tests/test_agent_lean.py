@@ -25,8 +25,9 @@ def test_agent_run_path_imports_no_server_or_training_stack() -> None:
 
 
 def test_pyproject_base_install_has_no_server_stack() -> None:
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     base = " ".join(project["dependencies"]).lower()

@@ -12,8 +12,8 @@ import aiomqtt
 import httpx
 import pytest
 
-from core.reading import Reading
 from agent.uplink.mqtt import MqttSettings, MqttUplink
+from core.reading import Reading
 from tests.broker_support import SecureBroker, self_signed, start_secure_fleet
 from tests.e2e_support import stop
 

@@ -8,12 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.timing import (
-    DeviceLoad,
-    LineTiming,
-    capacity_report,
-    read_reply_bytes,
-)
+from drivers.modbus.timing import DeviceLoad, LineTiming, capacity_report, read_reply_bytes
 
 L9600 = LineTiming(9600, "N")
 

@@ -10,18 +10,18 @@ import json
 import os
 import socket
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import httpx
 import pytest
 
 from agent.commands import AUDIT_POINT, CommandRouter, ControlEndpoint, parse_arg, write_control_token
 from agent.devices import ManagedDriver
-from core.errors import CommandRefused
 from agent.health import Metrics, serve_health
-from core.reading import Quality, Reading, RecordClass
 from agent.scheduler import BusScheduler, PolledDevice
+from core.errors import CommandRefused
+from core.reading import Quality, Reading, RecordClass
 from drivers.wxt_serial.driver import WxtSerialDriver
 from drivers.wxt_serial.settings import WxtSerialSettings
 from drivers.wxt_serial.sim import Fault, WxtSerialSim

@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from core.backoff import Backoff
 from agent.devices import EventSink, Listener, ManagedDriver
+from core.backoff import Backoff
 from core.errors import DriverError, LinkError
 from core.reading import Reading, RecordClass
 from drivers.gbt20999.driver import GbtDriver
 from drivers.gbt20999.settings import GbtSettings
+from drivers.gbt20999.sim import GbtControllerSim
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
 from drivers.push_auth import PushCredential, parse_sources
-from drivers.gbt20999.sim import GbtControllerSim
 
 
 def _event(i: int) -> Reading:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.registry import KINDS
 from agent.config import DeviceConfig, load_config
 from agent.devices import ManagedDriver, build_devices, line_of, listens
 from core.errors import ConfigError
 from drivers.base import Driver
+from drivers.registry import KINDS
 
 HEAD = """
 [box]

@@ -19,9 +19,9 @@ import paho.mqtt.client as mqtt
 
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.drain import Drain
-from core.reading import Reading
 from agent.uplink.acks import AckWaiters, parse_ack
 from agent.uplink.mqtt import MqttSettings, MqttUplink
+from core.reading import Reading
 from fleet_server.acks import refused_ack, stored_ack
 from fleet_server.errors import PayloadError
 
@@ -230,7 +230,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    async def __aenter__(self) -> "_Recorder":
+    async def __aenter__(self) -> _Recorder:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

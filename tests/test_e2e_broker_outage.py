@@ -9,9 +9,19 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from e2e_support import (Mosquitto, box_config, enroll, health, mqtt_uplink, start_agent, start_fleet, start_sim,
-                         stop, tcp_bus, wait_for)
+from e2e_support import (
+    Mosquitto,
+    box_config,
+    enroll,
+    health,
+    mqtt_uplink,
+    start_agent,
+    start_fleet,
+    start_sim,
+    stop,
+    tcp_bus,
+    wait_for,
+)
 
 
 class Collector:

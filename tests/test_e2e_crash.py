@@ -10,10 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-
+from e2e_support import (
+    box_config,
+    enroll,
+    health,
+    http_uplink,
+    start_agent,
+    start_fleet,
+    start_sim,
+    stop,
+    tcp_bus,
+    wait_for,
+)
 from pause_points import SCRIPT as PAUSE_SCRIPT  # logs acknowledged appends (QUANEDGE_TEST_ACK_LOG)
-from e2e_support import (box_config, enroll, health, http_uplink, start_agent, start_fleet, start_sim, stop,
-                         tcp_bus, wait_for)
 
 CYCLES = int(os.environ.get("QUANEDGE_KILL_CYCLES", "50"))
 

@@ -13,17 +13,18 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from e2e_support import PY, free_port, health, start_agent, stop, wait_for
 
 from agent.enroll import Credential, save_credential
-from drivers.ntcip import mib as n
-from e2e_support import PY, free_port, health, start_agent, stop, wait_for
 from drivers.access_controller.sim import AccessControllerSim
 from drivers.gbt20999.sim import GbtControllerSim, Plan
+from drivers.ntcip import mib as n
 from drivers.ntcip.sim import NtcipControllerSim, Pattern
 from drivers.plate_camera.sim import PlateCameraSim
 

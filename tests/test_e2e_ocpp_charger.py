@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from e2e_support import PY, free_port, health, start_agent, stop, wait_for
+
 from agent.enroll import Credential, save_credential
 from drivers.ocpp_charger.sim import ChargerSim
-from e2e_support import PY, free_port, health, start_agent, stop, wait_for
 
 ROUTINE, ALARM, EVENT = 0, 1, 2
 

@@ -11,14 +11,15 @@ import json
 import sqlite3
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from e2e_support import PY, free_port, health, start_agent, stop, wait_for
 
 from agent.enroll import Credential, save_credential
 from drivers.parking.sim import ParkingSim, load_layout
-from e2e_support import PY, free_port, health, start_agent, stop, wait_for
 
 LAYOUT = """
 name = "lot-north"

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import time
 from pathlib import Path
 
 import httpx
-import pytest
+from e2e_support import (
+    box_config,
+    enroll,
+    free_port,
+    health,
+    http_uplink,
+    mqtt_uplink,
+    rtu_bus,
+    start_agent,
+    start_fleet,
+    start_sim,
+    stop,
+    tcp_bus,
+    wait_for,
+)
 
 from agent.enroll import Credential, save_credential
-from e2e_support import (box_config, enroll, free_port, health, http_uplink, mqtt_uplink, rtu_bus, start_agent,
-                         start_fleet, start_sim, stop, tcp_bus, wait_for)
 
 
 def test_rtu_over_pty_through_the_shared_broker_into_the_fleet_server(tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ import pytest
 
 from fleet_server.errors import BrokerUnavailable
 from fleet_server.store.sqlite import SqliteStore
-from tests.test_fleet_helpers import (
-    TestClient, admin, enroll, new_token, post, rows, snapshot,
-)
+from tests.test_fleet_helpers import TestClient, admin, enroll, new_token, post, rows, snapshot
 
 
 class FakeAccounts:

@@ -11,7 +11,6 @@ from rollout_support import serve_in_thread
 from test_fleet_helpers import ADMIN
 from typer.testing import CliRunner
 
-from quanedge.cli import build_app
 from core.reading import Reading
 from fleet_server.access import Role
 from fleet_server.app import create_app
@@ -19,6 +18,7 @@ from fleet_server.seq_tracking import SeqReport
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 from hil_tests.fleet_harness import free_port
+from quanedge.cli import build_app
 
 
 @pytest.fixture

@@ -10,25 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fleet_helpers import (
-    ADMIN,
-    Clock,
-    TestClient,
-    admin,
-    bearer,
-    enroll,
-    new_token,
-    post,
-    rows,
-    snapshot,
-)
+from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, new_token, post, rows, snapshot
 
 from core.errors import ConfigError
 from fleet_server.app import create_app
 from fleet_server.errors import StoreError
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
-
 
 # -- enrollment -------------------------------------------------------------------------------
 

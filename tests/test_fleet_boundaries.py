@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from e2e_support import Fleet, start_fleet, stop
 
 HUGE = "1" + "0" * 400  # 10**400 as JSON text

@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from e2e_support import free_port, stop, wait_for
 from hypothesis import HealthCheck, settings
+from rollout_support import make_repo
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from e2e_support import free_port, stop, wait_for
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
-from rollout_support import make_repo
 
 # Per operation and credential: ~1,900 requests in ~12 s. QUANEDGE_FUZZ_EXAMPLES=300 for a long run.
 MAX_EXAMPLES = int(os.environ.get("QUANEDGE_FUZZ_EXAMPLES", "60"))
@@ -37,8 +37,8 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 FIGURES: Counter[str] = Counter()
 
 # role -> how to get its headers from the running server (admin: the bootstrap token).
-def _user_token(role: str) -> Callable[["Server"], dict[str, str]]:
-    def headers(server: "Server") -> dict[str, str]:
+def _user_token(role: str) -> Callable[[Server], dict[str, str]]:
+    def headers(server: Server) -> dict[str, str]:
         if role not in server.user_tokens:
             r = httpx.post(server.url + "/api/v1/users", json={"name": f"fuzz-{role}", "role": role},
                            headers={"Authorization": f"Bearer {server.admin}"}, timeout=10)
@@ -49,7 +49,7 @@ def _user_token(role: str) -> Callable[["Server"], dict[str, str]]:
     return headers
 
 
-_CREDENTIALS: dict[str, Callable[["Server"], dict[str, str]]] = {
+_CREDENTIALS: dict[str, Callable[[Server], dict[str, str]]] = {
     "admin": lambda server: {"Authorization": f"Bearer {server.admin}"},
     "operator": _user_token("operator"),
     "viewer": _user_token("viewer"),

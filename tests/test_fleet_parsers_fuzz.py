@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_fleet_helpers import Clock, TestClient, bearer, enroll, open_client, open_store
 
 from core.validate import TS_MAX, TS_MIN, is_clean_text
 from fleet_server.errors import FleetError
@@ -19,7 +20,6 @@ from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge, parse_status
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
-from test_fleet_helpers import Clock, TestClient, bearer, enroll, open_client, open_store
 
 # JSON-ish values with the hostile cases weighted in: huge ints, lone surrogates, NaN, nesting.
 _scalars = st.one_of(
@@ -117,7 +117,7 @@ def test_the_bridge_handles_any_message_without_raising(rig: tuple[MqttBridge, S
     StoreError may, and this store does not fail)."""
     bridge, store = rig
     before = store.count_quarantined()
-    bridge._process(topic, payload)  # noqa: SLF001 - the unit under test
+    bridge._process(topic, payload)
     assert store.count_quarantined() in (before, before + 1)
 
 

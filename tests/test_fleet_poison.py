@@ -23,10 +23,10 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from e2e_support import Fleet, Mosquitto, start_fleet, stop, wait_for
 
 from core.backoff import Backoff
 from core.reading import Reading
-from e2e_support import Fleet, Mosquitto, start_fleet, stop, wait_for
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge

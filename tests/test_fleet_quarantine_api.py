@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_fleet_helpers import Clock, TestClient, admin, bearer, enroll, open_store
 
 from fleet_server.store import quarantine as q
 from fleet_server.store.sqlite import SqliteStore
-from test_fleet_helpers import Clock, TestClient, admin, bearer, enroll, open_store
 
 
 @pytest.fixture

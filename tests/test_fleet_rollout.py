@@ -11,7 +11,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from rollout_support import (
-    AGENT, FIRMWARE, MODEL, Boxes, action_of, checkin, create, make_repo, open_app, provision, report, status,
+    AGENT,
+    FIRMWARE,
+    MODEL,
+    Boxes,
+    action_of,
+    checkin,
+    create,
+    make_repo,
+    open_app,
+    provision,
+    report,
+    status,
 )
 from test_fleet_helpers import Clock, TestClient, admin
 

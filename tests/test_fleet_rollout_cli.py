@@ -11,12 +11,12 @@ from rollout_support import AGENT, make_repo, provision, serve_in_thread
 from test_fleet_helpers import ADMIN
 from typer.testing import CliRunner
 
-from quanedge.cli import build_app
 from fleet_server.app import create_app
 from fleet_server.rollout import cli as rollout_cli
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 from hil_tests.fleet_harness import free_port
+from quanedge.cli import build_app
 
 
 @pytest.fixture

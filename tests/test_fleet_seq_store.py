@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_fleet_helpers import Clock
 
 from core.reading import Reading
-from test_fleet_helpers import Clock
 from fleet_server.alerts import SEQ_GAP, AlertQuery, UnknownAlert
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.seq_tracking import BUFFER_REPLACED, UNANNOUNCED, Gap, SeqReport, SeqState

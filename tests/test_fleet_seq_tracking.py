@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet_server.seq_tracking import (
-    BUFFER_REPLACED, UNANNOUNCED, UNTRACKED, Gap, SeqReport, SeqState, check_reason, seq_ranges, track,
+    BUFFER_REPLACED,
+    UNANNOUNCED,
+    UNTRACKED,
+    Gap,
+    SeqReport,
+    SeqState,
+    check_reason,
+    seq_ranges,
+    track,
 )
 
 # -- a naive model of the same rules: explicit sets of seqs, no ranges ------------------------------

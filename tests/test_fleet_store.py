@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_fleet_helpers import Clock
 
 from core.reading import Quality, Reading, RecordClass
-from test_fleet_helpers import Clock
 from fleet_server.errors import AdmissionRequired, EnrollmentRefused, StoreError, UnknownBox
 from fleet_server.store.base import IngestResult, Store, hash_secret
 from fleet_server.store.sqlite import SqliteStore

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from test_fleet_helpers import ADMIN, TestClient
 
 from fleet_server.app import create_app
 from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 from fleet_server.supervisor import Supervisor
-from test_fleet_helpers import ADMIN, TestClient
 
 
 async def test_a_job_that_keeps_dying_backs_off_to_the_cap_and_recovers() -> None:

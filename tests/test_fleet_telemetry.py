@@ -8,17 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fleet_helpers import (
-    ADMIN,
-    MAX_BATCH,
-    TestClient,
-    admin,
-    bearer,
-    enroll,
-    post,
-    rows,
-    snapshot,
-)
+from test_fleet_helpers import ADMIN, MAX_BATCH, TestClient, admin, bearer, enroll, post, rows, snapshot
 
 from core.reading import Quality, Reading, RecordClass
 from fleet_server.app import create_app

@@ -29,8 +29,8 @@ from drivers.access_controller.driver import AccessControllerDriver
 from drivers.access_controller.settings import AccessControllerSettings
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
-from drivers.push_auth import PushCredential, parse_sources
 from drivers.plate_camera.sim import PlateCameraSim
+from drivers.push_auth import PushCredential, parse_sources
 
 ALLOW = frozenset({"鲁A12345"})
 CAMERAS = (PushCredential("cam-1", sources=parse_sources(["127.0.0.1"])),)

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 import json
+import time
 
 import httpx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
+from core.http_listener import HttpServer, Response
 from core.reading import Reading, RecordClass
 from drivers import gates
-from drivers.base import Driver
 from drivers.access_controller.driver import AccessControllerDriver
 from drivers.access_controller.settings import AccessControllerSettings
+from drivers.access_controller.sim import AccessControllerSim
+from drivers.base import Driver
 from drivers.plate_camera.driver import PlateReceiverDriver
 from drivers.plate_camera.settings import PlateCameraSettings
-from drivers.push_auth import PushCredential, parse_sources
-from core.http_listener import HttpServer, Response
-from drivers.access_controller.sim import AccessControllerSim
 from drivers.plate_camera.sim import PlateCameraSim
+from drivers.push_auth import PushCredential, parse_sources
 
 PUSH = (b'{"AlarmInfoPlate":{"result":{"PlateResult":{"license":"\xe9\xb2\x81A12345","confidence":96,'
         b'"plateid":21085,"isoffline":0}},"serialno":"fe71e106-57263272"}}')
@@ -102,10 +104,8 @@ def test_push_and_event_garbage_only_frame_error(doc) -> None:
     for parse in (gates.parse_plate_push, gates.parse_access_event, gates.parse_response_status,
                   gates.parse_remote_control, lambda b: gates.parse_heartbeat(b, "multipart/form-data; boundary=x"),
                   lambda b: gates.parse_heartbeat(b, "application/x-www-form-urlencoded")):
-        try:
+        with contextlib.suppress(FrameError):
             parse(body)
-        except FrameError:
-            pass
 
 
 # --- ISAPI codec ---------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import json
 import pytest
 
 from agent.inference import InferenceStage, ModelSpec
-from core.reading import Quality, Reading, RecordClass
 from agent.traffic_control import JunctionPolicy, PatternDecider
+from core.reading import Quality, Reading, RecordClass
 from drivers.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
 from drivers.physics.traffic import INTERVAL_S, SignalControllerSim, TrafficModel
 from drivers.physics.weather import WeatherModel

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import shutil
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import agent.inference as inference
-from core.errors import ConfigError
 from agent.inference import InferenceStage, ModelSpec, parse_model_specs
+from core.errors import ConfigError
 from core.reading import Quality, Reading, RecordClass
 from edge_models.datagen import simulate_weather
 from edge_models.manifest import ModelLoadError
@@ -24,7 +24,7 @@ UNITS = {"air_temperature": "degC", "relative_humidity": "%", "air_pressure": "h
 WX = [ModelSpec("wx_fault", "1.0.0"), ModelSpec("rain_nowcast", "1.0.0")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _weather(device: str) -> dict:
     w = simulate_weather(sum(map(ord, device)), 0.25)
     w["wind_direction"] = np.full(len(w["t"]), 120.0)
@@ -226,8 +226,8 @@ async def test_runtime_failure_is_counted_reported_and_readings_flow() -> None:
     stage = InferenceStage.from_config(WX)
     try:
         await feed(stage, ["wx1"], 60)
-        model = stage._runners["wx_fault"].head.model  # noqa: SLF001
-        good, model._session = model._session, _Broken()  # noqa: SLF001
+        model = stage._runners["wx_fault"].head.model
+        good, model._session = model._session, _Broken()
         batch = station("wx1", T0 + 3600.0, 60)
         out = await stage.process(batch)
         assert out[: len(batch)] == batch
@@ -238,7 +238,7 @@ async def test_runtime_failure_is_counted_reported_and_readings_flow() -> None:
         assert not any(r.point.startswith("model_status") for r in out), "reported once per streak"
         s = stage.stats()
         assert s["failures"]["wx_fault"] == 2 and "simulated" in s["last_error"]
-        model._session = good  # noqa: SLF001
+        model._session = good
         out = await stage.process(station("wx1", T0 + 3720.0, 62))
         assert any(r.point == "model_status.wx_fault" and '"recovered"' in r.text for r in out)
         assert any(r.point == "fault_score.air_temperature" for r in out)
@@ -260,7 +260,7 @@ async def test_inference_runs_in_one_worker_thread_with_one_onnx_thread(monkeypa
         await feed(stage, ["wx1"], 62)
         assert len(names) == 1 and next(iter(names)).startswith("quanedge-inference")
         assert names.isdisjoint({threading.main_thread().name})
-        opts = stage._runners["wx_fault"].head.model._session.get_session_options()  # noqa: SLF001
+        opts = stage._runners["wx_fault"].head.model._session.get_session_options()
         assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
     finally:
         stage.close()

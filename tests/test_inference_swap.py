@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,13 @@ import pytest
 from onnx import helper, numpy_helper
 
 from agent.inference import InferenceStage, ModelSpec
+from core.compat import tomllib
 from core.reading import Quality, Reading, RecordClass
-from edge_models.manifest import ModelLoadError, dumps_manifest, sha256_bytes
-from edge_models.runtime import default_models_dir
 from drivers.physics.faults import CHANNELS, Fault, FaultInjector, FaultKind
 from drivers.physics.traffic import TrafficModel
 from drivers.physics.weather import WeatherModel
-
-from core.compat import tomllib
+from edge_models.manifest import ModelLoadError, dumps_manifest, sha256_bytes
+from edge_models.runtime import default_models_dir
 
 T0 = 1_750_000_000.0
 OFFSET = 1000.0  # the test's v1.1.0 adds this to every forecast, so each output shows its version
@@ -96,7 +94,7 @@ async def test_hot_swap_under_load_loses_nothing_and_never_mixes_versions(tmp_pa
     assert sent == returned == producers * per_producer * 8 * intervals
     assert stage.versions() == {"traffic_demand": "1.1.0"}
     first_new = seen_versions.index("1.1.0")
-    assert 0 < first_new and all(v == "1.1.0" for v in seen_versions[first_new:])
+    assert first_new > 0 and all(v == "1.1.0" for v in seen_versions[first_new:])
     assert stage.stats()["swaps"] == 1
 
 

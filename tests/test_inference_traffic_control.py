@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from agent.traffic_control import JunctionPolicy, PatternDecider, PatternThresholds
 from core.errors import CommandRefused
 from core.reading import Quality, Reading, RecordClass
-from agent.traffic_control import JunctionPolicy, PatternDecider, PatternThresholds
 from edge_models.manifest import load_manifest
 from edge_models.runtime import default_models_dir
 

@@ -9,10 +9,10 @@ import pytest
 
 from agent.commands import AUDIT_POINT, CommandRouter
 from agent.config import load_config
-from core.errors import ConfigError, DeviceTimeout
-from core.reading import Quality, Reading, RecordClass
 from agent.runtime import ChainStage
 from agent.traffic_control import PatternDecider
+from core.errors import ConfigError, DeviceTimeout
+from core.reading import Quality, Reading, RecordClass
 
 T = 1_750_000_000.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import tty
@@ -12,15 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import (
-    CommandRefused,
-    ConfigError,
-    DeviceException,
-    DeviceTimeout,
-    DriverError,
-    FrameError,
-    LinkError,
-)
+from core.errors import CommandRefused, ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality
 from drivers.base import Driver
 from drivers.modbus.driver import ModbusDevice, ModbusLink
@@ -129,10 +122,8 @@ async def rtu_exchange(path: str, request: bytes, expect: int = 0, wait_s: float
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not (expect and len(reply) >= expect):
             await asyncio.sleep(0.01)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 reply += os.read(fd, 512)
-            except BlockingIOError:
-                pass
         return reply
     finally:
         os.close(fd)

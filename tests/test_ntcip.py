@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError
 from core.reading import Quality
-from drivers.ntcip import mib as n
 from drivers.base import Driver
+from drivers.ntcip import mib as n
 from drivers.ntcip.driver import NtcipDriver
 from drivers.ntcip.settings import NtcipSettings
 from drivers.ntcip.sim import NtcipControllerSim

@@ -12,8 +12,9 @@ import asyncio
 import base64
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect

@@ -7,12 +7,12 @@ import asyncio
 import json
 import subprocess
 import sys
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from core.config_reader import Table
 from core.errors import CommandRefused, ConfigError, DeviceTimeout, FrameError

@@ -3,8 +3,12 @@ and the guidance rule (free = capacity - occupied, FULL, overrides, counter wrap
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from core.errors import DeviceException, FrameError
 from drivers.parking import codec, guidance
@@ -60,15 +64,11 @@ def test_junk_is_a_frame_error_never_a_crash(junk: bytes) -> None:
     for decode in (lambda: codec.decode_reply(junk, request), lambda: codec.decode_request(junk),
                    lambda: codec.decode_alpha(junk), lambda: codec.reply_length(junk, 3),
                    lambda: codec.request_length(junk)):
-        try:
+        with contextlib.suppress(FrameError, DeviceException):
             decode()
-        except (FrameError, DeviceException):
-            pass
     if len(junk) % 2 == 0 and junk:
-        try:
+        with contextlib.suppress(FrameError):
             codec.decode_segments([junk[i] << 8 | junk[i + 1] for i in range(0, len(junk), 2)])
-        except FrameError:
-            pass
 
 
 @given(st.lists(words, min_size=1, max_size=10), st.data())

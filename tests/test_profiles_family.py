@@ -17,8 +17,8 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
 
-from core.errors import ConfigError
 from agent.rates import CounterRates
+from core.errors import ConfigError
 from core.reading import Quality, Reading
 from drivers.modbus.codec import (
     MAX_READ_REGISTERS,

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.timing import LineTiming
 from agent.config import load_config
 from agent.scan import ScanResult, parse_units, render_toml, scan_bus
 from drivers.modbus.sim import make_model
 from drivers.modbus.sim_slave import SimSlave, serving
+from drivers.modbus.timing import LineTiming
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 START = 1_750_050_000.0

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.timing import LineTiming
 from agent.config import load_config
-from core.errors import DeviceTimeout
 from agent.runtime import make_link
 from agent.scan import ScanResult, render_toml, scan_bus
+from core.errors import DeviceTimeout
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.sim import make_model
 from drivers.modbus.sim_slave import SimSlave, serving
 from drivers.modbus.sim_wxt530 import make_wxt530
+from drivers.modbus.timing import LineTiming
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 START = 1_750_050_000.0  # 13:00 local: the sun is up, so the radiation registers hold values

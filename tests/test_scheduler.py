@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from agent.scheduler import BusScheduler, PolledDevice
 from core.errors import DeviceTimeout
 from core.reading import Reading, RecordClass
-from agent.scheduler import BusScheduler, PolledDevice
 
 
 class ScriptedDriver:
@@ -55,10 +57,8 @@ async def run_for(sched: BusScheduler, seconds: float) -> None:
     task = asyncio.create_task(sched.run())
     await asyncio.sleep(seconds)
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
 
 
 async def test_requests_on_one_bus_never_overlap_and_a_silent_slave_is_quarantined() -> None:

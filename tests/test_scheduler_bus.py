@@ -15,16 +15,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
-from core.errors import ConfigError
-from core.reading import Quality, Reading, RecordClass
 from agent.devices import ManagedDriver
 from agent.scheduler import BusScheduler, PolledDevice, PollRecord, probe_interval, return_bound
+from core.errors import ConfigError
+from core.reading import Quality, Reading, RecordClass
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.profile import LineDefaults, Profile, load_profile
 from drivers.modbus.sim import make_model
@@ -118,18 +118,17 @@ async def test_one_silent_slave_does_not_slow_the_others(tcp: bool) -> None:
 
 
 async def test_slave_back_after_outage_is_online_once_and_data_flows() -> None:
-    async with rig(FOUR[:3], baudrate=4800) as r:
-        async with r.link() as link:
-            sched = r.scheduler(link, [(m, u, 0.2) for m, u in FOUR[:3]], probe_s=0.6)
-            task = asyncio.create_task(sched.run())
-            await asyncio.sleep(0.8)
-            await set_fault(r.info["control_port"], 2, "disconnect")  # cable pulled (RTU: silence)
-            await asyncio.sleep(1.5)
-            await set_fault(r.info["control_port"], 2, None)         # and plugged back in
-            n_before = len(r.good("renke_wind_direction-2", "wind_direction"))
-            await asyncio.sleep(1.5)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with rig(FOUR[:3], baudrate=4800) as r, r.link() as link:
+        sched = r.scheduler(link, [(m, u, 0.2) for m, u in FOUR[:3]], probe_s=0.6)
+        task = asyncio.create_task(sched.run())
+        await asyncio.sleep(0.8)
+        await set_fault(r.info["control_port"], 2, "disconnect")  # cable pulled (RTU: silence)
+        await asyncio.sleep(1.5)
+        await set_fault(r.info["control_port"], 2, None)         # and plugged back in
+        n_before = len(r.good("renke_wind_direction-2", "wind_direction"))
+        await asyncio.sleep(1.5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert [s for s in r.states if s[0] == "renke_wind_direction-2"] == [
         ("renke_wind_direction-2", True), ("renke_wind_direction-2", False), ("renke_wind_direction-2", True)]
     events = [e.value for e in r.emitted if e.device == "renke_wind_direction-2" and e.point == "_online"]
@@ -147,10 +146,8 @@ async def test_scheduler_keeps_t35_between_frames_which_pymodbus_alone_does_not(
             glued = 0
             for _ in range(8):  # the driver alone: four requests back to back
                 before = r.wire.gap_violations
-                try:
+                with suppress(Exception):
                     await lufft.read()
-                except Exception:
-                    pass
                 glued += r.wire.gap_violations - before
             assert glued > 0, "pymodbus sent a request within t3.5 of a reply on this run"
             await asyncio.sleep(0.3)
@@ -179,13 +176,12 @@ async def test_a_silent_slave_costs_one_timeout_per_poll_not_per_request() -> No
 
 async def test_capacity_report_predicts_an_oversubscribed_bus(caplog: pytest.LogCaptureFixture) -> None:
     specs = [("small_weather_station", u) for u in range(1, 7)]
-    async with rig(specs, baudrate=4800, turnaround_s=0.01) as r:
-        async with r.link(timeout_s=0.3) as link:
-            sched = r.scheduler(link, [(m, u, 0.2) for m, u in specs], turnaround_s=0.01)
-            report = sched.capacity_report
-            assert report is not None and report.oversubscribed
-            with caplog.at_level(logging.WARNING, logger="agent.scheduler"):
-                await run_for(sched, 4.0)
+    async with rig(specs, baudrate=4800, turnaround_s=0.01) as r, r.link(timeout_s=0.3) as link:
+        sched = r.scheduler(link, [(m, u, 0.2) for m, u in specs], turnaround_s=0.01)
+        report = sched.capacity_report
+        assert report is not None and report.oversubscribed
+        with caplog.at_level(logging.WARNING, logger="agent.scheduler"):
+            await run_for(sched, 4.0)
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 6 and all("over-subscribed" in w for w in warnings)
     predicted = report.devices[0].expected_period_s  # 6 x (8 + 33 bytes at 4800 + 2 x t3.5 + 10 ms) = 0.66 s
@@ -312,29 +308,28 @@ async def test_an_offline_slave_is_probed_cheaply_and_read_again_soon_after_it_r
     (one timeout at most) per probe interval."""
     poll_s = 0.5
     bound, interval = return_bound(poll_s), probe_interval(poll_s)
-    async with rig([("lufft_ws", 1), ("renke_wind_speed", 2)], baudrate=9600) as r:
-        async with r.link() as link:
-            sched = r.scheduler(link, [("lufft_ws", 1, poll_s), ("renke_wind_speed", 2, poll_s)])
-            task = asyncio.create_task(sched.run())
-            latencies, windows = [], []
-            try:
-                await asyncio.sleep(1.0)
-                for away in (3.3, 4.6, 5.9):  # different phases of the return against the probes
-                    went = asyncio.get_running_loop().time()
-                    requests_before = r.slaves[1].requests
-                    r.slaves[1].set_fault("silent")
-                    await asyncio.sleep(away)
-                    windows.append((went, asyncio.get_running_loop().time(), r.slaves[1].requests - requests_before))
-                    lufft = sched.devices[0]
-                    assert "no reply" in (lufft.last_error or "") and time.time() - away <= lufft.last_error_at
-                    r.slaves[1].set_fault(None)
-                    back = asyncio.get_running_loop().time()
-                    ok = await _first_ok_poll(r, "lufft_ws-1", after=back, timeout=bound + 2)
-                    latencies.append(ok.ended - back)
-                    assert (lufft.last_error, lufft.last_error_at) == (None, None)  # cleared by the good poll
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    async with rig([("lufft_ws", 1), ("renke_wind_speed", 2)], baudrate=9600) as r, r.link() as link:
+        sched = r.scheduler(link, [("lufft_ws", 1, poll_s), ("renke_wind_speed", 2, poll_s)])
+        task = asyncio.create_task(sched.run())
+        latencies, windows = [], []
+        try:
+            await asyncio.sleep(1.0)
+            for away in (3.3, 4.6, 5.9):  # different phases of the return against the probes
+                went = asyncio.get_running_loop().time()
+                requests_before = r.slaves[1].requests
+                r.slaves[1].set_fault("silent")
+                await asyncio.sleep(away)
+                windows.append((went, asyncio.get_running_loop().time(), r.slaves[1].requests - requests_before))
+                lufft = sched.devices[0]
+                assert "no reply" in (lufft.last_error or "") and time.time() - away <= lufft.last_error_at
+                r.slaves[1].set_fault(None)
+                back = asyncio.get_running_loop().time()
+                ok = await _first_ok_poll(r, "lufft_ws-1", after=back, timeout=bound + 2)
+                latencies.append(ok.ended - back)
+                assert (lufft.last_error, lufft.last_error_at) == (None, None)  # cleared by the good poll
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     print(f"\nprobe interval {interval:g} s, bound {bound:g} s; read again after return: "
           + ", ".join(f"{x:.2f} s" for x in latencies))
     assert all(x <= bound for x in latencies), (latencies, bound)

@@ -22,10 +22,10 @@ from core.errors import DeviceTimeout, FrameError
 from drivers.modbus.codec import decode_point, plan_reads
 from drivers.modbus.driver import ModbusLink
 from drivers.modbus.profile import LineDefaults, load_profile
-from drivers.physics.air import AirModel, traffic_level
-from drivers.physics.weather import WeatherModel
 from drivers.modbus.sim import MODELS, TIP_MM, make_model, parse_slaves
 from drivers.modbus.sim_slave import RtuBus, serving, set_fault
+from drivers.physics.air import AirModel, traffic_level
+from drivers.physics.weather import WeatherModel
 
 MBPOLL = shutil.which("mbpoll")
 needs_mbpoll = pytest.mark.skipif(MBPOLL is None, reason="mbpoll is not installed (apt-get install -y mbpoll)")

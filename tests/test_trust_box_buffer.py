@@ -17,11 +17,11 @@ import pytest
 
 from agent.buffer import BufferSettings, DurableBuffer, _to_row
 from agent.drain import Drain
-from core.errors import RecordRefused
 from agent.pipeline import Pipeline
-from core.reading import Reading
 from agent.uplink.http import HttpSettings, HttpUplink
+from core.errors import RecordRefused
 from core.http_listener import HttpServer, Request, Response
+from core.reading import Reading
 
 
 def reading(point: str = "t", text: str | None = None, device: str = "dev", value: float | None = 1.0) -> Reading:

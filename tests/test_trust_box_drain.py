@@ -12,9 +12,9 @@ import asyncio
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -53,7 +53,7 @@ class Ingest(BaseHTTPRequestHandler):
     stored: list[list] = []
     refused: list[list] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["readings"]
         for i, row in enumerate(rows):
             if row[8] and BAD_PLATE in row[8]:

@@ -16,7 +16,6 @@ import pytest
 from tuf.api import exceptions as tuf_exc
 
 import agent.updater
-from core.errors import ConfigError, QuanedgeError
 from agent.updater.verify import (
     ReasonCode,
     UpdateRejected,
@@ -26,6 +25,7 @@ from agent.updater.verify import (
     _pin_reference_time,
     classify,
 )
+from core.errors import ConfigError, QuanedgeError
 from firmware_manifests.repository import Repository
 from firmware_manifests.schema import TargetKind, Version
 from firmware_manifests.serve import RepoServer

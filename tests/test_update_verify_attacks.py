@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -42,7 +41,7 @@ class Mitm:
         mitm = self
 
         class Handler(RepoRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in mitm.endless:
                     mitm._stream_forever(self, path)
@@ -66,7 +65,7 @@ class Mitm:
             while self.sent[path] < 512 * 1024 * 1024:  # safety stop for a broken client
                 handler.wfile.write(chunk)
                 self.sent[path] += len(chunk)
-        except (OSError, socket.timeout):
+        except (TimeoutError, OSError):
             pass  # the box hung up: what we want
 
 

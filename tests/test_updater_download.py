@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pause_points import with_tests_on_path
+from updater_support import HW, TufRepo, wait_until
 
 from agent.updater.download import fetch_target
 from agent.updater.journal import Action, Journal, State
 from agent.updater.verify import ReasonCode, UpdateRejected
-from pause_points import with_tests_on_path
-from updater_support import HW, TufRepo, wait_until
 
 SIZE = 300_000
 

@@ -10,6 +10,7 @@ one final status, and lose no acknowledged reading across the switch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,14 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from agent.updater.journal import Journal, State
-from agent.updater.slots import Slots
 from e2e_support import free_port, health, start_sim, stop
 from pause_points import SCRIPT as PAUSE_SCRIPT
 from updater_contract import ContractServer
-from updater_support import (TufRepo, agent_bundle, box_config, break_uplink, crash_on_start, model_bundle, wait_until,
-                             wired_source)
+from updater_support import (
+    TufRepo,
+    agent_bundle,
+    box_config,
+    break_uplink,
+    crash_on_start,
+    model_bundle,
+    wait_until,
+    wired_source,
+)
+
+from agent.updater.journal import Journal, State
+from agent.updater.slots import Slots
 
 pytestmark = pytest.mark.slow
 TARGET = "agent-0.2.0.tar.gz"
@@ -116,10 +125,8 @@ def offer(box: Box) -> str:
 
 
 def kill9(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def assert_clean_end(box: Box, action_id: str, state: str, version: str) -> dict:

@@ -14,20 +14,21 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from agent.enroll import Credential, save_credential  # noqa: E402
-from agent.inference import InferenceStage, ModelSpec  # noqa: E402
-from agent.updater.config import UpdaterConfig  # noqa: E402
-from agent.updater.models import runtime_models  # noqa: E402
-from agent.updater.service import UpdaterService  # noqa: E402
-from e2e_support import free_port  # noqa: E402
-from firmware_manifests.repository import Repository  # noqa: E402
-from fleet_server.app import create_app  # noqa: E402
-from fleet_server.rollout.model import Inventory  # noqa: E402
-from fleet_server.settings import ServerSettings  # noqa: E402
-from fleet_server.store.sqlite import SqliteStore  # noqa: E402
-from rollout_support import serve_in_thread  # noqa: E402
-from test_fleet_helpers import ADMIN  # noqa: E402
-from updater_support import HW, model_bundle  # noqa: E402
+from e2e_support import free_port
+from rollout_support import serve_in_thread
+from test_fleet_helpers import ADMIN
+from updater_support import HW, model_bundle
+
+from agent.enroll import Credential, save_credential
+from agent.inference import InferenceStage, ModelSpec
+from agent.updater.config import UpdaterConfig
+from agent.updater.models import runtime_models
+from agent.updater.service import UpdaterService
+from firmware_manifests.repository import Repository
+from fleet_server.app import create_app
+from fleet_server.rollout.model import Inventory
+from fleet_server.settings import ServerSettings
+from fleet_server.store.sqlite import SqliteStore
 
 BOX = "fleet-upd-1"
 TARGET = "models/wx_fault-1.1.0.tar.gz"

@@ -3,7 +3,6 @@ and durability across kill -9 of a real process."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.updater.config import UpdaterConfig, parse_updater
+from agent.updater.journal import Action, Journal, JournalConflict, State
 from core.config_reader import Table
 from core.errors import ConfigError
-from agent.updater.journal import Action, Journal, JournalConflict, State
 
 ACTION = {"action_id": "r-0a1b.box-1", "rollout_id": "r-0a1b", "kind": "agent", "target_name": "agent-0.2.0.tar.gz",
           "version": "0.2.0", "repo_url": "http://127.0.0.1:1/tuf", "deadline_s": 600}

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from core.errors import ConfigError
-from agent.updater.launcher import Supervisor, judge_health, read_settings
-from agent.updater.slots import Slots
 from e2e_support import free_port, health, start_sim, stop
 from updater_contract import ContractServer
 from updater_support import box_config, wait_until, wired_source
+
+from agent.updater.launcher import Supervisor, judge_health, read_settings
+from agent.updater.slots import Slots
+from core.errors import ConfigError
 
 
 @pytest.mark.parametrize("doc, ok, says", [

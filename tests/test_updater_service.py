@@ -7,22 +7,23 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from updater_support import HW, ContractServer, TufRepo, model_bundle
 
 from agent.buffer import BufferSettings, DurableBuffer
 from agent.enroll import Credential, save_credential
 from agent.inference import InferenceStage, ModelSpec
 from agent.pipeline import Pipeline
-from core.reading import Reading
 from agent.updater.config import UpdaterConfig
 from agent.updater.journal import Journal
 from agent.updater.models import runtime_models
 from agent.updater.service import UpdaterService
-from updater_support import HW, ContractServer, TufRepo, model_bundle
+from core.reading import Reading
 
 BOX = "svc-box"
 SPECS = (ModelSpec("wx_fault", "1.0.0"),)

@@ -12,12 +12,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pause_points import with_tests_on_path
+from updater_support import REPO_ROOT, wait_until
 
 from agent.updater.bundle import BundleError, build_bundle, read_manifest
 from agent.updater.slots import SlotError, Slots
 from firmware_manifests.schema import Version
-from pause_points import with_tests_on_path
-from updater_support import REPO_ROOT, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,21 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
-from core.reading import Quality, Reading, RecordClass, from_row
 from agent.uplink.base import Uplink
 from agent.uplink.codec import encode_batch
 from agent.uplink.http import HttpSettings, HttpUplink
+from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
+from core.reading import Quality, Reading, RecordClass, from_row
 
 uvicorn = pytest.importorskip("uvicorn")  # the fleet extra; tests only
 starlette_apps = pytest.importorskip("starlette.applications")

@@ -15,9 +15,9 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiomqtt
 import pytest
@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
-from core.reading import Reading, RecordClass, from_row
 from agent.uplink.base import Uplink
 from agent.uplink.codec import encode_batch
 from agent.uplink.mqtt import MqttSettings, MqttUplink
+from core.errors import ConfigError, UplinkRejected, UplinkUnavailable
+from core.reading import Reading, RecordClass, from_row
 
 SHARED = ("127.0.0.1", 1883)
 
@@ -68,7 +68,7 @@ class Mosquitto:
         self.conf_file.write_text(f"listener {self.port} 127.0.0.1\n{root}{conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf_file)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 5

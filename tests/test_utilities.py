@@ -22,10 +22,10 @@ from core.reading import Quality
 from drivers.modbus.codec import decode_point, plan_reads
 from drivers.modbus.driver import ModbusDevice, ModbusLink
 from drivers.modbus.profile import LineDefaults, load_profile
-from drivers.physics.utilities import ChamberLevel, Cover, Methane, PipePressure
-from drivers.physics.weather import WeatherModel
 from drivers.modbus.sim import MODELS, make_model
 from drivers.modbus.sim_slave import crc16, serving
+from drivers.physics.utilities import ChamberLevel, Cover, Methane, PipePressure
+from drivers.physics.weather import WeatherModel
 
 UTILITIES = ("vega_vegapuls_c21", "hilink_ld8001h", "keller_series30", "gas_module_ch4", "witmotion_wt901c485")
 FROZEN = 1_750_050_000.0

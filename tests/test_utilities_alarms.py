@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.buffer import DurableBuffer
 from agent.alarms import AlarmEvaluator, AlarmRule, parse_alarm_rules, usable
+from agent.buffer import DurableBuffer
 from agent.config import load_config
 from agent.runtime import run_agent
 from core.errors import ConfigError

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import FrameError
 from drivers.access_controller.wiegand import Credential, WiegandError, decode, encode, encode26, encode34

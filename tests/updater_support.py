@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from updater_contract import ContractServer
+
 from agent.enroll import Credential, save_credential
 from agent.updater.bundle import PACKAGES, build_bundle
 from firmware_manifests.repository import Repository
 from firmware_manifests.serve import RepoRequestHandler, RepoServer
-from updater_contract import ContractServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HW = "qe-box-v1"
@@ -44,7 +45,7 @@ def range_handler(faults: Faults) -> type[RepoRequestHandler]:
     class RangeHandler(RepoRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def send_head(self):  # noqa: ANN201
+        def send_head(self):
             if not self.path.startswith("/targets/"):
                 return super().send_head()
             rng = self.headers.get("Range")
@@ -83,7 +84,7 @@ def range_handler(faults: Faults) -> type[RepoRequestHandler]:
             fh.seek(start)
             return fh
 
-        def copyfile(self, source, outputfile) -> None:  # noqa: ANN001
+        def copyfile(self, source, outputfile) -> None:
             with faults.lock:
                 cut = faults.cut_after if faults.cuts_left > 0 and self.path.startswith("/targets/") else None
                 if cut is not None:
@@ -242,7 +243,7 @@ def wait_until(pred, timeout: float, what: str, interval: float = 0.1):
             value = pred()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - polled until the deadline
+        except Exception as exc:
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last!r})")

@@ -46,15 +46,15 @@ import httpx
 
 from agent import __version__ as base_version
 from agent.updater.checkpoints import Checkpoints
-from core.backoff import Backoff
-from core.config_reader import NAME_RE, load_toml
-from core.errors import ConfigError, QuanedgeError
-from core.logs import setup_logging
 from agent.updater.config import UpdaterConfig, parse_updater
 from agent.updater.journal import Job, Journal, JournalConflict, State
 from agent.updater.service import SUPERVISED_ROOT_ENV
 from agent.updater.slots import Slots
 from agent.updater.steps import agent_owns
+from core.backoff import Backoff
+from core.config_reader import NAME_RE, load_toml
+from core.errors import ConfigError, QuanedgeError
+from core.logs import setup_logging
 
 __all__ = ["LaunchSettings", "Supervisor", "judge_health", "main", "read_settings"]
 

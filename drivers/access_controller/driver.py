@@ -26,20 +26,22 @@ an unreadable body -> FrameError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
-from core.reading import Quality, Reading, RecordClass
-from drivers.access_controller.settings import COMMANDS, AccessControllerSettings
-from drivers import gates
-from drivers.push_auth import PushAuth, Refusal
 from core.http_listener import HttpServer, Request, Response
+from core.reading import Quality, Reading, RecordClass
+from drivers import gates
+from drivers.access_controller.settings import COMMANDS, AccessControllerSettings
+from drivers.push_auth import PushAuth, Refusal
 
 __all__ = ["AccessControllerDriver"]
 
@@ -87,10 +89,8 @@ class AccessControllerDriver:
             await self._listener.stop()
             self._listener = None
         if self._client is not None:
-            try:
+            with contextlib.suppress(httpx.HTTPError, OSError):
                 await self._client.aclose()
-            except (httpx.HTTPError, OSError):
-                pass
             self._client = None
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -155,10 +155,10 @@ class AccessControllerDriver:
         if code != 1:
             raise DeviceException(f"{self.name}: {command} door {door} refused: {text} ({sub})", code)
 
-    async def _stored(self, stored: "asyncio.Future[Any]") -> bool:
+    async def _stored(self, stored: asyncio.Future[Any]) -> bool:
         return await gates.wait_stored(stored, self.settings.store_timeout_s)
 
-    def _settled(self, serial: int, f: "asyncio.Future[Any]") -> None:
+    def _settled(self, serial: int, f: asyncio.Future[Any]) -> None:
         self._pending.pop(serial, None)
         if not f.cancelled() and f.exception() is None:
             self._seen[serial] = None

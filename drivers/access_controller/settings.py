@@ -18,8 +18,17 @@ from core.config_reader import Table
 from drivers import gates
 from drivers.kind import ParseContext
 from drivers.push_auth import PushAuth, PushCredential
-from drivers.settings_rules import (URL_RE, SettingError, common, construct, int_list, listen, read_secret,
-                                    read_sources, read_timeout)
+from drivers.settings_rules import (
+    URL_RE,
+    SettingError,
+    common,
+    construct,
+    int_list,
+    listen,
+    read_secret,
+    read_sources,
+    read_timeout,
+)
 
 __all__ = ["COMMANDS", "AccessControllerSettings", "parse"]
 

@@ -17,15 +17,15 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import httpx
 
 from core.errors import FrameError
+from core.http_listener import HttpServer, Request, Response
 from drivers import gates
 from drivers.access_controller import wiegand
-from core.http_listener import HttpServer, Request, Response
 
 __all__ = ["AccessControllerSim", "Door"]
 
@@ -65,7 +65,7 @@ class AccessControllerSim:
         self._server = HttpServer(self._handle, name="acs-sim")
         self.port = 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "AccessControllerSim":
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> AccessControllerSim:
         await self._server.start(host, port)
         self.port = self._server.port
         return self
@@ -73,7 +73,7 @@ class AccessControllerSim:
     async def stop(self) -> None:
         await self._server.stop()
 
-    async def __aenter__(self) -> "AccessControllerSim":
+    async def __aenter__(self) -> AccessControllerSim:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

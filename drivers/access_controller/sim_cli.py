@@ -3,11 +3,11 @@ itself, drivers/access_controller/sim.py, is imported only when the command runs
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from drivers.sim_support import _fail, _check_port, _serve, _run, _listen, _Control, _int, _http_url, _redact
+from drivers.sim_support import _check_port, _Control, _fail, _http_url, _int, _listen, _redact, _run, _serve
 
 __all__ = ["command"]
 
@@ -21,13 +21,13 @@ def command(
     card: list[str] = typer.Option(["1001"], "--card", help="Cards with access; repeat for several."),
     no_permission: list[str] = typer.Option(["2002"], "--no-permission",
                                             help="Known cards without access here; repeat for several."),
-    event_url: Optional[str] = typer.Option(None, "--event-url",
+    event_url: str | None = typer.Option(None, "--event-url",
                                             help="Where events are pushed (the agent's listener)."),
     open_s: float = typer.Option(5.0, "--open-s", help="Seconds a momentary open keeps the door unlocked."),
     interval: float = typer.Option(0.0, "--interval",
                                    help="Mean seconds between card/face events (0 = only on --control)."),
     seed: int = typer.Option(0, help="Event seed (same seed, same people in the same order)."),
-    control: Optional[int] = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
 ) -> None:
     """Simulated access controller (Hikvision ISAPI over HTTP, digest auth): doors, cards, faces, pushed events.
 

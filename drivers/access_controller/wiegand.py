@@ -19,8 +19,8 @@ Anything else - wrong length, other characters, a parity mismatch - raises `Wieg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from core.errors import FrameError
 

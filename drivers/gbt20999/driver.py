@@ -13,15 +13,16 @@ set_mode {mode}; each refused unless the value is in the settings' allow-list.
 from __future__ import annotations
 
 import asyncio
-import re
+import contextlib
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality, Reading, RecordClass
-from drivers.gbt20999.settings import COMMANDS, GbtSettings
 from drivers.gbt20999 import codec as g
-from drivers.gbt20999.points import _POINTS, _ROW_ITEMS, _ROWS, point_item
+from drivers.gbt20999.points import _POINTS, point_item
+from drivers.gbt20999.settings import COMMANDS, GbtSettings
 
 __all__ = ["GbtDriver", "point_item"]
 
@@ -70,18 +71,14 @@ class GbtDriver:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(BaseException):
                 await task
-            except BaseException:  # noqa: BLE001 - close never raises; the task is gone either way
-                pass
         self._tasks = []
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError, ConnectionError):
                 await writer.wait_closed()
-            except (OSError, ConnectionError):
-                pass
         self._fail_pending(LinkError(f"{self.name}: closed"))
 
     def _fail_pending(self, exc: DriverError) -> None:

@@ -7,16 +7,15 @@ The driver takes this object; the config file and code that builds it directly m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 from core.config_reader import Table
-from drivers.kind import ParseContext
 from drivers.gbt20999.codec import MODES
 from drivers.gbt20999.points import point_item
-from drivers.settings_rules import (
-    HOST_RE, SettingError, accepts, common, construct, int_list, read_host, read_timeout,
-)
+from drivers.kind import ParseContext
+from drivers.settings_rules import HOST_RE, SettingError, accepts, common, construct, int_list, read_host, read_timeout
 
 __all__ = ["COMMANDS", "POINTS_EXPECTED", "GbtSettings", "parse"]
 

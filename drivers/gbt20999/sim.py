@@ -19,8 +19,8 @@ import asyncio
 import enum
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from core.errors import FrameError
 from drivers.gbt20999 import codec as g
@@ -113,7 +113,7 @@ class GbtControllerSim:
         return flow, occupancy, speed
 
     # --- server -------------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "GbtControllerSim":
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> GbtControllerSim:
         self._server = await asyncio.start_server(self._serve, host, port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -131,7 +131,7 @@ class GbtControllerSim:
             await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> "GbtControllerSim":
+    async def __aenter__(self) -> GbtControllerSim:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

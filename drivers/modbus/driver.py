@@ -34,6 +34,7 @@ whoever created it; a device opens/closes it only when constructed with owns_lin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,15 +46,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from core.errors import (
-    CommandRefused,
-    ConfigError,
-    DeviceException,
-    DeviceTimeout,
-    DriverError,
-    FrameError,
-    LinkError,
-)
+from core.errors import CommandRefused, ConfigError, DeviceException, DeviceTimeout, DriverError, FrameError, LinkError
 from core.reading import Quality, Reading
 from drivers.base import BusInfo
 from drivers.modbus.codec import MAX_READ_REGISTERS, ReadBlock, decode_point, plan_reads
@@ -224,10 +217,8 @@ class ModbusLink:
         self._dirty_since = None
 
     def _discard(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
-        try:
+        with contextlib.suppress(OSError):
             client.close()
-        except OSError:
-            pass
         if self._client is client:
             self._client = None
 
@@ -235,10 +226,8 @@ class ModbusLink:
         """Close the port / connection. Never raises."""
         self._closed = True
         if self._client is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._client.close()
-            except OSError:
-                pass
 
     async def _ready(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         if self._closed:

@@ -27,7 +27,7 @@ class DeviceConfig:
     name: str
     bus: str
     profile_name: str
-    profile: "Profile"
+    profile: Profile
     unit: int
     poll_s: float
     points: tuple[str, ...] = ()

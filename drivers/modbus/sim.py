@@ -27,11 +27,11 @@ from typing import Any, ClassVar
 
 from drivers.modbus.codec import RAW_RANGE, encode_point
 from drivers.modbus.profile import PointSpec, Profile, load_profile
+from drivers.modbus.sim_slave import SimSlave, serving
+from drivers.modbus.sim_wxt530 import make_wxt530
 from drivers.physics.air import AirModel, AirState
 from drivers.physics.utilities import ChamberLevel, Cover, Methane, PipePressure
 from drivers.physics.weather import WeatherModel, WeatherState
-from drivers.modbus.sim_slave import SimSlave, serving
-from drivers.modbus.sim_wxt530 import make_wxt530
 
 __all__ = ["MODELS", "ModelSim", "make_model", "parse_slaves", "serve_models"]
 

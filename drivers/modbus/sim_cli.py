@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Optional
 
 import typer
 
@@ -14,12 +14,12 @@ __all__ = ["modbus_command", "wxt530_command"]
 
 
 def wxt530_command(
-    tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
+    tcp: int | None = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
     rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
     unit: list[int] = typer.Option([1], "--unit", help="Slave id(s) to answer as; repeat for several."),
     baudrate: int = typer.Option(19200), parity: str = typer.Option("N"),
     seed: int = typer.Option(0, help="Weather seed (same seed, same weather)."),
-    control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
+    control: int | None = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
 ) -> None:
     """Simulated Vaisala WXT530 (Modbus RTU/TCP) with faults on demand. Prints one JSON line when ready."""
     import asyncio
@@ -32,24 +32,22 @@ def wxt530_command(
     def ready(info: dict) -> None:
         print(json.dumps(info), flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_wxt530(tcp_port=tcp, rtu=rtu, units=tuple(unit), baudrate=baudrate, parity=parity,
                                  seed=seed, control_port=control, on_ready=ready))
-    except KeyboardInterrupt:
-        pass
 
 def modbus_command(
-    model: Optional[str] = typer.Option(None, "--model", help="Device model (a profile name), e.g. lufft_ws."),
+    model: str | None = typer.Option(None, "--model", help="Device model (a profile name), e.g. lufft_ws."),
     unit: list[int] = typer.Option([], "--unit", help="Slave id(s) for --model; default: the profile's."),
     slave: list[str] = typer.Option([], "--slave", help="MODEL:UNIT, repeat to mix models on one bus."),
-    tcp: Optional[int] = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
+    tcp: int | None = typer.Option(None, "--tcp", help="Serve Modbus TCP on this port (0 = any free)."),
     rtu: bool = typer.Option(False, "--rtu", help="Serve Modbus RTU on a new pty (its path is printed)."),
-    baudrate: Optional[int] = typer.Option(None, help="Line speed (default: the first model's)."),
-    parity: Optional[str] = typer.Option(None, help="N, E or O (default: the first model's)."),
+    baudrate: int | None = typer.Option(None, help="Line speed (default: the first model's)."),
+    parity: str | None = typer.Option(None, help="N, E or O (default: the first model's)."),
     turnaround_ms: float = typer.Option(10.0, "--turnaround-ms", help="Slave reply delay on RTU."),
     seed: int = typer.Option(0, help="Physics seed (same seed, same weather and air)."),
     time_factor: float = typer.Option(1.0, "--time-factor", help="Model seconds per wall second."),
-    control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
+    control: int | None = typer.Option(None, "--control", help="Fault-control port (JSON lines)."),
 ) -> None:
     """Simulated Modbus devices (every shipped profile) on one bus, faults on demand. Prints one JSON line."""
     import asyncio

@@ -26,8 +26,8 @@ from typing import Any
 
 from drivers.modbus.codec import encode_point
 from drivers.modbus.profile import Profile, load_profile
-from drivers.physics.weather import WeatherModel, WeatherState
 from drivers.modbus.sim_slave import SimSlave, serving
+from drivers.physics.weather import WeatherModel, WeatherState
 
 __all__ = ["RESERVED_REGISTERS", "Wxt530Registers", "make_wxt530", "precipitation_code", "serve_wxt530"]
 

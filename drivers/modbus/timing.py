@@ -69,10 +69,10 @@ class LineTiming:
             raise ValueError(f"bytesize must be 7 or 8, got {self.bytesize!r}")
 
     @classmethod
-    def of(cls, line: object) -> "LineTiming":
+    def of(cls, line: object) -> LineTiming:
         """From anything with baudrate/parity/stopbits/bytesize (LineDefaults, BusConfig)."""
-        return cls(getattr(line, "baudrate"), getattr(line, "parity"), getattr(line, "stopbits"),
-                   getattr(line, "bytesize"))
+        return cls(line.baudrate, line.parity, line.stopbits,
+                   line.bytesize)
 
     def __str__(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"

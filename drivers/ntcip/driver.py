@@ -13,13 +13,22 @@ opt-in setting, since they take the intersection out of coordination.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pyasn1.type.univ import Integer as _AsnInteger
 from pysnmp.error import PySnmpError
 from pysnmp.hlapi.v3arch.asyncio import (
-    CommunityData, ContextData, ObjectIdentity, ObjectType, SnmpEngine, UdpTransportTarget, get_cmd, set_cmd,
+    CommunityData,
+    ContextData,
+    ObjectIdentity,
+    ObjectType,
+    SnmpEngine,
+    UdpTransportTarget,
+    get_cmd,
+    set_cmd,
 )
 from pysnmp.proto import errind
 from pysnmp.proto.rfc1902 import Integer32
@@ -27,8 +36,8 @@ from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from core.errors import CommandRefused, DeviceException, DeviceTimeout, FrameError, LinkError
 from core.reading import Reading
-from drivers.ntcip.settings import COMMANDS, NtcipSettings
 from drivers.ntcip import mib as n
+from drivers.ntcip.settings import COMMANDS, NtcipSettings
 
 __all__ = ["NtcipDriver"]
 
@@ -56,10 +65,8 @@ class NtcipDriver:
     async def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
-            try:
+            with contextlib.suppress(Exception):
                 engine.close_dispatcher()
-            except Exception:  # noqa: BLE001 - close never raises
-                pass
 
     def _check(self, what: str, result: tuple, oids: Sequence[n.Oid]) -> tuple:
         """The one place pysnmp's outcome becomes our error tree."""

@@ -7,15 +7,14 @@ The driver takes this object; the config file and code that builds it directly m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 from core.config_reader import Table
 from drivers.kind import ParseContext
 from drivers.ntcip import mib as ntcip
-from drivers.settings_rules import (
-    HOST_RE, SettingError, accepts, common, construct, int_list, read_host, read_timeout,
-)
+from drivers.settings_rules import HOST_RE, SettingError, accepts, common, construct, int_list, read_host, read_timeout
 
 __all__ = ["COMMANDS", "POINTS_EXPECTED", "NtcipSettings", "parse"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pyasn1.codec.ber import decoder, encoder
 from pyasn1.error import PyAsn1Error
@@ -152,7 +152,7 @@ class NtcipControllerSim(asyncio.DatagramProtocol):
         return out
 
     # --- UDP agent -----------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> "NtcipControllerSim":
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> NtcipControllerSim:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
         return self
@@ -166,7 +166,7 @@ class NtcipControllerSim(asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
 
-    async def __aenter__(self) -> "NtcipControllerSim":
+    async def __aenter__(self) -> NtcipControllerSim:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

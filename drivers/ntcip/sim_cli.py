@@ -3,11 +3,11 @@ itself, drivers/ntcip/sim.py, is imported only when the command runs)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from drivers.sim_support import _fail, _check_port, _check_time_factor, _clock, _serve, _run, _listen, _Control, _int
+from drivers.sim_support import _check_port, _check_time_factor, _clock, _Control, _fail, _int, _listen, _run, _serve
 
 __all__ = ["command"]
 
@@ -22,7 +22,7 @@ def command(
     period_s: float = typer.Option(60.0, "--period-s", help="Detector counting period, model seconds."),
     seed: int = typer.Option(0, help="Detector seed (same seed, same counts)."),
     time_factor: float = typer.Option(1.0, "--time-factor", help="Model seconds per wall second."),
-    control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Fault-control port (JSON lines; 0 = any free)."),
 ) -> None:
     """Simulated NTCIP 1202 signal controller: SNMPv1/v2c agent on UDP, 8 phases, 3 patterns.
 

@@ -53,7 +53,7 @@ def _choice(name: str, command: str, args: dict[str, Any], key: str, choices: tu
     return v.lower()
 
 
-def build_call(site: "OcppChargerDriver", command: str, args: dict[str, Any], *, id_tag_max: int,
+def build_call(site: OcppChargerDriver, command: str, args: dict[str, Any], *, id_tag_max: int,
                tx_max: int) -> tuple[str, Any]:
     """(charge point id, the CALL payload) for a command, or CommandRefused naming the bad argument."""
     name = site.name

@@ -23,7 +23,8 @@ import inspect
 import json
 import logging
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote
 
 from ocpp.exceptions import InternalError, OCPPError
@@ -60,7 +61,7 @@ def _select(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Sub
 class _Wire:
     """The connection as the `ocpp` package sees it (recv/send), counting every CALLERROR sent."""
 
-    def __init__(self, ws: ServerConnection, site: "OcppChargerDriver", cp_id: str) -> None:
+    def __init__(self, ws: ServerConnection, site: OcppChargerDriver, cp_id: str) -> None:
         self.ws, self.site, self.cp_id = ws, site, cp_id
 
     async def recv(self) -> str | bytes:
@@ -219,7 +220,7 @@ class OcppChargerDriver:
         for r in readings:
             try:
                 stored = self.on_event(r)
-            except Exception as exc:  # noqa: BLE001 - the sink refused (queue full): the charger re-sends
+            except Exception as exc:
                 raise InternalError(f"the box cannot take this now ({exc}); re-send later") from None
             if inspect.isawaitable(stored):
                 futures.append(asyncio.ensure_future(stored))

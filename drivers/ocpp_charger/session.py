@@ -20,8 +20,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ocpp.exceptions import (FormationViolationError, InternalError, OCPPError, PropertyConstraintViolationError,
-                             TypeConstraintViolationError)
+from ocpp.exceptions import (
+    FormationViolationError,
+    InternalError,
+    OCPPError,
+    PropertyConstraintViolationError,
+    TypeConstraintViolationError,
+)
 from ocpp.messages import CallError, MessageType, unpack
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
@@ -57,7 +62,7 @@ def _compact(obj: Any) -> str:
 
 
 class Session(ChargePoint):
-    def __init__(self, cp_id: str, connection: Any, site: "OcppChargerDriver", connectors: int) -> None:
+    def __init__(self, cp_id: str, connection: Any, site: OcppChargerDriver, connectors: int) -> None:
         super().__init__(cp_id, connection, response_timeout=site.settings.command_timeout_s,
                          logger=_QuietLogger(logging.getLogger("drivers.ocpp_charger.wire"), {}))
         self.site = site
@@ -84,7 +89,7 @@ class Session(ChargePoint):
                 await self._handle_call(msg)
             except OCPPError as exc:  # what the package raises before a handler runs (schema, unknown action)
                 await self._send(msg.create_call_error(exc).to_json())
-            except Exception as exc:  # noqa: BLE001 - a bug must not end the charger's session
+            except Exception as exc:
                 log.error("%s: %s from %s failed: %r", self.site.name, msg.action, self.id, exc)
                 await self._send(msg.create_call_error(InternalError("request could not be handled")).to_json())
         elif msg.message_type_id in (MessageType.CallResult, MessageType.CallError):

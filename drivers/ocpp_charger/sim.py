@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -54,7 +53,7 @@ class Connector:
 class _Client(ChargePoint):
     """The CS -> CP requests the simulated charger answers."""
 
-    sim: "ChargerSim"
+    sim: ChargerSim
 
     @on(Action.remote_start_transaction)
     async def on_remote_start(self, id_tag: str, connector_id: int | None = None, **_: Any) -> Any:
@@ -164,7 +163,7 @@ class ChargerSim:
     async def _serve(self) -> None:
         try:
             await self._client.start()  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - the box closed the connection: the charger is offline
+        except Exception:
             self._ws = None
 
     async def disconnect(self) -> None:

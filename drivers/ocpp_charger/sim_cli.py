@@ -3,11 +3,11 @@ simulator, drivers/ocpp_charger/sim.py, and the ocpp/websockets packages are imp
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from drivers.sim_support import _Control, _check_port, _fail, _int, _run, _serve
+from drivers.sim_support import _check_port, _Control, _fail, _int, _run, _serve
 
 __all__ = ["command"]
 
@@ -16,12 +16,12 @@ def command(
     url: str = typer.Option(..., "--url", help="The box's OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp "
                                                  "(the charge point id is appended)."),
     cp_id: list[str] = typer.Option(["CP001"], "--cp-id", help="Charge point id; repeat for several chargers."),
-    secret: Optional[str] = typer.Option(None, "--secret", help="HTTP Basic password (OCPP security profile 1)."),
+    secret: str | None = typer.Option(None, "--secret", help="HTTP Basic password (OCPP security profile 1)."),
     connectors: int = typer.Option(2, "--connectors", help="Connectors per charger (1..32)."),
     meter_s: float = typer.Option(10.0, "--meter-s", help="Seconds between MeterValues while charging (0 = none)."),
     power_kw: float = typer.Option(11.0, "--power-kw", help="Charging power."),
     seed: int = typer.Option(0, help="Noise seed."),
-    control: Optional[int] = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
     host: str = typer.Option("127.0.0.1", help="Address the control port listens on."),
 ) -> None:
     """Simulated OCPP 1.6J charge point(s) connecting to the box as their Central System.
@@ -68,7 +68,7 @@ def command(
             for s in sims.values():
                 try:
                     await s.connect()
-                except Exception as exc:  # noqa: BLE001 - refused, unreachable: one line naming the option
+                except Exception as exc:
                     _fail(f"--url: cannot connect {s.cp_id} to {url}: {exc}")
 
         async def stop_all() -> None:

@@ -17,7 +17,8 @@ count) live in this object: an agent restart returns to the config (notes.md).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from core.errors import CommandRefused, DriverError
 from core.reading import Quality, Reading

@@ -14,8 +14,8 @@ occupied: a sign must not send a driver to a space nobody can vouch for) or from
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 __all__ = ["FULL", "free_spaces", "zone_text", "SignContent", "sign_content", "count_step", "counter_delta"]
 

@@ -11,6 +11,7 @@ nowhere else; no reply in time is DeviceTimeout; bytes that are no valid reply a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -55,14 +56,10 @@ class SerialLine:
         port, self._serial = self._serial, None
         if port is None:
             return
-        try:
+        with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(port.fileno())
-        except (ValueError, OSError):
-            pass
-        try:
+        with contextlib.suppress(serial.SerialException, OSError):
             port.close()
-        except (serial.SerialException, OSError):
-            pass
 
     def _on_readable(self) -> None:
         assert self._serial is not None
@@ -123,10 +120,8 @@ class SerialLine:
                     raise FrameError(f"{self.name}: unit {request[0]}: incomplete reply {bytes(self._buffer[:16]).hex(' ')}")
                 raise DeviceTimeout(f"{self.name}: unit {request[0]} did not answer within {self.timeout_s}s")
             self._arrived.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
         await asyncio.sleep(self.gap_s)
         try:
             return codec.decode_reply(frame, request)

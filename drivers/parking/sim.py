@@ -20,6 +20,7 @@ Faults (`sim.fault`): SILENCE (nobody answers), GARBAGE (random bytes instead of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import random
@@ -27,7 +28,7 @@ import termios
 import time
 import tty
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from core.errors import FrameError
 from drivers.parking import codec
@@ -85,7 +86,7 @@ class ParkingSim:
         self.port = ""
 
     # --- the pty ---------------------------------------------------------------------------------
-    async def start(self) -> "ParkingSim":
+    async def start(self) -> ParkingSim:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         attrs = termios.tcgetattr(self._slave)
@@ -103,7 +104,7 @@ class ParkingSim:
             os.close(self._slave)
             self._master = self._slave = -1
 
-    async def __aenter__(self) -> "ParkingSim":
+    async def __aenter__(self) -> ParkingSim:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -151,10 +152,8 @@ class ParkingSim:
 
     def _emit(self, data: bytes) -> None:
         if self._master >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self._master, data)
-            except OSError:
-                pass
 
     def _line_ok(self) -> bool:
         if _SPEEDS.get(termios.tcgetattr(self._slave)[4]) == self.layout.baudrate:
@@ -249,7 +248,7 @@ class ParkingSim:
                 "signs": {s.name: self.shows(s.name) for s in self.layout.signs}}
 
 
-def load_layout(path: Optional[Path]) -> ParkingSettings:
+def load_layout(path: Path | None) -> ParkingSettings:
     """A parking [[device]] table (without `kind`; `port` optional) from a TOML file, or the demo."""
     import tomllib
 

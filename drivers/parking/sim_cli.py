@@ -4,7 +4,7 @@ itself, drivers/parking/sim.py, is imported only when the command runs)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -15,10 +15,10 @@ __all__ = ["command"]
 
 
 def command(
-    layout: Optional[Path] = typer.Option(None, "--layout", help="TOML file with one parking device's keys "
+    layout: Path | None = typer.Option(None, "--layout", help="TOML file with one parking device's keys "
                                           "(zones, signs, baudrate); default: a demo lot."),
     turnaround_ms: float = typer.Option(5.0, "--turnaround-ms", help="Reply delay after a request."),
-    control: Optional[int] = typer.Option(None, "--control", help="Control port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Control port (JSON lines; 0 = any free)."),
     host: str = typer.Option("127.0.0.1", help="Address the control port listens on."),
 ) -> None:
     """Simulated parking line on a new pty: bay detectors, lot counters, LED-485 and Alpha signs.

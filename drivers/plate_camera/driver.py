@@ -28,15 +28,16 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from core.errors import CommandRefused, FrameError, LinkError
-from core.reading import Quality, Reading, RecordClass
-from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings
-from drivers import gates
-from drivers.push_auth import PushAuth, Refusal
 from core.http_listener import HttpServer, Request, Response
+from core.reading import Quality, Reading, RecordClass
+from drivers import gates
+from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings
+from drivers.push_auth import PushAuth, Refusal
 
 __all__ = ["PlateReceiverDriver"]
 
@@ -149,10 +150,10 @@ class PlateReceiverDriver:
             self._dedup.remember(key, decision)
         return Response(200, gates.plate_reply(event, decision, relay=self.settings.relay))
 
-    async def _stored(self, stored: "asyncio.Future[Any]") -> bool:
+    async def _stored(self, stored: asyncio.Future[Any]) -> bool:
         return await gates.wait_stored(stored, self.settings.store_timeout_s)
 
-    def _settled(self, key: tuple[str, int], decision: gates.Decision, f: "asyncio.Future[Any]") -> None:
+    def _settled(self, key: tuple[str, int], decision: gates.Decision, f: asyncio.Future[Any]) -> None:
         self._pending.pop(key, None)
         if not f.cancelled() and f.exception() is None:
             self._dedup.remember(key, decision)

@@ -12,9 +12,10 @@ is a name anyone can type, and an empty list must not mean "accept anyone".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 from core.config_reader import Table
 from drivers import gates

@@ -17,8 +17,8 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 
@@ -60,7 +60,7 @@ class PlateCameraSim:
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         await self._client.aclose()
 
-    async def __aenter__(self) -> "PlateCameraSim":
+    async def __aenter__(self) -> PlateCameraSim:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -3,11 +3,11 @@ itself, drivers/plate_camera/sim.py, is imported only when the command runs)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from drivers.sim_support import _fail, _check_port, _serve, _run, _Control, _int, _http_url, _redact
+from drivers.sim_support import _check_port, _Control, _fail, _http_url, _int, _redact, _run, _serve
 
 __all__ = ["command"]
 
@@ -16,18 +16,18 @@ DEFAULT_PLATES = ["鲁A12345", "鲁A88888", "鲁A90001", "京C11111", "鲁B00000
 
 
 def command(
-    push_url: Optional[str] = typer.Option(None, "--push-url",
+    push_url: str | None = typer.Option(None, "--push-url",
                                            help="Where the camera POSTs plate results (the agent's receiver); "
                                                 "http://SERIAL:SECRET@host:port/ sends the camera's secret "
                                                 "(HTTP Basic)."),
-    heartbeat_url: Optional[str] = typer.Option(None, "--heartbeat-url", help="Heartbeat URL (default: --push-url)."),
+    heartbeat_url: str | None = typer.Option(None, "--heartbeat-url", help="Heartbeat URL (default: --push-url)."),
     heartbeat_s: float = typer.Option(5.0, "--heartbeat-s", help="Seconds between heartbeats (0 = none)."),
     serialno: str = typer.Option("fe71e106-57263272", help="Camera serial number sent with every push."),
     interval: float = typer.Option(10.0, "--interval", help="Mean seconds between cars (0 = only on --control)."),
     plate: list[str] = typer.Option(DEFAULT_PLATES, "--plate", help="Plates the cars carry; repeat for several."),
     timeout_s: float = typer.Option(1.0, "--timeout-s", help="HTTP timeout of a push."),
     seed: int = typer.Option(0, help="Traffic seed (same seed, same cars in the same order)."),
-    control: Optional[int] = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Action port (JSON lines; 0 = any free)."),
     host: str = typer.Option("127.0.0.1", help="Address the control port listens on."),
 ) -> None:
     """Simulated plate camera (Vzenith-style HTTP push): cars arrive, results are pushed, kept offline if unanswered.

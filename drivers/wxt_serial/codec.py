@@ -15,8 +15,8 @@ with Quality.COMM_FAILURE and a note, and the other fields are kept.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from core.errors import FrameError
 from core.reading import Quality

@@ -11,18 +11,19 @@ DeviceTimeout; lines that arrive but cannot be decoded are FrameError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import serial
 
 from core.errors import CommandRefused, DeviceTimeout, FrameError, LinkError
 from core.reading import Quality, Reading
-from drivers.wxt_serial.settings import COMMANDS, DEFAULT_POINTS, WxtSerialSettings
 from drivers.wxt_serial import nmea
 from drivers.wxt_serial.codec import Measurement, is_reply_to, parse_composite, poll_command
+from drivers.wxt_serial.settings import COMMANDS, WxtSerialSettings
 
 __all__ = ["WxtSerialDriver"]
 
@@ -63,14 +64,10 @@ class WxtSerialDriver:
         port, self._serial = self._serial, None
         if port is None:
             return
-        try:
+        with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(port.fileno())
-        except (ValueError, OSError):
-            pass
-        try:
+        with contextlib.suppress(serial.SerialException, OSError):
             port.close()
-        except (serial.SerialException, OSError):
-            pass
 
     def _on_readable(self) -> None:
         assert self._serial is not None

@@ -9,9 +9,9 @@ never half-trusted. Measurements come back in the WXT field codes of drivers/wxt
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Callable, Iterable
 
 from core.errors import FrameError
 from core.reading import Quality

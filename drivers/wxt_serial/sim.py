@@ -16,17 +16,18 @@ across a field boundary, ``Dn=0m=032D``), BAD_CHECKSUM (NMEA checksum off by one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import random
 import termios
 import time
 import tty
-from typing import Callable
+from collections.abc import Callable
 
-from drivers.wxt_serial.nmea import build_sentence
-from drivers.wxt_serial.codec import format_composite
 from drivers.physics.weather import WeatherModel
+from drivers.wxt_serial.codec import format_composite
+from drivers.wxt_serial.nmea import build_sentence
 
 __all__ = ["WxtSerialSim", "Fault"]
 
@@ -70,7 +71,7 @@ class WxtSerialSim:
         self.port = ""
         self._inbox = bytearray()
 
-    async def start(self) -> "WxtSerialSim":
+    async def start(self) -> WxtSerialSim:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         attrs = termios.tcgetattr(self._slave)
@@ -89,7 +90,7 @@ class WxtSerialSim:
             os.close(self._slave)
             self._master = self._slave = -1
 
-    async def __aenter__(self) -> "WxtSerialSim":
+    async def __aenter__(self) -> WxtSerialSim:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -114,10 +115,8 @@ class WxtSerialSim:
 
     def _emit(self, data: bytes) -> None:
         if self._master >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self._master, data)
-            except OSError:
-                pass
 
     def _answer(self, command: str) -> bytes:
         a = self.address

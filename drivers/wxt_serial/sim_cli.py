@@ -3,11 +3,11 @@ itself, drivers/wxt_serial/sim.py, is imported only when the command runs)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from drivers.sim_support import _fail, _check_port, _check_time_factor, _clock, _serve, _run, _Control, _enum_fault
+from drivers.sim_support import _check_port, _check_time_factor, _clock, _Control, _enum_fault, _fail, _run, _serve
 
 __all__ = ["command"]
 
@@ -15,12 +15,12 @@ __all__ = ["command"]
 def command(
     mode: str = typer.Option("ascii", "--mode", help="ascii (composite 0R0 replies) or nmea (XDR/MWV sentences)."),
     address: str = typer.Option("0", "--address", help="Device address, one character 0-9/A-Z/a-z."),
-    baudrate: Optional[int] = typer.Option(None, "--baudrate",
+    baudrate: int | None = typer.Option(None, "--baudrate",
                                            help="Line speed (default: 19200 for ascii, 4800 for nmea)."),
     turnaround_ms: float = typer.Option(20.0, "--turnaround-ms", help="Reply delay after a command."),
     seed: int = typer.Option(0, help="Weather seed (same seed, same weather)."),
     time_factor: float = typer.Option(1.0, "--time-factor", help="Model seconds per wall second."),
-    control: Optional[int] = typer.Option(None, "--control", help="Fault-control port (JSON lines; 0 = any free)."),
+    control: int | None = typer.Option(None, "--control", help="Fault-control port (JSON lines; 0 = any free)."),
     host: str = typer.Option("127.0.0.1", help="Address the control port listens on."),
 ) -> None:
     """Simulated Vaisala WXT530 in ASCII or NMEA mode on a new pty (its path is printed).

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edge_models.features import traffic_features
 from drivers.physics.traffic import INTERVAL_S, TrafficModel
+from edge_models.features import traffic_features
 
 PERIOD_S = INTERVAL_S
 WINDOW = 12

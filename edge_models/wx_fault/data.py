@@ -22,9 +22,9 @@ import random
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from drivers.physics.faults import CHANNELS, FaultKind, inject, quantise, random_faults
 from edge_models.datagen import simulate_weather
 from edge_models.features import FAULT_CHANNELS, fault_features, local_hour
-from drivers.physics.faults import CHANNELS, FaultKind, inject, quantise, random_faults
 
 PERIOD_S = 60.0
 WINDOW = 60

@@ -33,8 +33,15 @@ from fleet_server.api.deps import require_admin, require_operator, require_viewe
 from fleet_server.api.fields import CleanStr
 from fleet_server.errors import PayloadError
 from fleet_server.rollout.engine import RolloutEngine
-from fleet_server.rollout.model import (BOX_STATES, KINDS, MIN_FINISHED, RATE_PER_MIN_MAX, TIMEOUT_S, TargetFilter,
-                                        WaveSpec)
+from fleet_server.rollout.model import (
+    BOX_STATES,
+    KINDS,
+    MIN_FINISHED,
+    RATE_PER_MIN_MAX,
+    TIMEOUT_S,
+    TargetFilter,
+    WaveSpec,
+)
 from fleet_server.rollout.windows import SitePolicy
 from fleet_server.store.base import BOX_ID_PATTERN
 

@@ -19,7 +19,7 @@ this app stays cheap. ``python -m hil_tests.sims.cli ntcip --port 0`` works with
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 
