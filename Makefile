@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean soak
+.PHONY: demo test lint bench clean soak
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	@command -v mosquitto >/dev/null || echo "note: mosquitto not installed; run: apt-get install -y mosquitto mbpoll"
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	BIN=$(BIN) bash .ci/lint
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.buffer

@@ -241,7 +241,8 @@ def _rule(t: Table, known: list[str]) -> AlarmRule:
                       "above / clear_below with baseline")
     if baseline is not None and clear < 0:
         raise t.error("clear_below", "|value - baseline| is never negative", clear, "a number >= 0")
-    inhibit_point, inhibit_values = None, ()
+    inhibit_point: str | None = None
+    inhibit_values: tuple[float, ...] = ()
     inhibit = t.table("inhibit")
     if inhibit is not None:
         inhibit_point = _point(inhibit, "point", known)

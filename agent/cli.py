@@ -66,7 +66,8 @@ def build_app() -> typer.Typer:
 
     @app.command("supervise")
     def supervise_cmd(config: Path = ConfigOpt,
-                      root: Optional[Path] = typer.Option(None, help="Updater root (default: [updater] root).")) -> None:
+                      root: Optional[Path] = typer.Option(None,
+                                                          help="Updater root (default: [updater] root).")) -> None:
         """Run the agent under the update supervisor: A/B slots, health check after a switch, rollback.
 
         This is what the service manager runs on a box with updates on (`agent run` is the agent alone)."""
@@ -81,9 +82,10 @@ def build_app() -> typer.Typer:
 
     @app.command("enroll")
     def enroll_cmd(config: Path = ConfigOpt, server: str = typer.Option(..., help="Fleet server URL."),
-                   token: Optional[str] = typer.Option(None, help="Enrollment token (not needed to re-key a box "
-                                                       "that holds its credential, or to collect an admitted request)."),
-                   wait: float = typer.Option(0.0, help="Seconds to wait for an admin to admit a pending request.")) -> None:
+                   token: Optional[str] = typer.Option(None, help="Enrollment token (not needed to re-key a box that "
+                                                       "holds its credential, or to collect an admitted request)."),
+                   wait: float = typer.Option(0.0,
+                                              help="Seconds to wait for an admin to admit a pending request.")) -> None:
         """Enroll (or re-key) this box with the fleet server and store its credential and MQTT identity."""
         from agent.config import load_config
         from agent.enroll import enroll

@@ -120,7 +120,8 @@ class CommandRouter:
             except CommandRefused as exc:
                 message = str(exc)
             except asyncio.TimeoutError:
-                status, message = "failed", str(DeviceTimeout(f"{device}: {command} not finished within {self.timeout_s}s"))
+                late = DeviceTimeout(f"{device}: {command} not finished within {self.timeout_s}s")
+                status, message = "failed", str(late)
             except DriverError as exc:
                 status, message = "failed", f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # a driver bug: audit it as a failure, keep the agent running
@@ -132,9 +133,9 @@ class CommandRouter:
         level = logging.INFO if status == "done" else logging.WARNING
         log.log(level, "command %s %s on %s from %s: %s", command, status, device, origin, message)
         if status == "refused":
-            exc = CommandRefused(message)
-            exc.result = result  # type: ignore[attr-defined]
-            raise exc
+            refused = CommandRefused(message)
+            refused.result = result  # type: ignore[attr-defined]
+            raise refused
         return result
 
     async def _audit(self, r: CommandResult, emit: Emit) -> None:
@@ -148,7 +149,8 @@ class CommandRouter:
             text = _compact(record | {"args": "(too long to keep)"})
         await emit([Reading(device, AUDIT_POINT, _VALUE[r.status], "", r.ts, cls=RecordClass.EVENT, text=text)])
 
-    def sender(self, origin: str, *, emit: Emit | None = None) -> Callable[[str, str, Mapping[str, Any]], Awaitable[None]]:
+    def sender(self, origin: str, *, emit: Emit | None = None) -> Callable[[str, str, Mapping[str, Any]],
+                                                                           Awaitable[None]]:
         """`send_command(device, command, args)` for in-process callers (agent.traffic_control):
         raises CommandRefused when refused and the DriverError when the device failed."""
         async def send(device: str, command: str, args: Mapping[str, Any]) -> None:

@@ -121,7 +121,8 @@ class AgentConfig:
     models: tuple[Any, ...] = field(default=())  # agent.inference.ModelSpec
     junctions: tuple[Any, ...] = field(default=())  # agent.traffic_control.JunctionPolicy
     updater: Any = None  # agent.updater.config.UpdaterConfig (disabled when [updater] is absent)
-    alarms: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # device -> agent.alarms.AlarmRule ([[device.alarm]])
+    # device -> its agent.alarms.AlarmRule tuple ([[device.alarm]])
+    alarms: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def credential_path(self) -> Path:
@@ -141,7 +142,7 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     file = str(p)
     root = load_toml(p, "config file")
     base_dir = p.resolve().parent
-    box = _box(root.table("box", required=True), base_dir)  # type: ignore[arg-type]
+    box = _box(root.table("box", required=True), base_dir)
     buffer = _buffer(root.table("buffer"), box, file)
     # No [uplink]: HTTP to the server this box enrolled with (the embedded default).
     uplink = _uplink(root.table("uplink") or Table({"kind": "http"}, file, "uplink"), base_dir)
@@ -208,7 +209,8 @@ def _uplink(t: Table, base_dir: Path) -> UplinkConfig:
     mqtt = http = None
     if kind == "mqtt":
         if mqtt_t is None:
-            raise t.error("mqtt", "uplink kind is mqtt but the section is missing", None, "an [uplink.mqtt] table with host")
+            raise t.error("mqtt", "uplink kind is mqtt but the section is missing", None,
+                          "an [uplink.mqtt] table with host")
         mqtt = _mqtt(mqtt_t, base_dir)
     if http_t is not None or kind == "http":
         http_t = http_t or Table({}, t.file, f"{t.key}.http")
@@ -253,7 +255,8 @@ def _mqtt(t: Table, base_dir: Path) -> MqttConfig:
     if cfg.password is not None and cfg.username is None:
         raise t.error("password", "a password needs a username", "***", "username set as well")
     if (cfg.cert_file is None) != (cfg.key_file is None):
-        raise t.error("cert_file", "client certificate and key go together", cfg.cert_file, "both cert_file and key_file")
+        raise t.error("cert_file", "client certificate and key go together", cfg.cert_file,
+                      "both cert_file and key_file")
     t.reject_unknown()
     return cfg
 
@@ -265,7 +268,8 @@ def _health(t: Table | None) -> HealthConfig:
     listen = t.str("listen", "127.0.0.1:9108")
     host, _, port_s = listen.rpartition(":")
     if not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise t.error("listen", "invalid listen address", listen, '"HOST:PORT", e.g. "127.0.0.1:9108" (port 0 = any free)')
+        raise t.error("listen", "invalid listen address", listen,
+                      '"HOST:PORT", e.g. "127.0.0.1:9108" (port 0 = any free)')
     t.reject_unknown()
     return HealthConfig(enabled, host, int(port_s))
 

@@ -18,7 +18,7 @@ def _loopback(host: str | None) -> bool:
     if host in (None, "localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback  # type: ignore[arg-type]
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 

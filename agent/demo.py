@@ -45,9 +45,9 @@ def broker_reachable(hostport: str) -> bool:
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "quanedge", *args], stdout=subprocess.PIPE, stderr=log,
-                            start_new_session=True)
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "quanedge", *args], stdout=subprocess.PIPE, stderr=log,
+                                start_new_session=True)
 
 
 def _wait_http(url: str, timeout: float = 20.0) -> None:
@@ -163,7 +163,8 @@ def _summary(server_url: str, admin: str) -> int:
     console.print(table)
     complete = bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     if complete:
-        console.print(f"[bold green]OK[/]: {len(seqs)} readings, seq {seqs[0]}..{seqs[-1]}, each stored exactly once, none missing")
+        console.print(f"[bold green]OK[/]: {len(seqs)} readings, seq {seqs[0]}..{seqs[-1]}, "
+                      "each stored exactly once, none missing")
         return 0
     console.print(f"[bold red]FAILED[/]: stored seqs are not contiguous ({len(seqs)} rows)")
     return 1

@@ -115,9 +115,10 @@ class EventSink:
         self.forwarded = 0
         self.refused = 0
 
-    def __call__(self, reading: Reading) -> asyncio.Future[None]:
+    def __call__(self, reading: Reading) -> asyncio.Future[None] | None:
         """Take an event; the returned future completes once it is in the buffer (committed when
-        the sink has a `store`), so a push driver can hold the device's acknowledgement until then."""
+        the sink has a `store`), so a push driver can hold the device's acknowledgement until then.
+        None when the queue is full and this sink drops (drop_when_full); DriverError when it refuses."""
         try:
             self._queue.put_nowait(reading)
             done = asyncio.get_running_loop().create_future()
@@ -130,6 +131,7 @@ class EventSink:
                             self._queue.maxsize, self.refused, "dropped" if self.drop_when_full else "refused")
             if not self.drop_when_full:
                 raise DriverError(f"{self.name}: event queue full ({self._queue.maxsize}); re-send later") from None
+            return None
 
     def take_all(self) -> list[Reading]:
         out = []
@@ -193,6 +195,20 @@ class Listener:
             await self.driver.close()
 
 
+def make_link(bus: BusConfig) -> Any:
+    """The Modbus link of one [[bus]] (a serial line or a TCP gateway), not yet connected."""
+    from drivers.modbus.driver import ModbusLink
+
+    if bus.kind == "rtu":
+        if bus.port is None:
+            raise ValueError(f"bus {bus.name}: an rtu bus needs a port")
+        return ModbusLink.rtu(bus.port, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits,
+                              bytesize=bus.bytesize, timeout_s=bus.timeout_s)
+    if bus.host is None or bus.tcp_port is None:
+        raise ValueError(f"bus {bus.name}: a tcp bus needs a host and a port")
+    return ModbusLink.tcp(bus.host, bus.tcp_port, timeout_s=bus.timeout_s)
+
+
 @dataclass
 class BuildContext:
     """What factories may use: the Modbus links (one per [[bus]]) and an event sink per device."""
@@ -207,8 +223,6 @@ class BuildContext:
 
     def link(self, bus: str) -> Any:
         if bus not in self.links:
-            from agent.runtime import make_link
-
             self.links[bus] = make_link(self.buses[bus])
             self.stack.push_async_callback(self.links[bus].close)
         return self.links[bus]

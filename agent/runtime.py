@@ -31,7 +31,7 @@ from typing import Any
 
 from agent.buffer import DurableBuffer
 from agent.commands import CommandRouter, ControlEndpoint, write_control_token
-from agent.config import AgentConfig, BusConfig
+from agent.config import AgentConfig
 from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
@@ -47,15 +47,6 @@ log = logging.getLogger(__name__)
 TTL_INTERVAL_S = 60.0
 #: At SIGTERM, queued readings (none of them acknowledged yet) get this long to reach the buffer.
 SHUTDOWN_FLUSH_S = 5.0
-
-
-def make_link(bus: BusConfig) -> Any:
-    from drivers.modbus.driver import ModbusLink
-
-    if bus.kind == "rtu":
-        return ModbusLink.rtu(bus.port, baudrate=bus.baudrate, parity=bus.parity, stopbits=bus.stopbits,
-                              bytesize=bus.bytesize, timeout_s=bus.timeout_s)
-    return ModbusLink.tcp(bus.host, bus.tcp_port, timeout_s=bus.timeout_s)
 
 
 def make_uplink_factory(cfg: AgentConfig):
@@ -84,8 +75,8 @@ def make_uplink_factory(cfg: AgentConfig):
                           file=str(cfg.path), key="uplink.kind", value="http")
     server = (cfg.uplink.http.server if cfg.uplink.http and cfg.uplink.http.server else cred.server)
     timeout = cfg.uplink.http.timeout_s if cfg.uplink.http else 10.0
-    settings = HttpSettings(server=server, credential=cred.credential, timeout_s=timeout)
-    return "http", lambda: HttpUplink(settings, box_id)
+    http = HttpSettings(server=server, credential=cred.credential, timeout_s=timeout)
+    return "http", lambda: HttpUplink(http, box_id)
 
 
 #: GIL switch interval for the agent process (CPython's default is 0.005 s); see bench/RESULTS.md, delivery.

@@ -299,7 +299,7 @@ def render_toml(result: ScanResult, *, bus_name: str = "rs485-1", poll_s: float 
             out += ["# " + x for x in lines]
         else:
             out += lines
-            loads.append(DeviceLoad(f"unit {s.unit}", poll_s, tuple(b.count for b in _blocks(s.profile))))  # type: ignore[arg-type]
+            loads.append(DeviceLoad(f"unit {s.unit}", poll_s, tuple(b.count for b in _blocks(s.profile))))
     if loads:
         rep = capacity_report(bus_name, ln, loads)
         out += ["", f"# capacity: polling these every {poll_s:g} s takes {rep.demand:.1%} of the bus at {ln} "
@@ -338,7 +338,7 @@ def scan(
                                       progress=lambda m: print(m, file=sys.stderr, flush=True)))
     except (ValueError, QuanedgeError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     typer.echo(render_toml(result, bus_name=bus_name, poll_s=poll_s), nl=False)
     if result.line is None:
         raise typer.Exit(1)

@@ -296,7 +296,8 @@ def parse_junctions(raw: Any, devices: Mapping[str, Any], file: str) -> tuple[Ju
                 max_state_age_s=t.float("max_state_age_s", 60.0, min=0, max=3600, exclusive_min=True),
                 patterns=(pats[0], pats[1], pats[2]), thresholds=PatternThresholds(normal, peak, hyst),
                 pattern_point=t.str("pattern_point", pattern_point),
-                ped_walk_point=t.str("ped_walk_point", "ped_walk"), ped_clear_point=t.str("ped_clear_point", "ped_clear"),
+                ped_walk_point=t.str("ped_walk_point", "ped_walk"), ped_clear_point=t.str("ped_clear_point",
+                                                                                          "ped_clear"),
                 max_forecast_age_s=t.float("max_forecast_age_s", 600.0, min=0, max=86400),
                 command=command, command_arg=arg)
         except ValueError as exc:

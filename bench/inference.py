@@ -52,7 +52,7 @@ def _weather_ticks(n_ticks: int, stations: int, rng: np.random.Generator) -> lis
     base = np.array([26.0, 60.0, 1008.0, 3.0, 0.0, 120.0, 5.0, 17.0])
     step = np.array([0.1, 0.4, 0.03, 0.3, 0.0, 5.0, 0.0, 0.1])
     state = base + rng.normal(0, 1, (stations, 8)) * np.array([2, 5, 3, 1, 0, 30, 1, 1])
-    ticks = []
+    ticks: list[list[Reading]] = []
     for k in range(n_ticks):
         state = state + rng.normal(0, 1, state.shape) * step
         vals = np.round(state, 1)
@@ -63,7 +63,7 @@ def _weather_ticks(n_ticks: int, stations: int, rng: np.random.Generator) -> lis
 
 
 def _traffic_ticks(n_ticks: int, rng: np.random.Generator) -> list[list[Reading]]:
-    ticks = []
+    ticks: list[list[Reading]] = []
     for k in range(n_ticks):
         ts = T0 + 60.0 * k
         if k % 5:

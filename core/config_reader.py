@@ -143,7 +143,8 @@ class Table:
             raise self.error(name, "must be a table", v, f"a [{self._k(name)}] section")
         return self.child(v, name)
 
-    def mapping(self, name: str, default: Any = _MISSING, *, expected: str | None = None) -> dict[str, Any]:
+    def mapping(self, name: builtins.str, default: Any = _MISSING, *,
+                expected: builtins.str | None = None) -> dict[builtins.str, Any]:
         """A free-form table (values not checked here), e.g. [thresholds]."""
         v = self._get(name, default)
         if not isinstance(v, Mapping):

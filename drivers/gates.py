@@ -269,7 +269,7 @@ def _child_text(root: ElementTree.Element, name: str) -> str | None:
 def parse_remote_control(body: bytes) -> str:
     root = _xml(body, "RemoteControlDoor")
     cmd = _child_text(root, "cmd") if _local(root.tag) == "RemoteControlDoor" else None
-    if cmd not in DOOR_COMMANDS.values():
+    if cmd is None or cmd not in DOOR_COMMANDS.values():
         raise FrameError(f"RemoteControlDoor: unknown or missing cmd {cmd!r}")
     return cmd
 

@@ -38,10 +38,16 @@ class DeviceSettings(Protocol):
     """What every kind's settings carry (the [[device]] keys all kinds share)."""
 
     kind: ClassVar[str]
-    name: str
-    poll_s: float
-    points: tuple[str, ...]
-    allow_commands: tuple[str, ...]
+
+    # read-only: the settings classes are frozen dataclasses
+    @property
+    def name(self) -> str: ...
+    @property
+    def poll_s(self) -> float: ...
+    @property
+    def points(self) -> tuple[str, ...]: ...
+    @property
+    def allow_commands(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)

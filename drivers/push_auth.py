@@ -25,11 +25,10 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["PushCredential", "PushAuth", "Refusal", "parse_sources"]
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_sources(values: Iterable[str]) -> frozenset[Network]:

@@ -83,7 +83,8 @@ def read_sources(t: Table, name: str) -> Any:
     try:
         return parse_sources(values)
     except ValueError as exc:
-        raise t.error(name, str(exc), list(values), 'IP addresses or networks, e.g. ["192.168.1.100", "10.0.0.0/24"]')
+        raise t.error(name, str(exc), list(values),
+                      'IP addresses or networks, e.g. ["192.168.1.100", "10.0.0.0/24"]') from None
 
 
 def read_secret(t: Table, name: str) -> str | None:

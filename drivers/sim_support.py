@@ -10,16 +10,17 @@ request ({"fault": "silence"}, {"status": true}, ...), and answers {"ok": true, 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn
 
 import typer
 
 Handler = Callable[[dict], Any]   # returns a dict (or an awaitable of one) merged into the reply
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -50,7 +51,7 @@ def _ready(info: dict[str, Any]) -> None:
 
 async def _serve(ctl: Any, host: str, control: int | None, info: dict[str, Any], stop: Any,
                  stop_sim: Callable[[], Awaitable[None]], *, start: Callable[[], Awaitable[Any]] | None = None,
-                 background: tuple[Callable[[], Awaitable[None]], ...] = ()) -> None:
+                 background: tuple[Callable[[], Coroutine[Any, Any, None]], ...] = ()) -> None:
     """Open the control port, run `start`, start the `background` loops, print the ready line (with
     control_port) and run until `stop`; then, whatever happened, cancel the loops and close the
     control port and the simulator."""
@@ -84,10 +85,8 @@ def _run(main: Callable[[Any], Awaitable[None]]) -> None:
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while stopping
         asyncio.run(runner())
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        pass
 
 
 async def _listen(option: str, start: Callable[[], Awaitable[Any]]) -> Any:

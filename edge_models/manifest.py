@@ -9,8 +9,8 @@
     [metrics]      held-out figures and the baseline they beat
     [training]     seed, library versions, data description
 
-Loaded on the box through core.config_reader (the one TOML reader); written by the train scripts with the tiny writer below
-(no TOML-writing dependency). Every loading error names the file, the key and the bad value.
+Loaded on the box through core.config_reader (the one TOML reader); written by the train scripts with the
+tiny writer below (no TOML-writing dependency). Every loading error names the file, the key and the bad value.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ class Rig:
         self.broker_log = self.broker_dir / "log"
         self.conf = self.broker_dir / "mosquitto.conf"
         self.conf.write_text(self._broker_config(autosave_s, max_queued))
-        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(self.broker_dir / "dynamic-security.json"), *self.admin],
+        subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(self.broker_dir / "dynamic-security.json"),
+                        *self.admin],
                        check=True, capture_output=True)
         self.batch_size, self.window, self.ack_timeout_s, self.ack = batch_size, window, ack_timeout_s, ack
         self.broker: subprocess.Popen | None = None
@@ -131,8 +132,8 @@ class Rig:
         return ("user root\n" if os.geteuid() == 0 else "") + text + "\nlog_type all\n"
 
     def start_broker(self) -> None:
-        self.broker = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                       stderr=open(self.broker_log, "ab"))
+        with open(self.broker_log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.broker = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
 
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.mqtt_port), timeout=0.5):
@@ -166,7 +167,8 @@ class Rig:
                 "--mqtt-password", self.bridge[1], "--broker-admin-username", self.admin[0],
                 "--broker-admin-password", self.admin[1], "--mqtt-public-host", "127.0.0.1",
                 "--mqtt-public-port", str(self.mqtt_port)]
-        self.fleet = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.work / "fleet.log", "ab"))
+        with open(self.work / "fleet.log", "ab") as log:
+            self.fleet = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
         wait_for(lambda: httpx.get(self.url + "/healthz", timeout=1).json().get("mqtt") == "connected", 60,
                  f"the fleet server and its bridge (log {self.work / 'fleet.log'})")
 
@@ -194,8 +196,8 @@ class Rig:
     def start_box(self, config: Path, readings: int, rate: float, *, prefill: bool = False) -> None:
         args = [sys.executable, "-m", "hil_tests.load_box", "--config", str(config), "--readings", str(readings),
                 "--rate", str(rate)] + (["--prefill"] if prefill else [])
-        self.box = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.work / "box.log", "ab"),
-                                    text=True, cwd=ROOT)
+        with open(self.work / "box.log", "ab") as log:
+            self.box = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
         threading.Thread(target=self._read_box, args=(self.box,), daemon=True).start()
 
     def _read_box(self, proc: subprocess.Popen) -> None:
@@ -241,9 +243,9 @@ class Rig:
 
 def _finish(rig: Rig, name: str, t0: float, timeout: float) -> Outcome:
     if rig.ack == "broker":  # PUBACK-only: the box empties its buffer whatever the server got; let it settle
-        rig.wait_box(lambda s: s.get("done"), timeout, f"{name}: the box to empty its buffer")
+        rig.wait_box(lambda s: bool(s.get("done")), timeout, f"{name}: the box to empty its buffer")
         time.sleep(3.0)
-    state = rig.wait_box(lambda s: s.get("done"), timeout, f"{name}: the box to take and deliver everything "
+    state = rig.wait_box(lambda s: bool(s.get("done")), timeout, f"{name}: the box to take and deliver everything "
                          f"(last status: {rig.box_status()})")
     base, next_seq = state["base"], state["next_seq"]
     taken = next_seq - base

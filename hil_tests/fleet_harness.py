@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import httpx
 
@@ -62,7 +63,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         cmd = [sys.executable, "-m", "fleet_server.server", "--db", str(self.db_path), "--port", str(self.port),

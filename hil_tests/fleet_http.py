@@ -75,12 +75,14 @@ class HttpPool:
     async def get(self, path: str, headers: dict[str, str] | None = None) -> HttpResult:
         return await self.request("GET", path, headers)
 
-    async def send_json(self, method: str, path: str, payload: Any, headers: dict[str, str] | None = None) -> HttpResult:
+    async def send_json(self, method: str, path: str, payload: Any, headers: dict[str,
+                                                                                  str] | None = None) -> HttpResult:
         return await self.request(method, path, {"Content-Type": "application/json", **(headers or {})},
                                   json.dumps(payload).encode())
 
     @staticmethod
-    async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], data: bytes) -> tuple[HttpResult, bool]:
+    async def _exchange(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], data: bytes) -> tuple[HttpResult,
+                                                                                                       bool]:
         reader, writer = conn
         writer.write(data)
         raw = await reader.readuntil(b"\r\n\r\n")

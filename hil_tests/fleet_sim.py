@@ -169,7 +169,8 @@ class FleetSim:
         await self._call("PUT", f"/api/v1/boxes/{box_id}/inventory", auth, inventory)
         while not self._stop.is_set():
             try:
-                r = await self.pool.get(f"/api/v1/boxes/{box_id}/checkin", {**auth, "If-None-Match": etag} if etag else auth)
+                r = await self.pool.get(f"/api/v1/boxes/{box_id}/checkin", {**auth,
+                                                                            "If-None-Match": etag} if etag else auth)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 self.stats["http_errors"] += 1
                 r = None

@@ -49,7 +49,7 @@ def fleet_command(
                            stall_rate=stall_rate, step_s=step_s, seed=seed, connections=connections)
     except ValueError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if db is None and not admin_token:
         typer.secho("error: give --db (provision into the server's SQLite file) or --admin-token", fg="red", err=True)
         raise typer.Exit(2)
@@ -61,7 +61,7 @@ def fleet_command(
                      else await enroll_via_api(server, admin_token or "", config))
         except (ValueError, RuntimeError, OSError) as exc:
             typer.secho(f"error: cannot enroll the simulated boxes: {exc}", fg="red", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         typer.echo(f"{len(creds)} boxes enrolled in {time.monotonic() - started:.1f} s; polling {server}")
         sim = FleetSim(server, config, creds)
 

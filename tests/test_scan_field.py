@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
-from agent.runtime import make_link
+from agent.devices import make_link
 from agent.scan import ScanResult, render_toml, scan_bus
 from core.errors import DeviceTimeout
 from drivers.modbus.driver import ModbusDevice, ModbusLink

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import time
@@ -204,7 +205,7 @@ class AccessControllerDriver:
                 stored = asyncio.ensure_future(stored)
                 if event.serial_no >= 0:
                     self._pending[event.serial_no] = stored
-                    stored.add_done_callback(lambda f, n=event.serial_no: self._settled(n, f))
+                    stored.add_done_callback(functools.partial(self._settled, event.serial_no))
                 return Response(200, ok) if await self._stored(stored) else Response(503, later)
         else:
             self.events += 1

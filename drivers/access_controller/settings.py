@@ -78,7 +78,8 @@ class AccessControllerSettings:
                 raise SettingError("allow_commands", f"an access_controller device has no command {cmd!r}", cmd,
                                    "one of " + ", ".join(COMMANDS))
         if not 0 < self.timeout_s <= 60:
-            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000), "more than 0 and at most 60000")
+            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000),
+                               "more than 0 and at most 60000")
         if not 0 < self.store_timeout_s <= 60:
             raise SettingError("store_timeout_s", "out of range", self.store_timeout_s, "0 < seconds <= 60")
         if self.listen_port is not None:

@@ -13,6 +13,7 @@ Requests without valid digest credentials get 401 with a fresh challenge, as the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -158,20 +159,21 @@ class AccessControllerSim:
     async def _push(self, major: int, minor: int, card: str, door: int) -> None:
         self.serial += 1
         body = gates.access_event_json(major, minor, card_no=card, door=door, serial_no=self.serial,
-                                       when=time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(self.clock() + 8 * 3600)))
+                                       when=time.strftime("%Y-%m-%dT%H:%M:%S+08:00",
+                                                          time.gmtime(self.clock() + 8 * 3600)))
         self.pushed.append(body)
         if self.event_url:
+            # the listener may be down: the event stays in `pushed` (the device's own log)
             async with httpx.AsyncClient(timeout=2.0) as client:
-                try:
+                with contextlib.suppress(httpx.HTTPError):
                     await client.post(self.event_url, content=body, headers={"Content-Type": "application/json"})
-                except httpx.HTTPError:
-                    pass  # the listener is down: the event stays in `pushed` (the device's own log)
 
     async def repush(self, index: int = -1) -> None:
         """Send an already-pushed event again (devices retry when unsure it arrived)."""
         if self.event_url:
             async with httpx.AsyncClient(timeout=2.0) as client:
-                await client.post(self.event_url, content=self.pushed[index], headers={"Content-Type": "application/json"})
+                await client.post(self.event_url, content=self.pushed[index],
+                                  headers={"Content-Type": "application/json"})
 
     async def swipe(self, card: str, door: int = 1) -> str:
         """A card at the reader: valid (and the door unlocks), no permission, or unknown."""

@@ -105,10 +105,12 @@ def command(
 
         await _listen("--port", lambda: sim.start(host, port))
         ctl = _Control({"swipe": swipe, "wiegand": wiegand_frame, "face": face, "event_url": set_url, "repush": repush},
-                       lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures, "bad_frames": sim.bad_frames,
+                       lambda: {"events": len(sim.pushed), "auth_failures": sim.auth_failures,
+                                "bad_frames": sim.bad_frames,
                                 "doors": {str(d): {"lock": s.lock, "state": s.state} for d, s in sim.doors.items()}})
         info = {"device": "access_controller", "url": f"http://{host}:{sim.port}", "host": host,
-                "tcp_port": sim.port, "username": username, "doors": doors, "event_url": _redact(event_url), "seed": seed}
+                "tcp_port": sim.port, "username": username, "doors": doors, "event_url": _redact(event_url),
+                "seed": seed}
         await _serve(ctl, host, control, info, stop, sim.stop, background=(people,) if interval else ())
 
     _run(main)

@@ -145,7 +145,8 @@ class GbtDriver:
             try:
                 value = float(it.value())
             except FrameError as exc:
-                self.on_report(Reading(self.name, point, None, "", ts, Quality.COMM_FAILURE, RecordClass.EVENT, str(exc)))
+                self.on_report(Reading(self.name, point, None, "", ts, Quality.COMM_FAILURE, RecordClass.EVENT,
+                                       str(exc)))
                 continue
             text = g.MODES.get(int(value)) if it.item_id == g.RUN_MODE else None
             self.on_report(Reading(self.name, point, value, "", ts, cls=RecordClass.EVENT, text=text))

@@ -28,7 +28,8 @@ _valid_point = accepts(point_item)
 def _check_ids(key: str, values: Iterable[int]) -> None:
     values = list(values)
     if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 255 for v in values):
-        raise SettingError(key, "must be a list of integers", sorted(values, key=str), "integers from 1 to 255, e.g. [1, 2]")
+        raise SettingError(key, "must be a list of integers", sorted(values, key=str),
+                           "integers from 1 to 255, e.g. [1, 2]")
     if len(set(values)) != len(values):
         raise SettingError(key, "holds a number twice", values, "distinct numbers")
 
@@ -64,7 +65,8 @@ class GbtSettings:
         if not 0 <= self.controller_id <= 0xFFFFFFFF:
             raise SettingError("controller_id", "out of range", self.controller_id, "an integer from 0 to 4294967295")
         if not 0.01 <= self.timeout_s <= 60:
-            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000), "an integer from 10 to 60000")
+            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000),
+                               "an integer from 10 to 60000")
         if not 0 <= self.heartbeat_s <= 3600:
             raise SettingError("heartbeat_s", "out of range", self.heartbeat_s, "a number from 0 to 3600")
         for key in ("detectors", "plans", "allowed_plans", "allowed_stages"):

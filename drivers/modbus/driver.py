@@ -262,7 +262,8 @@ class ModbusLink:
             while pos + 7 <= len(snapshot) and snapshot[pos + 2:pos + 4] == b"\0\0":
                 end = pos + 6 + int.from_bytes(snapshot[pos + 4:pos + 6], "big")
                 if end <= len(snapshot) and snapshot[pos:pos + 2] == self._tx[:2]:
-                    return f"a reply from unit {snapshot[pos + 6]}" if snapshot[pos + 6] != unit else "a malformed reply"
+                    other = snapshot[pos + 6]
+                    return f"a reply from unit {other}" if other != unit else "a malformed reply"
                 pos = end
         last = self._rx[-1]
         pos = 0
@@ -376,10 +377,12 @@ class ModbusDevice:
             await self.link.close()
 
     def _select(self, points: Sequence[str]) -> list[ReadBlock]:
-        key = points if isinstance(points, str) else tuple(points)  # a str is refused below, never cached
+        if isinstance(points, str):
+            return self._plan_selection(points)  # raises: a str is not a list of point names
+        key = tuple(points)
         blocks = self._selections.get(key)
         if blocks is None:
-            blocks = self._plan_selection(points)  # raises for a str, duplicates, unknown names
+            blocks = self._plan_selection(points)  # raises for duplicates, unknown names
             if len(self._selections) < 256:
                 self._selections[key] = blocks
         return blocks

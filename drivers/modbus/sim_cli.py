@@ -71,6 +71,6 @@ def modbus_command(
                                  control_port=control, time_factor=time_factor, turnaround_s=turnaround_ms / 1000,
                                  on_ready=lambda info: print(json.dumps(info), flush=True)))
     except ValueError as exc:
-        _fail(exc)
+        _fail(str(exc))
     except KeyboardInterrupt:
         pass

@@ -36,7 +36,11 @@ class SimSlave(Protocol):
 
     unit: int
 
+    ignored: int  # requests dropped while deaf (counted by the bus)
+
     def overhear(self, unit: int, at: float) -> None: ...
+
+    def deaf(self, at: float) -> bool: ...
 
     def handle(self, pdu: bytes) -> Any: ...
 

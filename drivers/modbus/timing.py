@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "DEFAULT_TURNAROUND_S", "CapacityReport", "DeviceCapacity", "DeviceLoad", "LineTiming",
@@ -49,6 +50,19 @@ def read_reply_bytes(count: int) -> int:
     return 5 + 2 * count
 
 
+
+class SerialLine(Protocol):
+    """A serial line's settings as LineDefaults and BusConfig carry them."""
+
+    @property
+    def baudrate(self) -> int: ...
+    @property
+    def parity(self) -> str: ...
+    @property
+    def stopbits(self) -> int: ...
+    @property
+    def bytesize(self) -> int: ...
+
 @dataclass(frozen=True, slots=True)
 class LineTiming:
     """One serial line's settings and the timing they imply."""
@@ -69,10 +83,9 @@ class LineTiming:
             raise ValueError(f"bytesize must be 7 or 8, got {self.bytesize!r}")
 
     @classmethod
-    def of(cls, line: object) -> LineTiming:
+    def of(cls, line: SerialLine) -> LineTiming:
         """From anything with baudrate/parity/stopbits/bytesize (LineDefaults, BusConfig)."""
-        return cls(line.baudrate, line.parity, line.stopbits,
-                   line.bytesize)
+        return cls(line.baudrate, line.parity, line.stopbits, line.bytesize)
 
     def __str__(self) -> str:
         return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"

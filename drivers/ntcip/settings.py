@@ -27,7 +27,8 @@ _valid_point = accepts(ntcip.validate_point)
 def _check_ids(key: str, values: Iterable[int], top: int) -> None:
     values = list(values)
     if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top for v in values):
-        raise SettingError(key, "must be a list of integers", sorted(values, key=str), f"integers from 1 to {top}, e.g. [1, 2]")
+        raise SettingError(key, "must be a list of integers", sorted(values, key=str),
+                           f"integers from 1 to {top}, e.g. [1, 2]")
     if len(set(values)) != len(values):
         raise SettingError(key, "holds a number twice", values, "distinct numbers")
 
@@ -64,7 +65,8 @@ class NtcipSettings:
             if not getattr(self, key):
                 raise SettingError(key, "must be a non-empty string", getattr(self, key), "a string")
         if not 0.01 <= self.timeout_s <= 30:
-            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000), "an integer from 10 to 30000")
+            raise SettingError("timeout_ms", "out of range", round(self.timeout_s * 1000),
+                               "an integer from 10 to 30000")
         if not 0 <= self.retries <= 5:
             raise SettingError("retries", "out of range", self.retries, "an integer from 0 to 5")
         if not 1 <= self.phases <= 255:

@@ -106,7 +106,8 @@ def parse_timestamp(text: Any, field: str = "timestamp") -> float:
     try:
         dt = datetime.fromisoformat(m.group(1) + frac + ("+00:00" if zone in "Zz" else zone))
     except ValueError as exc:
-        raise SampleError("TypeConstraintViolation", f"{field} is not a valid date-time: {_show(text)} ({exc})") from None
+        raise SampleError("TypeConstraintViolation",
+                          f"{field} is not a valid date-time: {_show(text)} ({exc})") from None
     return dt.timestamp()
 
 
@@ -143,11 +144,13 @@ def decode_sample(sv: Mapping[str, Any], field: str = "sampledValue") -> Sample 
     measurand = sv.get("measurand", "Energy.Active.Import.Register")
     spec = _MEASURANDS.get(measurand) if isinstance(measurand, str) else None
     if spec is None:
-        raise SampleError("PropertyConstraintViolation", f"{field}.measurand is not an OCPP 1.6 measurand: {_show(measurand)}")
+        raise SampleError("PropertyConstraintViolation",
+                          f"{field}.measurand is not an OCPP 1.6 measurand: {_show(measurand)}")
     point, units, default_unit, (lo, hi) = spec
     for key, known in (("phase", _PHASES), ("location", _LOCATIONS), ("context", _CONTEXTS)):
         if key in sv and sv[key] not in known:
-            raise SampleError("PropertyConstraintViolation", f"{field}.{key} is not an OCPP 1.6 {key}: {_show(sv[key])}")
+            raise SampleError("PropertyConstraintViolation",
+                              f"{field}.{key} is not an OCPP 1.6 {key}: {_show(sv[key])}")
     value = parse_number(sv.get("value"), f"{field}.value")
     unit = sv.get("unit")
     if unit is None:  # the spec's default is Wh; for other measurands chargers mean the natural unit

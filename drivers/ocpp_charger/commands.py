@@ -59,7 +59,8 @@ def build_call(site: OcppChargerDriver, command: str, args: dict[str, Any], *, i
     name = site.name
     unknown = sorted(set(args) - ARGS[command])
     if unknown:
-        raise CommandRefused(f"{name}: {command} takes {', '.join(sorted(ARGS[command]))}; unknown: {', '.join(unknown)}")
+        raise CommandRefused(f"{name}: {command} takes {', '.join(sorted(ARGS[command]))}; "
+                             f"unknown: {', '.join(unknown)}")
     tx = _int(name, command, args, "transaction_id", 1, tx_max) if command == "remote_stop" else None
     cp_id = args.get("charger")
     if cp_id is None and tx is not None and tx in site.transactions.open:
@@ -67,7 +68,7 @@ def build_call(site: OcppChargerDriver, command: str, args: dict[str, Any], *, i
     if cp_id is None and len(site.settings.chargers) == 1:
         cp_id = site.settings.chargers[0].id
     charger = site.settings.charger(cp_id) if isinstance(cp_id, str) else None
-    if charger is None:
+    if charger is None or not isinstance(cp_id, str):
         known = ", ".join(c.id for c in site.settings.chargers)
         raise CommandRefused(f"{name}: {command} needs 'charger' naming a configured charger ({known}), got {cp_id!r}")
     n = charger.connectors

@@ -107,7 +107,8 @@ class OcppChargerDriver:
         try:
             self._server = await serve(
                 self._handler, self.settings.listen_host, self.settings.listen_port, subprotocols=[SUBPROTOCOL],
-                select_subprotocol=_select, process_request=self._gate, max_size=self.settings.max_message_bytes, ping_interval=30,
+                select_subprotocol=_select, process_request=self._gate, max_size=self.settings.max_message_bytes,
+                ping_interval=30,
                 ping_timeout=30, server_header=None, logger=logging.getLogger("drivers.ocpp_charger.ws"))
         except OSError as exc:
             raise LinkError(f"{self.name}: cannot listen on {self.settings.listen_host}:"
@@ -143,7 +144,8 @@ class OcppChargerDriver:
     def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
         cp_id = self._cp_id(request.path)
         if cp_id is None:
-            return self._refuse(connection, 404, "unknown_charger", f"no charger is configured at {request.path[:100]!r}")
+            return self._refuse(connection, 404, "unknown_charger",
+                                f"no charger is configured at {request.path[:100]!r}")
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         addr = connection.remote_address
         who = self._auth.authenticate(headers, f"{addr[0]}:{addr[1]}" if addr else "")
@@ -156,7 +158,7 @@ class OcppChargerDriver:
     async def _handler(self, ws: ServerConnection) -> None:
         cp_id = self._cp_id(ws.request.path) if ws.request is not None else None
         charger = self.settings.charger(cp_id) if cp_id is not None else None
-        if charger is None:  # _gate refused it already; only a direct call gets here
+        if charger is None or cp_id is None:  # _gate refused it already; only a direct call gets here
             await ws.close(1008, "unknown charger")
             return
         if ws.subprotocol != SUBPROTOCOL:
@@ -238,7 +240,8 @@ class OcppChargerDriver:
             return Reading(self.name, point, value, unit, now, q, RecordClass.ROUTINE, text)
 
         if point == "callerrors_total":
-            return r(float(sum(self.callerrors.values())), text=json.dumps(self.callerrors) if self.callerrors else None)
+            return r(float(sum(self.callerrors.values())),
+                     text=json.dumps(self.callerrors) if self.callerrors else None)
         if point == "refused_total":
             return r(float(sum(self.refused.values())), text=json.dumps(self.refused) if self.refused else None)
         if point == "dropped_total":
@@ -251,7 +254,8 @@ class OcppChargerDriver:
             ago = "never" if seen is None else f"{now - seen:.0f}s ago"
             if rest == "online":
                 online = cp_id in self.sessions
-                return r(1.0 if online else 0.0, text=f"{'connected' if online else 'not connected'}; last message {ago}")
+                return r(1.0 if online else 0.0,
+                         text=f"{'connected' if online else 'not connected'}; last message {ago}")
             if rest.startswith("c") and rest.endswith((".status", ".error")):
                 connector, _, what = rest[1:].partition(".")
                 known = self.status.get((cp_id, int(connector))) if connector.isdigit() else None

@@ -217,7 +217,8 @@ class Session(ChargePoint):
                 "tx_start", float(meter_start), ts, unit="Wh", cls=RecordClass.EVENT,
                 quality=quality | (Quality.OUT_OF_RANGE if meter_start < 0 else Quality.GOOD),
                 text={"tx": t.tx, "connector": c, "id_tag": id_tag, "id_tag_status": status.value,
-                      "charger_ts": timestamp, **({} if reservation_id is None else {"reservation_id": reservation_id})})])
+                      "charger_ts": timestamp,
+                      **({} if reservation_id is None else {"reservation_id": reservation_id})})])
             t.recorded = True
         return call_result.StartTransaction(transaction_id=t.tx, id_tag_info=IdTagInfo(status=status))
 

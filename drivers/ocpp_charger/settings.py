@@ -158,7 +158,8 @@ def _chargers(t: Table) -> tuple[ChargerConfig, ...]:
         try:
             sources = parse_sources(ct.str_list("sources", []))
         except ValueError as exc:
-            raise ct.error("sources", str(exc), ct.raw("sources"), 'IP addresses or networks, e.g. ["10.0.0.5"]') from None
+            raise ct.error("sources", str(exc), ct.raw("sources"),
+                           'IP addresses or networks, e.g. ["10.0.0.5"]') from None
         if secret is None and not sources:
             raise ct.error("secret", f"charger {cp_id!r} has neither a secret nor sources: a charge point id is a "
                            "name anyone can type", None, 'secret = "<8+ chars>" and/or sources = ["10.0.0.5"]')
@@ -178,8 +179,10 @@ def _id_tags(t: Table, base_dir: Path) -> frozenset[str]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise t.error("id_tags", f"cannot read the idTag file: {exc}", v, "a UTF-8 text file, one idTag per line") from None
-        entries = [(f"line {i + 1} of {path.name}", ln.split("#", 1)[0].strip()) for i, ln in enumerate(text.splitlines())]
+            raise t.error("id_tags", f"cannot read the idTag file: {exc}", v,
+                          "a UTF-8 text file, one idTag per line") from None
+        entries = [(f"line {i + 1} of {path.name}", ln.split("#", 1)[0].strip()) for i,
+                   ln in enumerate(text.splitlines())]
         entries = [(w, x) for w, x in entries if x]
     else:
         raise t.error("id_tags", "must be a list of idTags or a file path", v, '["04A2B3C4D5E6F7", ...] or "tags.txt"')

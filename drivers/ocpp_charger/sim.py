@@ -29,6 +29,7 @@ from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 __all__ = ["ChargerSim"]
 
@@ -151,8 +152,8 @@ class ChargerSim:
         if self.secret is not None:
             token = base64.b64encode(f"{self.cp_id}:{self.secret}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
-        self._ws = await connect(f"{self.url}/{self.cp_id}", subprotocols=["ocpp1.6"], additional_headers=headers,
-                                 open_timeout=5)
+        self._ws = await connect(f"{self.url}/{self.cp_id}", subprotocols=[Subprotocol("ocpp1.6")],
+                                 additional_headers=headers, open_timeout=5)
         self._client = _Client(self.cp_id, self._ws, response_timeout=10)
         self._client.sim = self
         self._tasks = [asyncio.create_task(self._serve(), name=f"sim-{self.cp_id}")]

@@ -97,7 +97,8 @@ class ParkingDriver:
     def _zone_readings(self, z: Zone, ts: float) -> list[Reading]:
         occ, cap = self.occupied[z.name], self.capacity[z.name]
         return [Reading(self.name, f"{z.name}.occupied", float(occ), "count", ts, Quality.DERIVED),
-                Reading(self.name, f"{z.name}.free", float(guidance.free_spaces(cap, occ)), "count", ts, Quality.DERIVED),
+                Reading(self.name, f"{z.name}.free", float(guidance.free_spaces(cap, occ)), "count", ts,
+                        Quality.DERIVED),
                 Reading(self.name, f"{z.name}.capacity", float(cap), "count", ts)]
 
     @staticmethod
@@ -182,6 +183,7 @@ class ParkingDriver:
         if command == "set_sign_text":
             text = args.get("text")
             self._check_text(zone, text)
+            assert isinstance(text, str)  # _check_text refused anything else
             self.overrides[zone.name] = text.upper() if self._on_led(zone) else text
         elif command == "clear_sign_text":
             self.overrides.pop(zone.name, None)

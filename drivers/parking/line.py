@@ -117,7 +117,8 @@ class SerialLine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if self._buffer:
-                    raise FrameError(f"{self.name}: unit {request[0]}: incomplete reply {bytes(self._buffer[:16]).hex(' ')}")
+                    head = bytes(self._buffer[:16]).hex(" ")
+                    raise FrameError(f"{self.name}: unit {request[0]}: incomplete reply {head}")
                 raise DeviceTimeout(f"{self.name}: unit {request[0]} did not answer within {self.timeout_s}s")
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):

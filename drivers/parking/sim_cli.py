@@ -3,6 +3,7 @@ itself, drivers/parking/sim.py, is imported only when the command runs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +41,30 @@ def command(
     async def main(stop: Any) -> None:
         sim = ParkingSim(settings, turnaround_s=turnaround_ms / 1000)
         await sim.start()
-        bay = lambda m: _int(m, "bay", 1, 125)  # noqa: E731
-        count = lambda m: _int(m, "count", 1, 1000, 1)  # noqa: E731
+        def bay(m: dict[str, Any]) -> int:
+            return _int(m, "bay", 1, 125)
+
+        def count(m: dict[str, Any]) -> int:
+            return _int(m, "count", 1, 1000, 1)
+
+        def action(do: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+            def handle(m: dict[str, Any]) -> dict[str, Any]:
+                do(m)
+                return {}  # an action answers with an empty object once done
+            return handle
+
         handlers = {
-            "park": lambda m: sim.park(m["park"], bay(m)) or {},
-            "leave": lambda m: sim.park(m["leave"], bay(m), 0) or {},
-            "fault_bay": lambda m: sim.park(m["fault_bay"], bay(m), _int(m, "code", 2, 0xFFFF)) or {},
-            "enter": lambda m: sim.pass_gate(m["enter"], entries=count(m)) or {},
-            "exit": lambda m: sim.pass_gate(m["exit"], exits=count(m)) or {},
+            "park": action(lambda m: sim.park(m["park"], bay(m))),
+            "leave": action(lambda m: sim.park(m["leave"], bay(m), 0)),
+            "fault_bay": action(lambda m: sim.park(m["fault_bay"], bay(m), _int(m, "code", 2, 0xFFFF))),
+            "enter": action(lambda m: sim.pass_gate(m["enter"], entries=count(m))),
+            "exit": action(lambda m: sim.pass_gate(m["exit"], exits=count(m))),
             "shows": lambda m: {"shows": sim.shows(m["shows"])},
-            "power_cycle": lambda m: sim.power_cycle() or {},
+            "power_cycle": action(lambda m: sim.power_cycle()),
             "fault": _enum_fault(Fault, lambda f: setattr(sim, "fault", f)),
         }
-        info = {"device": "parking", "pty": sim.port, "line": f"{settings.baudrate} 8{settings.parity}{settings.stopbits}",
+        info = {"device": "parking", "pty": sim.port,
+                "line": f"{settings.baudrate} 8{settings.parity}{settings.stopbits}",
                 "zones": [z.name for z in settings.zones], "signs": [s.name for s in settings.signs]}
         await _serve(_Control(handlers, sim.status), host, control, info, stop, sim.stop)
 

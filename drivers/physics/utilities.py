@@ -38,7 +38,8 @@ class ChamberLevel:
                  dry_level_m: float = 0.4, depth_m: float = 5.0, rain_gain: float = 0.05,
                  drain_per_h: float = 0.5, inflow_m_per_h: float = 0.0) -> None:
         if not 0 <= dry_level_m <= depth_m or not 0 <= level_m <= depth_m:
-            raise ValueError(f"need 0 <= level_m, dry_level_m <= depth_m, got {level_m!r}, {dry_level_m!r}, {depth_m!r}")
+            raise ValueError(f"need 0 <= level_m, dry_level_m <= depth_m, "
+                             f"got {level_m!r}, {dry_level_m!r}, {depth_m!r}")
         self._rng = random.Random(seed * 7877 + 5)
         self.t, self.level_m, self.dry_level_m, self.depth_m = start, level_m, dry_level_m, depth_m
         self.rain_gain, self.drain_per_h, self.inflow_m_per_h = rain_gain, drain_per_h, inflow_m_per_h
@@ -115,7 +116,8 @@ class Cover:
 
     SWING_S = 4.0  # how long lifting it takes
 
-    def __init__(self, seed: int = 0, start: float = 1_750_000_000.0, *, baseline_deg: tuple[float, float] | None = None,
+    def __init__(self, seed: int = 0, start: float = 1_750_000_000.0, *, baseline_deg: tuple[float,
+                                                                                             float] | None = None,
                  open_pitch_deg: float = 80.0) -> None:
         self._rng = random.Random(seed * 6151 + 3)
         self.baseline = baseline_deg or (self._rng.uniform(-2, 2), self._rng.uniform(-2, 2))

@@ -177,7 +177,8 @@ class PlateReceiverDriver:
                 else:
                     age = now - seen
                     online = age <= self.settings.heartbeat_timeout_s
-                    out.append(Reading(self.name, point, 1.0 if online else 0.0, "", now, text=f"last seen {age:.1f}s ago"))
+                    out.append(Reading(self.name, point, 1.0 if online else 0.0, "", now,
+                                       text=f"last seen {age:.1f}s ago"))
             else:
                 out.append(Reading(self.name, point, None, "", now, Quality.COMM_FAILURE, text="unknown point"))
         return out

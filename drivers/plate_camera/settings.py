@@ -33,7 +33,7 @@ POINTS_EXPECTED = "events_total, duplicates_total or online.<camera serial>"
 
 def _plate_set(key: str, plates: Iterable[str]) -> frozenset[str]:
     """The plates normalised (gates.normalise_plate); SettingError(key) for one that is not a plate."""
-    out = set()
+    out: set[str] = set()
     for plate in plates:
         norm = gates.normalise_plate(plate) if isinstance(plate, str) else ""
         if not norm or len(norm) > 32:
@@ -119,13 +119,14 @@ def _plates(t: Table, name: str, base_dir: Path) -> frozenset[str]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise t.error(name, f"cannot read the plate list file: {exc}", v, "a UTF-8 text file, one plate per line") from None
+            raise t.error(name, f"cannot read the plate list file: {exc}", v,
+                          "a UTF-8 text file, one plate per line") from None
         lines = [(i + 1, ln.split("#", 1)[0].strip()) for i, ln in enumerate(text.splitlines())]
         lines = [(i, ln) for i, ln in lines if ln]
         where = f"line of {path.name}:"
     else:
         raise t.error(name, "must be a list of plates or a file path", v, '["鲁A12345", ...] or "plates.txt"')
-    out = set()
+    out: set[str] = set()
     for i, plate in lines:
         try:
             out |= _plate_set(name, [plate])

@@ -158,12 +158,12 @@ def format_composite(
         letter = _unit_letter(code, unit) if code in UNITS else unit
         shown = 0.0 if value is None else value
         if code in ("Dn", "Dm", "Dx"):
-            number = f"{int(round(shown)) % 360:03d}"
+            number = f"{round(shown) % 360:03d}"
         else:
             number = f"{shown:.{decimals}f}"
         parts.append(f"{code}={number}{'#' if value is None else letter}")
-    for code, value in (text or {}).items():
-        parts.append(f"{code}={value}")
+    for code, shown_text in (text or {}).items():
+        parts.append(f"{code}={shown_text}")
     return ",".join(parts)
 
 

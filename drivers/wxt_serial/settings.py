@@ -66,7 +66,8 @@ class WxtSerialSettings:
             raise SettingError("timeout_ms", "too short for a serial reply" if self.timeout_s <= 0.15 else "too long",
                                round(self.timeout_s * 1000), "more than 150 and at most 30000")
         if not 0 < self.quiet_s < self.timeout_s:
-            raise SettingError("quiet_s", "must be shorter than the timeout", self.quiet_s, f"0 < quiet_s < {self.timeout_s}")
+            raise SettingError("quiet_s", "must be shorter than the timeout", self.quiet_s,
+                               f"0 < quiet_s < {self.timeout_s}")
         unknown = [p for p in self.points if p not in WXT_POINTS]
         if unknown:
             raise SettingError("points", f"unknown point {unknown[0]!r}", unknown[0],

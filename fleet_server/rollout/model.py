@@ -192,7 +192,8 @@ class RolloutSpec:
     def __post_init__(self) -> None:
         """The rules of a rollout request, in one place (the API's schema reuses the bounds below)."""
         if self.kind not in KINDS:
-            raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r:.40}", field="kind")
+            raise PayloadError("bad_kind", f"kind must be one of {', '.join(KINDS)}, got {self.kind!r:.40}",
+                               field="kind")
         if self.kind in NEEDS_COMPONENT and not self.component:
             raise PayloadError("bad_body", f"a {self.kind} rollout needs `component` (the {self.kind} name the box "
                                "reports in its inventory)", field="component")
