@@ -32,6 +32,7 @@ from typing import Any
 from core.config_reader import Table
 from core.errors import ConfigError, DriverError
 from core.reading import Quality, Reading, RecordClass
+from drivers.registry import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,6 @@ class PatternDecider:
 
 
 # --- config: [[junction]] -------------------------------------------------------------------------
-# Per controller kind: the point that reports the running plan, and the command (argument) that sets it.
-_KIND_DEFAULTS = {"ntcip": ("coord_pattern", "set_pattern", "pattern"), "gbt20999": ("plan", "set_plan", "plan")}
 
 
 def parse_junctions(raw: Any, devices: Mapping[str, Any], file: str) -> tuple[JunctionPolicy, ...]:
@@ -271,10 +270,11 @@ def parse_junctions(raw: Any, devices: Mapping[str, Any], file: str) -> tuple[Ju
         if dev is None:
             raise t.error("device", "no such device", name, "the name of an ntcip or gbt20999 [[device]]")
         kind = getattr(dev, "kind", "modbus")
-        if kind not in _KIND_DEFAULTS:
+        plan = KINDS[kind].signal_plan if kind in KINDS else None  # the kind says how its plan is set
+        if plan is None:
             raise t.error("device", f"is a {kind} device, not a signal controller", name,
                           "an ntcip or gbt20999 [[device]]")
-        pattern_point, command, arg = _KIND_DEFAULTS[kind]
+        pattern_point, command, arg = plan.point, plan.command, plan.argument
         allow = t.bool("allow_pattern_change", False)
         if allow and command not in dev.allow_commands:
             raise t.error("allow_pattern_change", f"device {name!r} does not allow the {command!r} command", True,

@@ -89,6 +89,15 @@ def _own_line(settings: Any) -> str:
 
 
 @dataclass(frozen=True)
+class SignalPlan:
+    """How a signal controller kind reports and takes its running timing plan (agent.traffic_control)."""
+
+    point: str     # the point that reports the running plan
+    command: str   # the command that selects a plan
+    argument: str  # the command's argument naming the plan number
+
+
+@dataclass(frozen=True)
 class DeviceKind:
     """One device kind, as the box, the config loader and the CLI see it.
 
@@ -122,3 +131,5 @@ class DeviceKind:
     #: `quanedge sim <name>` commands: loads {command name: typer command function} (sim_cli.py, light;
     #: the simulator itself is imported when a command runs)
     simulators: Callable[[], Mapping[str, Callable[..., None]]] | None = None
+    #: a signal controller: how its timing plan is read and set, for [[junction]] pattern control
+    signal_plan: SignalPlan | None = None

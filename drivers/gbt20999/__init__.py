@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from drivers.gbt20999.settings import COMMANDS, GbtSettings, parse
-from drivers.kind import BuildContext, DeviceKind
+from drivers.kind import BuildContext, DeviceKind, SignalPlan
 
 
 def build(dev: GbtSettings, ctx: BuildContext) -> Any:
@@ -25,4 +25,5 @@ def simulators() -> dict[str, Any]:
 
 
 KIND = DeviceKind(name="gbt20999", summary="GB/T 20999 signal controller over TCP",
-                  parse=parse, build=build, commands=COMMANDS, simulators=simulators)
+                  parse=parse, build=build, commands=COMMANDS, simulators=simulators,
+                  signal_plan=SignalPlan(point="plan", command="set_plan", argument="plan"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.kind import BuildContext, DeviceKind
+from drivers.kind import BuildContext, DeviceKind, SignalPlan
 from drivers.ntcip.settings import COMMANDS, NtcipSettings, parse
 
 
@@ -25,4 +25,5 @@ def simulators() -> dict[str, Any]:
 
 
 KIND = DeviceKind(name="ntcip", summary="NTCIP 1202 signal controller over SNMP",
-                  parse=parse, build=build, commands=COMMANDS, simulators=simulators)
+                  parse=parse, build=build, commands=COMMANDS, simulators=simulators,
+                  signal_plan=SignalPlan(point="coord_pattern", command="set_pattern", argument="pattern"))
