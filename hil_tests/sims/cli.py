@@ -11,6 +11,8 @@ SIGTERM (drivers/sim_support.py has what they share, the `--control` port includ
     gbt20999           GB/T 20999 controller on TCP              {"tcp_port": 40999, ...}
     plate-camera       plate camera pushing to --push-url        {"push_url": "...", "serialno": ...}
     access-controller  ISAPI access controller on HTTP (digest)  {"url": "http://127.0.0.1:40080", ...}
+    parking            parking line (detectors, counters, signs) {"pty": "/dev/pts/8", "line": "9600 8N1", ...}
+    ocpp-charger       OCPP 1.6J charge point(s) to a box        {"chargers": [...], ...}
     fleet              thousands of simulated boxes checking in to a fleet server
 
 Heavy imports (pysnmp, httpx, pymodbus, the simulators) happen inside the commands, so building
