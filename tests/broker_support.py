@@ -68,8 +68,8 @@ class SecureBroker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> SecureBroker:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "log", "ab"))
+        with open(self.dir / "log", "ab") as log:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
 
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -122,7 +122,8 @@ def start_secure_fleet(tmp: Path, broker: SecureBroker, *extra: str) -> SecureFl
             "--mqtt-username", broker.bridge[0], "--mqtt-password", broker.bridge[1],
             "--broker-admin-username", broker.admin[0], "--broker-admin-password", broker.admin[1],
             "--mqtt-public-host", "127.0.0.1", "--mqtt-public-port", str(broker.port), *extra]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(tmp / "fleet.log", "ab"))
+    with open(tmp / "fleet.log", "ab") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/healthz", timeout=1).json().get("mqtt") == "connected", 30,
              f"fleet server with its bridge (log: {tmp / 'fleet.log'})")

@@ -84,15 +84,16 @@ def start_fleet(tmp: Path, *, mqtt_port: int | None = None, prefix: str = "quane
             "--topic-prefix", prefix]
     if mqtt_port is not None:
         args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(tmp / "fleet.log", "ab"))
+    with open(tmp / "fleet.log", "ab") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/healthz", timeout=1).status_code == 200, 30, "fleet server")
     return Fleet(proc, url, admin)
 
 
 def start_sim(tmp: Path, *args: str) -> tuple[subprocess.Popen, dict]:
-    proc = subprocess.Popen([*PY, "sim", "wxt530", *args], stdout=subprocess.PIPE,
-                            stderr=open(tmp / "sim.log", "ab"))
+    with open(tmp / "sim.log", "ab") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen([*PY, "sim", "wxt530", *args], stdout=subprocess.PIPE, stderr=log)
     line = proc.stdout.readline()  # type: ignore[union-attr]
     assert line, f"simulator did not start: {(tmp / 'sim.log').read_text()[-2000:]}"
     return proc, json.loads(line)
@@ -102,7 +103,8 @@ def box_config(tmp: Path, *, box: str, bus: str, devices: list[tuple[str, int]],
                max_bytes: str = "64MB") -> tuple[Path, int]:
     """Writes box.toml; returns (path, health port)."""
     health = free_port()
-    devs = "".join(f'\n[[device]]\nname = "{n}"\nbus = "b1"\nprofile = "vaisala_wxt530"\nunit = {u}\npoll_s = {poll_s}\n'
+    devs = "".join(f'\n[[device]]\nname = "{n}"\nbus = "b1"\nprofile = "vaisala_wxt530"\n'
+                   f'unit = {u}\npoll_s = {poll_s}\n'
                    for n, u in devices)
     path = tmp / "box.toml"
     path.write_text(f'[box]\nid = "{box}"\ndata_dir = "{tmp / "box"}"\n\n[buffer]\nmax_bytes = "{max_bytes}"\n\n'
@@ -130,8 +132,9 @@ def rtu_bus(path: str, baudrate: int = 19200) -> str:
 def start_agent(tmp: Path, config: Path, env: dict | None = None, main: list[str] | None = None) -> subprocess.Popen:
     """`main`: how python starts the agent CLI (default `-m agent.cli`; pause_points.py adds test hooks)."""
     cmd = [sys.executable, *main] if main else PY
-    return subprocess.Popen([*cmd, "agent", "run", "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / "agent.log", "ab"), env={**os.environ, **(env or {})})
+    with open(tmp / "agent.log", "ab") as log:  # the child has its own copy of the descriptor
+        return subprocess.Popen([*cmd, "agent", "run", "--config", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=log, env={**os.environ, **(env or {})})
 
 
 def health(port: int) -> dict:
@@ -164,8 +167,8 @@ class Mosquitto:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Mosquitto:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "log", "ab"))
+        with open(self.dir / "log", "ab") as log:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log)
 
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -23,8 +23,8 @@ from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 
 __all__ = [
-    "AGENT", "FIRMWARE", "MODEL", "TARGETS", "Boxes", "action_of", "checkin", "create", "make_repo", "open_app", "provision",
-    "report", "serve_in_thread", "status",
+    "AGENT", "FIRMWARE", "MODEL", "TARGETS", "Boxes", "action_of", "checkin", "create", "make_repo", "open_app",
+    "provision", "report", "serve_in_thread", "status",
 ]
 
 AGENT = "agent-0.2.0.tar"

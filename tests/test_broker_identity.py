@@ -287,9 +287,10 @@ def test_fleet_serves_https_with_tls_cert_and_key(setup, tmp_path: Path) -> None
 
     cert, key = self_signed(tmp_path)
     port = free_port()
-    proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", str(port),
-                             "--admin-token", "a" * 20, "--tls-cert", str(cert), "--tls-key", str(key)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "https.log", "ab"))
+    with open(tmp_path / "https.log", "ab") as log:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "f.db"), "--port", str(port),
+                                 "--admin-token", "a" * 20, "--tls-cert", str(cert), "--tls-key", str(key)],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         trust = ssl.create_default_context(cafile=str(cert))
         wait_for(lambda: httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1).status_code
@@ -307,7 +308,8 @@ async def test_agent_enroll_cli_rekeys_a_box_that_holds_its_credential(setup, tm
 
     broker, fleet = setup
     cfg_path = tmp_path / "box.toml"
-    cfg_path.write_text(f'[box]\nid = "box-rekey"\nsite = "north"\nhardware = "hw-r"\ndata_dir = "{tmp_path / "box"}"\n\n'
+    cfg_path.write_text('[box]\nid = "box-rekey"\nsite = "north"\nhardware = "hw-r"\n'
+                        f'data_dir = "{tmp_path / "box"}"\n\n'
                         f'[uplink]\nkind = "mqtt"\n\n[uplink.mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
     first = await asyncio.to_thread(_cli, "agent", "enroll", "-c", str(cfg_path), "--server", fleet.url,
                                     "--token", fleet.token())

@@ -39,12 +39,14 @@ async def drain_all(buf: DurableBuffer) -> list[Reading]:
 async def test_append_assigns_increasing_seqs_and_round_trips(tmp_path: Path) -> None:
     async with DurableBuffer(BufferSettings(tmp_path / "b.db")) as buf:
         a = await buf.append([reading(0), reading(1)])
-        b = await buf.append([Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}')])
+        b = await buf.append([Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM,
+                                      '{"p":"鲁A1"}')])
         s0 = a.first_seq
         assert (a.last_seq, b.first_seq, b.last_seq) == (s0 + 1, s0 + 2, s0 + 2)
         rows = await buf.peek(10)
         assert [r.seq for r in rows] == [s0, s0 + 1, s0 + 2]
-        assert rows[2] == Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}', s0 + 2)
+        assert rows[2] == Reading("gate-1", "plate", None, "", 1.5, Quality.MISSING, RecordClass.ALARM, '{"p":"鲁A1"}',
+                                  s0 + 2)
 
 
 async def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None:

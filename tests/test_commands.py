@@ -80,7 +80,8 @@ class Probe:
 
 async def _poll_while_commanding(sim: WxtSerialSim, poll_lock: asyncio.Lock, command_lock: asyncio.Lock) -> tuple:
     sink = Sink()
-    probe = Probe(WxtSerialDriver(WxtSerialSettings(name="wxt1", port=sim.port, timeout_s=0.5, points=("Ta", "Ua", "Rc"))))
+    probe = Probe(WxtSerialDriver(WxtSerialSettings(name="wxt1", port=sim.port, timeout_s=0.5,
+                                                    points=("Ta", "Ua", "Rc"))))
     poller = ManagedDriver(probe, poll_lock, owns_open=True)      # type: ignore[arg-type]
     commander = ManagedDriver(probe, command_lock, owns_open=True)  # type: ignore[arg-type]
     dev = PolledDevice("wxt1", poller, 0.01)                      # polls back to back: the line is always busy

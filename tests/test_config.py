@@ -98,7 +98,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("old,new,key,words", BAD, ids=[b[2] for b in BAD])
-def test_bad_values_name_file_key_value_and_expectation(tmp_path: Path, old: str, new: str, key: str, words: str) -> None:
+def test_bad_values_name_file_key_value_and_expectation(tmp_path: Path, old: str, new: str, key: str,
+                                                        words: str) -> None:
     assert old in GOOD
     path = write(tmp_path, GOOD.replace(old, new, 1))
     with pytest.raises(ConfigError) as err:

@@ -43,7 +43,8 @@ async def test_a_dropped_connection_fails_one_read_and_the_next_one_reconnects()
 async def test_the_line_lock_is_held_for_reads_and_writes() -> None:
     lock = asyncio.Lock()
     async with GbtControllerSim() as sim:
-        drv = ManagedDriver(GbtDriver(GbtSettings(name="tsc", host="127.0.0.1", port=sim.port, allowed_plans=frozenset({2}))),
+        drv = ManagedDriver(GbtDriver(GbtSettings(name="tsc", host="127.0.0.1", port=sim.port,
+                                                  allowed_plans=frozenset({2}))),
                             lock, owns_open=True)
         try:
             async with lock:                                           # a poll on the same line is in progress

@@ -127,7 +127,8 @@ def test_every_kind_parses_into_its_typed_config(tmp_path: Path) -> None:
 
 
 def test_wxt_nmea_defaults_to_4800_and_optional_keys_default(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, '[[device]]\nname = "w"\nkind = "wxt_serial"\nport = "/dev/ttyS1"\nmode = "nmea"\n'
+    cfg = load_config(write(tmp_path, '[[device]]\nname = "w"\nkind = "wxt_serial"\nport = "/dev/ttyS1"\n'
+                                      'mode = "nmea"\n'
                                       '[[device]]\nname = "g"\nkind = "plate_camera"\n'
                                       'cameras = [{ serial = "c1", sources = ["10.0.0.7"] }]\n'))
     w, g = cfg.devices

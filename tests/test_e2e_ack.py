@@ -175,7 +175,8 @@ async def test_delivery_marks_announce_drops_until_acknowledged(tmp_path: Path) 
         assert rest[0].seq == r.first_seq + 30 and rest[20].seq == r.first_seq + 50
         await buf.quarantine([(rest[20], "test")])
         _, marks = await buf.next_batch(10)
-        assert marks.dropped == ((r.first_seq, r.first_seq + 29, "ttl"), (r.first_seq + 50, r.first_seq + 50, "quarantined"))
+        assert marks.dropped == ((r.first_seq, r.first_seq + 29, "ttl"),
+                                 (r.first_seq + 50, r.first_seq + 50, "quarantined"))
         assert marks.low == r.first_seq + 30
         buf.forget_drops(marks.dropped)
         await buf.ack(r.last_seq, wait=True)

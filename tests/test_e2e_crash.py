@@ -62,7 +62,7 @@ def test_kill9_cycles_lose_nothing_acknowledged_and_store_it_exactly_once(tmp_pa
         assert len(seqs) == len(set(seqs)), "a reading was stored twice"
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap: some committed reading never arrived"
         stored = set(seqs)
-        missing = [(f, l) for f, l in acked if not (f in stored and l in stored)]
+        missing = [(first, last) for first, last in acked if not (first in stored and last in stored)]
         assert not missing, f"acknowledged readings missing from the fleet server: {missing[:5]}"
         assert last_acked <= seqs[-1]
         values = [r[4] for r in rows if r[3] == "air_temperature" and r[4] is not None]

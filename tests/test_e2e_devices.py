@@ -142,7 +142,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     plate_port, acs_listen, hport = free_port(), free_port(), free_port()
     fast = (Pattern(1, 0.0, (6.0, 6.0, 6.0, 6.0)), Pattern(2, 0.0, (8.0, 8.0, 8.0, 8.0)))
     ntcip = sims.run(NtcipControllerSim(patterns=fast).start())
-    gbt = sims.run(GbtControllerSim(plans=(Plan(1, 0, 1, ((1, 1.5), (2, 1.5))), Plan(2, 0, 1, ((1, 3.0), (2, 3.0))))).start())
+    gbt = sims.run(GbtControllerSim(plans=(Plan(1, 0, 1, ((1, 1.5), (2, 1.5))),
+                                           Plan(2, 0, 1, ((1, 3.0), (2, 3.0))))).start())
     acs = sims.run(AccessControllerSim(cards=frozenset({"1001"}), event_url=f"http://controller:acs-push-secret@127.0.0.1:{acs_listen}/").start())
     camera = PlateCameraSim(f"http://cam-1:cam-1-secret@127.0.0.1:{plate_port}/", serialno="cam-1")
     dead = f"http://127.0.0.1:{free_port()}"

@@ -92,7 +92,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, 
     sim = sims.run(ParkingSim(load_layout_text(tmp)).start())
     hport, dead = free_port(), f"http://127.0.0.1:{free_port()}"
     config = tmp / "box.toml"
-    layout = LAYOUT.replace('port = "sim"\n', "").replace("[[zones]]", "[[device.zones]]").replace("[[signs]]", "[[device.signs]]")
+    layout = (LAYOUT.replace('port = "sim"\n', "").replace("[[zones]]", "[[device.zones]]")
+              .replace("[[signs]]", "[[device.signs]]"))
     config.write_text(CONFIG.format(tmp=tmp, dead=dead, hport=hport, pty=sim.port, layout=layout), encoding="utf-8")
     save_credential(tmp / "box" / "credential.json", Credential("lot-box", "not-used", dead))
     agent = start_agent(tmp, config)

@@ -56,7 +56,8 @@ def test_telemetry_with_huge_numbers_or_lone_surrogates_is_422(fleet: Fleet, cre
 @pytest.mark.parametrize("waves", [[""], ["x"], [{"size": ""}], ["1", "\ud800"], ["0%"], [10]])
 def test_rollout_with_bad_waves_is_422(fleet: Fleet, waves: list[Any]) -> None:
     body = json.dumps({"target_name": "agent-0.2.0.tar", "kind": "agent", "waves": waves})
-    r = httpx.post(fleet.url + "/api/v1/rollouts", content=body, headers={**_admin(fleet), "Content-Type": "application/json"})
+    r = httpx.post(fleet.url + "/api/v1/rollouts", content=body,
+                   headers={**_admin(fleet), "Content-Type": "application/json"})
     assert r.status_code == 422, r.text
 
 
@@ -71,7 +72,8 @@ def test_maintenance_with_bad_timezone_is_422(fleet: Fleet, tz: Any) -> None:
 
 def test_maintenance_with_a_real_zone_is_stored(fleet: Fleet) -> None:
     r = httpx.put(fleet.url + "/api/v1/sites/s1/maintenance", headers=_admin(fleet),
-                  json={"timezone": "America/Argentina/Salta", "windows": [{"days": "daily", "start": "22:00", "end": "05:00"}]})
+                  json={"timezone": "America/Argentina/Salta",
+                        "windows": [{"days": "daily", "start": "22:00", "end": "05:00"}]})
     assert r.status_code == 200, r.text
 
 
@@ -144,7 +146,8 @@ def test_bodies_over_the_route_limit_are_refused_before_the_token_is_checked(fle
 
 def test_a_rollout_may_name_many_boxes(fleet: Fleet) -> None:
     """The rollout route's own cap (8 MiB) admits a filter listing 50,000 box ids (~600 KB)."""
-    body = {"target_name": "agent-0.2.0.tar", "kind": "agent", "filter": {"box_ids": [f"box-{n:06d}" for n in range(50_000)]}}
+    body = {"target_name": "agent-0.2.0.tar", "kind": "agent",
+            "filter": {"box_ids": [f"box-{n:06d}" for n in range(50_000)]}}
     r = httpx.post(fleet.url + "/api/v1/rollouts", json=body, headers=_admin(fleet), timeout=30)
     # Past the cap and the model: refused only because this server has no update repository.
     assert (r.status_code, r.json()["error"]) == (503, "repository_unavailable"), r.text
@@ -173,7 +176,8 @@ def test_an_empty_body_is_422_and_a_malformed_content_length_400(fleet: Fleet) -
 ])
 def test_admin_bodies_with_surrogates_odd_types_or_deep_nesting_are_4xx(fleet: Fleet, method: str, path: str,
                                                                         body: str | bytes) -> None:
-    r = httpx.request(method, fleet.url + path, content=body, headers={**_admin(fleet), "Content-Type": "application/json"})
+    r = httpx.request(method, fleet.url + path, content=body,
+                      headers={**_admin(fleet), "Content-Type": "application/json"})
     assert 400 <= r.status_code < 500, r.text
 
 

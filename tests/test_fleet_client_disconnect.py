@@ -25,8 +25,9 @@ def disconnects(url: str) -> float:
 def test_a_box_dying_mid_upload_is_counted_not_shouted(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "fleet.log"
-    proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "fleet.db"), "--port", str(port),
-                             "--admin-token", ADMIN], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+    with open(log, "ab") as err:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen([*PY, "fleet", "serve", "--db", str(tmp_path / "fleet.db"), "--port", str(port),
+                                 "--admin-token", ADMIN], stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: httpx.get(url + "/healthz", timeout=1).status_code == 200, 30, "fleet server")
@@ -39,7 +40,7 @@ def test_a_box_dying_mid_upload_is_counted_not_shouted(tmp_path: Path) -> None:
         credential = r.json()["credential"]
         rows = [[seq, 1_700_000_000.0 + seq, "rs1", "t", 20.5, "degC", 0, "routine", None] for seq in range(1, 2001)]
         body = json.dumps({"box_id": "box-1", "readings": rows}).encode()
-        for cut in range(3):  # three boxes die, each after sending half of its batch
+        for _ in range(3):  # three boxes die, each after sending half of its batch
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(f"POST /api/v1/telemetry HTTP/1.1\r\nHost: fleet\r\nAuthorization: Bearer {credential}\r\n"
                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())

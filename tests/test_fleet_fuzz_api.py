@@ -2,9 +2,10 @@
 rollouts can be created), bounded so the whole module runs in well under a minute.
 
 Parametrized over credentials: each role's bearer token is one param (`_CREDENTIALS`): the
-bootstrap admin token, and a viewer and an operator user created on the running server. Checks: no 5xx, responses (status and body) conform to the
-OpenAPI where it documents them, and the Content-Type matches. The last test prints the figures:
-requests fuzzed and 5xx seen, per credential.
+bootstrap admin token, and a viewer and an operator user created on the running server. Checks:
+no 5xx, responses (status and body) conform to the OpenAPI where it documents them, and the
+Content-Type matches. The last test prints the figures: requests fuzzed and 5xx seen, per
+credential.
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ class Server:
         self.port, self.admin = free_port(), secrets.token_urlsafe(24)
         self.url = f"http://127.0.0.1:{self.port}"
         self.user_tokens: dict[str, str] = {}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet_server.server", "--db", str(tmp / "fuzz.db"), "--port", str(self.port),
-             "--admin-token", self.admin, "--tuf-repo", str(tmp / "repo")],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "fleet.log", "ab"))
+        with open(tmp / "fleet.log", "ab") as log:  # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleet_server.server", "--db", str(tmp / "fuzz.db"), "--port", str(self.port),
+                 "--admin-token", self.admin, "--tuf-repo", str(tmp / "repo")],
+                stdout=subprocess.DEVNULL, stderr=log)
         self.log = tmp / "fleet.log"
         wait_for(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 30, "fleet server")
 

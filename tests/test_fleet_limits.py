@@ -10,7 +10,8 @@ from fleet_server.api.limits import BodyCap
 from fleet_server.errors import FleetError
 
 
-async def _run(headers: list[tuple[bytes, bytes]], chunks: list[bytes], limit: int = 10) -> tuple[int, list[bytes], int]:
+async def _run(headers: list[tuple[bytes, bytes]], chunks: list[bytes],
+               limit: int = 10) -> tuple[int, list[bytes], int]:
     seen: list[bytes] = []
     served = 0
 

@@ -61,7 +61,8 @@ def _dumps(value: Any) -> bytes:
 def _telemetry_payloads() -> st.SearchStrategy[bytes]:
     body = st.fixed_dictionaries({"box_id": st.one_of(st.just("box-1"), _scalars),
                                   "readings": st.one_of(st.lists(_row_like, max_size=5), _json)})
-    near = st.fixed_dictionaries({"box_id": st.just("box-1"), "readings": st.lists(_near_valid, min_size=1, max_size=2)})
+    near = st.fixed_dictionaries({"box_id": st.just("box-1"),
+                                  "readings": st.lists(_near_valid, min_size=1, max_size=2)})
     return st.one_of(near.map(_dumps), near.map(_dumps), body.map(_dumps), _json.map(_dumps), st.binary(max_size=200),
                      st.integers(min_value=0, max_value=5000).map(lambda n: b"[" * n))
 

@@ -29,7 +29,8 @@ def test_quarantine_is_admin_only_paged_and_filtered(client: TestClient, store: 
     assert [m["id"] for m in page["messages"]] == [1, 2] and page["next_after_id"] == 2 and page["total"] == 5
     first = page["messages"][0]
     assert first["payload_text"] is None and base64.b64decode(first["payload_base64"]) == b"\xff0"
-    assert (first["topic"], first["reason"], first["received_at"]) == ("quanedge/b0/telemetry", "bad_row", 1_700_000_000.0)
+    assert ((first["topic"], first["reason"], first["received_at"])
+            == ("quanedge/b0/telemetry", "bad_row", 1_700_000_000.0))
     page = client.get("/api/v1/quarantine", params={"after_id": 2, "reason": "bad_json"}, headers=admin()).json()
     assert [m["id"] for m in page["messages"]] == [4]
     assert client.get("/api/v1/quarantine", params={"reason": "Bad Reason"}, headers=admin()).status_code == 422

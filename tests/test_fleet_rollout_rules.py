@@ -54,7 +54,8 @@ def test_windows_follow_dst_and_wrap_midnight() -> None:
                                         "windows": [{"days": "fri", "start": "22:00", "end": "05:00"}]})
 
     def at(text: str) -> bool:
-        return policy.allows("firmware", datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Europe/Berlin")).timestamp())
+        return policy.allows("firmware",
+                             datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Europe/Berlin")).timestamp())
 
     assert at("2026-03-27T22:30:00") and at("2026-03-28T04:59:00")    # Friday night into Saturday
     assert not at("2026-03-28T05:00:00") and not at("2026-03-27T21:59:00")
@@ -74,7 +75,8 @@ def test_waves_never_overfill_and_open_only_after_success(total: int, sizes: lis
                                                           outcomes: list[bool]) -> None:
     """Assign boxes one by one (each succeeding or failing at once, error threshold 100 %): no wave
     exceeds its capacity, and a box joins wave k+1 only once wave k met its success threshold."""
-    waves = tuple(WaveSpec(f"{p}%", success_pct, 100.0) for p in sorted(set(sizes))) + (WaveSpec("100%", success_pct, 100.0),)
+    waves = (tuple(WaveSpec(f"{p}%", success_pct, 100.0) for p in sorted(set(sizes)))
+             + (WaveSpec("100%", success_pct, 100.0),))
     caps = RolloutSpec("n", "agent", "t", "1", ("hw",), waves=waves).capacities(total)
     assert sum(c for _, c in caps) == total
     counters = [dict(assigned=0, succeeded=0, failed=0) for _ in caps]

@@ -122,7 +122,7 @@ def test_reported_once_never_when_covered_before_and_every_lost_seq_below_low(
     start: int | None = None   # where tracking started
     for seqs, report in msgs:
         out = track(state, seq_ranges(seqs), report, max_ranges=max_ranges)
-        covered |= set(seqs) | {s for f, l, _ in (report.dropped if report else ()) for s in range(f, l + 1)}
+        covered |= set(seqs) | {s for lo, hi, _ in (report.dropped if report else ()) for s in range(lo, hi + 1)}
         if start is None and out.state.contig is not None:   # tracking started with this message
             if fresh and report is not None and report.base is not None:
                 start = min([report.base, *covered])

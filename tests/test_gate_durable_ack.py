@@ -191,7 +191,7 @@ def test_kill_9_never_loses_an_acknowledged_gate_event(tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, "agent did not start listening"
                     time.sleep(0.05)
 
-            async def cycle() -> None:
+            async def cycle(agent: subprocess.Popen = agent) -> None:
                 async with PlateCameraSim(f"http://127.0.0.1:{port}/", serialno="cam-1", timeout_s=2.0,
                                           first_plate_id=1 + len(acked) * 10 + rng.randrange(1_000_000)) as cam:
                     killed = asyncio.Event()

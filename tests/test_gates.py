@@ -114,7 +114,8 @@ def test_remote_control_body_is_exactly_devices_md() -> None:
     ns = b'<RemoteControlDoor version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema"><cmd>alwaysOpen</cmd></RemoteControlDoor>'
     assert gates.parse_remote_control(ns) == "alwaysOpen"
     with pytest.raises(FrameError, match="DTD"):
-        gates.parse_remote_control(b'<!DOCTYPE x [<!ENTITY a "b">]><RemoteControlDoor><cmd>&a;</cmd></RemoteControlDoor>')
+        gates.parse_remote_control(b'<!DOCTYPE x [<!ENTITY a "b">]>'
+                                   b'<RemoteControlDoor><cmd>&a;</cmd></RemoteControlDoor>')
     with pytest.raises(ValueError):
         gates.remote_control_xml("explode")
 
@@ -137,11 +138,13 @@ _xml_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=2
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**31), _xml_text, _xml_text, st.sampled_from(sorted(gates.DOOR_COMMANDS.values())))
 def test_isapi_round_trips(code: int, text: str, sub: str, cmd: str) -> None:
-    assert gates.parse_response_status(gates.response_status_xml("/ISAPI/x?a=1&b=<2>", code, text, sub)) == (code, text, sub)
+    assert (gates.parse_response_status(gates.response_status_xml("/ISAPI/x?a=1&b=<2>", code, text, sub))
+            == (code, text, sub))
     assert gates.parse_remote_control(gates.remote_control_xml(cmd)) == cmd
 
 
-CLEAN = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")  # the boundary rules refuse NUL (and lone surrogates)
+# the boundary rules refuse NUL (and lone surrogates)
+CLEAN = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 
 
 @settings(max_examples=200, deadline=None)
@@ -182,10 +185,13 @@ async def test_http_listener_limits_strictness_and_keep_alive() -> None:
     try:
         assert (await _raw(server.port, b"garbage\r\n\r\n")).startswith(b"HTTP/1.1 400")
         assert (await _raw(server.port, b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")).startswith(b"HTTP/1.1 413")
-        assert (await _raw(server.port, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")).startswith(b"HTTP/1.1 501")
-        assert (await _raw(server.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 600 + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
+        assert (await _raw(server.port, b"POST / HTTP/1.1\r\n"
+                                        b"Transfer-Encoding: chunked\r\n\r\n")).startswith(b"HTTP/1.1 501")
+        assert (await _raw(server.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 600
+                                        + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
         two = await _raw(server.port, b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"
-                                      b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nyo")
+                                      b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+                                      b"Connection: close\r\n\r\nyo")
         assert two.count(b"HTTP/1.1 200") == 2 and b"100 Continue" in two and two.endswith(b"yo")
         # lenient by default: firmware without Host, a Latin-1 byte in a header value
         assert (await _raw(server.port, b"POST / HTTP/1.1\r\nX-Site: caf\xe9\r\nContent-Length: 2\r\n"
@@ -216,8 +222,8 @@ class Clock:
 async def test_camera_pushes_are_decided_acknowledged_and_deduplicated() -> None:
     got: list[Reading] = []
     clock = Clock()
-    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
-                                                 **GATE), got.append, clock=clock)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0,
+                                                 cameras=SIM_CAMERA, **GATE), got.append, clock=clock)
     await rx.open()
     url = f"http://127.0.0.1:{rx.port}/devicemanagement/php/plateresult.php"
     try:
@@ -260,8 +266,8 @@ async def test_pipeline_refusal_means_the_camera_resends() -> None:
             raise RuntimeError("buffer full")
         got.append(r)
 
-    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0, cameras=SIM_CAMERA,
-                                                 **GATE), on_event)
+    rx = PlateReceiverDriver(PlateCameraSettings(name="gate1", listen_host="127.0.0.1", listen_port=0,
+                                                 cameras=SIM_CAMERA, **GATE), on_event)
     await rx.open()
     try:
         async with PlateCameraSim(f"http://127.0.0.1:{rx.port}/") as cam:
@@ -285,7 +291,8 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
     try:
         (online,) = await rx.read(["online.cam-A"])
         assert online.value == 0.0
-        async with PlateCameraSim(url, serialno="cam-A", heartbeat_s=0.05) as cam, PlateCameraSim(url, serialno="cam-X") as other:
+        async with (PlateCameraSim(url, serialno="cam-A", heartbeat_s=0.05) as cam,
+                    PlateCameraSim(url, serialno="cam-X") as other):
             await cam.start_heartbeats()
             deadline = time.monotonic() + 3.0  # every 50 ms; a loaded CI machine may be slower
             while cam.heartbeats_sent < 2 and time.monotonic() < deadline:
@@ -426,5 +433,6 @@ def test_receiver_settings_validation(kw: dict) -> None:
 
 
 def test_drivers_satisfy_the_protocol() -> None:
-    assert isinstance(PlateReceiverDriver(PlateCameraSettings(name="gate1", cameras=SIM_CAMERA), lambda r: None), Driver)
+    assert isinstance(PlateReceiverDriver(PlateCameraSettings(name="gate1", cameras=SIM_CAMERA),
+                                          lambda r: None), Driver)
     assert isinstance(AccessControllerDriver(AccessControllerSettings("acs1", "http://x", "u", "p")), Driver)

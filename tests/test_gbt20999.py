@@ -174,7 +174,8 @@ async def test_read_all_points_matches_the_controller() -> None:
     assert r["current_stage"].value == sim.stage_at(t)
     for det in (1, 3):
         flow, occ, speed = sim.detector_values(det, t)
-        assert (r[f"det{det}_flow"].value, r[f"det{det}_occupancy"].value, r[f"det{det}_speed"].value) == (flow, occ, speed)
+        assert ((r[f"det{det}_flow"].value, r[f"det{det}_occupancy"].value, r[f"det{det}_speed"].value)
+                == (flow, occ, speed))
         assert r[f"det{det}_speed"].unit == "km/h"
     assert (r["plan3_cycle"].value, r["plan3_offset"].value) == (120.0, 36.0)
     assert all(x.quality is Quality.GOOD for x in r.values())

@@ -71,9 +71,11 @@ patterns = [4, 5, 6]
 device = "tsc-2"
 """)
     ntcip, gbt = cfg.junctions
-    assert (ntcip.device, ntcip.allow_pattern_change, ntcip.min_dwell_s, ntcip.patterns) == ("sig-1", True, 600, (4, 5, 6))
+    assert ((ntcip.device, ntcip.allow_pattern_change, ntcip.min_dwell_s, ntcip.patterns)
+            == ("sig-1", True, 600, (4, 5, 6)))
     assert (ntcip.pattern_point, ntcip.command, ntcip.command_arg) == ("coord_pattern", "set_pattern", "pattern")
-    assert (gbt.pattern_point, gbt.command, gbt.command_arg, gbt.allow_pattern_change) == ("plan", "set_plan", "plan", False)
+    assert ((gbt.pattern_point, gbt.command, gbt.command_arg, gbt.allow_pattern_change)
+            == ("plan", "set_plan", "plan", False))
 
 
 @pytest.mark.parametrize("junction, allow, says", [

@@ -36,7 +36,8 @@ def spec(type_: str = "u16", order: str = "ABCD", **kw: object) -> PointSpec:
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(("u16", "s16", "u32", "s32")), st.sampled_from(WORD_ORDERS),
        st.sampled_from((1.0, 0.1, 0.01, 10.0)), st.sampled_from((0.0, -40.0, 273.15)), st.data())
-def test_integer_types_round_trip_registers(type_: str, order: str, scale: float, offset: float, data: st.DataObject) -> None:
+def test_integer_types_round_trip_registers(type_: str, order: str, scale: float, offset: float,
+                                            data: st.DataObject) -> None:
     s = spec(type_, order, scale=scale, offset=offset)
     regs = data.draw(st.lists(reg16, min_size=s.count, max_size=s.count))
     value, quality = decode_point(s, regs)
@@ -184,7 +185,8 @@ point_sets = st.lists(
 
 @settings(max_examples=120, deadline=None)
 @given(point_sets, st.integers(2, MAX_READ_REGISTERS), st.integers(0, 12))
-def test_plan_reads_covers_every_point_once_within_limits(raw: list[tuple[int, int, str]], max_regs: int, gap: int) -> None:
+def test_plan_reads_covers_every_point_once_within_limits(raw: list[tuple[int, int, str]], max_regs: int,
+                                                          gap: int) -> None:
     points = [PointSpec(name=f"p{i}", function=f, address=a, type=t) for i, (f, a, t) in enumerate(raw)]
     blocks = plan_reads(points, max_registers=max_regs, max_gap=gap)
     covered = [p.name for b in blocks for p in b.points]

@@ -75,7 +75,10 @@ def test_simulator_registers_match_devices_md_raw_numbers() -> None:
     _, wxt = make_wxt530(1, seed=5, start=1_750_050_000.0)  # 13:00 local (UTC+8): sun is up
     wxt.refresh()
     st, regs = wxt.state, wxt.input
-    s16 = lambda v: round(v * 10) & 0xFFFF
+
+    def s16(v: float) -> int:
+        return round(v * 10) & 0xFFFF
+
     assert regs[0x0000] == 0x0603  # WXT536, software version 3
     assert regs[0x000A] == s16(st.humidity_pct)
     assert regs[0x000E] == s16(st.pressure_hpa)
@@ -164,7 +167,8 @@ async def test_two_slaves_share_one_rtu_bus(rig: Rig) -> None:
 
 async def test_winter_station_decodes_negative_values() -> None:
     slave, wxt = make_wxt530(4, seed=9, weather={"mean_temp_c": -25.0})
-    async with serving([slave], tcp_port=0) as info, ModbusLink.tcp("127.0.0.1", info["tcp_port"], timeout_s=TIMEOUT) as link:
+    async with (serving([slave], tcp_port=0) as info,
+                ModbusLink.tcp("127.0.0.1", info["tcp_port"], timeout_s=TIMEOUT) as link):
         readings = await ModbusDevice("cold", link, 4, PROFILE).read()
     assert_matches_physics(readings, wxt)
     assert next(r for r in readings if r.point == "air_temperature").value < -10  # type: ignore[operator]
@@ -284,7 +288,8 @@ async def test_partial_failure_marks_points_and_total_failure_raises(rig: Rig) -
     prof = Profile("partial", "Acme", "X", points=points)
     async with rig.link("tcp") as link:
         temp, ghost = await ModbusDevice("p", link, 1, prof).read()
-        assert temp.quality == Quality.GOOD and temp.value == pytest.approx(rig.wxt[1].values["air_temperature"], abs=0.05)
+        assert (temp.quality == Quality.GOOD
+                and temp.value == pytest.approx(rig.wxt[1].values["air_temperature"], abs=0.05))
         assert (ghost.value, ghost.quality) == (None, Quality.COMM_FAILURE)
         assert "illegal data address" in (ghost.text or "")
         with pytest.raises(DeviceException):

@@ -49,7 +49,8 @@ def test_parse_defaults_and_paths(tmp_path: Path) -> None:
 def test_kind_import_does_not_load_ocpp_or_websockets() -> None:
     import subprocess
 
-    code = "import sys, drivers.ocpp_charger; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ocpp', 'websockets')))"
+    code = ("import sys, drivers.ocpp_charger; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ocpp', 'websockets')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     assert out == "[]"

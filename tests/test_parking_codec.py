@@ -36,7 +36,8 @@ def test_read_round_trip(unit: int, address: int, values: list[int]) -> None:
 
 @given(units, words, st.lists(words, min_size=1, max_size=123))
 def test_write_round_trip(unit: int, address: int, values: list[int]) -> None:
-    for req in (codec.write_single_request(unit, address, values[0]), codec.write_multiple_request(unit, address, values)):
+    for req in (codec.write_single_request(unit, address, values[0]),
+                codec.write_multiple_request(unit, address, values)):
         decoded = codec.decode_request(req)
         assert decoded.unit == unit and decoded.address == address
         assert decoded.values == ((values[0],) if decoded.function == 6 else tuple(values))

@@ -34,7 +34,8 @@ DEVICES_MD_WXT530 = {
 
 def test_wxt530_profile_matches_devices_md() -> None:
     prof = load_profile("vaisala_wxt530")
-    assert (prof.name, prof.manufacturer, prof.model, prof.protocol) == ("vaisala_wxt530", "Vaisala", "WXT530", "modbus")
+    assert ((prof.name, prof.manufacturer, prof.model, prof.protocol)
+            == ("vaisala_wxt530", "Vaisala", "WXT530", "modbus"))
     assert prof.line == LineDefaults(baudrate=19200, parity="N", stopbits=1, bytesize=8)
     assert prof.default_unit == 1
     got = {p.address: (p.name, p.type, p.scale, p.unit) for p in prof.points if p.address}
@@ -77,7 +78,8 @@ def _doc(point_body: str = "address = 1\n", *, top: str = "", line: str = "") ->
 
 BAD_PROFILES = [
     # (document, dotted key, bad value shown, words of the expectation)
-    (_doc('address = 1\ntype = "u8"\n').replace('type = "s16"\n', ""), "points.t.type", "'u8'", "u16, s16, u32, s32, f32"),
+    (_doc('address = 1\ntype = "u8"\n').replace('type = "s16"\n', ""), "points.t.type", "'u8'",
+     "u16, s16, u32, s32, f32"),
     (_doc('address = "0x1G"\n'), "points.t.address", "'0x1G'", "hex string"),
     (_doc("address = 70000\n"), "points.t.address", "70000", "0..65535"),
     (_doc('address = 1\nword_order = "ABDC"\n'), "points.t.word_order", "'ABDC'", "ABCD, CDAB, BADC, DCBA"),

@@ -54,17 +54,17 @@ def box_config(tmp_path: Path, sections: str) -> Path:
 async def test_the_simulated_slave_is_deaf_after_other_units_frames_and_fills_unmapped_registers() -> None:
     slaves, _ = field_bus()
     buses: list[Any] = []
-    async with serving(slaves, rtu=True, baudrate=19200, buses=buses) as info:
-        async with ModbusLink.rtu(info["rtu_path"], baudrate=19200, parity="N", timeout_s=0.1) as link:
-            assert len(await link.read_registers(3, 0, 1, 5)) == 1            # unit 5 answers...
-            with pytest.raises(DeviceTimeout):
-                await link.read_registers(4, 0, 1, 1)                          # ...so unit 1 is deaf
-            await asyncio.sleep(DEAF_S)
-            assert await link.read_registers(4, 0, 1, 1) == [0x0312]           # and hears after 0.4 s
-            assert await link.read_registers(4, 48, 3, 1) == [0, 0, 0]         # a register it lacks: 0
-            await asyncio.sleep(DEAF_S)
-            with pytest.raises(Exception, match="illegal data address"):
-                await link.read_registers(4, 48, 3, 7)                         # the faithful one: exception 02
+    async with (serving(slaves, rtu=True, baudrate=19200, buses=buses) as info,
+                ModbusLink.rtu(info["rtu_path"], baudrate=19200, parity="N", timeout_s=0.1) as link):
+        assert len(await link.read_registers(3, 0, 1, 5)) == 1            # unit 5 answers...
+        with pytest.raises(DeviceTimeout):
+            await link.read_registers(4, 0, 1, 1)                          # ...so unit 1 is deaf
+        await asyncio.sleep(DEAF_S)
+        assert await link.read_registers(4, 0, 1, 1) == [0x0312]           # and hears after 0.4 s
+        assert await link.read_registers(4, 48, 3, 1) == [0, 0, 0]         # a register it lacks: 0
+        await asyncio.sleep(DEAF_S)
+        with pytest.raises(Exception, match="illegal data address"):
+            await link.read_registers(4, 48, 3, 7)                         # the faithful one: exception 02
     assert buses[0].deaf_drops == 1 and slaves[0].ignored == 1
 
 

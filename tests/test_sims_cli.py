@@ -232,7 +232,8 @@ async def test_access_controller_is_commanded_and_pushes_events(sims) -> None:
     events: list[Reading] = []
     drv = AccessControllerDriver(AccessControllerSettings(
         name="acs1", url=info["url"], username="admin", password="s3cret", doors=(1, 2), allow_commands=("open",),
-        listen_host="127.0.0.1", listen_port=0, event_senders=(PushCredential("acs1", "acs-push-secret", "controller"),)),
+        listen_host="127.0.0.1", listen_port=0,
+        event_senders=(PushCredential("acs1", "acs-push-secret", "controller"),)),
         on_event=events.append)
     await drv.open()
     try:
@@ -284,8 +285,9 @@ def test_bad_options_give_one_line_naming_the_option_and_exit_2() -> None:
 def test_importing_the_commands_stays_cheap() -> None:
     probe = ("import sys, hil_tests.sims.cli as c; "
              "assert callable(c.device_simulators()['ntcip']); "
+             # the kinds' settings load (stdlib only)
              "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('pysnmp', 'httpx', 'serial', 'pyasn1', 'pymodbus', 'websockets', 'ocpp')))")  # the kinds' settings load (stdlib only)
+             "('pysnmp', 'httpx', 'serial', 'pyasn1', 'pymodbus', 'websockets', 'ocpp')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, cwd=ROOT,
                          check=True)
     assert out.stdout.strip() == "[]"

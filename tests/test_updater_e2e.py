@@ -74,9 +74,9 @@ class Box:
     def start(self, **env: str) -> subprocess.Popen:
         full = {**os.environ, "QUANEDGE_TEST_ACK_LOG": str(self.tmp / "acks.log"), **env}
         # the real supervisor and agents, with the pause points and ack log filled in (pause_points.py)
-        self.launcher = subprocess.Popen([sys.executable, PAUSE_SCRIPT, "launcher", "--config", str(self.config)],
-                                         stdout=subprocess.DEVNULL, stderr=open(self.tmp / "launcher.log", "ab"),
-                                         env=full)
+        with open(self.tmp / "launcher.log", "ab") as log:  # the child has its own copy of the descriptor
+            self.launcher = subprocess.Popen([sys.executable, PAUSE_SCRIPT, "launcher", "--config", str(self.config)],
+                                             stdout=subprocess.DEVNULL, stderr=log, env=full)
         return self.launcher
 
     def children(self) -> list[int]:

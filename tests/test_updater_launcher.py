@@ -77,8 +77,9 @@ def test_the_supervisor_restarts_a_dead_agent_and_takes_it_along_when_killed(tmp
         config = box_config(tmp_path, box="sup-box", server=server, trusted_root=tmp_path / "root.json",
                             sim_port=info["tcp_port"], health_port=hport)
         Slots(tmp_path / "updater").bootstrap(wired_source(tmp_path / "src"), "0.1.0")
-        launcher = subprocess.Popen([sys.executable, "-m", "agent.updater.launcher", "--config", str(config)],
-                                    stderr=open(tmp_path / "launcher.log", "ab"))
+        with open(tmp_path / "launcher.log", "ab") as log:  # the child has its own copy of the descriptor
+            launcher = subprocess.Popen([sys.executable, "-m", "agent.updater.launcher", "--config", str(config)],
+                                        stderr=log)
         pid = launcher.pid
 
         def child() -> int | None:

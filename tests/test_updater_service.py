@@ -45,8 +45,8 @@ def world(tmp_path: Path):
 
 
 def cfg(world, models=SPECS) -> SimpleNamespace:
-    return SimpleNamespace(box=SimpleNamespace(id=BOX, hardware=HW), credential_path=world.tmp / "box" / "credential.json",
-                           models=models)
+    return SimpleNamespace(box=SimpleNamespace(id=BOX, hardware=HW),
+                           credential_path=world.tmp / "box" / "credential.json", models=models)
 
 
 def publish_model(world, version: str, **kw) -> str:

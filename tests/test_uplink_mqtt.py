@@ -245,7 +245,8 @@ async def test_last_will_appears_when_the_agent_dies_abruptly() -> None:
 
 async def test_send_fails_fast_while_broker_is_down_and_recovers_after_restart(broker: Mosquitto) -> None:
     prefix, box = unique("outage")
-    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=3, publish_timeout_s=5)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix,
+                            connect_timeout_s=3, publish_timeout_s=5)
     async with MqttUplink(settings, box) as up:
         await up.send(make_batch(10))
         broker.kill()
@@ -267,7 +268,8 @@ async def test_send_fails_fast_while_broker_is_down_and_recovers_after_restart(b
 
 async def test_broker_dying_while_awaiting_puback_fails_the_send_at_once(broker: Mosquitto) -> None:
     prefix, box = unique("midflight")
-    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=2, publish_timeout_s=10)
+    settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix,
+                            connect_timeout_s=2, publish_timeout_s=10)
     async with MqttUplink(settings, box) as up:
         broker.freeze()  # the PUBLISH goes out, no PUBACK comes back
         sending = asyncio.create_task(up.send(make_batch(100)))
@@ -301,20 +303,20 @@ async def test_missing_puback_times_out_and_next_send_reconnects(broker: Mosquit
 async def test_cancelled_send_leaves_the_uplink_usable(broker: Mosquitto) -> None:
     prefix, box = unique("cancel")
     settings = MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix, connect_timeout_s=2)
-    async with subscriber("127.0.0.1", broker.port, f"{prefix}/{box}/telemetry") as telemetry:
-        async with MqttUplink(settings, box) as up:
-            broker.freeze()
-            sending = asyncio.create_task(up.send(make_batch(3)))
-            await asyncio.sleep(0.2)
-            sending.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await sending
-            broker.thaw()
-            await up.send(make_batch(3, start=4))
-            seqs = set()
-            while 4 not in seqs:  # the cancelled batch may still arrive: at-least-once, deduped by seq
-                body = json.loads((await asyncio.wait_for(telemetry.get(), 5)).payload)
-                seqs.update(row[0] for row in body["readings"])
+    async with (subscriber("127.0.0.1", broker.port, f"{prefix}/{box}/telemetry") as telemetry,
+                MqttUplink(settings, box) as up):
+        broker.freeze()
+        sending = asyncio.create_task(up.send(make_batch(3)))
+        await asyncio.sleep(0.2)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        broker.thaw()
+        await up.send(make_batch(3, start=4))
+        seqs = set()
+        while 4 not in seqs:  # the cancelled batch may still arrive: at-least-once, deduped by seq
+            body = json.loads((await asyncio.wait_for(telemetry.get(), 5)).payload)
+            seqs.update(row[0] for row in body["readings"])
     await assert_no_stray_tasks()
 
 
@@ -344,10 +346,12 @@ async def test_password_auth_and_wrong_password_is_rejected(tmp_path: Path) -> N
     broker = Mosquitto(tmp_path, f"allow_anonymous false\npassword_file {pwfile}\n").start()
     prefix, box = unique("auth")
     try:
-        good = MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="right-pw", topic_prefix=prefix)
+        good = MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="right-pw",
+                            topic_prefix=prefix)
         async with MqttUplink(good, box) as up:
             await up.send(make_batch(2))
-        for bad in (MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="wrong", topic_prefix=prefix),
+        for bad in (MqttSettings("127.0.0.1", broker.port, ack="broker", username="agent", password="wrong",
+                                 topic_prefix=prefix),
                     MqttSettings("127.0.0.1", broker.port, ack="broker", topic_prefix=prefix)):
             started = time.monotonic()
             with pytest.raises(UplinkRejected, match="refused the connection.*username/password"):

@@ -131,9 +131,9 @@ def test_witmotion_angles_and_acceleration_from_one_twelve_register_read() -> No
 async def test_our_driver_reads_each_simulator_over_a_real_rtu_pty(model: str) -> None:
     slave, sim = make_model(model, seed=3, start=FROZEN, clock=lambda: 0.0)
     prof = load_profile(model)
-    async with serving([slave], rtu=True, baudrate=prof.line.baudrate, parity=prof.line.parity) as info:
-        async with ModbusLink.rtu(info["rtu_path"], prof.line, timeout_s=0.5) as link:
-            readings = await ModbusDevice(model, link, slave.unit, prof).read()
+    async with (serving([slave], rtu=True, baudrate=prof.line.baudrate, parity=prof.line.parity) as info,
+                ModbusLink.rtu(info["rtu_path"], prof.line, timeout_s=0.5) as link):
+        readings = await ModbusDevice(model, link, slave.unit, prof).read()
     assert [r.point for r in readings] == [p.name for p in prof.points]
     for r in readings:
         want = sim.values[r.point]

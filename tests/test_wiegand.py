@@ -49,7 +49,8 @@ def test_malformed_frames_are_frame_errors(frame, fragment: str) -> None:
         decode(frame)
 
 
-@pytest.mark.parametrize("bits, facility, card", [(26, 256, 1), (26, 1, 65536), (34, 65536, 0), (30, 1, 1), (26, -1, 0)])
+@pytest.mark.parametrize("bits, facility, card", [(26, 256, 1), (26, 1, 65536), (34, 65536, 0), (30, 1, 1),
+                                                  (26, -1, 0)])
 def test_out_of_range_credentials_are_refused(bits: int, facility: int, card: int) -> None:
     with pytest.raises(ValueError):
         Credential(bits, facility, card)
