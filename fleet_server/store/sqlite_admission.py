@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -21,6 +20,7 @@ from sqlite_utils.migrations import Migrations
 from fleet_server.errors import AdmissionRequired, EnrollmentRefused, UnknownAdmission, UnknownBox
 from fleet_server.store.admission import AdmissionRequest, Application, Route
 from fleet_server.store.base import check_box_id, hash_secret, new_secret
+from fleet_server.store.sql import SqlConn
 
 __all__ = ["ADMISSION_MIGRATIONS", "AdmissionTables"]
 
@@ -49,9 +49,9 @@ _NOT_ADMITTED = "no admitted enrolment request matches"
 class AdmissionTables:
     """Admission methods of the `Store` Protocol for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
     _clock: Callable[[], float]
-    _credential_generation: int
+    _credentials_changed: Callable[[SqlConn], None]
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ class AdmissionTables:
             raise ValueError(f"max_uses must be a positive integer, got {max_uses!r}")
         token = new_secret()
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             conn.execute(
                 "INSERT INTO enrollment_tokens (token_hash, created_at, expires_at, max_uses, uses, note)"
                 " VALUES (?, ?, ?, ?, 0, ?)",
@@ -70,7 +70,7 @@ class AdmissionTables:
             )
         return token
 
-    def _check_token(self, conn: sqlite3.Connection, token: str | None, now: float) -> None:
+    def _check_token(self, conn: SqlConn, token: str | None, now: float) -> None:
         row = None if token is None else conn.execute(
             "SELECT expires_at, max_uses, uses FROM enrollment_tokens WHERE token_hash = ?",
             (hash_secret(token),),
@@ -83,14 +83,14 @@ class AdmissionTables:
         if uses >= max_uses:
             raise EnrollmentRefused("token_used_up", f"enrollment token has been used {uses} of {max_uses} times")
 
-    def _spend_token(self, conn: sqlite3.Connection, token: str | None, now: float) -> None:
+    def _spend_token(self, conn: SqlConn, token: str | None, now: float) -> None:
         self._check_token(conn, token, now)
         assert token is not None
         conn.execute("UPDATE enrollment_tokens SET uses = uses + 1 WHERE token_hash = ?", (hash_secret(token),))
 
     # -- enrolment and re-key ----------------------------------------------------------------
 
-    def _route(self, conn: sqlite3.Connection, token: str | None, box_id: str, credential: str | None,
+    def _route(self, conn: SqlConn, token: str | None, box_id: str, credential: str | None,
                now: float) -> Route | str:
         """"rekey" (current credential shown), "accept" (new id, valid token) or "admission"."""
         if credential is not None:
@@ -117,7 +117,7 @@ class AdmissionTables:
         app = _application(box_id, hardware, site, agent_version, tags)
         new_credential = new_secret()
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             route = self._route(conn, token, box_id, credential, now)
             if route == "admission":
                 raise AdmissionRequired(f"box id {box_id!r} needs its current credential or an admin's approval")
@@ -125,7 +125,7 @@ class AdmissionTables:
                 conn.execute("UPDATE boxes SET hardware = ?, agent_version = ?, credential_hash = ?"
                              " WHERE box_id = ?",
                              (app.hardware, app.agent_version, hash_secret(new_credential), box_id))
-                self._credential_generation += 1
+                self._credentials_changed(conn)
             else:
                 self._spend_token(conn, token, now)
                 _insert_box(conn, app, new_credential, now)
@@ -138,7 +138,7 @@ class AdmissionTables:
                            application.agent_version, application.tags)
         secret = new_secret()
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             self._spend_token(conn, token, now)
             conn.execute(
                 "INSERT INTO admission_requests (request_id, secret_hash, box_id, hardware, site,"
@@ -159,7 +159,7 @@ class AdmissionTables:
     def claim_admission(self, request_secret: str) -> tuple[str, str]:
         credential = new_secret()
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             row = conn.execute(
                 "SELECT request_id, box_id, hardware, site, agent_version, tags FROM admission_requests"
                 " WHERE secret_hash = ? AND state = 'accepted'", (hash_secret(request_secret),)).fetchone()
@@ -170,7 +170,7 @@ class AdmissionTables:
                 "UPDATE boxes SET hardware = ?, agent_version = ?, credential_hash = ? WHERE box_id = ?",
                 (hardware, agent_version, hash_secret(credential), box_id)).rowcount
             if updated:
-                self._credential_generation += 1
+                self._credentials_changed(conn)
             else:
                 app = Application(box_id, hardware, site, agent_version, tuple(json.loads(tags)))
                 _insert_box(conn, app, credential, now)
@@ -190,7 +190,7 @@ class AdmissionTables:
 
     def decide_admission(self, request_id: str, accept: bool) -> AdmissionRequest:
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             if not conn.execute(
                 "UPDATE admission_requests SET state = ?, decided_at = ? WHERE request_id = ? AND state = 'pending'",
                 ("accepted" if accept else "rejected", now, request_id),
@@ -204,13 +204,14 @@ class AdmissionTables:
 
     def revoke_box(self, box_id: str) -> None:
         now = self._clock()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             # The hash of a secret nobody holds: the old credential matches nothing from now on.
             if not conn.execute("UPDATE boxes SET credential_hash = ? WHERE box_id = ?",
                                 (hash_secret(new_secret()), box_id)).rowcount:
                 raise UnknownBox(box_id)
-            conn.execute("INSERT OR IGNORE INTO box_revocations (box_id, revoked_at) VALUES (?, ?)", (box_id, now))
-            self._credential_generation += 1
+            conn.execute("INSERT INTO box_revocations (box_id, revoked_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                         (box_id, now))
+            self._credentials_changed(conn)
 
     def is_revoked(self, box_id: str) -> bool:
         with self._conn() as conn:
@@ -229,7 +230,7 @@ def _application(box_id: str, hardware: str, site: str, agent_version: str, tags
     return Application(box_id, hardware, site, agent_version, tuple(tags))
 
 
-def _insert_box(conn: sqlite3.Connection, app: Application, credential: str, now: float) -> None:
+def _insert_box(conn: SqlConn, app: Application, credential: str, now: float) -> None:
     conn.execute(
         "INSERT INTO boxes (box_id, hardware, site, agent_version, tags, credential_hash, enrolled_at,"
         " max_seq, online) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",

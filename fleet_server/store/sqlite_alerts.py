@@ -4,7 +4,6 @@ named migration set. Ids come from AUTOINCREMENT: they only grow and are never r
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -13,6 +12,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from fleet_server.alerts import Alert, AlertQuery, UnknownAlert
+from fleet_server.store.sql import SqlConn
 
 __all__ = ["ALERT_MIGRATIONS", "AlertTables"]
 
@@ -33,12 +33,12 @@ def _alerts(db: Database) -> None:
         db.execute(sql)
 
 
-def insert_alert(conn: sqlite3.Connection, box_id: str | None, kind: str, detail: dict[str, Any],
+def insert_alert(conn: SqlConn, box_id: str | None, kind: str, detail: dict[str, Any],
                  now: float) -> int:
     """Insert one open alert inside the caller's transaction; return its id."""
-    cursor = conn.execute("INSERT INTO alerts (box_id, kind, detail, raised_at) VALUES (?, ?, ?, ?)",
-                          (box_id, kind, json.dumps(detail, separators=(",", ":")), now))
-    return int(cursor.lastrowid or 0)
+    row = conn.execute("INSERT INTO alerts (box_id, kind, detail, raised_at) VALUES (?, ?, ?, ?) RETURNING id",
+                       (box_id, kind, json.dumps(detail, separators=(",", ":")), now)).fetchall()
+    return int(row[0][0])
 
 
 def _alert(row: tuple[Any, ...]) -> Alert:
@@ -49,7 +49,7 @@ def _alert(row: tuple[Any, ...]) -> Alert:
 class AlertTables:
     """`AlertStore` for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
 
     def raise_alert(self, box_id: str | None, kind: str, detail: dict[str, Any], now: float) -> int:
         with self._conn(write=True) as conn:

@@ -8,7 +8,6 @@ only grow and are never reused.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -17,6 +16,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from fleet_server.access import AuditEntry, AuditQuery
+from fleet_server.store.sql import SqlConn
 
 __all__ = ["AUDIT_MIGRATIONS", "AuditTables"]
 
@@ -49,18 +49,18 @@ _DDL = (
 class AuditTables:
     """`AuditStore` for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
 
     def record_audit(self, entry: AuditEntry) -> int:
         e = entry
         with self._conn(write=True) as conn:
             cursor = conn.execute(
                 "INSERT INTO audit_log (ts, principal, role, method, action, target, parameters, source,"
-                " status, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " status, outcome, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (e.ts, e.principal, e.role, e.method, e.action, e.target, e.parameters, e.source, e.status,
                  e.outcome, e.error),
             )
-            return int(cursor.lastrowid or 0)
+            return int(cursor.fetchall()[0][0])
 
     def audit_entries(self, query: AuditQuery) -> list[AuditEntry]:
         if not isinstance(query.limit, int) or query.limit < 1:

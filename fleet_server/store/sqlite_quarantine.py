@@ -3,7 +3,6 @@ its own named migration set so the core and rollout sets stay as they are."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -11,6 +10,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from fleet_server.store.quarantine import DETAIL_MAX, KEEP_MAX, PAYLOAD_MAX, TOPIC_MAX, QuarantinedMessage, clean
+from fleet_server.store.sql import SqlConn
 
 __all__ = ["QUARANTINE_MIGRATIONS", "QuarantineTables"]
 
@@ -33,7 +33,7 @@ _COLUMNS = "id, received_at, transport, topic, reason, detail, size, payload"
 class QuarantineTables:
     """`QuarantineStore` for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
 
     def quarantine(self, transport: str, topic: str, payload: bytes, reason: str, detail: str,
                    now: float) -> int:
@@ -42,8 +42,8 @@ class QuarantineTables:
         with self._conn(write=True) as conn:
             cursor = conn.execute(
                 "INSERT INTO quarantine (received_at, transport, topic, reason, detail, size, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-            new_id = int(cursor.lastrowid or 0)
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id", row)
+            new_id = int(cursor.fetchall()[0][0])
             conn.execute("DELETE FROM quarantine WHERE id <= ?", (new_id - KEEP_MAX,))
         return new_id
 

@@ -12,7 +12,6 @@ indexed rows whatever the rollout's size; creating a rollout is one INSERT ... S
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -33,6 +32,7 @@ from fleet_server.rollout.model import (
     WaveView,
 )
 from fleet_server.rollout.windows import SitePolicy
+from fleet_server.store.sql import SqlConn, SqlDialect
 
 __all__ = ["RolloutTables", "split_action_id"]
 
@@ -59,7 +59,8 @@ def split_action_id(action_id: str) -> tuple[str, str]:
 class RolloutTables:
     """Rollout methods of the `Store` Protocol for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
+    _sql: SqlDialect
 
     # -- inventory and sites -----------------------------------------------------------------
 
@@ -69,8 +70,10 @@ class RolloutTables:
                                 (inventory.agent_version, box_id)).rowcount:
                 raise UnknownBox(box_id)
             conn.execute(
-                "INSERT OR REPLACE INTO box_inventory (box_id, hardware, agent_version, models, firmware,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO box_inventory (box_id, hardware, agent_version, models, firmware, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (box_id) DO UPDATE SET hardware = excluded.hardware,"
+                " agent_version = excluded.agent_version, models = excluded.models, firmware = excluded.firmware,"
+                " updated_at = excluded.updated_at",
                 (box_id, inventory.hardware, inventory.agent_version, json.dumps(dict(inventory.models)),
                  json.dumps(dict(inventory.firmware)), now),
             )
@@ -80,7 +83,8 @@ class RolloutTables:
 
     def put_site_policy(self, policy: SitePolicy, now: float) -> None:
         with self._conn(write=True) as conn:
-            conn.execute("INSERT OR REPLACE INTO site_policies (site, policy, updated_at) VALUES (?, ?, ?)",
+            conn.execute("INSERT INTO site_policies (site, policy, updated_at) VALUES (?, ?, ?)"
+                         " ON CONFLICT (site) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
                          (policy.site, json.dumps(policy.to_json()), now))
 
     def site_policies(self) -> list[SitePolicy]:
@@ -101,19 +105,19 @@ class RolloutTables:
         sql = ["INSERT INTO rollout_boxes (rollout_id, box_id, state, open) SELECT ?, b.box_id, 'pending', 0"
                " FROM boxes b JOIN box_inventory i ON i.box_id = b.box_id"
                " LEFT JOIN box_versions v ON v.box_id = b.box_id AND v.kind = ? AND v.component = ?"
-               " WHERE i.hardware IN (SELECT value FROM json_each(?))"
+               f" WHERE i.hardware IN (SELECT value FROM {self._sql.json_values('?')})"
                " AND (v.version IS NULL OR v.version != ?)"]
         args: list[Any] = [rollout_id, spec.kind, spec.component, json.dumps(hardware), spec.version]
         f = spec.filter
         for values, clause in ((f.sites, "b.site"), (f.current_versions, "v.version"), (f.box_ids, "b.box_id")):
             if values:
-                sql.append(f"AND {clause} IN (SELECT value FROM json_each(?))")
+                sql.append(f"AND {clause} IN (SELECT value FROM {self._sql.json_values('?')})")
                 args.append(json.dumps(list(values)))
         if f.tags:
-            sql.append("AND (SELECT count(DISTINCT value) FROM json_each(b.tags)"
-                       " WHERE value IN (SELECT value FROM json_each(?))) = ?")
+            sql.append(f"AND (SELECT count(DISTINCT value) FROM {self._sql.json_values('b.tags')}"
+                       f" WHERE value IN (SELECT value FROM {self._sql.json_values('?')})) = ?")
             args += [json.dumps(sorted(set(f.tags))), len(set(f.tags))]
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="rollouts") as conn:
             total = conn.execute(" ".join(sql), args).rowcount
             if total == 0:
                 raise PayloadError("empty_target_set", "no enrolled box matches the filter (with inventory "
@@ -140,7 +144,8 @@ class RolloutTables:
     def list_rollouts(self, active_only: bool = False) -> list[RolloutView]:
         where = " WHERE status IN ('running', 'paused')" if active_only else ""
         with self._conn() as conn:
-            ids = [r[0] for r in conn.execute(f"SELECT rollout_id FROM rollouts{where} ORDER BY created_at, rowid")]
+            ids = [r[0] for r in conn.execute(
+                f"SELECT rollout_id FROM rollouts{where} ORDER BY created_at, {self._sql.row_order('rollouts')}")]
             return [self._rollout(conn, rid) for rid in ids]
 
     def rollout_state_counts(self, rollout_id: str) -> dict[int | None, dict[str, int]]:
@@ -181,7 +186,7 @@ class RolloutTables:
     def command_rollout(self, rollout_id: str, command: str, now: float) -> tuple[RolloutView, list[str]]:
         """pause / resume / cancel; returns the rollout and the boxes whose open action was closed."""
         closed: list[str] = []
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="rollouts") as conn:
             rollout = self._rollout(conn, rollout_id)
             allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused")}[command]
             if rollout.status not in allowed:
@@ -210,8 +215,18 @@ class RolloutTables:
 
     def checkin(self, box_id: str, now: float, window_open: WindowOpen) -> CheckinOutcome:
         """The box's open action; if it has none, assign one from the oldest running rollout
-        that targets it and may take it now (wave room or next wave open, rate, window)."""
-        with self._conn(write=True) as conn:
+        that targets it and may take it now (wave room or next wave open, rate, window).
+
+        Most check-ins find nothing to do: a read first, and only a box with an open action or a
+        pending target in a running rollout takes the rollouts lock (serialized decisions)."""
+        with self._conn() as conn:
+            involved = conn.execute(
+                "SELECT 1 FROM rollout_boxes rb JOIN rollouts r USING (rollout_id) WHERE rb.box_id = ?"
+                " AND (rb.open = 1 OR (rb.state = 'pending' AND r.status = 'running')) LIMIT 1",
+                (box_id,)).fetchone()
+        if involved is None:
+            return CheckinOutcome(None, ())
+        with self._conn(write=True, lock="rollouts") as conn:
             touched = self._expire(conn, now, box_id)
             row = conn.execute(f"SELECT {_ACTION_COLS} FROM rollout_boxes rb JOIN rollouts r USING (rollout_id)"
                                " WHERE rb.box_id = ? AND rb.open = 1", (box_id,)).fetchone()
@@ -221,7 +236,7 @@ class RolloutTables:
             candidates = [r[0] for r in conn.execute(
                 "SELECT rb.rollout_id FROM rollout_boxes rb JOIN rollouts r USING (rollout_id)"
                 " WHERE rb.box_id = ? AND rb.state = 'pending' AND r.status = 'running'"
-                " ORDER BY r.created_at, r.rowid", (box_id,))]
+                f" ORDER BY r.created_at, {self._sql.row_order('r')}", (box_id,))]
             seen: list[RolloutView] = []
             for rollout_id in candidates:
                 rollout = self._rollout(conn, rollout_id)
@@ -255,7 +270,7 @@ class RolloutTables:
     def report_action(self, box_id: str, action_id: str, report: StatusReport, now: float) -> ReportOutcome:
         rollout_id, action_box = split_action_id(action_id)
         closed_now: ActionClosed | None = None
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="rollouts") as conn:
             row = conn.execute(f"SELECT {_ACTION_COLS} FROM rollout_boxes rb JOIN rollouts r USING (rollout_id)"
                                " WHERE rb.rollout_id = ? AND rb.box_id = ?", (rollout_id, box_id)).fetchone()
             if action_box != box_id or row is None or row[3] == "pending":
@@ -284,8 +299,9 @@ class RolloutTables:
                     return ReportOutcome(action, None, changed=True)
                 self._count_final(conn, rollout_id, action.wave, report.state, now)
                 if report.state == "success":
-                    conn.execute("INSERT OR REPLACE INTO box_versions (box_id, kind, component, version)"
-                                 " SELECT ?, kind, component, version FROM rollouts WHERE rollout_id = ?",
+                    conn.execute("INSERT INTO box_versions (box_id, kind, component, version)"
+                                 " SELECT ?, kind, component, version FROM rollouts WHERE rollout_id = ?"
+                                 " ON CONFLICT (box_id, kind, component) DO UPDATE SET version = excluded.version",
                                  (box_id, rollout_id))
                     if action.kind == "agent":
                         conn.execute("UPDATE boxes SET agent_version = ? WHERE box_id = ?", (action.version, box_id))
@@ -294,14 +310,14 @@ class RolloutTables:
 
     def expire_actions(self, now: float) -> tuple[list[str], list[RolloutView]]:
         """Close every open action past its deadline as failure/timeout; (boxes, rollouts touched)."""
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="rollouts") as conn:
             boxes: list[str] = []
             touched = self._expire(conn, now, None, boxes)
             return boxes, [self._rollout(conn, r) for r in touched]
 
     # -- internals (inside a transaction) ------------------------------------------------------
 
-    def _expire(self, conn: sqlite3.Connection, now: float, box_id: str | None,
+    def _expire(self, conn: SqlConn, now: float, box_id: str | None,
                 boxes: list[str] | None = None) -> set[str]:
         where = "open = 1 AND deadline <= ?" + (" AND box_id = ?" if box_id is not None else "")
         rows = conn.execute(
@@ -316,7 +332,7 @@ class RolloutTables:
                 boxes.append(expired_box)
         return touched
 
-    def _count_final(self, conn: sqlite3.Connection, rollout_id: str, wave: int | None, state: str,
+    def _count_final(self, conn: SqlConn, rollout_id: str, wave: int | None, state: str,
                      now: float) -> None:
         column = _COUNTER[state]
         conn.execute(f"UPDATE rollout_waves SET {column} = {column} + 1 WHERE rollout_id = ? AND wave = ?",
@@ -330,12 +346,12 @@ class RolloutTables:
         else:
             conn.execute("UPDATE rollouts SET rev = rev + 1, updated_at = ? WHERE rollout_id = ?", (now, rollout_id))
 
-    def _set_status(self, conn: sqlite3.Connection, rollout_id: str, status: str, reason: str | None,
+    def _set_status(self, conn: SqlConn, rollout_id: str, status: str, reason: str | None,
                     now: float) -> None:
         conn.execute("UPDATE rollouts SET status = ?, pause_reason = ?, updated_at = ?, rev = rev + 1"
                      " WHERE rollout_id = ?", (status, reason, now, rollout_id))
 
-    def _rollout(self, conn: sqlite3.Connection, rollout_id: str) -> RolloutView:
+    def _rollout(self, conn: SqlConn, rollout_id: str) -> RolloutView:
         row = conn.execute(f"SELECT {_ROLLOUT_COLS} FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
         if row is None:
             raise UnknownRollout(rollout_id)

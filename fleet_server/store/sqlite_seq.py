@@ -14,7 +14,6 @@ box's existence check (one SELECT), the pure rules run, and a normal batch costs
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -27,6 +26,7 @@ from fleet_server.alerts import SEQ_GAP
 from fleet_server.errors import UnknownBox
 from fleet_server.seq_tracking import SEQ_MAX, Range, SeqReport, SeqState, Tracked, check_reason, track
 from fleet_server.store.seq import SeqStatus
+from fleet_server.store.sql import SqlConn
 from fleet_server.store.sqlite_alerts import insert_alert
 
 __all__ = ["BOX_AND_SEQ", "SEQ_MIGRATIONS", "SeqTables", "check_report", "seq_state", "track_batch"]
@@ -81,7 +81,7 @@ def seq_state(row: Sequence[Any], max_seq: int) -> SeqState:
     return SeqState(contig, tuple((int(a), int(b)) for a, b in json.loads(above)), base, bool(fresh))
 
 
-def track_batch(conn: sqlite3.Connection, box_id: str, state: SeqState, ranges: Sequence[Range],
+def track_batch(conn: SqlConn, box_id: str, state: SeqState, ranges: Sequence[Range],
                 report: SeqReport | None, now: float) -> tuple[Tracked, tuple[tuple[str, int], ...]]:
     """Advance and persist the box's seq state inside the caller's transaction; store each gap with
     its alert and the newly announced dropped ranges. Returns the outcome and (reason, seqs) of the
@@ -108,16 +108,16 @@ def track_batch(conn: sqlite3.Connection, box_id: str, state: SeqState, ranges: 
 class SeqTables:
     """`SeqStore` for SQLite; mixed into `SqliteStore` (which calls `track_batch` from `ingest`)."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
 
     def seq_status(self, box_id: str) -> SeqStatus:
         with self._conn() as conn:
             row = conn.execute(BOX_AND_SEQ.replace("s.fresh", "s.fresh, s.updated_at"), (box_id,)).fetchone()
             if row is None:
                 raise UnknownBox(box_id)
-            gaps = conn.execute("SELECT reason, count(*), total(missing) FROM seq_gaps WHERE box_id = ?"
+            gaps = conn.execute("SELECT reason, count(*), coalesce(sum(missing), 0) FROM seq_gaps WHERE box_id = ?"
                                 " GROUP BY reason", (box_id,)).fetchall()
-            dropped = conn.execute("SELECT reason, count(*), total(seqs) FROM seq_dropped WHERE box_id = ?"
+            dropped = conn.execute("SELECT reason, count(*), coalesce(sum(seqs), 0) FROM seq_dropped WHERE box_id = ?"
                                    " GROUP BY reason", (box_id,)).fetchall()
         state = seq_state(row[1:5], int(row[0]))
         return SeqStatus(

@@ -7,7 +7,6 @@ so a revocation is seen by the next request.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -17,6 +16,7 @@ from sqlite_utils.migrations import Migrations
 
 from fleet_server.access import BOOTSTRAP_ADMIN, Role, UnknownUser, User, UserExists
 from fleet_server.store.base import hash_secret, new_secret
+from fleet_server.store.sql import SqlConn
 
 __all__ = ["USER_MIGRATIONS", "UserTables"]
 
@@ -38,7 +38,7 @@ def _api_users(db: Database) -> None:
 class UserTables:
     """`UserStore` for SQLite; mixed into `SqliteStore`."""
 
-    _conn: Callable[..., AbstractContextManager[sqlite3.Connection]]
+    _conn: Callable[..., AbstractContextManager[SqlConn]]
     _clock: Callable[[], float]
 
     def create_user(self, name: str, role: Role, note: str, created_by: str) -> tuple[User, str]:
