@@ -58,7 +58,11 @@ Readings: partitioned by class, then by day
     partition whose range holds rows of the DEFAULT partition; `ensure_partitions` therefore
     makes each new day as a plain table, moves the DEFAULT partition's rows of that day into it
     and attaches it, in one transaction (the DEFAULT partition is locked meanwhile, so no row of
-    that day can land there in between). Rows stay in a DEFAULT partition otherwise: retention
+    that day can land there in between; an ingest transaction holding such a row makes it wait,
+    and the row is moved too). One rare clash is left to PostgreSQL: an ingest transaction with
+    rows in the DEFAULT partitions of two classes, while the upkeep makes days for both, can
+    deadlock with it; PostgreSQL aborts one of the two (a StoreError; the box resends, the upkeep
+    runs again). Rows stay in a DEFAULT partition otherwise: retention
     never touches it (it has no day to expire), so rows for days older than every kept partition
     stay until an operator removes them (`SELECT count(*) FROM readings_routine_default` shows
     them; they remain readable through `readings`).
