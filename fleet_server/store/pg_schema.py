@@ -62,8 +62,8 @@ Readings: partitioned by class, then by day
     and the row is moved too). One rare clash is left to PostgreSQL: an ingest transaction with
     rows in the DEFAULT partitions of two classes, while the upkeep makes days for both, can
     deadlock with it; PostgreSQL aborts one of the two (a StoreError; the box resends, the upkeep
-    runs again). Rows stay in a DEFAULT partition otherwise: retention
-    never touches it (it has no day to expire), so rows for days older than every kept partition
+    runs again). Rows stay in a DEFAULT partition otherwise: retention never touches it (it has
+    no day to expire), so rows for days older than every kept partition
     stay until an operator removes them (`SELECT count(*) FROM readings_routine_default` shows
     them; they remain readable through `readings`).
 
