@@ -1,0 +1,434 @@
+"""The PostgreSQL schema of the fleet server: versioned migrations and the readings partitions.
+
+The tables, columns, indexes and constraints are those the SQLite migrations create (same names,
+same column order, so the mixins' SQL runs unchanged on both), with PostgreSQL types: REAL ->
+double precision (timestamps stay unix seconds), INTEGER -> bigint (flags stay 0/1: the shared SQL
+compares `open = 1`), TEXT -> text, BLOB -> bytea, `INTEGER PRIMARY KEY AUTOINCREMENT` -> an
+identity column (ids only grow and are never reused, as with AUTOINCREMENT); WITHOUT ROWID has no
+equivalent and is dropped. Nothing names a schema: every object is created in, and looked up
+through, the connection's `search_path`, so one database can hold several fleets (and each test
+its own schema).
+
+Migrations
+    `MIGRATIONS` is an ordered list of `Migration(version, name, statements)`; `migrate(conn)`
+    applies the ones the database lacks, each in its own transaction together with its row in
+    `schema_migrations`, under a transaction-scoped advisory lock (`MIGRATE_LOCK`), so replicas
+    starting together never both apply one: the second waits, re-reads `schema_migrations` and
+    finds nothing to do. A database at a version above the code's (`SCHEMA_VERSION`) is refused
+    with `StoreError` before anything is changed. Never edit an applied migration: append one
+    (a statement is SQL text, or a callable taking the connection for data migrations).
+    Migration 1 is the whole current schema. Daily partitions are not migrations (they depend on
+    the date): the store calls `ensure_partitions` at start and then periodically.
+
+Readings: partitioned by class, then by day
+    readings                    PARTITION BY LIST (cls)
+    ├── readings_routine        FOR VALUES IN ('routine')  PARTITION BY RANGE (ts)
+    │   ├── readings_routine_20261207   one UTC day [00:00, 24:00) of ts, made by ensure_partitions
+    │   ├── ...
+    │   └── readings_routine_default    DEFAULT: any ts no daily partition covers
+    ├── readings_event          (the same)
+    └── readings_alarm          (the same)
+
+    Retention drops whole daily partitions (`drop_expired`: DETACH + DROP, no row DELETE), and
+    each class keeps its own retention. There is no DEFAULT partition at the class level: `cls`
+    is a `RecordClass` value (checked before any insert), and a new class needs its partitions
+    in a new migration anyway (a test keeps `CLASSES` equal to `RecordClass`).
+
+    Dedup key. PostgreSQL requires a unique constraint on a partitioned table to contain every
+    partition key column, so the SQLite key (box_id, seq) cannot be unique across partitions. The
+    primary key is (box_id, seq, cls, ts): a re-delivered reading is the same stored row (the box
+    resends it from its buffer with the same seq, cls and ts), so it routes to the same partition
+    and conflicts there, and `INSERT ... ON CONFLICT DO NOTHING` counts it as a duplicate. The
+    difference from SQLite: two readings with the same (box_id, seq) but a different cls or ts
+    are both kept here where SQLite keeps the first; a box never reuses a seq for another
+    reading, so this only shows with a misbehaving box. The conflict target differs too: use
+    `ON CONFLICT DO NOTHING` (no target; it is still limited to unique violations, on both
+    engines) in shared SQL, since `ON CONFLICT (box_id, seq)` has no matching index here.
+
+    Indexes (created on the parent, so every partition gets them): the primary key serves
+    `WHERE box_id = ? AND seq > ? ORDER BY seq` (a merge of each partition's index scan);
+    `readings_by_point` (box_id, device, point, seq) the device/point filters, as in SQLite;
+    `readings_by_time` (ts, box_id, seq) time-paged reads across boxes (keyset on ts, ties broken
+    by box_id, seq), and those also prune partitions. Seq-paged reads cannot prune by day: they
+    probe every partition of the classes they read.
+
+    The DEFAULT partitions. A row whose ts no daily partition covers (a box with a wrong clock, a
+    reading older than the partitions kept, or newer than those made ahead) lands in its class's
+    DEFAULT partition, so no insert is ever refused for its time. PostgreSQL refuses to add a
+    partition whose range holds rows of the DEFAULT partition; `ensure_partitions` therefore
+    makes each new day as a plain table, moves the DEFAULT partition's rows of that day into it
+    and attaches it, in one transaction (the DEFAULT partition is locked meanwhile, so no row of
+    that day can land there in between; an ingest transaction holding such a row makes it wait,
+    and the row is moved too). One rare clash is left to PostgreSQL: an ingest transaction with
+    rows in the DEFAULT partitions of two classes, while the upkeep makes days for both, can
+    deadlock with it; PostgreSQL aborts one of the two (a StoreError; the box resends, the upkeep
+    runs again). Rows stay in a DEFAULT partition otherwise: retention never touches it (it has
+    no day to expire), so rows for days older than every kept partition
+    stay until an operator removes them (`SELECT count(*) FROM readings_routine_default` shows
+    them; they remain readable through `readings`).
+
+Backend errors become `StoreError` here (this module is part of the store's boundary); a
+connection handed to these functions must be idle (not inside a transaction): each function
+runs its own transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from fleet_server.errors import StoreError
+
+__all__ = [
+    "CLASSES", "DAY_S", "MIGRATE_LOCK", "MIGRATIONS", "PARTITION_LOCK", "SCHEMA_VERSION", "Migration",
+    "drop_expired", "ensure_partitions", "migrate", "partition_name",
+]
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+#: One step of a migration: SQL text (no parameters), or a callable run with the connection.
+Statement = str | Callable[[Connection], None]
+
+#: Keys of the transaction-scoped advisory locks (fixed, arbitrary; one per kind of upkeep).
+MIGRATE_LOCK = 0x71756E65_6D696772  # "quanemigr"
+PARTITION_LOCK = 0x71756E65_70617274  # "quanepart"
+
+DAY_S = 86400
+#: The reading classes, each a LIST partition of readings (`core.reading.RecordClass` values).
+CLASSES = ("routine", "event", "alarm")
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    statements: Sequence[Statement]
+
+
+_READINGS_V1: list[Statement] = [
+    "CREATE TABLE readings (box_id text NOT NULL, seq bigint NOT NULL, ts double precision NOT NULL,"
+    " device text NOT NULL, point text NOT NULL, value double precision, unit text NOT NULL,"
+    " quality bigint NOT NULL, cls text NOT NULL, text text,"
+    " CONSTRAINT readings_pkey PRIMARY KEY (box_id, seq, cls, ts)) PARTITION BY LIST (cls)",
+    "CREATE INDEX readings_by_point ON readings (box_id, device, point, seq)",
+    "CREATE INDEX readings_by_time ON readings (ts, box_id, seq)",
+]
+for _cls in ("routine", "event", "alarm"):  # frozen here: a new class is a new migration
+    _READINGS_V1 += [
+        f"CREATE TABLE readings_{_cls} PARTITION OF readings FOR VALUES IN ('{_cls}') PARTITION BY RANGE (ts)",
+        f"CREATE TABLE readings_{_cls}_default PARTITION OF readings_{_cls} DEFAULT",
+    ]
+
+_SCHEMA_V1: list[Statement] = [
+    # -- core (sqlite_schema MIGRATIONS) ---------------------------------------------------------
+    "CREATE TABLE enrollment_tokens (token_hash text PRIMARY KEY, created_at double precision NOT NULL,"
+    " expires_at double precision NOT NULL, max_uses bigint NOT NULL, uses bigint NOT NULL DEFAULT 0,"
+    " note text NOT NULL DEFAULT '')",
+    "CREATE TABLE boxes (box_id text PRIMARY KEY, hardware text NOT NULL, site text NOT NULL,"
+    " agent_version text NOT NULL, tags text NOT NULL DEFAULT '[]', credential_hash text NOT NULL,"
+    " enrolled_at double precision NOT NULL, last_seen double precision, max_seq bigint NOT NULL DEFAULT 0,"
+    " online bigint NOT NULL DEFAULT 0, status_ts double precision)",
+    "CREATE UNIQUE INDEX idx_boxes_credential_hash ON boxes (credential_hash)",
+    *_READINGS_V1,
+    # -- rollouts (sqlite_schema ROLLOUT_MIGRATIONS) ---------------------------------------------
+    "CREATE TABLE box_inventory (box_id text PRIMARY KEY, hardware text NOT NULL, agent_version text NOT NULL,"
+    " models text NOT NULL, firmware text NOT NULL, updated_at double precision NOT NULL)",
+    "CREATE TABLE box_versions (box_id text NOT NULL, kind text NOT NULL, component text NOT NULL,"
+    " version text NOT NULL, PRIMARY KEY (box_id, kind, component))",
+    "CREATE TABLE site_policies (site text PRIMARY KEY, policy text NOT NULL, updated_at double precision NOT NULL)",
+    "CREATE TABLE rollouts (rollout_id text PRIMARY KEY, name text NOT NULL, kind text NOT NULL,"
+    " target_name text NOT NULL, version text NOT NULL, component text NOT NULL, hardware text NOT NULL,"
+    " filter text NOT NULL, status text NOT NULL, pause_reason text, total bigint NOT NULL,"
+    " current_wave bigint NOT NULL, timeout_s bigint NOT NULL, rate_per_min double precision,"
+    " respect_windows bigint NOT NULL, min_finished bigint NOT NULL, tokens double precision NOT NULL,"
+    " tokens_at double precision NOT NULL, created_at double precision NOT NULL,"
+    " updated_at double precision NOT NULL, rev bigint NOT NULL)",
+    "CREATE INDEX rollouts_by_status ON rollouts (status, created_at)",
+    "CREATE TABLE rollout_waves (rollout_id text NOT NULL, wave bigint NOT NULL, capacity bigint NOT NULL,"
+    " success_pct double precision NOT NULL, error_pct double precision NOT NULL,"
+    " assigned bigint NOT NULL DEFAULT 0, succeeded bigint NOT NULL DEFAULT 0, failed bigint NOT NULL DEFAULT 0,"
+    " rejected bigint NOT NULL DEFAULT 0, canceled bigint NOT NULL DEFAULT 0,"
+    " errors_acked bigint NOT NULL DEFAULT 0, PRIMARY KEY (rollout_id, wave))",
+    "CREATE TABLE rollout_boxes (rollout_id text NOT NULL, box_id text NOT NULL, state text NOT NULL,"
+    " wave bigint, reason text, reason_code text, detail text, assigned_at double precision,"
+    " updated_at double precision, deadline double precision, open bigint NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (rollout_id, box_id))",
+    # A box never runs two updates at once: at most one open action per box, enforced here.
+    "CREATE UNIQUE INDEX one_open_action_per_box ON rollout_boxes (box_id) WHERE open = 1",
+    "CREATE INDEX pending_targets_by_box ON rollout_boxes (box_id) WHERE state = 'pending'",
+    "CREATE INDEX open_actions_by_deadline ON rollout_boxes (deadline) WHERE open = 1",
+    # -- quarantine (sqlite_quarantine) ----------------------------------------------------------
+    "CREATE TABLE quarantine (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " received_at double precision NOT NULL, transport text NOT NULL, topic text NOT NULL,"
+    " reason text NOT NULL, detail text NOT NULL, size bigint NOT NULL, payload bytea NOT NULL)",
+    "CREATE INDEX quarantine_by_reason ON quarantine (reason, id)",
+    # -- API users (sqlite_users) ----------------------------------------------------------------
+    "CREATE TABLE api_users (name text PRIMARY KEY, role text NOT NULL, token_hash text NOT NULL,"
+    " note text NOT NULL DEFAULT '', created_at double precision NOT NULL, created_by text NOT NULL,"
+    " revoked_at double precision, revoked_by text)",
+    "CREATE UNIQUE INDEX api_users_by_token ON api_users (token_hash)",
+    # -- audit log (sqlite_audit): append-only is the database's rule ----------------------------
+    "CREATE TABLE audit_log (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,"
+    " ts double precision NOT NULL, principal text NOT NULL, role text NOT NULL, method text NOT NULL,"
+    " action text NOT NULL, target text NOT NULL, parameters text NOT NULL, source text NOT NULL,"
+    " status bigint NOT NULL, outcome text NOT NULL, error text NOT NULL)",
+    "CREATE INDEX audit_by_principal ON audit_log (principal, id)",
+    "CREATE INDEX audit_by_action ON audit_log (action, id)",
+    "CREATE INDEX audit_by_time ON audit_log (ts)",
+    "CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " RAISE EXCEPTION 'audit_log is append-only' USING DETAIL = TG_OP || ' on audit_log refused';"
+    " END $$",
+    # Statement-level: the statement is refused whatever it matches (TRUNCATE fires no row trigger).
+    "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log"
+    " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log"
+    " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log"
+    " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    # -- admission (sqlite_admission) ------------------------------------------------------------
+    "CREATE TABLE admission_requests (request_id text PRIMARY KEY, secret_hash text NOT NULL UNIQUE,"
+    " box_id text NOT NULL, hardware text NOT NULL, site text NOT NULL, agent_version text NOT NULL,"
+    " tags text NOT NULL, requested_at double precision NOT NULL, state text NOT NULL,"
+    " decided_at double precision)",
+    "CREATE INDEX admission_by_state ON admission_requests (state, requested_at)",
+    "CREATE TABLE box_revocations (box_id text PRIMARY KEY, revoked_at double precision NOT NULL)",
+    # -- alerts (sqlite_alerts) ------------------------------------------------------------------
+    "CREATE TABLE alerts (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, box_id text,"
+    " kind text NOT NULL, detail text NOT NULL, raised_at double precision NOT NULL,"
+    " acked_at double precision, acked_by text)",
+    "CREATE INDEX alerts_by_kind ON alerts (kind, id)",
+    "CREATE INDEX alerts_by_box ON alerts (box_id, id)",
+    "CREATE INDEX alerts_open ON alerts (id) WHERE acked_at IS NULL",
+    # -- seq tracking (sqlite_seq) ---------------------------------------------------------------
+    "CREATE TABLE box_seq (box_id text PRIMARY KEY, contig bigint, above text NOT NULL, base bigint,"
+    " fresh bigint NOT NULL, updated_at double precision NOT NULL)",
+    "CREATE TABLE seq_gaps (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, box_id text NOT NULL,"
+    " first bigint NOT NULL, last bigint NOT NULL, missing bigint NOT NULL, reason text NOT NULL,"
+    " detected_at double precision NOT NULL, alert_id bigint NOT NULL)",
+    "CREATE INDEX seq_gaps_by_box ON seq_gaps (box_id, id)",
+    "CREATE TABLE seq_dropped (box_id text NOT NULL, first bigint NOT NULL, last bigint NOT NULL,"
+    " reason text NOT NULL, seqs bigint NOT NULL, announced_at double precision NOT NULL,"
+    " PRIMARY KEY (box_id, first, last))",
+]
+
+#: Every migration, in order. Append; never edit one that has been released.
+MIGRATIONS: list[Migration] = [
+    Migration(1, "0001_fleet_schema", tuple(_SCHEMA_V1)),
+]
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if any(type(v) is not int or v < 1 for v in versions) or versions != sorted(set(versions)):
+        raise ValueError(f"migration versions must be positive integers in increasing order, got {versions}")
+
+
+_check_migrations(MIGRATIONS)
+#: The highest schema version this code knows.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, name text NOT NULL,"
+    " applied_at double precision NOT NULL)"
+)
+
+
+def _check_idle(conn: Connection, what: str) -> None:
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError(f"{what} runs its own transactions: give it an idle connection (not inside a transaction)")
+
+
+def migrate(conn: Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the migrations the database lacks, in order; return the names applied now.
+
+    Each runs in its own transaction with its `schema_migrations` row, under the advisory lock
+    `MIGRATE_LOCK`; a concurrent caller waits, then applies only what is still missing. Raises
+    StoreError, changing nothing, when the database is at a version above the highest in
+    `migrations` (`SCHEMA_VERSION` by default), or when a statement fails (that migration is
+    rolled back; those before it stay applied).
+    """
+    _check_idle(conn, "migrate")
+    _check_migrations(migrations)
+    known = migrations[-1].version if migrations else 0
+    applied_now: list[str] = []
+    current: Migration | None = None
+    try:
+        while True:
+            current = None
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                conn.execute(_SCHEMA_MIGRATIONS)
+                versions = {int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations")}
+                newest = max(versions, default=0)
+                if newest > known:
+                    raise StoreError(
+                        f"this server knows schema {known}, the database is at {newest}: run a newer server"
+                        " (the database was left unchanged)")
+                current = next((m for m in migrations if m.version not in versions), None)
+                if current is None:
+                    return applied_now
+                for statement in current.statements:
+                    if isinstance(statement, str):
+                        conn.execute(statement)
+                    else:
+                        statement(conn)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at)"
+                    " VALUES (%s, %s, extract(epoch FROM clock_timestamp())::double precision)",
+                    (current.version, current.name))
+            log.info("schema migration %d %s applied", current.version, current.name)
+            applied_now.append(current.name)
+    except psycopg.Error as exc:
+        step = f"migration {current.version} {current.name}" if current is not None else "reading schema_migrations"
+        raise StoreError(f"cannot migrate the fleet database ({step}): {exc}") from exc
+
+
+# -- readings partitions --------------------------------------------------------------------------
+
+def partition_name(cls: str, day_start: float) -> str:
+    """The daily partition of class `cls` holding the UTC day that starts at `day_start`."""
+    return f"readings_{cls}_{datetime.fromtimestamp(day_start, tz=timezone.utc):%Y%m%d}"
+
+
+def _day_start(ts: float) -> int:
+    return int(ts // DAY_S) * DAY_S
+
+
+_RANGE_BOUND = re.compile(r"FOR VALUES FROM \('?(?P<lo>[^')]+)'?\) TO \('?(?P<hi>[^')]+)'?\)")
+
+
+def _partitions(conn: Connection, cls: str) -> dict[str, str]:
+    """{partition name: bound expression} of the class's partition (its days and its DEFAULT)."""
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+        (f"readings_{cls}",)).fetchall()
+    return {str(name): str(bound) for name, bound in rows}
+
+
+def _readings_schema(conn: Connection) -> str:
+    """The schema holding `readings` as found through search_path (new partitions go there)."""
+    row = conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                       " WHERE c.oid = 'readings'::regclass").fetchone()
+    assert row is not None  # a missing table raised UndefinedTable already
+    return str(row[0])
+
+
+def _columns(conn: Connection, table: str) -> sql.Composable:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (table,)).fetchall()
+    return sql.SQL(", ").join(sql.Identifier(str(name)) for name, in rows)
+
+
+def _add_day(conn: Connection, schema: str, cls: str, day: int) -> int:
+    """Make the day's partition of `cls`, moving the DEFAULT partition's rows of that day into it
+    (PostgreSQL refuses to attach a range some DEFAULT partition row falls in). Returns the rows
+    moved. Runs inside the caller's transaction."""
+    parent = sql.Identifier(schema, f"readings_{cls}")
+    default = sql.Identifier(schema, f"readings_{cls}_default")
+    new = sql.Identifier(schema, partition_name(cls, day))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(new, parent))
+    # Held to the commit: no row of this day can reach the DEFAULT partition before the attach.
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(default))
+    cols = _columns(conn, f"readings_{cls}")
+    moved = conn.execute(
+        sql.SQL("WITH moved AS (DELETE FROM {default} WHERE ts >= %s AND ts < %s RETURNING {cols})"
+                " INSERT INTO {new} ({cols}) SELECT {cols} FROM moved").format(default=default, new=new, cols=cols),
+        (day, day + DAY_S)).rowcount
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+        parent, new, sql.Literal(day), sql.Literal(day + DAY_S)))
+    return max(moved, 0)
+
+
+def _check_count(name: str, value: int) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+def _check_now(now: float) -> None:
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ValueError(f"now must be finite unix seconds, got {now!r}")
+
+
+def ensure_partitions(conn: Connection, now: float, days_ahead: int = 7, days_back: int = 1) -> list[str]:
+    """Create the missing daily partitions of every class for the UTC days from `days_back` days
+    before `now`'s day to `days_ahead` days after it; return the names created now (sorted).
+
+    Idempotent; two servers running it at once are serialised by the advisory lock
+    `PARTITION_LOCK` (the second finds the partitions made). Rows the DEFAULT partition holds for
+    a new day are moved into it, in the same transaction.
+    """
+    _check_now(now)
+    _check_count("days_ahead", days_ahead)
+    _check_count("days_back", days_back)
+    _check_idle(conn, "ensure_partitions")
+    first = _day_start(now) - days_back * DAY_S
+    days = [first + i * DAY_S for i in range(days_back + 1 + days_ahead)]
+    created: list[str] = []
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            schema = _readings_schema(conn)
+            for cls in CLASSES:
+                existing = _partitions(conn, cls)
+                for day in days:
+                    name = partition_name(cls, day)
+                    if name in existing:
+                        continue
+                    moved = _add_day(conn, schema, cls, day)
+                    if moved:
+                        log.warning("partition %s created with %d rows moved from readings_%s_default",
+                                    name, moved, cls)
+                    created.append(name)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot create the readings partitions: {exc}") from exc
+    return sorted(created)
+
+
+def drop_expired(conn: Connection, now: float, retention_days: Mapping[str, int]) -> list[str]:
+    """Detach and drop the daily partitions of each class in `retention_days` whose whole day is
+    older than that many days before `now` (its end <= now - days * 86400); return the names
+    dropped (sorted). Rows are never deleted one by one; DEFAULT partitions are never touched
+    (their rows stay, see the module's docstring); a class not named keeps everything.
+    Serialised with `ensure_partitions` by the same advisory lock."""
+    _check_now(now)
+    for cls, days in retention_days.items():
+        if cls not in CLASSES:
+            raise ValueError(f"unknown reading class {cls!r}; the classes are {', '.join(CLASSES)}")
+        if type(days) is not int or days < 1:
+            raise ValueError(f"retention for {cls!r} must be a positive number of days, got {days!r}")
+    _check_idle(conn, "drop_expired")
+    dropped: list[str] = []
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            schema = _readings_schema(conn)
+            for cls, days in retention_days.items():
+                cutoff = now - days * DAY_S
+                for name in _expired(_partitions(conn, cls), cutoff):
+                    table = sql.Identifier(schema, name)
+                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                        sql.Identifier(schema, f"readings_{cls}"), table))
+                    conn.execute(sql.SQL("DROP TABLE {}").format(table))
+                    dropped.append(name)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot drop expired readings partitions: {exc}") from exc
+    for name in dropped:
+        log.info("readings partition %s dropped (past retention)", name)
+    return sorted(dropped)
+
+
+def _expired(partitions: Mapping[str, str], cutoff: float) -> Iterable[str]:
+    for name, bound in sorted(partitions.items()):
+        match = _RANGE_BOUND.fullmatch(bound)  # DEFAULT (and anything not a range) never matches
+        if match is not None and float(match["hi"]) <= cutoff:
+            yield name
