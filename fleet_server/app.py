@@ -1,7 +1,8 @@
 """The app factory: `create_app(settings, store=None) -> FastAPI`. No module-level state.
 
-Wiring: one Store (SQLite at settings.db_path unless one is passed in), one FleetMetrics with its
-own registry, one IngestService shared by the telemetry router and the MQTT bridge, one
+Wiring: one Store (settings.db_path: a SQLite file or a PostgreSQL URL, unless one is passed in),
+one FleetMetrics with its own registry, one IngestService shared by the telemetry router and the
+MQTT bridge, one
 RolloutEngine (`app.state.rollouts`) behind the check-in and rollout routers, one
 AdmissionService (`app.state.admission`: enrolment, admission and revocation, together with the
 broker's per-box accounts). The lifespan loads the engine's memory from the store, then starts
@@ -91,7 +92,7 @@ from fleet_server.rollout.errors import (
 )
 from fleet_server.settings import ServerSettings
 from fleet_server.store.base import Store
-from fleet_server.store.sqlite import SqliteStore
+from fleet_server.store.open import open_store
 from fleet_server.supervisor import Supervisor
 
 __all__ = ["create_app", "status_for"]
@@ -193,7 +194,7 @@ def create_app(
     """Build the fleet server app. A passed-in `store` stays the caller's to close; `clock` (unix
     seconds) drives rollout deadlines and maintenance windows (injectable for tests)."""
     owns_store = store is None
-    the_store: Store = SqliteStore(settings.db_path) if store is None else store
+    the_store: Store = open_store(settings.db_path) if store is None else store
     metrics = FleetMetrics(the_store)
     ingest = IngestService(
         the_store, metrics, max_batch=settings.max_batch, max_body_bytes=settings.max_body_bytes

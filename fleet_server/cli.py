@@ -35,7 +35,8 @@ def build_app() -> typer.Typer:
 
     @app.command("serve")
     def serve(
-        db: Path = typer.Option(Path("var/fleet.db"), help="SQLite database file (embedded default)."),
+        db: str = typer.Option("var/fleet.db", help="SQLite database file (the embedded default), or a "
+                               "PostgreSQL URL (postgresql://user@host:5432/fleet) for replicas on one database."),
         host: str = typer.Option("127.0.0.1"),
         port: int = typer.Option(8080),
         admin_token: str = typer.Option(..., envvar="QUANEDGE_ADMIN_TOKEN", help="Bearer token for admin calls."),
@@ -71,7 +72,6 @@ def build_app() -> typer.Typer:
         from fleet_server.settings import ServerSettings
 
         _setup_logging(verbose)
-        db.parent.mkdir(parents=True, exist_ok=True)
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
                                       mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,

@@ -2,7 +2,8 @@
 defines its own fixture of the same name, which wins in that file).
 
     clock    a settable clock (test_fleet_helpers.Clock) starting at 1_700_000_000
-    store    a fresh fleet SqliteStore on that clock, in tmp_path/fleet.db
+    store    a fresh fleet SqliteStore on that clock, in tmp_path/fleet.db; a test module runs its
+             tests on both backends with `pytestmark = BOTH_BACKENDS` (pg_support.py)
     client   the fleet app over that store with small limits (test_fleet_helpers.open_client)
 
 The fleet server is imported only by the tests that ask for these, so agent-only runs stay lean.
@@ -25,10 +26,10 @@ def clock() -> Any:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Any) -> Iterator[Any]:
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Any) -> Iterator[Any]:
     from test_fleet_helpers import open_store
 
-    yield from open_store(tmp_path, clock)
+    yield from open_store(tmp_path, clock, getattr(request, "param", "sqlite"))
 
 
 @pytest.fixture

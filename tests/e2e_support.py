@@ -76,15 +76,15 @@ class Fleet:
 
 
 def start_fleet(tmp: Path, *, mqtt_port: int | None = None, prefix: str = "quanedge", port: int | None = None,
-                admin: str | None = None) -> Fleet:
-    """A `quanedge fleet serve` on `port` (a free one by default), its database in `tmp` (a restart
-    with the same tmp, port and admin token is the same server)."""
+                admin: str | None = None, db: str | None = None, log_name: str = "fleet.log") -> Fleet:
+    """A `quanedge fleet serve` on `port` (a free one by default), its database in `tmp` or `db` (a
+    PostgreSQL URL); a restart with the same tmp, port and admin token is the same server."""
     port, admin = port or free_port(), admin or secrets.token_urlsafe(12)
-    args = [*PY, "fleet", "serve", "--db", str(tmp / "fleet.db"), "--port", str(port), "--admin-token", admin,
+    args = [*PY, "fleet", "serve", "--db", db or str(tmp / "fleet.db"), "--port", str(port), "--admin-token", admin,
             "--topic-prefix", prefix]
     if mqtt_port is not None:
         args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
-    with open(tmp / "fleet.log", "ab") as log:  # the child has its own copy of the descriptor
+    with open(tmp / log_name, "ab") as log:  # the child has its own copy of the descriptor
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(url + "/healthz", timeout=1).status_code == 200, 30, "fleet server")

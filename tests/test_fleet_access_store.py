@@ -6,7 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_fleet_helpers import Clock
+from pg_support import BOTH_BACKENDS
+from test_fleet_helpers import Clock, dump_text
 
 from fleet_server.access import AuditEntry, AuditQuery, Role, UnknownUser, UserExists
 from fleet_server.store.base import hash_secret
@@ -21,6 +22,7 @@ def entry(ts: float, principal: str = "alice", action: str = "create_rollout", s
                       outcome="ok" if status < 400 else "refused")
 
 
+@BOTH_BACKENDS
 def test_users_are_created_listed_and_found_by_token_stored_only_as_hash(store: SqliteStore, tmp_path: Path,
                                                                         clock: Clock) -> None:
     created, token = store.create_user("alice", Role.OPERATOR, "night shift", "bootstrap-admin")
@@ -31,11 +33,11 @@ def test_users_are_created_listed_and_found_by_token_stored_only_as_hash(store: 
         "alice", Role.OPERATOR, "night shift", "bootstrap-admin")
     assert user.created_at == clock.now and user.active
     assert store.user_for_token(token + "x") is None and store.user_for_token("") is None
-    store.close()
-    dump = "\n".join(sqlite3.connect(tmp_path / "fleet.db").iterdump())
+    dump = dump_text(store)
     assert token not in dump and hash_secret(token) in dump
 
 
+@BOTH_BACKENDS
 def test_revocation_takes_effect_at_once_and_names_are_never_reused(store: SqliteStore, clock: Clock) -> None:
     _, token = store.create_user("bob", Role.VIEWER, "", "root")
     store.create_user("carol", Role.ADMIN, "", "root")
@@ -56,6 +58,7 @@ def test_revocation_takes_effect_at_once_and_names_are_never_reused(store: Sqlit
         store.rotate_user_token("bob")   # revoked: stays revoked
 
 
+@BOTH_BACKENDS
 def test_rotation_replaces_the_token(store: SqliteStore) -> None:
     _, old = store.create_user("ann", Role.OPERATOR, "", "root")
     new = store.rotate_user_token("ann")
@@ -63,19 +66,31 @@ def test_rotation_replaces_the_token(store: SqliteStore) -> None:
     assert store.user_for_token(new).name == "ann"  # type: ignore[union-attr]
 
 
+@BOTH_BACKENDS
 def test_audit_log_is_append_only_in_the_database(store: SqliteStore, tmp_path: Path) -> None:
     first = store.record_audit(entry(1.0))
     assert store.record_audit(entry(2.0)) > first
-    other = sqlite3.connect(tmp_path / "fleet.db")  # any writer is held to it, not only the store
-    for sql in ("UPDATE audit_log SET status = 200 WHERE id = 1", "DELETE FROM audit_log WHERE id = 1",
-                "UPDATE audit_log SET principal = 'mallory'", "DELETE FROM audit_log"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            other.execute(sql)
-        other.rollback()
-    other.close()
+    statements = ("UPDATE audit_log SET status = 200 WHERE id = 1", "DELETE FROM audit_log WHERE id = 1",
+                  "UPDATE audit_log SET principal = 'mallory'", "DELETE FROM audit_log")
+    if isinstance(store, SqliteStore):
+        other = sqlite3.connect(tmp_path / "fleet.db")  # any writer is held to it, not only the store
+        for sql in statements:
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                other.execute(sql)
+            other.rollback()
+        other.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store.url, options=f"-c search_path={store.schema}") as pg:
+            for sql in (*statements, "TRUNCATE audit_log"):
+                with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                    pg.execute(sql)
+                pg.rollback()
     assert [e.ts for e in store.audit_entries(AuditQuery())] == [2.0, 1.0]
 
 
+@BOTH_BACKENDS
 def test_audit_filters_and_paging(store: SqliteStore) -> None:
     for i in range(10):
         store.record_audit(entry(100.0 + i, principal="alice" if i % 2 else "bob",

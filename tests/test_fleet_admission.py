@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pg_support import BOTH_BACKENDS
 
 from fleet_server.errors import BrokerUnavailable
 from fleet_server.store.sqlite import SqliteStore
@@ -46,6 +47,7 @@ def shape(r: Any) -> tuple[int, tuple[str, ...], str]:
     return r.status_code, tuple(sorted(data)), data.get("status") or data.get("error")
 
 
+@BOTH_BACKENDS
 def test_rekey_with_the_current_credential_keeps_site_and_tags_and_needs_no_token(client: TestClient) -> None:
     old = enroll(client, "b1", "serial-1")
     r = client.post("/api/v1/enroll", json={"box_id": "b1", "hardware": "serial-2", "site": "elsewhere",
@@ -57,6 +59,7 @@ def test_rekey_with_the_current_credential_keeps_site_and_tags_and_needs_no_toke
     assert post(client, r.json()["credential"], "b1", rows(1, 1)).status_code == 200
 
 
+@BOTH_BACKENDS
 def test_answers_never_tell_which_ids_exist(client: TestClient, store: SqliteStore) -> None:
     cred = enroll(client, "b1", "serial-1")
     other = enroll(client, "b2", "serial-2")
@@ -80,6 +83,7 @@ def test_answers_never_tell_which_ids_exist(client: TestClient, store: SqliteSto
     assert (unknown.status_code, unknown.json()["error"]) == (403, "not_admitted")
 
 
+@BOTH_BACKENDS
 def test_pending_request_accepted_by_an_admin_gets_its_credential(
     client: TestClient, broker: FakeAccounts
 ) -> None:
@@ -104,6 +108,7 @@ def test_pending_request_accepted_by_an_admin_gets_its_credential(
     assert client.post(f"/api/v1/admission/{listed[0]['request_id']}/accept", headers=admin()).status_code == 404
 
 
+@BOTH_BACKENDS
 def test_pending_request_rejected_by_an_admin_gets_nothing(client: TestClient, store: SqliteStore) -> None:
     enroll(client, "b1", "serial-1")
     before = snapshot(store)
@@ -119,6 +124,7 @@ def test_pending_request_rejected_by_an_admin_gets_nothing(client: TestClient, s
         == ["rejected"]
 
 
+@BOTH_BACKENDS
 def test_revoke_kills_the_credential_and_the_box_needs_an_admin_to_return(
     client: TestClient, broker: FakeAccounts
 ) -> None:
@@ -137,6 +143,7 @@ def test_revoke_kills_the_credential_and_the_box_needs_an_admin_to_return(
     assert client.post("/api/v1/boxes/ghost/revoke", headers=admin()).status_code == 404
 
 
+@BOTH_BACKENDS
 def test_broker_down_at_enrolment_stores_nothing_and_keeps_the_token(
     client: TestClient, store: SqliteStore, broker: FakeAccounts
 ) -> None:
@@ -150,6 +157,7 @@ def test_broker_down_at_enrolment_stores_nothing_and_keeps_the_token(
     assert r.status_code == 200 and r.json()["mqtt"]["username"] == "b1"
 
 
+@BOTH_BACKENDS
 def test_broker_down_at_revocation_still_kills_the_http_credential(
     client: TestClient, broker: FakeAccounts
 ) -> None:
@@ -162,6 +170,7 @@ def test_broker_down_at_revocation_still_kills_the_http_credential(
     assert "b1" not in broker.passwords
 
 
+@BOTH_BACKENDS
 def test_without_broker_accounts_enrolment_gives_no_mqtt_identity(client: TestClient) -> None:
     r = client.post("/api/v1/enroll", json=body(client, "b1"))
     assert r.status_code == 200 and r.json()["mqtt"] is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, enroll, post, rows
+from pg_support import BOTH_BACKENDS
+from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, dump_text, enroll, post, rows
 
 from fleet_server.access import Role
 from fleet_server.api.audit_trail import summarize
@@ -37,9 +37,10 @@ def audit(client: TestClient, **params: Any) -> list[dict[str, Any]]:
 
 
 def dump(store: SqliteStore) -> str:
-    return "\n".join(sqlite3.connect(store.path).iterdump())
+    return dump_text(store)
 
 
+@BOTH_BACKENDS
 def test_success_and_refusals_are_recorded_without_secrets(client: TestClient, store: SqliteStore) -> None:
     r = client.post("/api/v1/users", json={"name": "vera", "role": "viewer", "note": "read-only"}, headers=admin())
     token = r.json()["token"]
@@ -66,6 +67,7 @@ def test_success_and_refusals_are_recorded_without_secrets(client: TestClient, s
     assert SECRET not in everything and token not in everything and ADMIN not in everything
 
 
+@BOTH_BACKENDS
 def test_reads_and_box_facing_calls_are_not_audited(client: TestClient) -> None:
     credential = enroll(client)  # POST /api/v1/enrollment-tokens (audited) + POST /api/v1/enroll (box-facing)
     assert post(client, credential, "box-1", rows(1, 2)).status_code == 200
@@ -73,6 +75,7 @@ def test_reads_and_box_facing_calls_are_not_audited(client: TestClient) -> None:
     assert [e["action"] for e in audit(client)] == ["create_enrollment_token"]
 
 
+@BOTH_BACKENDS
 def test_every_outcome_of_a_route_is_recorded(client: TestClient, store: SqliteStore,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.delete("/api/v1/users/ghost", headers=admin()).status_code == 404
@@ -89,6 +92,7 @@ def test_every_outcome_of_a_route_is_recorded(client: TestClient, store: SqliteS
                    ("unknown", 404, "refused", ""), ("revoke_user", 404, "refused", "unknown_user")]
 
 
+@BOTH_BACKENDS
 def test_a_lost_audit_entry_is_counted_and_the_call_still_answered(
     client: TestClient, store: SqliteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -102,6 +106,7 @@ def test_a_lost_audit_entry_is_counted_and_the_call_still_answered(
     assert "quanedge_audit_write_failures_total 1.0" in client.get("/metrics").text
 
 
+@BOTH_BACKENDS
 def test_filters_and_paging(client: TestClient, store: SqliteStore, clock: Clock) -> None:
     _, alice = store.create_user("alice", Role.ADMIN, "", "test")
     for i in range(5):
@@ -139,6 +144,7 @@ def test_parameters_are_bounded() -> None:
     assert json.loads(summarize(b"", json.dumps(huge).encode(), len(json.dumps(huge))))["truncated"] is True
 
 
+@BOTH_BACKENDS
 def test_anonymous_refusals_are_recorded_at_a_bounded_rate_per_source(client: TestClient, clock: Clock) -> None:
     for _ in range(65):
         assert client.post("/api/v1/users", json={}).status_code == 401

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_support import BOTH_BACKENDS
 from rollout_support import AGENT, action_of, checkin, create, make_repo, open_app, provision, report, status
 from test_fleet_helpers import Clock, TestClient, bearer, enroll
 
@@ -29,6 +30,7 @@ def client(tmp_path: Path, store: SqliteStore, clock: Clock, repo_dir: Path) -> 
 # -- check-in ---------------------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 def test_idle_checkin_has_server_interval_etag_and_304(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 2)
     r = checkin(client, boxes, "b00000")
@@ -41,6 +43,7 @@ def test_idle_checkin_has_server_interval_etag_and_304(client: TestClient, store
     assert checkin(client, boxes, "b00000", '"stale"').status_code == 200
 
 
+@BOTH_BACKENDS
 def test_action_answer_is_stable_until_the_action_closes(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 1)
     rid = create(client, waves=["100%"], timeout_s=900)["rollout_id"]
@@ -55,6 +58,7 @@ def test_action_answer_is_stable_until_the_action_closes(client: TestClient, sto
     assert done.status_code == 200 and done.json()["action"] is None
 
 
+@BOTH_BACKENDS
 def test_unchanged_checkins_are_answered_from_memory(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 30)
     create(client, waves=["1", "100%"])
@@ -73,6 +77,7 @@ def test_unchanged_checkins_are_answered_from_memory(client: TestClient, store: 
     ({"Authorization": "Bearer not-a-credential"}, 401, "not_authenticated"),
     ({"Authorization": "Basic abc"}, 401, "not_authenticated"),
 ])
+@BOTH_BACKENDS
 def test_checkin_needs_the_box_credential(client: TestClient, store: SqliteStore, headers: dict[str, str],
                                           code: int, error: str) -> None:
     provision(store, 1)
@@ -81,6 +86,7 @@ def test_checkin_needs_the_box_credential(client: TestClient, store: SqliteStore
     assert r.headers["www-authenticate"] == "Bearer"
 
 
+@BOTH_BACKENDS
 def test_another_boxs_id_is_forbidden_and_bad_ids_refused(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 2)
     r = client.get("/api/v1/boxes/b00001/checkin", headers=bearer(boxes["b00000"]))
@@ -89,6 +95,7 @@ def test_another_boxs_id_is_forbidden_and_bad_ids_refused(client: TestClient, st
     assert (r.status_code, r.json()["field"]) == (422, "box_id")
 
 
+@BOTH_BACKENDS
 def test_rotated_credential_stops_working_at_once(client: TestClient, store: SqliteStore) -> None:
     old = enroll(client, "pole-1", "serial-1")
     assert client.get("/api/v1/boxes/pole-1/checkin", headers=bearer(old)).status_code == 200   # now cached
@@ -100,6 +107,7 @@ def test_rotated_credential_stops_working_at_once(client: TestClient, store: Sql
 # -- inventory --------------------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 def test_inventory_is_saved_and_drives_targeting(client: TestClient, store: SqliteStore) -> None:
     cred = enroll(client, "pole-1", "serial-1")
     boxes = {"pole-1": cred}
@@ -123,6 +131,7 @@ def test_inventory_is_saved_and_drives_targeting(client: TestClient, store: Sqli
     (json.dumps({"agent_version": "1", "hardware": "a", "extra": 1}).encode(), 422, "extra"),
     (b"{" + b" " * 70_000 + b"}", 413, None),
 ])
+@BOTH_BACKENDS
 def test_bad_inventory_is_refused_and_changes_nothing(client: TestClient, store: SqliteStore, body: bytes,
                                                       code: int, field: str | None) -> None:
     boxes = provision(store, 1, agent_version="0.1.0")
@@ -143,6 +152,7 @@ def _assigned(client: TestClient, store: SqliteStore) -> tuple[dict[str, str], d
     return boxes, action, rid
 
 
+@BOTH_BACKENDS
 def test_reports_walk_the_states_and_are_idempotent(client: TestClient, store: SqliteStore) -> None:
     boxes, action, rid = _assigned(client, store)
     aid = action["action_id"]
@@ -157,6 +167,7 @@ def test_reports_walk_the_states_and_are_idempotent(client: TestClient, store: S
     assert status(client, rid)["waves"][0]["succeeded"] == 1
 
 
+@BOTH_BACKENDS
 def test_failure_keeps_reason_and_code(client: TestClient, store: SqliteStore) -> None:
     boxes, action, rid = _assigned(client, store)
     report(client, boxes, "b00000", action["action_id"], "rejected", reason="tuf said no", reason_code="rollback")
@@ -173,6 +184,7 @@ def test_failure_keeps_reason_and_code(client: TestClient, store: SqliteStore) -
     ({"state": "failure", "detail": [1]}, 422, "detail"),
     ({"state": "success", "extra": True}, 422, "extra"),
 ])
+@BOTH_BACKENDS
 def test_bad_reports_are_refused_and_change_nothing(client: TestClient, store: SqliteStore, body: dict[str, Any],
                                                     code: int, field: str) -> None:
     boxes, action, rid = _assigned(client, store)
@@ -182,6 +194,7 @@ def test_bad_reports_are_refused_and_change_nothing(client: TestClient, store: S
     assert store.rollout_state_counts(rid)[1] == {"assigned": 1}
 
 
+@BOTH_BACKENDS
 def test_reports_for_unknown_or_foreign_actions(client: TestClient, store: SqliteStore) -> None:
     boxes, action, rid = _assigned(client, store)
     url = "/api/v1/boxes/{}/actions/{}/status"
@@ -199,6 +212,7 @@ def test_reports_for_unknown_or_foreign_actions(client: TestClient, store: Sqlit
     assert store.rollout_state_counts(rid)[1] == {"assigned": 1}
 
 
+@BOTH_BACKENDS
 def test_checkin_and_report_metrics(client: TestClient, store: SqliteStore) -> None:
     boxes, action, _ = _assigned(client, store)
     checkin(client, boxes, "b00001")                                           # assigned by the store

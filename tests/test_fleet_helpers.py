@@ -6,6 +6,7 @@ Plain functions and classes only: each test module declares its own fixtures wit
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +38,35 @@ class Clock:
         return self.now
 
 
-def open_store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    yield s
-    s.close()
+def open_store(tmp_path: Path, clock: Clock, backend: str = "sqlite") -> Iterator[SqliteStore]:
+    """A fresh store: SQLite in tmp_path, or PostgreSQL in a schema of its own, dropped afterwards."""
+    if backend == "sqlite":
+        s = SqliteStore(tmp_path / "fleet.db", clock=clock)
+        yield s
+        s.close()
+        return
+    from pg_support import pg_schema
+
+    from fleet_server.store.pg import PgStore
+
+    with pg_schema() as (url, schema):
+        p = PgStore(url, clock=clock, schema=schema, max_size=4)
+        yield p  # type: ignore[misc]  # the same Store seam
+        p.close()
+
+
+def dump_text(store: Any) -> str:
+    """Every row the store holds, as text (to prove a secret is not in it): SQLite's dump of the
+    file, or each PostgreSQL table of the store's schema row by row."""
+    if isinstance(store, SqliteStore):
+        return "\n".join(sqlite3.connect(store.path).iterdump())
+    import psycopg
+
+    with psycopg.connect(store.url, options=f"-c search_path={store.schema}") as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (store.schema,)).fetchall()]
+        rows = [str(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"').fetchall()]
+    return "\n".join(rows)
 
 
 def open_client(tmp_path: Path, store: SqliteStore) -> Iterator[TestClient]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
+from pg_support import BOTH_BACKENDS
 from rollout_support import AGENT, make_repo, open_app, provision, serve_in_thread
-from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer
+from test_fleet_helpers import ADMIN, Clock, TestClient, admin, bearer, open_store
 
 from fleet_server.access import AuditQuery, Role
 from fleet_server.api.auth import is_user_facing
@@ -30,11 +31,10 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "fleet.db", clock=clock)
-    provision(s, 3)
-    yield s
-    s.close()
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
+    for s in open_store(tmp_path, clock, getattr(request, "param", "sqlite")):
+        provision(s, 3)
+        yield s
 
 
 @pytest.fixture
@@ -117,6 +117,7 @@ def _fill(value: Any, params: dict[str, str]) -> Any:
 
 
 @pytest.mark.parametrize("method, path, body, needed, ok, setup", ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
+@BOTH_BACKENDS
 def test_each_role_on_each_route(client: TestClient, tokens: dict[str, str], method: str, path: str, body: Any,
                                  needed: str, ok: int, setup: Setup) -> None:
     for who in (None, "wrong", *PRINCIPALS):
@@ -159,6 +160,7 @@ def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
     assert routes == covered, "add every new user-facing route to ROUTES with its minimum role"
 
 
+@BOTH_BACKENDS
 def test_box_facing_and_public_routes_are_not_behind_user_auth(client: TestClient, store: SqliteStore) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 200
@@ -172,11 +174,13 @@ def test_box_facing_and_public_routes_are_not_behind_user_auth(client: TestClien
     assert client.get("/api/v1/boxes", headers=bearer(credential)).status_code == 401
 
 
+@BOTH_BACKENDS
 def test_unknown_user_facing_paths_need_a_token_first(client: TestClient) -> None:
     assert client.get("/api/v1/no-such-thing").status_code == 401
     assert client.get("/api/v1/no-such-thing", headers=admin()).status_code == 404
 
 
+@BOTH_BACKENDS
 def test_behind_a_root_path_the_same_rules_hold(tmp_path: Path, store: SqliteStore) -> None:
     app = create_app(ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN), store)
     with TestClient(app, root_path="/fleet") as c:
@@ -186,6 +190,7 @@ def test_behind_a_root_path_the_same_rules_hold(tmp_path: Path, store: SqliteSto
     assert [e.target for e in store.audit_entries(AuditQuery())] == ["/fleet/api/v1/enrollment-tokens"]
 
 
+@BOTH_BACKENDS
 def test_refusals_are_counted(client: TestClient, tokens: dict[str, str]) -> None:
     client.get("/api/v1/boxes")
     client.get("/api/v1/boxes", headers={"Authorization": "Basic abc"})
@@ -199,6 +204,7 @@ def test_refusals_are_counted(client: TestClient, tokens: dict[str, str]) -> Non
         assert line in metrics, line
 
 
+@BOTH_BACKENDS
 def test_revoked_token_is_refused_at_once(client: TestClient) -> None:
     r = client.post("/api/v1/users", json={"name": "dave", "role": "operator", "note": "ops"}, headers=admin())
     assert r.status_code == 201
@@ -215,6 +221,7 @@ def test_revoked_token_is_refused_at_once(client: TestClient) -> None:
     assert (r.status_code, r.json()["detail"]) == (401, "unknown or revoked API token")
 
 
+@BOTH_BACKENDS
 def test_users_api(client: TestClient) -> None:
     r = client.post("/api/v1/users", json={"name": "erin@city.example", "role": "admin"}, headers=admin())
     assert r.status_code == 201

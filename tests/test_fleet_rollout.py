@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from pg_support import BOTH_BACKENDS
 from rollout_support import (
     AGENT,
     FIRMWARE,
@@ -56,6 +57,7 @@ def run_to(client: TestClient, boxes: Boxes, box: str, final: str = "success") -
 # -- creating ---------------------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 def test_waves_are_cumulative_shares_and_empty_waves_are_dropped(client: TestClient, store: SqliteStore) -> None:
     provision(store, 200)
     r = create(client, waves=["1", "1%", "10%", "50%", "100%"])
@@ -66,6 +68,7 @@ def test_waves_are_cumulative_shares_and_empty_waves_are_dropped(client: TestCli
     assert [w["capacity"] for w in small["waves"]] == [1, 2]   # 1 % of 3 is the 1 box already covered
 
 
+@BOTH_BACKENDS
 def test_target_filter_uses_tags_sites_hardware_versions_and_inventory(client: TestClient, store: SqliteStore) -> None:
     provision(store, 4, "a", tags=("north", "pilot"), site="gate-1")
     provision(store, 3, "b", tags=("north",), site="gate-2")
@@ -93,6 +96,7 @@ def test_target_filter_uses_tags_sites_hardware_versions_and_inventory(client: T
     ({"filter": {"tags": ["nobody-has-this"]}}, 422, "empty_target_set"),
     ({"filter": {"hardware": ["other-hw"]}}, 422, "empty_target_set"),
 ])
+@BOTH_BACKENDS
 def test_bad_rollouts_are_refused_with_a_reason_and_store_nothing(
     client: TestClient, store: SqliteStore, body: dict[str, Any], status_code: int, code: str,
 ) -> None:
@@ -102,6 +106,7 @@ def test_bad_rollouts_are_refused_with_a_reason_and_store_nothing(
     assert store.list_rollouts() == []
 
 
+@BOTH_BACKENDS
 def test_schema_errors_and_auth(client: TestClient, store: SqliteStore) -> None:
     provision(store, 2)
     for body in ({"kind": "agent"}, {"target_name": AGENT, "kind": "os"}, {"target_name": AGENT, "kind": "agent",
@@ -114,6 +119,7 @@ def test_schema_errors_and_auth(client: TestClient, store: SqliteStore) -> None:
     assert store.list_rollouts() == []
 
 
+@BOTH_BACKENDS
 def test_no_repository_means_no_rollouts(tmp_path: Path, store: SqliteStore, clock: Clock) -> None:
     provision(store, 2)
     for c in open_app(tmp_path, store, clock, None):
@@ -123,6 +129,7 @@ def test_no_repository_means_no_rollouts(tmp_path: Path, store: SqliteStore, clo
 # -- waves and thresholds ---------------------------------------------------------------------
 
 
+@BOTH_BACKENDS
 def test_next_wave_opens_only_after_the_success_threshold(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 20)
     rid = create(client, waves=["1", "25%", "100%"], success_pct=100)["rollout_id"]
@@ -142,6 +149,7 @@ def test_next_wave_opens_only_after_the_success_threshold(client: TestClient, st
     assert store.get_box(ids[0]).agent_version == "0.2.0"   # type: ignore[union-attr]
 
 
+@BOTH_BACKENDS
 def test_failed_canary_pauses_before_any_other_box_is_assigned(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 50)
     rid = create(client, waves=["1", "10%", "100%"], error_pct=0)["rollout_id"]
@@ -160,6 +168,7 @@ def test_failed_canary_pauses_before_any_other_box_is_assigned(client: TestClien
     assert status(client, rid)["status"] == "paused"
 
 
+@BOTH_BACKENDS
 def test_error_threshold_counts_within_a_wave_and_stops_assignment(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 200)
     rid = create(client, waves=["20%", "100%"], error_pct=10, min_finished=5)["rollout_id"]
@@ -181,6 +190,7 @@ def test_error_threshold_counts_within_a_wave_and_stops_assignment(client: TestC
     assert status(client, rid)["waves"][0]["succeeded"] == 4
 
 
+@BOTH_BACKENDS
 def test_rate_limit_spaces_assignments(client: TestClient, store: SqliteStore, clock: Clock) -> None:
     boxes = provision(store, 10)
     create(client, waves=["100%"], rate_per_min=12)   # 1 every 5 s, burst 1
@@ -199,6 +209,7 @@ def _at(clock: Clock, text: str, tz: str) -> None:
     clock.now = datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(tz)).timestamp()
 
 
+@BOTH_BACKENDS
 def test_maintenance_windows_in_site_local_time(client: TestClient, store: SqliteStore, clock: Clock) -> None:
     boxes = provision(store, 4, site="junction-9")
     policy = {"timezone": "America/New_York",
@@ -230,6 +241,7 @@ def test_maintenance_windows_in_site_local_time(client: TestClient, store: Sqlit
     ({"timezone": "UTC", "windows": [{"start": "01:00", "end": "02:00", "kinds": ["os"]}]}, "kinds"),
     ({"timezone": "UTC", "extra": 1}, None),
 ])
+@BOTH_BACKENDS
 def test_bad_site_policies_are_refused(client: TestClient, store: SqliteStore, policy: dict[str, Any],
                                        field: str | None) -> None:
     r = client.put("/api/v1/sites/s1/maintenance", json=policy, headers=admin())
@@ -240,6 +252,7 @@ def test_bad_site_policies_are_refused(client: TestClient, store: SqliteStore, p
 # -- timeouts, cancel, one at a time ----------------------------------------------------------
 
 
+@BOTH_BACKENDS
 def test_timeout_fails_the_box_frees_it_and_a_later_rollout_proceeds(
     client: TestClient, store: SqliteStore, clock: Clock,
 ) -> None:
@@ -259,6 +272,7 @@ def test_timeout_fails_the_box_frees_it_and_a_later_rollout_proceeds(
     assert action_of(client, boxes, box)["rollout_id"] == second["rollout_id"]  # type: ignore[index]
 
 
+@BOTH_BACKENDS
 def test_timeout_is_also_enforced_at_checkin_without_the_sweeper(
     client: TestClient, store: SqliteStore, clock: Clock,
 ) -> None:
@@ -271,6 +285,7 @@ def test_timeout_is_also_enforced_at_checkin_without_the_sweeper(
     assert closed["reason_code"] == "timeout"
 
 
+@BOTH_BACKENDS
 def test_cancel_closes_open_actions_and_drops_the_rest(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 10)
     rid = create(client, waves=["30%", "100%"])["rollout_id"]
@@ -287,6 +302,7 @@ def test_cancel_closes_open_actions_and_drops_the_rest(client: TestClient, store
         assert (r.status_code, r.json()["error"]) == (409, "rollout_conflict")
 
 
+@BOTH_BACKENDS
 def test_manual_pause_holds_new_assignments_only(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 4)
     rid = create(client, waves=["100%"])["rollout_id"]
@@ -304,6 +320,7 @@ def test_manual_pause_holds_new_assignments_only(client: TestClient, store: Sqli
     assert [a["box_id"] for a in listed["actions"]] == ids[:2] and listed["next_after"] == ids[1]
 
 
+@BOTH_BACKENDS
 def test_a_box_never_runs_two_updates_at_once(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 1)
     agent = create(client, waves=["100%"])
@@ -316,6 +333,7 @@ def test_a_box_never_runs_two_updates_at_once(client: TestClient, store: SqliteS
     assert len(store.open_actions()) == 1
 
 
+@BOTH_BACKENDS
 def test_engine_memory_is_rebuilt_from_the_store(tmp_path: Path, store: SqliteStore, clock: Clock,
                                                   repo_dir: Path) -> None:
     boxes = provision(store, 3)
@@ -329,6 +347,7 @@ def test_engine_memory_is_rebuilt_from_the_store(tmp_path: Path, store: SqliteSt
         assert action_of(c, boxes, "b00001") is not None
 
 
+@BOTH_BACKENDS
 def test_checkin_with_changed_etag_after_assignment(client: TestClient, store: SqliteStore) -> None:
     boxes = provision(store, 1)
     idle = checkin(client, boxes, "b00000")

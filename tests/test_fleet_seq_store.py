@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_fleet_helpers import Clock
+from pg_support import BOTH_BACKENDS
+from test_fleet_helpers import Clock, open_store
 
 from core.reading import Reading
 from fleet_server.alerts import SEQ_GAP, AlertQuery, UnknownAlert
@@ -24,11 +25,10 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore(path, clock=clock)
-    s.enroll(s.create_enrollment_token(60, 1, ""), "box-1", "hw", "site", "0.1.0", [])
-    yield s
-    s.close()
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
+    for s in open_store(tmp_path, clock, getattr(request, "param", "sqlite")):
+        s.enroll(s.create_enrollment_token(60, 1, ""), "box-1", "hw", "site", "0.1.0", [])
+        yield s
 
 
 def batch(first: int, count: int) -> list[Reading]:
@@ -81,6 +81,7 @@ def test_gap_state_and_readings_are_one_transaction(store: SqliteStore, monkeypa
     assert store.ingest("box-1", batch(21, 5), SeqReport(low=21, base=1)).seq_gaps == (Gap(11, 20, UNANNOUNCED),)
 
 
+@BOTH_BACKENDS
 def test_dropped_ranges_count_once_and_cover(store: SqliteStore) -> None:
     report = SeqReport(low=1, base=1, dropped=((11, 20, "disk_cap"), (21, 25, "ttl")))
     result = store.ingest("box-1", batch(1, 10), report)
@@ -104,6 +105,7 @@ def test_a_box_with_history_before_tracking_starts_at_its_first_low(store: Sqlit
     assert result.seq_gaps == (Gap(1, 499, UNANNOUNCED),)
 
 
+@BOTH_BACKENDS
 def test_a_replaced_buffer_and_an_old_agent(store: SqliteStore) -> None:
     store.ingest("box-1", batch(1, 10), SeqReport(low=1, base=1))
     store.ingest("box-1", batch(21, 10))   # no fields: coverage only, 11..20 in flight
@@ -112,6 +114,7 @@ def test_a_replaced_buffer_and_an_old_agent(store: SqliteStore) -> None:
     assert result.seq_gaps == (Gap(11, 20, BUFFER_REPLACED),) and state(store) == SeqState(1004, (), 1000, True)
 
 
+@BOTH_BACKENDS
 def test_unknown_box_and_malformed_reports_change_nothing(store: SqliteStore) -> None:
     with pytest.raises(UnknownBox):
         store.ingest("ghost", batch(1, 1), SeqReport(low=1))
@@ -124,6 +127,7 @@ def test_unknown_box_and_malformed_reports_change_nothing(store: SqliteStore) ->
     assert store.readings("box-1") == [] and store.seq_status("box-1").contig is None
 
 
+@BOTH_BACKENDS
 def test_alerts_filter_page_and_ack_once(store: SqliteStore, clock: Clock) -> None:
     ids = [store.raise_alert(box, kind, {"n": i}, clock.now + i)
            for i, (box, kind) in enumerate([("box-1", SEQ_GAP), ("box-2", SEQ_GAP), ("box-1", "other"), (None, "x")])]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fleet_helpers import Clock
+from pg_support import BOTH_BACKENDS
+from test_fleet_helpers import Clock, dump_text
 
 from core.reading import Quality, Reading, RecordClass
 from fleet_server.errors import AdmissionRequired, EnrollmentRefused, StoreError, UnknownBox
@@ -31,6 +32,7 @@ def batch(first: int, count: int, point: str = "air_temp") -> list[Reading]:
     ]
 
 
+@BOTH_BACKENDS
 def test_sqlite_store_satisfies_the_protocol(store: SqliteStore) -> None:
     assert isinstance(store, Store)
 
@@ -55,16 +57,17 @@ def test_migrations_are_named_applied_once_and_file_is_wal(tmp_path: Path) -> No
         conn.close()
 
 
+@BOTH_BACKENDS
 def test_secrets_are_stored_only_as_sha256_hashes(tmp_path: Path, store: SqliteStore) -> None:
     token = store.create_enrollment_token(60, 1, "")
     credential = store.enroll(token, "box-1", "hw-1", "", "", [])
     assert len(token) >= 43 and len(credential) >= 43  # token_urlsafe(32)
-    store.close()
-    dump = "\n".join(sqlite3.connect(tmp_path / "fleet.db").iterdump())
+    dump = dump_text(store)
     assert token not in dump and credential not in dump
     assert hash_secret(token) in dump and hash_secret(credential) in dump
 
 
+@BOTH_BACKENDS
 def test_enrollment_refusals_change_nothing(store: SqliteStore, clock: Clock) -> None:
     with pytest.raises(EnrollmentRefused) as info:
         store.enroll("no-such-token", "b1", "hw", "", "", [])
@@ -97,6 +100,7 @@ def test_enrollment_refusals_change_nothing(store: SqliteStore, clock: Clock) ->
     (("b1", "hw", "", "", "tags-as-a-string"), "tags"),
     (("b1", "hw", "", "", [3]), "tags"),
 ])
+@BOTH_BACKENDS
 def test_enroll_refuses_bad_arguments_without_spending_the_token(store: SqliteStore, args: tuple, word: str) -> None:
     token = store.create_enrollment_token(60, 1, "")
     with pytest.raises(ValueError, match=word):
@@ -105,11 +109,13 @@ def test_enroll_refuses_bad_arguments_without_spending_the_token(store: SqliteSt
 
 
 @pytest.mark.parametrize("ttl_s, max_uses", [(0, 1), (-1, 1), (60, 0), (60, 1.0), (True, 1)])
+@BOTH_BACKENDS
 def test_token_arguments_are_checked(store: SqliteStore, ttl_s: float, max_uses: int) -> None:
     with pytest.raises(ValueError):
         store.create_enrollment_token(ttl_s, max_uses, "")
 
 
+@BOTH_BACKENDS
 def test_credential_lookup_and_rotation(store: SqliteStore) -> None:
     old = enrolled(store)
     assert store.box_for_credential(old).box_id == "box-1"  # type: ignore[union-attr]
@@ -122,6 +128,7 @@ def test_credential_lookup_and_rotation(store: SqliteStore) -> None:
     assert store.box_for_credential("") is None
 
 
+@BOTH_BACKENDS
 def test_ingest_counts_new_and_duplicate_rows(store: SqliteStore, clock: Clock) -> None:
     enrolled(store)
     assert store.ingest("box-1", batch(1, 10)) == IngestResult(accepted=10, duplicates=0, max_seq=10, first_seq=1,
@@ -137,6 +144,7 @@ def test_ingest_counts_new_and_duplicate_rows(store: SqliteStore, clock: Clock) 
     assert (result.accepted, result.duplicates) == (1, 1)
 
 
+@BOTH_BACKENDS
 def test_late_old_batch_never_lowers_max_seq(store: SqliteStore) -> None:
     enrolled(store)
     store.ingest("box-1", batch(100, 5))
@@ -144,6 +152,7 @@ def test_late_old_batch_never_lowers_max_seq(store: SqliteStore) -> None:
     assert [r.seq for r in store.readings("box-1", limit=100)] == [1, 2, 3, 4, 5, 100, 101, 102, 103, 104]
 
 
+@BOTH_BACKENDS
 def test_ingest_for_unknown_box_stores_nothing(store: SqliteStore) -> None:
     with pytest.raises(UnknownBox):
         store.ingest("ghost", batch(1, 3))
@@ -151,6 +160,7 @@ def test_ingest_for_unknown_box_stores_nothing(store: SqliteStore) -> None:
     assert store.readings("ghost") == []
 
 
+@BOTH_BACKENDS
 def test_ingest_is_one_transaction_per_batch(store: SqliteStore) -> None:
     enrolled(store)
     # Row 3 violates NOT NULL deep inside the executemany: rows 1-2 must be rolled back too.
@@ -166,6 +176,7 @@ def test_ingest_is_one_transaction_per_batch(store: SqliteStore) -> None:
     Reading("d", "p", 1.0, "C", 1.0, seq=2**63),
     Reading("d", "p", 1.0, "C", 1.0, seq=0),
 ])
+@BOTH_BACKENDS
 def test_ingest_refuses_rows_without_a_storable_seq(store: SqliteStore, reading: Reading) -> None:
     enrolled(store)
     with pytest.raises(ValueError, match="seq"):
@@ -173,6 +184,7 @@ def test_ingest_refuses_rows_without_a_storable_seq(store: SqliteStore, reading:
     assert store.readings("box-1") == []
 
 
+@BOTH_BACKENDS
 def test_readings_page_and_filter(store: SqliteStore) -> None:
     enrolled(store)
     store.ingest("box-1", batch(1, 5, "a") + batch(6, 5, "b"))
@@ -186,6 +198,7 @@ def test_readings_page_and_filter(store: SqliteStore) -> None:
         store.readings("ghost")
 
 
+@BOTH_BACKENDS
 def test_box_status_is_applied_in_arrival_order(store: SqliteStore, clock: Clock) -> None:
     enrolled(store)
     store.set_box_status("box-1", True, 100.0)
@@ -199,6 +212,7 @@ def test_box_status_is_applied_in_arrival_order(store: SqliteStore, clock: Clock
         store.set_box_status("ghost", True, 1.0)
 
 
+@BOTH_BACKENDS
 def test_list_and_count_boxes(store: SqliteStore) -> None:
     for box_id in ("c", "a", "b"):
         enrolled(store, box_id, f"hw-{box_id}")
@@ -207,6 +221,7 @@ def test_list_and_count_boxes(store: SqliteStore) -> None:
     assert store.get_box("zzz") is None
 
 
+@BOTH_BACKENDS
 def test_closed_store_raises_store_error(store: SqliteStore) -> None:
     store.close()
     store.close()  # idempotent
@@ -219,6 +234,7 @@ def test_unopenable_path_raises_store_error(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "no-such-dir" / "fleet.db")
 
 
+@BOTH_BACKENDS
 def test_concurrent_overlapping_batches_store_each_row_once(store: SqliteStore) -> None:
     enrolled(store)
     results = []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_support import BOTH_BACKENDS
 from test_fleet_helpers import ADMIN, MAX_BATCH, TestClient, admin, bearer, enroll, post, rows, snapshot
 
 from core.reading import Quality, Reading, RecordClass
@@ -16,6 +17,7 @@ from fleet_server.settings import ServerSettings
 from fleet_server.store.sqlite import SqliteStore
 
 
+@BOTH_BACKENDS
 def test_same_batch_twice_is_stored_once(client: TestClient, store: SqliteStore) -> None:
     credential = enroll(client)
     batch = rows(1, 50)
@@ -24,6 +26,7 @@ def test_same_batch_twice_is_stored_once(client: TestClient, store: SqliteStore)
     assert [r.to_row() for r in store.readings("box-1", limit=1000)] == batch
 
 
+@BOTH_BACKENDS
 def test_out_of_order_batches_are_all_stored_in_seq_order(client: TestClient, store: SqliteStore) -> None:
     credential = enroll(client)
     assert post(client, credential, "box-1", rows(11, 10)).json()["max_seq"] == 20
@@ -34,6 +37,7 @@ def test_out_of_order_batches_are_all_stored_in_seq_order(client: TestClient, st
     assert [r.seq for r in store.readings("box-1", limit=100)] == list(range(1, 25))
 
 
+@BOTH_BACKENDS
 def test_reading_fields_survive_the_round_trip(client: TestClient) -> None:
     credential = enroll(client)
     alarm = Reading("gate-2", "state", None, "", 1_700_000_123.5, Quality.MISSING | Quality.DERIVED,
@@ -73,6 +77,7 @@ BAD_ROWS = [
 
 
 @pytest.mark.parametrize("bad_row, field", BAD_ROWS)
+@BOTH_BACKENDS
 def test_one_bad_row_refuses_the_whole_batch(client: TestClient, store: SqliteStore, bad_row: Any, field: str) -> None:
     credential = enroll(client)
     before = snapshot(store)
@@ -86,6 +91,7 @@ def test_one_bad_row_refuses_the_whole_batch(client: TestClient, store: SqliteSt
 
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+@BOTH_BACKENDS
 def test_non_finite_values_are_refused(client: TestClient, store: SqliteStore, text: str) -> None:
     credential = enroll(client)
     before = snapshot(store)
@@ -106,6 +112,7 @@ def test_non_finite_values_are_refused(client: TestClient, store: SqliteStore, t
     (b'{"box_id": "box-1", "readings": {"0": []}}', 422, "bad_body"),
     (b'{"box_id": 7, "readings": []}', 422, "bad_body"),
 ])
+@BOTH_BACKENDS
 def test_malformed_bodies_are_refused_with_a_reason(
     client: TestClient, store: SqliteStore, content: bytes, status: int, error: str
 ) -> None:
@@ -117,6 +124,7 @@ def test_malformed_bodies_are_refused_with_a_reason(
     assert snapshot(store) == before
 
 
+@BOTH_BACKENDS
 def test_missing_or_unknown_credential_is_401(client: TestClient, store: SqliteStore) -> None:
     enroll(client)
     before = snapshot(store)
@@ -126,6 +134,7 @@ def test_missing_or_unknown_credential_is_401(client: TestClient, store: SqliteS
     assert snapshot(store) == before
 
 
+@BOTH_BACKENDS
 def test_credential_of_another_box_is_403(client: TestClient, store: SqliteStore) -> None:
     enroll(client, "box-1", "hw-1")
     other = enroll(client, "box-2", "hw-2")
@@ -136,6 +145,7 @@ def test_credential_of_another_box_is_403(client: TestClient, store: SqliteStore
     assert snapshot(store) == before
 
 
+@BOTH_BACKENDS
 def test_too_many_rows_is_413(client: TestClient, store: SqliteStore) -> None:
     credential = enroll(client)
     before = snapshot(store)
@@ -146,6 +156,7 @@ def test_too_many_rows_is_413(client: TestClient, store: SqliteStore) -> None:
     assert post(client, credential, "box-1", rows(1, MAX_BATCH)).status_code == 200
 
 
+@BOTH_BACKENDS
 def test_too_many_bytes_is_413_even_without_content_length(client: TestClient, store: SqliteStore) -> None:
     credential = enroll(client)
     before = snapshot(store)
@@ -162,6 +173,7 @@ def test_too_many_bytes_is_413_even_without_content_length(client: TestClient, s
     assert snapshot(store) == before
 
 
+@BOTH_BACKENDS
 def test_metrics_count_ingested_duplicates_rejected_and_boxes(client: TestClient) -> None:
     credential = enroll(client)
     enroll(client, "box-2", "hw-2")

@@ -222,6 +222,13 @@ _SCHEMA_V1: list[Statement] = [
 #: Every migration, in order. Append; never edit one that has been released.
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_fleet_schema", tuple(_SCHEMA_V1)),
+    Migration(2, "0002_shared_by_replicas", (
+        # The creation order of rollouts (ties on created_at), which SQLite's rowid gives.
+        "ALTER TABLE rollouts ADD COLUMN row_order bigint GENERATED ALWAYS AS IDENTITY",
+        # What SQLite keeps in its one process's memory, kept where every replica sees it.
+        "CREATE TABLE store_counters (name text PRIMARY KEY, value bigint NOT NULL)",
+        "INSERT INTO store_counters (name, value) VALUES ('credential_generation', 0)",
+    )),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Admission storage for `SqliteStore` (a mixin: same connection, lock and error boundary).
+"""Admission storage for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary).
 
 Enrolment, re-key, pending requests decided by an admin, and revocation; the rules are
 `fleet_server.store.admission`'s. Its tables come from their own named migration set,
@@ -47,7 +47,7 @@ _NOT_ADMITTED = "no admitted enrolment request matches"
 
 
 class AdmissionTables:
-    """Admission methods of the `Store` Protocol for SQLite; mixed into `SqliteStore`."""
+    """Admission methods of the `Store` Protocol; mixed into `SqliteStore` and `PgStore`."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
     _clock: Callable[[], float]

@@ -1,4 +1,4 @@
-"""Alerts for `SqliteStore` (a mixin: same connection, lock and error boundary), with their own
+"""Alerts for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary), with their own
 named migration set. Ids come from AUTOINCREMENT: they only grow and are never reused."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _alert(row: tuple[Any, ...]) -> Alert:
 
 
 class AlertTables:
-    """`AlertStore` for SQLite; mixed into `SqliteStore`."""
+    """`AlertStore` mixed into `SqliteStore` and `PgStore` (SQL both run, fleet_server/store/sql.py)."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
 

@@ -1,4 +1,4 @@
-"""The append-only audit log for `SqliteStore` (a mixin: same connection, lock and error boundary),
+"""The append-only audit log for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary),
 with its own named migration set.
 
 Append-only is the database's rule, not only this module's: triggers abort every UPDATE and
@@ -47,7 +47,7 @@ _DDL = (
 
 
 class AuditTables:
-    """`AuditStore` for SQLite; mixed into `SqliteStore`."""
+    """`AuditStore` mixed into `SqliteStore` and `PgStore` (SQL both run, fleet_server/store/sql.py)."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
 

@@ -1,4 +1,4 @@
-"""Quarantine storage for `SqliteStore` (a mixin: same connection, lock and error boundary), with
+"""Quarantine storage for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary), with
 its own named migration set so the core and rollout sets stay as they are."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _COLUMNS = "id, received_at, transport, topic, reason, detail, size, payload"
 
 
 class QuarantineTables:
-    """`QuarantineStore` for SQLite; mixed into `SqliteStore`."""
+    """`QuarantineStore` mixed into `SqliteStore` and `PgStore` (SQL both run, fleet_server/store/sql.py)."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
 

@@ -1,4 +1,4 @@
-"""Rollout storage for `SqliteStore` (a mixin: same connection, lock and error boundary).
+"""Rollout storage for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary).
 
 Every decision runs inside ONE write transaction of the single connection, on counters read in
 that transaction: assigning a box (check-in), closing an action (report, timeout, cancel) and
@@ -57,7 +57,7 @@ def split_action_id(action_id: str) -> tuple[str, str]:
 
 
 class RolloutTables:
-    """Rollout methods of the `Store` Protocol for SQLite; mixed into `SqliteStore`."""
+    """Rollout methods of the `Store` Protocol; mixed into `SqliteStore` and `PgStore`."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
     _sql: SqlDialect

@@ -1,4 +1,4 @@
-"""Seq tracking for `SqliteStore` (a mixin: same connection, lock and error boundary), with its own
+"""Seq tracking for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary), with its own
 named migration set.
 
     box_seq      one row per box: its `SeqState` (above as JSON [[first, last], ...])

@@ -1,4 +1,4 @@
-"""API users for `SqliteStore` (a mixin: same connection, lock and error boundary), with their own
+"""API users for `SqliteStore` and `PgStore` (a mixin: the store's connection, lock and error boundary), with their own
 named migration set, so the core and rollout sets stay as they are.
 
 Only the token's hash is stored (unique index); a lookup reads the table every time (no cache),
@@ -36,7 +36,7 @@ def _api_users(db: Database) -> None:
 
 
 class UserTables:
-    """`UserStore` for SQLite; mixed into `SqliteStore`."""
+    """`UserStore` mixed into `SqliteStore` and `PgStore` (SQL both run, fleet_server/store/sql.py)."""
 
     _conn: Callable[..., AbstractContextManager[SqlConn]]
     _clock: Callable[[], float]
@@ -48,7 +48,7 @@ class UserTables:
             raise UserExists(name)
         token = new_secret()
         user = User(name=name, role=role, note=note, created_at=self._clock(), created_by=created_by)
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             if conn.execute("SELECT 1 FROM api_users WHERE name = ?", (name,)).fetchone() is not None:
                 raise UserExists(name)
             conn.execute(
@@ -67,7 +67,7 @@ class UserTables:
         return [_user(row) for row in rows]
 
     def revoke_user(self, name: str, revoked_by: str) -> User:
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             conn.execute(
                 "UPDATE api_users SET revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked_at IS NULL",
                 (self._clock(), revoked_by, name),
@@ -79,7 +79,7 @@ class UserTables:
 
     def rotate_user_token(self, name: str) -> str:
         token = new_secret()
-        with self._conn(write=True) as conn:
+        with self._conn(write=True, lock="admission") as conn:
             if not conn.execute("UPDATE api_users SET token_hash = ? WHERE name = ? AND revoked_at IS NULL",
                                 (hash_secret(token), name)).rowcount:
                 raise UnknownUser(name)
