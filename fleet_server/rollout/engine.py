@@ -14,6 +14,16 @@ instead of guessing their state. Box-side store calls (assign, report, inventory
 writer task that runs whatever has queued up in a single worker-thread hop (a hop costs more
 than the SQLite transaction itself), in arrival order. Another process changing the same database (PostgreSQL later)
 is seen by the sweeper's refresh, every `sweep_s`.
+
+Replicas (`store.shared`: PostgreSQL, other server processes write the same database). What this
+process remembers may then be changed by another, so:
+- credentials are checked against the store on every check-in (a revocation or re-key on another
+  replica holds at once; the in-memory credential cache is used only when the store is not shared);
+- every refresh (each `sweep_s`) re-reads the site policies, and marks dirty every box whose open
+  action belongs to a rollout that changed (its `rev` moved) or ended, so that box's next
+  check-in asks the store. An action closed or canceled on another replica is therefore served
+  from memory for at most `sweep_s` more; assignments are always decided by the store, under its
+  rollouts lock, so no box is assigned twice and no wave passes its size whatever memory says.
 """
 
 from __future__ import annotations
@@ -130,6 +140,7 @@ class RolloutEngine:
         self.clock = clock
         body = json.dumps({"poll_interval_s": poll_interval_s, "action": None}, separators=(",", ":")).encode()
         self.idle = Answer(_etag(body), body)
+        self.shared = bool(getattr(store, "shared", False))
         self._auth: dict[str, BoxRef] = {}
         self._auth_generation = -1
         self._open: dict[str, ActionView] = {}
@@ -160,6 +171,12 @@ class RolloutEngine:
     async def refresh(self) -> None:
         views = await to_thread.run_sync(lambda: self.store.list_rollouts(active_only=True))
         active = {v.rollout_id for v in views}
+        if self.shared:  # another replica may have changed them since this process last looked
+            changed = {r for r, known in self._rollouts.items() if r not in active}
+            changed |= {v.rollout_id for v in views
+                        if v.rollout_id in self._rollouts and v.rev != self._rollouts[v.rollout_id].rev}
+            self._dirty |= {box for box, action in self._open.items() if action.rollout_id in changed}
+            self._sites = {p.site: p for p in await to_thread.run_sync(self.store.site_policies)}
         for gone in [r for r in self._rollouts if r not in active]:
             self._drop(gone)
         for view in views:
@@ -220,6 +237,13 @@ class RolloutEngine:
     async def authenticate(self, credential: str | None, box_id: str) -> BoxRef:
         if not credential:
             raise NotAuthenticated("missing box credential")
+        if self.shared:  # another replica may revoke or re-key at any moment: ask every time
+            box = await to_thread.run_sync(self.store.box_for_credential, credential)
+            if box is None:
+                raise NotAuthenticated("missing or unknown box credential")
+            if box.box_id != box_id:
+                raise Forbidden(f"this credential belongs to box {box.box_id!r}, not {box_id!r}")
+            return BoxRef(box.box_id, box.site)
         generation = self.store.credential_generation()
         if generation != self._auth_generation:
             self._auth.clear()

@@ -134,6 +134,10 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
     audit log from `fleet_server.store.access`; alerts from `fleet_server.store.alerts`, the seq
     tracking read side from `fleet_server.store.seq` (the Protocols included here)."""
 
+    #: True when other server processes may change this store (PostgreSQL replicas): callers must
+    #: then not trust what they remember of it beyond their refresh period (RolloutEngine).
+    shared: bool
+
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""
         ...

@@ -88,6 +88,8 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
     """`Store` on PostgreSQL through a connection pool. `schema`: the PostgreSQL schema to use
     (search_path; tests give each run its own); `clock` is injectable for tests."""
 
+    shared = True  # other replicas write the same database
+
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, schema: str | None = None,
                  min_size: int = 1, max_size: int = 8, timeout_s: float = 10.0) -> None:
         self.url = url

@@ -50,6 +50,8 @@ class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, U
     tracking's tables in `SeqTables` (its per-batch step runs inside `ingest`).
     """
 
+    shared = False  # one process owns the file: what it remembers stays true
+
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = str(path)
         self._clock = clock
