@@ -18,10 +18,9 @@ from dataclasses import replace
 from typing import Any
 
 from fleet_server.errors import PayloadError, UnknownBox
-from fleet_server.rollout import planner
-from fleet_server.rollout.errors import ActionClosed, RolloutConflict, UnknownAction, UnknownRollout
+from fleet_server.rollout import planner, transitions
+from fleet_server.rollout.errors import ActionClosed, UnknownAction, UnknownRollout
 from fleet_server.rollout.model import (
-    FINAL_STATES,
     ActionView,
     CheckinOutcome,
     Inventory,
@@ -188,15 +187,13 @@ class RolloutTables:
         closed: list[str] = []
         with self._conn(write=True, lock="rollouts") as conn:
             rollout = self._rollout(conn, rollout_id)
-            allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused")}[command]
-            if rollout.status not in allowed:
-                raise RolloutConflict(f"cannot {command} rollout {rollout_id!r}: it is {rollout.status}")
+            status = transitions.command_status(rollout.status, command, rollout_id)  # or RolloutConflict
             if command == "pause":
-                self._set_status(conn, rollout_id, "paused", "paused by admin", now)
+                self._set_status(conn, rollout_id, status, "paused by admin", now)
             elif command == "resume":  # the admin has seen the errors so far: thresholds count newer ones
                 conn.execute("UPDATE rollout_waves SET errors_acked = failed + rejected WHERE rollout_id = ?",
                              (rollout_id,))
-                self._set_status(conn, rollout_id, "running", None, now)
+                self._set_status(conn, rollout_id, status, None, now)
             else:
                 rows = conn.execute(
                     "UPDATE rollout_boxes SET state = 'canceled', open = 0, updated_at = ?, reason_code ="
@@ -208,7 +205,7 @@ class RolloutTables:
                                  (rollout_id, wave))
                 conn.execute("UPDATE rollout_boxes SET state = 'canceled', updated_at = ?, reason_code ="
                              " 'rollout_canceled' WHERE rollout_id = ? AND state = 'pending'", (now, rollout_id))
-                self._set_status(conn, rollout_id, "canceled", "canceled by admin", now)
+                self._set_status(conn, rollout_id, status, "canceled by admin", now)
             return self._rollout(conn, rollout_id), closed
 
     # -- the box's side ------------------------------------------------------------------------
@@ -246,7 +243,7 @@ class RolloutTables:
                 pick = planner.pick_wave(rollout, now)
                 if pick.wave is None:
                     if pick.reason == "error_threshold":  # defensive: a breach always pauses
-                        self._set_status(conn, rollout_id, "paused", _breach_reason(rollout), now)
+                        self._set_status(conn, rollout_id, "paused", transitions.breach_reason(rollout), now)
                         rollout = self._rollout(conn, rollout_id)
                     seen.append(rollout)
                     continue
@@ -276,17 +273,16 @@ class RolloutTables:
             if action_box != box_id or row is None or row[3] == "pending":
                 raise UnknownAction(box_id, action_id)
             action = _action(row)
-            if action.open and action.deadline is not None and action.deadline <= now:
-                self._expire(conn, now, box_id)      # too late: closed as a timeout, then refused below
-                action = replace(action, state="failure", reason_code="timeout")
-            if not action.open:
-                if action.state == report.state:     # the box repeating its own final report
-                    return ReportOutcome(action, None, changed=False)
-                closed_now = ActionClosed(action_id, action.state, action.reason_code)
-            elif action.state == report.state and action.reason == report.reason:
+            step = transitions.on_report(action, report, now)
+            if step.kind == "repeat":
                 return ReportOutcome(action, None, changed=False)
+            if step.kind == "expire_then_refuse":
+                self._expire(conn, now, box_id)      # too late: closed as a timeout, then refused below
+                closed_now = ActionClosed(action_id, "failure", "timeout")
+            elif step.kind == "refuse":
+                closed_now = ActionClosed(action_id, action.state, action.reason_code)
             else:
-                final = report.state in FINAL_STATES
+                final = step.kind == "close"
                 conn.execute(
                     "UPDATE rollout_boxes SET state = ?, reason = ?, reason_code = ?, detail = ?, updated_at = ?,"
                     " open = ? WHERE rollout_id = ? AND box_id = ?",
@@ -322,8 +318,8 @@ class RolloutTables:
         where = "open = 1 AND deadline <= ?" + (" AND box_id = ?" if box_id is not None else "")
         rows = conn.execute(
             "UPDATE rollout_boxes SET state = 'failure', open = 0, updated_at = ?, reason_code = 'timeout',"
-            f" reason = 'no final state before the deadline' WHERE {where} RETURNING rollout_id, box_id, wave",
-            (now, now) + ((box_id,) if box_id is not None else ())).fetchall()
+            f" reason = ? WHERE {where} RETURNING rollout_id, box_id, wave",
+            (now, transitions.TIMEOUT_REASON, now) + ((box_id,) if box_id is not None else ())).fetchall()
         touched: set[str] = set()
         for rollout_id, expired_box, wave in rows:
             self._count_final(conn, rollout_id, wave, "failure", now)
@@ -337,12 +333,10 @@ class RolloutTables:
         column = _COUNTER[state]
         conn.execute(f"UPDATE rollout_waves SET {column} = {column} + 1 WHERE rollout_id = ? AND wave = ?",
                      (rollout_id, wave))
-        rollout = self._rollout(conn, rollout_id)
         # any final report can breach: a success raises `finished` past min_finished
-        if rollout.status == "running" and planner.breached_wave(rollout) is not None:
-            self._set_status(conn, rollout_id, "paused", _breach_reason(rollout), now)
-        elif rollout.active and planner.is_finished(rollout):
-            self._set_status(conn, rollout_id, "finished", None, now)
+        change = transitions.after_final(self._rollout(conn, rollout_id))
+        if change is not None:
+            self._set_status(conn, rollout_id, change[0], change[1], now)
         else:
             conn.execute("UPDATE rollouts SET rev = rev + 1, updated_at = ? WHERE rollout_id = ?", (now, rollout_id))
 
@@ -362,14 +356,6 @@ class RolloutTables:
         return RolloutView(rid, name, kind, target, version, component, status, total, current, waves, timeout_s,
                            rate, bool(windows), min_finished, created, updated, rev, reason, tokens, tokens_at,
                            json.loads(filt), tuple(json.loads(hardware)))
-
-
-def _breach_reason(rollout: RolloutView) -> str:
-    wave = planner.breached_wave(rollout)
-    assert wave is not None
-    return (f"error threshold: wave {wave.no} has {wave.errors - wave.errors_acked} failed or rejected of "
-            f"{wave.finished - wave.errors_acked} finished ({wave.capacity} in the wave, "
-            f"threshold {wave.error_pct:g} %)")
 
 
 def _action(row: tuple[Any, ...]) -> ActionView:
