@@ -150,6 +150,9 @@ class ContractServer:
                 if server.status_down:
                     return self._send(503, {"detail": "maintenance"})
                 action_id, body = m[2], self._body()
+                if not isinstance(body, dict) or "state" not in body:
+                    # e.g. a box killed with -9 while sending: headers arrived, the body did not
+                    return self._send(400, {"error": "bad_body", "detail": "a status report is a JSON object"})
                 with server.lock:
                     server.reports.append((box, action_id, body))
                     closed = server.closed.get(action_id)
