@@ -34,6 +34,9 @@ import socket
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from core.backoff import Backoff
 from core.validate import check_ts
@@ -53,6 +56,8 @@ _MAX_TRACKED_BOXES = 10_000  # bound on remembered "already logged" boxes (topic
 #: Group commit: messages already waiting are stored together, up to this many / this many bytes.
 GROUP_MAX_MESSAGES = 32
 GROUP_MAX_BYTES = 8 * 1024 * 1024
+_NOT_AUTHORIZED = 0x87       # MQTT v5 reason code (CONNACK, SUBACK)
+_SESSION_TAKEN_OVER = 0x8E   # MQTT v5 DISCONNECT reason: another client connected with our client id
 
 
 def parse_status(payload: bytes) -> tuple[bool, float]:
@@ -88,16 +93,24 @@ class MqttBridge:
         self.backoff = backoff or Backoff(settings.mqtt_backoff_base_s, settings.mqtt_backoff_cap_s)
         self.connected = asyncio.Event()
         self.prefix = settings.topic_prefix
+        self.client_id = settings.mqtt_session_id  # this replica's own persistent session
+        self.acked = 0                       # messages this bridge acknowledged to the broker
         self._refusing: dict[str, str] = {}  # box id -> reason already logged
         self._was_connected = True           # so the first failure is logged once, as a loss
+        self._kicked = False                 # the last session was taken over by another client
 
     async def run(self) -> None:
         while True:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                self._lost(f"MQTT connection to {self._where()} failed: {exc}")
+                if _reason_code(exc) == _SESSION_TAKEN_OVER:
+                    self._taken_over(exc)
+                else:
+                    self._kicked = False
+                    self._lost(f"MQTT connection to {self._where()} as {self.client_id} failed: {exc}{_hint(exc)}")
             except StoreError as exc:
+                self._kicked = False
                 self._lost(f"store failed, reconnecting so the broker re-delivers unacknowledged messages: {exc}")
             await asyncio.sleep(self.backoff.next_delay())
 
@@ -106,9 +119,9 @@ class MqttBridge:
         _manual_ack(client)  # before connecting: a persistent session delivers right after CONNACK
         try:
             async with client:
-                await client.subscribe(f"{self.prefix}/+/telemetry", qos=1)
-                await client.subscribe(f"{self.prefix}/+/status", qos=1)
-                self.backoff.reset()
+                await self._subscribe(client)
+                if not self._kicked:  # two replicas with one client id: back off, do not ping-pong
+                    self.backoff.reset()
                 self._up()
                 async for message in client.messages:
                     group = [message]  # and whatever else has already arrived: one commit for all
@@ -124,8 +137,21 @@ class MqttBridge:
                     for m in group:
                         if m.qos > 0:
                             _ack(client, m.mid, m.qos)
+                    self.acked += len(group)
         finally:
             self._down()
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe to this fleet's shared filters (again on every connect: mosquitto 2.0 does not
+        restore shared subscriptions after a broker restart), then drop the unshared ones a session
+        made by an earlier version still holds: with them, this replica would get every message
+        besides its share."""
+        for topic in self.settings.mqtt_share_filters:
+            granted = await client.subscribe(topic, qos=1)
+            code = granted[0] if granted else None
+            if code is None or (code.value if isinstance(code, ReasonCode) else code) >= 0x80:
+                raise _SubscriptionRefused(f"the broker refused the subscription to {topic} ({code})")
+        await client.unsubscribe([f"{self.prefix}/+/telemetry", f"{self.prefix}/+/status"])
 
     def _process_group(self, items: list[tuple[str, bytes]]) -> list[bytes | None]:
         """`_process` for several messages (in a worker thread), their telemetry stored with ONE
@@ -248,11 +274,21 @@ class MqttBridge:
         self.connected.set()
         self.ingest.metrics.mqtt_connected.set(1)
         self._was_connected = True
-        log.info("MQTT bridge subscribed at %s under %s/+/{telemetry,status}", self._where(), self.prefix)
+        log.info("MQTT bridge subscribed at %s as %s to %s/+/{telemetry,status}, shared in group %r",
+                 self._where(), self.client_id, self.prefix, self.settings.mqtt_share_group)
 
     def _down(self) -> None:
         self.connected.clear()
         self.ingest.metrics.mqtt_connected.set(0)
+
+    def _taken_over(self, exc: BaseException) -> None:
+        """The broker closed this session because another client connected with the same client id."""
+        if not self._kicked:
+            log.error("MQTT session %s was taken over by another client with the same client id: two fleet "
+                      "server replicas with one replica_id (or mqtt_client_id)? Give each its own; until then "
+                      "they take turns, reconnecting with growing backoff (%s)", self.client_id, exc)
+        self._kicked = True
+        self._was_connected = False
 
     def _lost(self, message: str) -> None:
         if self._was_connected:
@@ -270,9 +306,15 @@ class MqttBridge:
             aiomqtt.TLSParameters(ca_certs=s.mqtt_ca_file, certfile=s.mqtt_cert_file, keyfile=s.mqtt_key_file)
             if s.mqtt_tls else None
         )
+        # MQTT v5 (shared subscriptions): clean_start=False plus a Session Expiry Interval is v5's
+        # persistent session (v3's clean_session=False). aiomqtt's default clean_start would wipe it,
+        # since every connection attempt is a new aiomqtt.Client.
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = s.mqtt_session_expiry_s
         return aiomqtt.Client(
             self._host, s.mqtt_port, username=s.mqtt_username, password=s.mqtt_password,
-            identifier=s.mqtt_session_id, clean_session=False, tls_params=tls, keepalive=30,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+            properties=connect, tls_params=tls, keepalive=30,
             # No Nagle: each ack is one small packet, and with Nagle + delayed ACKs every ack waited
             # ~40 ms for the previous one's TCP ACK (end-to-end drain was 17k rows/s, not 50k+).
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -283,6 +325,28 @@ def _stored(result: IngestResult) -> bytes | None:
     if result.first_seq is None or result.last_seq is None:
         return None
     return stored_ack(result.first_seq, result.last_seq, result.rows, result.accepted, result.duplicates)
+
+
+class _SubscriptionRefused(aiomqtt.MqttError):
+    """A SUBACK with a failure reason code (e.g. 0x87: the broker's ACL does not allow $share/...)."""
+
+
+def _reason_code(exc: BaseException) -> int | None:
+    """The MQTT reason code behind an aiomqtt error (it may be the cause of the error raised)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        rc = getattr(seen, "rc", None)
+        if rc is not None:
+            return int(getattr(rc, "value", rc))
+        seen = seen.__cause__
+    return None
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, _SubscriptionRefused) or _reason_code(exc) == _NOT_AUTHORIZED:
+        return ("; with the shipped broker setup (dynsec), re-run `quanedge fleet broker init`: replicas need a "
+                "bridge account not bound to one client id, allowed to subscribe to $share/<group>/...")
+    return ""
 
 
 def _payload_bytes(payload: Any) -> bytes:
