@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-__all__ = ["ServerSettings", "default_replica_id"]
+__all__ = ["ServerSettings"]
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: The client ids the broker binds to boxes (`fleet_server.broker.acl.box_client_id`): a bridge
