@@ -56,6 +56,9 @@ _MAX_TRACKED_BOXES = 10_000  # bound on remembered "already logged" boxes (topic
 #: Group commit: messages already waiting are stored together, up to this many / this many bytes.
 GROUP_MAX_MESSAGES = 32
 GROUP_MAX_BYTES = 8 * 1024 * 1024
+#: The session of a fleet server before replicas is retired after this long without a message.
+LEGACY_IDLE_S = 2.0
+_LEGACY_DRAIN_EXPIRY_S = 300  # while it is drained: survives a drain connection taken over by another replica
 _NOT_AUTHORIZED = 0x87       # MQTT v5 reason code (CONNACK, SUBACK)
 _SESSION_TAKEN_OVER = 0x8E   # MQTT v5 DISCONNECT reason: another client connected with our client id
 
@@ -98,6 +101,9 @@ class MqttBridge:
         self._refusing: dict[str, str] = {}  # box id -> reason already logged
         self._was_connected = True           # so the first failure is logged once, as a loss
         self._kicked = False                 # the last session was taken over by another client
+        # The fixed client id of fleet servers before replicas, when this replica's is derived.
+        self._legacy_id: str | None = (
+            None if settings.mqtt_client_id is not None else "quanedge-fleet-" + self.prefix.replace("/", "."))
 
     async def run(self) -> None:
         while True:
@@ -115,31 +121,71 @@ class MqttBridge:
             await asyncio.sleep(self.backoff.next_delay())
 
     async def _session(self) -> None:
-        client = self._client()
+        client = self._client(self.client_id)
         _manual_ack(client)  # before connecting: a persistent session delivers right after CONNACK
+        legacy: asyncio.Task[None] | None = None
         try:
             async with client:
                 await self._subscribe(client)
                 if not self._kicked:  # two replicas with one client id: back off, do not ping-pong
                     self.backoff.reset()
                 self._up()
+                if self._legacy_id is not None:  # once per process, beside this session's own messages
+                    legacy = asyncio.create_task(self._retire_legacy_session(self._legacy_id))
                 async for message in client.messages:
                     group = [message]  # and whatever else has already arrived: one commit for all
                     size = len(message.payload or b"")
                     while len(client.messages) and len(group) < GROUP_MAX_MESSAGES and size < GROUP_MAX_BYTES:
                         group.append(await anext(client.messages))
                         size += len(group[-1].payload or b"")
-                    items = [(m.topic.value, _payload_bytes(m.payload)) for m in group]
-                    answers = await asyncio.to_thread(self._process_group, items)
-                    # The boxes' end-to-end acks, before the broker's PUBACKs.
-                    await asyncio.gather(*(client.publish(self._ack_topic(topic), answer, qos=1)
-                                           for (topic, _), answer in zip(items, answers) if answer is not None))
-                    for m in group:
-                        if m.qos > 0:
-                            _ack(client, m.mid, m.qos)
-                    self.acked += len(group)
+                    await self._handle_group(client, group)
         finally:
+            if legacy is not None:
+                legacy.cancel()
+                await asyncio.gather(legacy, return_exceptions=True)
             self._down()
+
+    async def _handle_group(self, client: aiomqtt.Client, group: list[aiomqtt.Message]) -> None:
+        """Store, tell the boxes (end-to-end acks), then acknowledge to the broker (PUBACK)."""
+        items = [(m.topic.value, _payload_bytes(m.payload)) for m in group]
+        answers = await asyncio.to_thread(self._process_group, items)
+        # The boxes' end-to-end acks, before the broker's PUBACKs.
+        await asyncio.gather(*(client.publish(self._ack_topic(topic), answer, qos=1)
+                               for (topic, _), answer in zip(items, answers) if answer is not None))
+        for m in group:
+            if m.qos > 0:
+                _ack(client, m.mid, m.qos)
+        self.acked += len(group)
+
+    async def _retire_legacy_session(self, legacy_id: str) -> None:
+        """End the session a fleet server made before replicas existed (`quanedge-fleet-<prefix>`,
+        an unshared subscription, no expiry): left alone, the broker would queue every box's
+        messages in it for ever. Its subscriptions are dropped, what it holds is stored like any
+        message, and after LEGACY_IDLE_S without one the session is deleted. A failure (the store,
+        the broker) leaves it for the next connection; only this replica's own session is at stake."""
+        handled = 0
+        try:
+            drain = self._client(legacy_id, expiry_s=_LEGACY_DRAIN_EXPIRY_S)
+            _manual_ack(drain)
+            async with drain:
+                await drain.unsubscribe([f"{self.prefix}/+/telemetry", f"{self.prefix}/+/status"])
+                while True:
+                    try:
+                        async with asyncio.timeout(LEGACY_IDLE_S):
+                            message = await anext(drain.messages)
+                    except TimeoutError:
+                        break
+                    await self._handle_group(drain, [message])
+                    handled += 1
+            async with self._client(legacy_id, expiry_s=0):  # clean start: the session is deleted
+                pass
+        except (aiomqtt.MqttError, StoreError) as exc:
+            log.info("could not retire the old bridge session %s yet (%s); trying again on the next connection",
+                     legacy_id, exc)
+            return
+        self._legacy_id = None
+        if handled:
+            log.info("retired the old bridge session %s: stored the %d messages it held", legacy_id, handled)
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         """Subscribe to this fleet's shared filters (again on every connect: mosquitto 2.0 does not
@@ -300,8 +346,11 @@ class MqttBridge:
     def _where(self) -> str:
         return f"{self._host}:{self.settings.mqtt_port}"
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, identifier: str, *, expiry_s: int | None = None) -> aiomqtt.Client:
+        """A v5 client resuming `identifier`'s persistent session, kept `expiry_s` (default: the
+        setting) after a disconnect; expiry_s=0: a clean start, the session deleted."""
         s = self.settings
+        expiry_s = s.mqtt_session_expiry_s if expiry_s is None else expiry_s
         tls = (
             aiomqtt.TLSParameters(ca_certs=s.mqtt_ca_file, certfile=s.mqtt_cert_file, keyfile=s.mqtt_key_file)
             if s.mqtt_tls else None
@@ -310,10 +359,10 @@ class MqttBridge:
         # persistent session (v3's clean_session=False). aiomqtt's default clean_start would wipe it,
         # since every connection attempt is a new aiomqtt.Client.
         connect = Properties(PacketTypes.CONNECT)
-        connect.SessionExpiryInterval = s.mqtt_session_expiry_s
+        connect.SessionExpiryInterval = expiry_s
         return aiomqtt.Client(
             self._host, s.mqtt_port, username=s.mqtt_username, password=s.mqtt_password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+            identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5, clean_start=expiry_s == 0,
             properties=connect, tls_params=tls, keepalive=30,
             # No Nagle: each ack is one small packet, and with Nagle + delayed ACKs every ack waited
             # ~40 ms for the previous one's TCP ACK (end-to-end drain was 17k rows/s, not 50k+).

@@ -9,6 +9,7 @@ tests also count what each bridge acknowledged and what the store called a dupli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -29,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from core.backoff import Backoff
 from core.errors import ConfigError
 from core.reading import Reading
+from fleet_server import mqtt_bridge
 from fleet_server.ingest import IngestService
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
@@ -275,6 +277,36 @@ async def test_the_bridge_subscribes_again_after_a_broker_restart(fleet: Fleet) 
         await eventually(a.connected.is_set, what="reconnected")
         await publish(fleet, 8)
         await eventually(lambda: fleet.stored() == expected(8), what="stored after the restart")
+
+
+@needs_mosquitto
+async def test_the_session_of_a_server_before_replicas_is_drained_and_deleted(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade: the previous version's bridge session (fixed client id, MQTT 3.1.1, unshared
+    subscription, never expires) holds what was published while the server was being upgraded."""
+    monkeypatch.setattr(mqtt_bridge, "LEGACY_IDLE_S", 0.5)
+    legacy = f"quanedge-fleet-{fleet.prefix}"
+    async with aiomqtt.Client("127.0.0.1", fleet.broker.port, identifier=legacy, clean_session=False) as old:
+        await old.subscribe(f"{fleet.prefix}/+/telemetry", qos=1)
+        await old.subscribe(f"{fleet.prefix}/+/status", qos=1)
+    await publish(fleet, 12)  # queued in the old session only
+    async with fleet.replica("replica-a") as a:
+        await eventually(lambda: fleet.stored() == expected(12), what="the old session's messages stored")
+        await eventually(lambda: a._legacy_id is None, what="the old session retired")
+        await publish(fleet, 8, first_message=12)
+        await eventually(lambda: fleet.stored() == expected(20), what="new messages stored")
+        await asyncio.sleep(0.3)
+    assert a.acked == 20 and fleet.total("quanedge_fleet_readings_duplicate_total") == 0
+    await publish(fleet, 4, first_message=20)  # the old session would queue these, had it survived
+    got: list[str] = []
+    async with aiomqtt.Client("127.0.0.1", fleet.broker.port, identifier=legacy, clean_session=False) as old:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for m in old.messages:
+                    got.append(m.topic.value)
+    async with aiomqtt.Client("127.0.0.1", fleet.broker.port, identifier=legacy, clean_session=True):
+        pass
+    assert got == []
 
 
 @needs_mosquitto
