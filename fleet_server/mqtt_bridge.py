@@ -3,10 +3,26 @@
 Topics (QoS 1): `{prefix}/{box_id}/telemetry` (payload = the HTTP telemetry body) and
 `{prefix}/{box_id}/status` (payload {"state": "online"|"offline", "ts": unix seconds}).
 
-Delivery: a fixed client id with clean_session=False gives a persistent session, so the broker
-queues QoS 1 telemetry while the server is down. Messages are acknowledged (PUBACK) only AFTER the
-store committed them, or refused them for good: a message in flight when the server dies or the
-store fails is re-delivered, and the (box_id, seq) key turns that re-delivery into a duplicate.
+Replicas: N `quanedge fleet serve` replicas on one broker split the boxes' messages. The bridge
+speaks MQTT v5 and subscribes to the shared filters `$share/{group}/{prefix}/+/telemetry` and
+`.../status` (group: settings.mqtt_share_group, the same on every replica); the broker hands each
+message to ONE member of the group, in turn (mosquitto 2.0: strict round robin, whichever box sent
+it). Boxes keep publishing with MQTT 3.1.1; a shared subscription receives that as any other.
+
+Delivery: each replica has its OWN persistent session: client id `quanedge-fleet-{prefix}@{replica}`
+(settings.mqtt_session_id; the replica id defaults to `<host name>-<HTTP port>`, so two replicas
+never share one: a second connection with a client id makes the broker drop the first), connected
+with clean_start=False and a Session Expiry Interval (settings.mqtt_session_expiry_s, default 1 h).
+A replica's turn keeps coming while it is down: the broker queues its share in its session (not
+to the others) until it is back with the same replica id, or its session expires (then that share
+is gone from the broker; boxes send it again, see below). Messages are acknowledged (PUBACK) only
+AFTER the store committed them, or refused them for good: a message in flight when a replica dies
+or the store fails is re-delivered to that replica's session, and the (box_id, seq) key turns that
+re-delivery into a duplicate. The subscriptions are made on every connection (mosquitto 2.0.11 does
+not restore a session's shared subscriptions after a broker restart; what is published before the
+first replica is back has no subscriber and only the box's re-send brings it). A session left by a
+server from before replicas (`quanedge-fleet-{prefix}`, unshared, never expiring) is drained into
+the store and deleted (`_retire_legacy_session`).
 Group commit: the messages already waiting when one is taken (up to GROUP_MAX_MESSAGES / _BYTES)
 are stored in one transaction (one fsync), each box's batch under its own savepoint; a bug on one
 message sends the group down the one-message path, so only that message is quarantined.
@@ -14,7 +30,8 @@ Before that PUBACK the bridge publishes the box's end-to-end ack on `{prefix}/{b
 (`fleet_server.acks`): only that ack lets the box delete the rows, so a broker that drops its
 queue or dies before saving it loses nothing; the box sends the rows again.
 aiomqtt 2.5.1 has no public manual-ack API yet (aiomqtt issue #345 / PR #346); `_manual_ack` and
-`_ack` below are the only two places that reach into its paho client for it.
+`_ack` below are the only two places that reach into its paho client for it (paho-mqtt 2.x
+`manual_ack_set` / `ack(mid, qos)`: the same PUBACK under v5, reason code 0 = success).
 
 Poison never blocks. A refused message (malformed, unknown box, topic/body mismatch) is counted,
 logged once per box until that box's messages are accepted again, kept in the quarantine
