@@ -1,6 +1,6 @@
 """`quanedge fleet ...`: run and administer the fleet server.
 
-    quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--tuf-repo DIR] ...
+    quanedge fleet serve --db var/fleet.db --admin-token T [--mqtt-host H] [--replica-id R] [--tuf-repo DIR] ...
     quanedge fleet token --server URL --admin-token T        one-time enrollment token
     quanedge fleet quarantine list --server URL --admin-token T   messages kept, not processed
     quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
@@ -48,7 +48,18 @@ def build_app() -> typer.Typer:
         mqtt_ca_file: Optional[str] = typer.Option(None, help="CA bundle that signed the broker's certificate."),
         mqtt_cert_file: Optional[str] = typer.Option(None, help="Client certificate (mutual TLS)."),
         mqtt_key_file: Optional[str] = typer.Option(None),
-        mqtt_client_id: Optional[str] = typer.Option(None, help="Bridge session id (default quanedge-fleet-<prefix>)."),
+        mqtt_client_id: Optional[str] = typer.Option(
+            None, help="The bridge's whole MQTT client id (default quanedge-fleet-<prefix>@<replica id>); "
+            "each replica needs its own."),
+        replica_id: Optional[str] = typer.Option(
+            None, "--replica-id", envvar="QUANEDGE_REPLICA_ID",
+            help="This replica's id, unique among the fleet's replicas and stable across its restarts: its MQTT "
+            "session is quanedge-fleet-<prefix>@<replica id> (default: <host name>-<port>)."),
+        mqtt_share_group: str = typer.Option(
+            "quanedge-fleet", help="Shared-subscription group: replicas in one group split the boxes' messages."),
+        mqtt_session_expiry: int = typer.Option(
+            3600, "--mqtt-session-expiry", help="Seconds the broker keeps this replica's session (and queues "
+            "its share) while it is down; 4294967295 = never."),
         broker_admin_username: Optional[str] = typer.Option(
             None, envvar="QUANEDGE_BROKER_ADMIN_USERNAME",
             help="dynsec admin account: give each enrolled box its own broker account (deploy/mosquitto)."),
@@ -78,6 +89,8 @@ def build_app() -> typer.Typer:
                                       mqtt_username=mqtt_username, mqtt_password=mqtt_password, mqtt_tls=mqtt_tls,
                                       mqtt_ca_file=mqtt_ca_file, mqtt_cert_file=mqtt_cert_file,
                                       mqtt_key_file=mqtt_key_file, mqtt_client_id=mqtt_client_id,
+                                      replica_id=replica_id, mqtt_share_group=mqtt_share_group,
+                                      mqtt_session_expiry_s=mqtt_session_expiry,
                                       broker_admin_username=broker_admin_username,
                                       broker_admin_password=broker_admin_password,
                                       mqtt_public_host=mqtt_public_host, mqtt_public_port=mqtt_public_port,

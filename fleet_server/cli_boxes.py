@@ -71,8 +71,9 @@ def register(app: typer.Typer) -> None:
         bridge_username: str = typer.Option("quanedge-fleet", help="The fleet server bridge's account."),
         bridge_password: str = typer.Option(..., envvar="QUANEDGE_MQTT_PASSWORD"),
         topic_prefix: str = typer.Option("quanedge"),
-        bridge_client_id: Optional[str] = typer.Option(None, help="Default: quanedge-fleet-<prefix>, as "
-                                                       "`fleet serve` derives it."),
+        bridge_client_id: Optional[str] = typer.Option(
+            None, help="Bind the bridge account to this one client id (a single fleet server). Default: not "
+            "bound, so each replica connects with its own (quanedge-fleet-<prefix>@<replica id>)."),
         mqtt_tls: bool = typer.Option(False), mqtt_ca_file: Optional[str] = typer.Option(None),
     ) -> None:
         """Create (or reset) the bridge's role and account and deny-by-default ACL access."""
@@ -83,13 +84,14 @@ def register(app: typer.Typer) -> None:
         from core.errors import QuanedgeError
         from fleet_server.broker import DynsecAccounts, DynsecClient
 
-        client_id = bridge_client_id or "quanedge-fleet-" + topic_prefix.replace("/", ".")
         tls = aiomqtt.TLSParameters(ca_certs=mqtt_ca_file) if mqtt_tls else None
         accounts = DynsecAccounts(DynsecClient(mqtt_host, mqtt_port, admin_username, admin_password,
                                                tls_params=tls), topic_prefix)
         try:
-            asyncio.run(accounts.bootstrap(bridge_username, bridge_password, client_id))
+            asyncio.run(accounts.bootstrap(bridge_username, bridge_password, bridge_client_id))
         except QuanedgeError as exc:
             _fail(exc)
-        typer.echo(f"broker {mqtt_host}:{mqtt_port}: bridge account {bridge_username!r} (client id {client_id}) "
-                   f"may read {topic_prefix}/+/telemetry and /status; everything else is denied by default")
+        bound = f"client id {bridge_client_id}" if bridge_client_id else "any client id: one per replica"
+        typer.echo(f"broker {mqtt_host}:{mqtt_port}: bridge account {bridge_username!r} ({bound}) may read "
+                   f"{topic_prefix}/+/telemetry and /status (shared: $share/<group>/...); everything else is "
+                   "denied by default")

@@ -7,6 +7,7 @@ what was expected, never later inside a request or the MQTT bridge.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from core.errors import ConfigError
 __all__ = ["ServerSettings"]
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: The client ids the broker binds to boxes (`fleet_server.broker.acl.box_client_id`): a bridge
+#: connecting with one would take over that box's session.
+_BOX_CLIENT_IDS = "quanedge-agent-"
+#: MQTT v5 Session Expiry Interval: 0xFFFFFFFF means "never expires".
+_SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def default_replica_id(port: int) -> str:
+    """`<host name>-<HTTP port>`: stable across restarts of one replica, different for two replicas
+    on one host (they cannot listen on the same port) and, host names being unique, across hosts."""
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip("-.") or "host"
+    suffix = f"-{port}"
+    return host[:64 - len(suffix)] + suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +46,20 @@ class ServerSettings:
     mqtt_ca_file: str | None = None
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
-    # Fixed client id: the broker keeps this persistent session (its subscriptions and queued
-    # QoS 1 telemetry) while the server is down. None: derived from topic_prefix (see
-    # `mqtt_session_id`), so servers on different prefixes of one broker never share a session.
+    # The bridge's MQTT client id, i.e. its persistent session on the broker (its subscriptions and
+    # the QoS 1 telemetry queued for it while this server is down). None (the default): derived from
+    # topic_prefix and replica_id (see `mqtt_session_id`), so servers on different prefixes never
+    # share a session and neither do two replicas on one prefix. Given: used as is (each replica
+    # then needs its own).
     mqtt_client_id: str | None = None
+    # This replica of the fleet server. None: `default_replica_id(port)` (host name + HTTP port).
+    replica_id: str | None = None
+    # The MQTT v5 shared-subscription group the replicas split telemetry and status in; every
+    # replica of one fleet uses the same group (the broker hands each message to ONE member).
+    mqtt_share_group: str = "quanedge-fleet"
+    # How long the broker keeps a replica's session (and queues its share for it) after it
+    # disconnected; 4294967295 = never expires. A replica gone for good stops taking a share after this.
+    mqtt_session_expiry_s: int = 3600
     # Box accounts on the broker (dynamic-security plugin): the admin account the server manages them
     # with over $CONTROL. None: boxes get no MQTT identity at enrolment (HTTP-only fleet).
     broker_admin_username: str | None = None
@@ -115,11 +139,7 @@ class ServerSettings:
                 "bad MQTT topic prefix", key="topic_prefix", value=prefix,
                 expected="a non-empty topic without wildcards (+ #) or leading/trailing '/'",
             )
-        if self.mqtt_client_id is not None and not _CLIENT_ID.match(self.mqtt_client_id):
-            raise ConfigError(
-                "bad MQTT client id", key="mqtt_client_id", value=self.mqtt_client_id,
-                expected="1-64 characters [A-Za-z0-9._-]",
-            )
+        self._check_mqtt_identity()
         if self.mqtt_password is not None and self.mqtt_username is None:
             raise ConfigError(
                 "mqtt_password is set without mqtt_username", key="mqtt_username",
@@ -142,6 +162,36 @@ class ServerSettings:
                 "bad MQTT reconnect backoff", key="mqtt_backoff_base_s",
                 value=(self.mqtt_backoff_base_s, self.mqtt_backoff_cap_s),
                 expected="0 < mqtt_backoff_base_s <= mqtt_backoff_cap_s",
+            )
+
+    def _check_mqtt_identity(self) -> None:
+        for key in ("mqtt_client_id", "replica_id"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not _CLIENT_ID.match(value)):
+                raise ConfigError(f"bad {key.replace('_', ' ')}", key=key, value=value,
+                                  expected="1-64 characters [A-Za-z0-9._-]")
+        if self.mqtt_client_id is not None and self.replica_id is not None:
+            raise ConfigError(
+                "both mqtt_client_id and replica_id are set", key="replica_id", value=self.replica_id,
+                expected="one of them: mqtt_client_id is the bridge's whole client id, replica_id derives it",
+            )
+        if self.mqtt_client_id is not None and self.mqtt_client_id.startswith(_BOX_CLIENT_IDS):
+            raise ConfigError(
+                "the bridge would take over a box's session", key="mqtt_client_id", value=self.mqtt_client_id,
+                expected=f"a client id not starting with {_BOX_CLIENT_IDS!r} (the boxes' client ids)",
+            )
+        group = self.mqtt_share_group
+        if (not isinstance(group, str) or not 1 <= len(group) <= 64
+                or any(ch in group for ch in "/+#\x00") or group != group.strip()):
+            raise ConfigError(
+                "bad MQTT shared-subscription group", key="mqtt_share_group", value=group,
+                expected="1-64 characters, no '/', '+', '#' and no leading/trailing blanks",
+            )
+        value = self.mqtt_session_expiry_s
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _SESSION_NEVER_EXPIRES:
+            raise ConfigError(
+                "bad MQTT session expiry", key="mqtt_session_expiry_s", value=value,
+                expected=f"seconds, 1..{_SESSION_NEVER_EXPIRES} ({_SESSION_NEVER_EXPIRES} = never expires)",
             )
 
     def _check_broker_and_tls(self) -> None:
@@ -175,8 +225,20 @@ class ServerSettings:
         return self.mqtt_host is not None
 
     @property
+    def replica(self) -> str:
+        """This replica's id: `replica_id`, or `default_replica_id(port)`."""
+        return self.replica_id if self.replica_id is not None else default_replica_id(self.port)
+
+    @property
     def mqtt_session_id(self) -> str:
-        """The MQTT client id the bridge connects with: explicit, or `quanedge-fleet-<prefix>`."""
+        """The MQTT client id the bridge connects with: `mqtt_client_id`, or
+        `quanedge-fleet-<prefix>@<replica>` ('/' in the prefix written '.'; a replica id has no '@')."""
         if self.mqtt_client_id is not None:
             return self.mqtt_client_id
-        return "quanedge-fleet-" + self.topic_prefix.replace("/", ".")
+        return f"quanedge-fleet-{self.topic_prefix.replace('/', '.')}@{self.replica}"
+
+    @property
+    def mqtt_share_filters(self) -> tuple[str, str]:
+        """The bridge's subscriptions: telemetry and status of every box, shared in `mqtt_share_group`."""
+        shared = f"$share/{self.mqtt_share_group}/{self.topic_prefix}/+/"
+        return shared + "telemetry", shared + "status"

@@ -35,10 +35,30 @@ def test_a_box_id_that_would_widen_a_topic_is_refused(box_id: str) -> None:
 
 def test_the_bridge_reads_every_box_and_writes_only_commands_and_acks() -> None:
     acls = bridge_role("quanedge")["acls"]
-    assert {a["topic"] for a in acls if a["acltype"] == "subscribePattern"} == {"quanedge/+/telemetry",
-                                                                                "quanedge/+/status"}
+    assert {a["topic"] for a in acls if a["acltype"] == "subscribePattern"} == {
+        "quanedge/+/telemetry", "quanedge/+/status",                         # a session made before replicas
+        "$share/+/quanedge/+/telemetry", "$share/+/quanedge/+/status"}       # the replicas, any share group
+    assert {a["topic"] for a in acls if a["acltype"] == "publishClientReceive"} == {"quanedge/+/telemetry",
+                                                                                    "quanedge/+/status"}
     assert {a["topic"] for a in acls if a["acltype"] == "publishClientSend"} == {"quanedge/+/commands/#",
                                                                                  "quanedge/+/ack"}
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.commands: list[dict] = []
+
+    async def run(self, commands: list[dict], ok_errors: tuple[str, ...] = ()) -> None:
+        self.commands += commands
+
+
+@pytest.mark.parametrize("client_id", [None, "quanedge-fleet-only"])
+async def test_the_bridge_account_is_bound_to_one_client_id_only_when_asked(client_id: str | None) -> None:
+    """Unbound by default: each fleet server replica connects with its own client id."""
+    recorder = _Recorder()
+    await broker.DynsecAccounts(recorder, "quanedge").bootstrap("quanedge-fleet", "pw", client_id)  # type: ignore[arg-type]
+    [create] = [c for c in recorder.commands if c["command"] == "createClient"]
+    assert create.get("clientid") == client_id and create["roles"] == [{"rolename": "quanedge.bridge"}]
 
 
 @pytest.mark.parametrize("kwargs, key", [

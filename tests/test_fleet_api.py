@@ -283,10 +283,11 @@ def test_a_crashed_bridge_is_logged_restarted_and_turns_healthz_503_until_it_run
 # -- settings ---------------------------------------------------------------------------------
 
 
-def test_mqtt_session_id_is_explicit_or_derived_from_the_prefix(tmp_path: Path) -> None:
-    base: dict[str, Any] = {"db_path": tmp_path / "x.db", "admin_token": ADMIN}
-    assert ServerSettings(**base).mqtt_session_id == "quanedge-fleet-quanedge"
-    assert ServerSettings(**base, topic_prefix="city/north").mqtt_session_id == "quanedge-fleet-city.north"
+def test_mqtt_session_id_is_explicit_or_derived_from_the_prefix_and_replica(tmp_path: Path) -> None:
+    base: dict[str, Any] = {"db_path": tmp_path / "x.db", "admin_token": ADMIN, "replica_id": "r1"}
+    assert ServerSettings(**base).mqtt_session_id == "quanedge-fleet-quanedge@r1"
+    assert ServerSettings(**base, topic_prefix="city/north").mqtt_session_id == "quanedge-fleet-city.north@r1"
+    base.pop("replica_id")
     assert ServerSettings(**base, mqtt_client_id="fleet-a").mqtt_session_id == "fleet-a"
 
 

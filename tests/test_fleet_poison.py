@@ -92,8 +92,8 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     mosquitto.stop()
 
 
-def _start(tmp: Path, port: int) -> Fleet:
-    fleet = start_fleet(tmp, mqtt_port=port, prefix=PREFIX)
+def _start(tmp: Path, port: int, http_port: int | None = None) -> Fleet:
+    fleet = start_fleet(tmp, mqtt_port=port, prefix=PREFIX, port=http_port)
     wait_for(lambda: httpx.get(fleet.url + "/healthz").json().get("mqtt") == "connected", 20, "bridge connected")
     return fleet
 
@@ -133,9 +133,10 @@ def test_poison_is_quarantined_and_acked_the_next_box_is_stored_and_a_restart_is
     finally:
         stop(fleet.proc)
 
-    # While the server is down: one more poison, then box-b's next batch. The session is persistent.
+    # While the server is down: one more poison, then box-b's next batch. The session is persistent
+    # (the same replica: same host and HTTP port, so the same default replica id and session).
     asyncio.run(_publish(broker.port, [("box-a/telemetry", POISON[0][1]), ("box-b/telemetry", _good("box-b", 100))]))
-    fleet = _start(tmp_path, broker.port)
+    fleet = _start(tmp_path, broker.port, int(fleet.url.rsplit(":", 1)[1]))
     try:
         wait_for(lambda: _seqs(fleet, "box-b")[-1:] == [102], 15, "box-b's batch sent while the server was down")
         time.sleep(0.5)  # anything re-delivered would have arrived by now

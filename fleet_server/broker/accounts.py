@@ -51,9 +51,12 @@ class DynsecAccounts:
             {"command": "deleteRole", "rolename": box_role_name(box_id)},
         ], ok_errors=_GONE)
 
-    async def bootstrap(self, bridge_username: str, bridge_password: str, bridge_client_id: str) -> None:
-        """Create (or reset) the bridge's role and account, and deny by default what no role allows."""
+    async def bootstrap(self, bridge_username: str, bridge_password: str, bridge_client_id: str | None = None) -> None:
+        """Create (or reset) the bridge's role and account, and deny by default what no role allows.
+        `bridge_client_id` binds the account to that one client id (a single replica); None lets every
+        replica connect with its own (`quanedge-fleet-<prefix>@<replica id>`)."""
         role = bridge_role(self.prefix)
+        bind = {} if bridge_client_id is None else {"clientid": bridge_client_id}
         await self.client.run([
             {"command": "setDefaultACLAccess", "acls": [
                 {"acltype": "publishClientSend", "allow": False},
@@ -65,7 +68,7 @@ class DynsecAccounts:
             {"command": "deleteRole", "rolename": role["rolename"]},
             {"command": "createRole", **role},
             {"command": "createClient", "username": bridge_username, "password": bridge_password,
-             "clientid": bridge_client_id, "roles": [{"rolename": role["rolename"]}]},
+             **bind, "roles": [{"rolename": role["rolename"]}]},
         ], ok_errors=_GONE)
 
 

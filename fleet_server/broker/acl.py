@@ -46,11 +46,16 @@ def box_role(prefix: str, box_id: str) -> dict[str, Any]:
 
 
 def bridge_role(prefix: str) -> dict[str, Any]:
-    """The fleet server bridge's role: read every box's telemetry and status, write commands/acks."""
+    """The fleet server bridge's role: read every box's telemetry and status, write commands/acks.
+
+    mosquitto 2.0 checks a subscription's ACL against the whole filter, `$share/<group>/` included,
+    so the replicas' shared subscriptions (any group) need their own patterns; the unshared ones
+    stay allowed (a session made by an earlier version unsubscribes from them)."""
     acls = []
     for t in ("telemetry", "status"):
         topic = f"{prefix}/+/{t}"
         acls += [_acl("subscribePattern", topic), _acl("publishClientReceive", topic),
-                 _acl("unsubscribePattern", topic)]
+                 _acl("unsubscribePattern", topic), _acl("subscribePattern", f"$share/+/{topic}"),
+                 _acl("unsubscribePattern", f"$share/+/{topic}")]
     acls += [_acl("publishClientSend", f"{prefix}/+/commands/#"), _acl("publishClientSend", f"{prefix}/+/ack")]
     return {"rolename": BRIDGE_ROLE, "acls": acls}
