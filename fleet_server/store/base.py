@@ -35,6 +35,7 @@ from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore
 from fleet_server.store.alerts import AlertStore
+from fleet_server.store.leases import LeaseStore
 from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.seq import SeqStore
 
@@ -126,13 +127,14 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, Protocol):
+class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, LeaseStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
     Enrolment and admission come from `AdmissionStore` (fleet_server.store.admission), the
     quarantine methods from `QuarantineStore` (fleet_server.store.quarantine); API users and the
     audit log from `fleet_server.store.access`; alerts from `fleet_server.store.alerts`, the seq
-    tracking read side from `fleet_server.store.seq` (the Protocols included here)."""
+    tracking read side from `fleet_server.store.seq`, the leases of the periodic jobs from
+    `fleet_server.store.leases` (the Protocols included here)."""
 
     def create_enrollment_token(self, ttl_s: float, max_uses: int, note: str) -> str:
         """Create a token valid for `ttl_s` seconds and `max_uses` enrollments; return it (once)."""

@@ -45,6 +45,7 @@ from fleet_server.store.sql_boxes import BoxTables
 from fleet_server.store.sqlite_admission import AdmissionTables
 from fleet_server.store.sqlite_alerts import AlertTables
 from fleet_server.store.sqlite_audit import AuditTables
+from fleet_server.store.sqlite_leases import LeaseTables
 from fleet_server.store.sqlite_quarantine import QuarantineTables
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_seq import SeqTables
@@ -84,7 +85,7 @@ class PgConn:
 
 
 class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-              SeqTables):
+              SeqTables, LeaseTables):
     """`Store` on PostgreSQL through a connection pool. `schema`: the PostgreSQL schema to use
     (search_path; tests give each run its own); `clock` is injectable for tests."""
 
