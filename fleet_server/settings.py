@@ -6,15 +6,27 @@ what was expected, never later inside a request or the MQTT bridge.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import ConfigError
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "default_replica_id"]
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline either
+
+
+def default_replica_id() -> str:
+    """`<hostname>-<pid>-<4 random hex>`: unique per process (a restarted server is a new replica),
+    the hostname reduced to [A-Za-z0-9._-] and cut so the whole fits 64 characters."""
+    tail = f"-{os.getpid()}-{secrets.token_hex(2)}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "fleet"
+    return host[:64 - len(tail)] + tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,14 @@ class ServerSettings:
     public_url: str | None = None         # how boxes reach this server (repo_url); default: request's host
     rollout_sweep_s: float = 1.0          # per-box timeouts and counter refresh period
     access_log: bool = False              # one log line per request (costly at thousands of check-ins/s)
+    # Replicas (fleet_server.leases): who this server is in the leases of the periodic jobs (and
+    # in /healthz). Unique per running server; default <hostname>-<pid>-<4 random hex>.
+    replica_id: str = field(default_factory=default_replica_id)
+    # Days readings are kept, per class (PostgreSQL only: whole daily partitions are dropped by
+    # the "readings-upkeep" job; the SQLite store keeps everything).
+    retention_days_routine: int = 90
+    retention_days_event: int = 365
+    retention_days_alarm: int = 730
 
     def __post_init__(self) -> None:
         if not str(self.db_path):
@@ -85,6 +105,24 @@ class ServerSettings:
         self._check_mqtt()
         self._check_broker_and_tls()
         self._check_rollouts()
+        self._check_replicas_and_retention()
+
+    def _check_replicas_and_retention(self) -> None:
+        if not isinstance(self.replica_id, str) or not _REPLICA_ID.fullmatch(self.replica_id):
+            raise ConfigError("bad replica id (--replica-id)", key="replica_id", value=self.replica_id,
+                              expected="1-64 characters [A-Za-z0-9._-]")
+        for cls in ("routine", "event", "alarm"):
+            key = f"retention_days_{cls}"
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"bad retention for {cls} readings (--retention-{cls}-days)", key=key,
+                                  value=value, expected="a whole number of days, at least 1")
+
+    @property
+    def retention_days(self) -> dict[str, int]:
+        """{reading class: days kept}, as `PgStore.upkeep` takes it."""
+        return {"routine": self.retention_days_routine, "event": self.retention_days_event,
+                "alarm": self.retention_days_alarm}
 
     def _check_rollouts(self) -> None:
         value = self.checkin_interval_s

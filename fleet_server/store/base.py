@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     )
     from fleet_server.rollout.windows import SitePolicy
 
-__all__ = ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id", "hash_secret", "new_secret"]
+__all__ = [
+    "BOX_ID_PATTERN", "Box", "IngestResult", "ReadingsUpkeep", "Store", "check_box_id", "hash_secret", "new_secret",
+]
 
 #: A box id: 1-64 characters [A-Za-z0-9._-]. It appears in MQTT topics and URLs, so no '/', '+', '#'.
 BOX_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -264,4 +266,16 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
 
     def close(self) -> None:
         """Release the backend's resources; later calls raise `StoreError`."""
+        ...
+
+
+@runtime_checkable
+class ReadingsUpkeep(Protocol):
+    """What a backend keeping readings in daily partitions (PostgreSQL: `PgStore`) also offers; the
+    app runs it periodically as the leased job "readings-upkeep". SQLite keeps every reading (it
+    has no `upkeep`; the retention settings do not apply to it)."""
+
+    def upkeep(self, now: float, retention_days: Mapping[str, int]) -> tuple[list[str], list[str]]:
+        """Make the coming days' partitions and drop those older than each class's retention
+        ({class: days}); return (created, dropped) partition names."""
         ...
