@@ -9,7 +9,12 @@ broker's per-box accounts). The lifespan loads the engine's memory from the stor
 under one `Supervisor` (`app.state.supervisor`: a task that dies is restarted with capped backoff
 and /healthz is 503 until it runs again) the MQTT bridge (when settings.mqtt_host is set), the
 rollout writer and sweeper (per-box timeouts) and, with an update repository, the TUF timestamp
-keeper; on shutdown it cancels them all, then closes the store if the app created it.
+keeper, and on PostgreSQL the readings upkeep (partitions made ahead, expired ones dropped);
+on shutdown it cancels them all, then closes the store if the app created it.
+Store-wide periodic work runs on one replica at a time, under a lease that fails over
+(`fleet_server.leases`, `app.state.leases`, shown by /healthz): "rollout-timeouts" (the sweeper's
+expiry of timed-out actions; its refresh of this process's memory runs on every replica),
+"tuf-timestamp" (the keeper) and "readings-upkeep". Each replica's id is settings.replica.
 Three pure ASGI middlewares guard the API, outermost first: `BodyCap` (a body over its route's
 limit is refused before anything reads it), `AuditMiddleware` (records every state-changing call
 and its outcome) and `AuthMiddleware` (resolves the bearer principal, 401 before the body is
@@ -26,15 +31,17 @@ for every other route.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -80,6 +87,7 @@ from fleet_server.errors import (
     UnknownBox,
 )
 from fleet_server.ingest import IngestService
+from fleet_server.leases import Leases
 from fleet_server.metrics import FleetMetrics
 from fleet_server.mqtt_bridge import MqttBridge
 from fleet_server.rollout.engine import RolloutEngine
@@ -91,13 +99,17 @@ from fleet_server.rollout.errors import (
     UnknownRollout,
 )
 from fleet_server.settings import ServerSettings
-from fleet_server.store.base import Store
+from fleet_server.store.base import ReadingsUpkeep, Store
 from fleet_server.store.open import open_store
 from fleet_server.supervisor import Supervisor
 
 __all__ = ["create_app", "status_for"]
 
 log = logging.getLogger(__name__)
+
+#: How often the "readings-upkeep" job runs (PostgreSQL): partitions are made 7 days ahead and
+#: retention counts in days, so hourly is plenty (its lease ttl: 3 h; see fleet_server.leases).
+READINGS_UPKEEP_S = 3600.0
 
 # Most specific first.
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
@@ -220,6 +232,14 @@ def create_app(
         )
 
     supervisor = Supervisor(metrics.registry)
+    # Store-wide periodic work: one replica at a time, under leases (fleet_server.leases).
+    leases = Leases(the_store, settings.replica, registry=metrics.registry, clock=clock)
+    timeouts = leases.job("rollout-timeouts", engine.expire, period_s=settings.rollout_sweep_s)
+    tuf_job = None if keeper is None else leases.job("tuf-timestamp", keeper.check, period_s=settings.tuf_check_s)
+    upkeep_job = None
+    if isinstance(the_store, ReadingsUpkeep):  # PostgreSQL: daily readings partitions
+        upkeep_job = leases.job("readings-upkeep", _readings_upkeep(the_store, settings.retention_days, clock),
+                                period_s=READINGS_UPKEEP_S)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -228,9 +248,12 @@ def create_app(
             if state.bridge is not None:
                 state.bridge_task = supervisor.start("mqtt-bridge", state.bridge.run)
             supervisor.start("rollout-writer", engine.run_writer)
-            supervisor.start("rollout-sweeper", engine.run_sweeper)
-            if keeper is not None:
-                supervisor.start("tuf-timestamp-keeper", keeper.run)
+            # every replica: its own memory's refresh; the timeouts only while it holds their lease
+            supervisor.start("rollout-sweeper", functools.partial(engine.run_sweeper, timeouts))
+            if tuf_job is not None:
+                supervisor.start("tuf-timestamp-keeper", tuf_job.run)
+            if upkeep_job is not None:
+                supervisor.start("readings-upkeep", upkeep_job.run)
             yield
         finally:
             await supervisor.stop()
@@ -243,6 +266,7 @@ def create_app(
     app.state.rollouts = engine
     app.state.timestamps = keeper
     app.state.supervisor = supervisor
+    app.state.leases = leases
     app.state.admission = AdmissionService(the_store, accounts_from_settings(settings), settings)
     if settings.mqtt_enabled and not settings.broker_accounts_enabled:
         log.warning("MQTT bridge on, but no broker admin account: enrolled boxes get no MQTT identity "
@@ -264,6 +288,19 @@ def create_app(
     app.add_middleware(BodyCap, refuse=_body_refusal(metrics), default=DEFAULT_LIMIT,
                        limits={TELEMETRY_PATH: settings.max_body_bytes, "/api/v1/rollouts": ROLLOUT_LIMIT})
     return app
+
+
+def _readings_upkeep(store: ReadingsUpkeep, retention_days: dict[str, int],
+                     clock: Callable[[], float]) -> Callable[[], Awaitable[None]]:
+    """The "readings-upkeep" job's step: the coming days' partitions, the expired ones dropped."""
+
+    async def upkeep() -> None:
+        created, dropped = await to_thread.run_sync(store.upkeep, clock(), retention_days)
+        if created or dropped:
+            log.info("readings upkeep: %d partition(s) created, %d dropped past retention", len(created),
+                     len(dropped))
+
+    return upkeep
 
 
 def _body_refusal(metrics: FleetMetrics) -> Callable[[Any, FleetError], JSONResponse]:

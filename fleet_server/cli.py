@@ -16,7 +16,7 @@ so a box never imports the server stack.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -54,7 +54,8 @@ def build_app() -> typer.Typer:
         replica_id: Optional[str] = typer.Option(
             None, "--replica-id", envvar="QUANEDGE_REPLICA_ID",
             help="This replica's id, unique among the fleet's replicas and stable across its restarts: its MQTT "
-            "session is quanedge-fleet-<prefix>@<replica id> (default: <host name>-<port>)."),
+            "session is quanedge-fleet-<prefix>@<replica id>, and it names the replica in the periodic jobs' "
+            "leases and /healthz (default: <host name>-<port>)."),
         mqtt_share_group: str = typer.Option(
             "quanedge-fleet", help="Shared-subscription group: replicas in one group split the boxes' messages."),
         mqtt_session_expiry: int = typer.Option(
@@ -76,6 +77,13 @@ def build_app() -> typer.Typer:
                                                 "(default: <repo>/keys)."),
         checkin_interval: int = typer.Option(60, "--checkin-interval", help="Seconds between box check-ins."),
         public_url: Optional[str] = typer.Option(None, "--public-url", help="How boxes reach this server."),
+        retention_routine_days: Optional[int] = typer.Option(
+            None, "--retention-routine-days", help="Days routine readings are kept (default 90). PostgreSQL only: "
+            "whole daily partitions are dropped; the SQLite store keeps every reading."),
+        retention_event_days: Optional[int] = typer.Option(
+            None, "--retention-event-days", help="Days event readings are kept (default 365; PostgreSQL only)."),
+        retention_alarm_days: Optional[int] = typer.Option(
+            None, "--retention-alarm-days", help="Days alarm readings are kept (default 730; PostgreSQL only)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Serve the fleet API (and the MQTT bridge when a broker is given)."""
@@ -83,6 +91,10 @@ def build_app() -> typer.Typer:
         from fleet_server.settings import ServerSettings
 
         _setup_logging(verbose)
+        given: dict[str, Any] = {key: value for key, value in (
+            ("retention_days_routine", retention_routine_days),
+            ("retention_days_event", retention_event_days), ("retention_days_alarm", retention_alarm_days),
+        ) if value is not None}  # the others keep ServerSettings' defaults
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,
                                       mqtt_host=mqtt_host, mqtt_port=mqtt_port, topic_prefix=topic_prefix,
@@ -96,7 +108,7 @@ def build_app() -> typer.Typer:
                                       mqtt_public_host=mqtt_public_host, mqtt_public_port=mqtt_public_port,
                                       mqtt_public_tls=mqtt_public_tls, tls_cert_file=tls_cert, tls_key_file=tls_key,
                                       tuf_repo_dir=tuf_repo, tuf_keys_dir=tuf_keys,
-                                      checkin_interval_s=checkin_interval, public_url=public_url)
+                                      checkin_interval_s=checkin_interval, public_url=public_url, **given)
             serve_fleet(settings)
         except QuanedgeError as exc:
             _fail(exc)

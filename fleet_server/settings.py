@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-__all__ = ["ServerSettings"]
+__all__ = ["ServerSettings", "default_replica_id"]
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: The client ids the broker binds to boxes (`fleet_server.broker.acl.box_client_id`): a bridge
@@ -52,7 +52,8 @@ class ServerSettings:
     # share a session and neither do two replicas on one prefix. Given: used as is (each replica
     # then needs its own).
     mqtt_client_id: str | None = None
-    # This replica of the fleet server. None: `default_replica_id(port)` (host name + HTTP port).
+    # This replica of the fleet server: its MQTT session and its name in the leases of the periodic
+    # jobs (fleet_server.leases) and /healthz. None: `default_replica_id(port)` (host name + port).
     replica_id: str | None = None
     # The MQTT v5 shared-subscription group the replicas split telemetry and status in; every
     # replica of one fleet uses the same group (the broker hands each message to ONE member).
@@ -88,6 +89,11 @@ class ServerSettings:
     public_url: str | None = None         # how boxes reach this server (repo_url); default: request's host
     rollout_sweep_s: float = 1.0          # per-box timeouts and counter refresh period
     access_log: bool = False              # one log line per request (costly at thousands of check-ins/s)
+    # Days readings are kept, per class (PostgreSQL only: whole daily partitions are dropped by
+    # the "readings-upkeep" job; the SQLite store keeps everything).
+    retention_days_routine: int = 90
+    retention_days_event: int = 365
+    retention_days_alarm: int = 730
 
     def __post_init__(self) -> None:
         if not str(self.db_path):
@@ -109,6 +115,21 @@ class ServerSettings:
         self._check_mqtt()
         self._check_broker_and_tls()
         self._check_rollouts()
+        self._check_replicas_and_retention()
+
+    def _check_replicas_and_retention(self) -> None:
+        for cls in ("routine", "event", "alarm"):
+            key = f"retention_days_{cls}"
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"bad retention for {cls} readings (--retention-{cls}-days)", key=key,
+                                  value=value, expected="a whole number of days, at least 1")
+
+    @property
+    def retention_days(self) -> dict[str, int]:
+        """{reading class: days kept}, as `PgStore.upkeep` takes it."""
+        return {"routine": self.retention_days_routine, "event": self.retention_days_event,
+                "alarm": self.retention_days_alarm}
 
     def _check_rollouts(self) -> None:
         value = self.checkin_interval_s

@@ -1,6 +1,7 @@
 """Supervision of the server's long-running tasks (MQTT bridge, rollout writer and sweeper, TUF
-timestamp keeper): a task that dies is logged and restarted with capped jittered backoff, and
-`/healthz` reports it while it is down.
+timestamp keeper, readings upkeep; the last three do their store-wide work only while this replica
+holds the job's lease, fleet_server.leases): a task that dies is logged and restarted with capped
+jittered backoff, and `/healthz` reports it while it is down.
 
     supervisor = Supervisor(registry)            # in the app factory
     supervisor.start("mqtt-bridge", bridge.run)  # in the lifespan; a job runs until cancelled

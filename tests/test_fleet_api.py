@@ -198,8 +198,11 @@ def test_healthz(client: TestClient) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
     running = {"state": "running", "restarts": 0, "last_error": None, "last_error_at": None}
-    assert r.json() == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
-                        "tasks": {"rollout-writer": running, "rollout-sweeper": running}}
+    body = r.json()
+    assert body.pop("replica_id") == client.app.state.fleet.settings.replica  # type: ignore[attr-defined]
+    assert list(body.pop("leases")) == ["rollout-timeouts"]  # its state: tests/test_fleet_leases.py
+    assert body == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
+                    "tasks": {"rollout-writer": running, "rollout-sweeper": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:
@@ -323,10 +326,12 @@ def test_public_api_is_pinned() -> None:
         "fleet_server.metrics": ["FleetMetrics"],
         "fleet_server.mqtt_bridge": ["MqttBridge", "parse_status"],
         "fleet_server.server": ["serve"],
-        "fleet_server.settings": ["ServerSettings"],
+        "fleet_server.settings": ["ServerSettings", "default_replica_id"],
         "fleet_server.store": ["Box", "IngestResult", "Store"],
-        "fleet_server.store.base": ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id",
+        "fleet_server.store.base": ["BOX_ID_PATTERN", "Box", "IngestResult", "ReadingsUpkeep", "Store", "check_box_id",
                                     "hash_secret", "new_secret"],
+        "fleet_server.store.leases": ["LEASE_NAME_PATTERN", "Lease", "LeaseStore", "check_lease_args"],
+        "fleet_server.leases": ["MIN_TTL_S", "TTL_PERIODS", "LeasedJob", "Leases", "Step", "default_ttl"],
         "fleet_server.store.sqlite": ["SqliteStore"],
         "fleet_server.seq_tracking": ["BUFFER_REPLACED", "DROPPED_MAX", "MAX_RANGES", "REASON_PATTERN", "SEQ_MAX",
                                       "UNANNOUNCED", "UNTRACKED", "Gap", "Range", "SeqReport", "SeqState", "Tracked",

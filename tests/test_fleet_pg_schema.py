@@ -49,7 +49,8 @@ PG_ONLY_COLUMNS = {("rollouts", "row_order")}
 TABLES = {
     "enrollment_tokens", "boxes", "readings", "box_inventory", "box_versions", "site_policies", "rollouts",
     "rollout_waves", "rollout_boxes", "quarantine", "api_users", "audit_log", "admission_requests",
-    "box_revocations", "alerts", "box_seq", "seq_gaps", "seq_dropped", "schema_migrations", "store_counters",
+    "box_revocations", "alerts", "box_seq", "seq_gaps", "seq_dropped", "leases", "schema_migrations",
+    "store_counters",
 }
 INSERT_READING = (
     "INSERT INTO readings (box_id, seq, ts, device, point, value, unit, quality, cls, text)"

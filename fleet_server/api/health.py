@@ -3,10 +3,16 @@
     GET /healthz  -> 200 {"status": "ok", "store": "ok", "boxes": n,
                           "mqtt": "connected"|"connecting"|"restarting"|"disabled",
                           "tasks": {name: {"state": "running"|"restarting", "restarts": n,
-                                           "last_error": str|null, "last_error_at": unix s|null}}}
+                                           "last_error": str|null, "last_error_at": unix s|null}},
+                          "replica_id": this server's id (settings.replica),
+                          "leases": {job: {"leader": bool, "expires_at": unix s|null}}}
                      503 {"status": "failing", ..., "failing": [task names]} when the store fails or
                      a supervised server task (mqtt-bridge, rollout-writer, rollout-sweeper,
-                     tuf-timestamp-keeper) has died and not yet run again for a few seconds
+                     tuf-timestamp-keeper, readings-upkeep) has died and not yet run again for a
+                     few seconds
+                  "leases" names the leased periodic jobs (fleet_server.leases: rollout-timeouts,
+                  tuf-timestamp, readings-upkeep) and whether this replica leads each right now
+                  (expires_at: until when its lease runs unless renewed); a standby is healthy.
     GET /metrics  -> Prometheus text from the app's own registry
 """
 
@@ -19,6 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from fleet_server.api.deps import FleetState, fleet
 from fleet_server.errors import StoreError
+from fleet_server.leases import Leases
 from fleet_server.supervisor import Supervisor
 
 __all__ = ["router"]
@@ -41,6 +48,9 @@ def healthz(request: Request, state: Annotated[FleetState, Depends(fleet)]) -> J
         else:
             report["mqtt"] = "connected" if state.bridge.connected.is_set() else "connecting"
     report["tasks"] = {name: status.to_dict() for name, status in supervisor.status.items()}
+    leases: Leases = request.app.state.leases
+    report["replica_id"] = leases.replica_id
+    report["leases"] = leases.report()
     if down:
         report.update(status="failing", failing=sorted(down))
     return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)

@@ -12,8 +12,9 @@ the memory copy. Store calls for one box run under that box's lock, so answers c
 applied out of order; the sweeper marks boxes it changed as dirty (next check-in asks the store)
 instead of guessing their state. Box-side store calls (assign, report, inventory) go through one
 writer task that runs whatever has queued up in a single worker-thread hop (a hop costs more
-than the SQLite transaction itself), in arrival order. Another process changing the same database (PostgreSQL later)
-is seen by the sweeper's refresh, every `sweep_s`.
+than the SQLite transaction itself), in arrival order. Another process changing the same database (PostgreSQL replicas)
+is seen by the sweeper's refresh, every `sweep_s`, on every replica; closing timed-out actions is
+store-wide work, which one replica at a time does under the "rollout-timeouts" lease.
 
 Replicas (`store.shared`: PostgreSQL, other server processes write the same database). What this
 process remembers may then be changed by another, so:
@@ -38,7 +39,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
 from prometheus_client import CollectorRegistry, Counter
@@ -58,6 +59,9 @@ from fleet_server.rollout.model import (
 )
 from fleet_server.rollout.windows import SitePolicy
 from fleet_server.store.base import Store, hash_secret
+
+if TYPE_CHECKING:
+    from fleet_server.leases import LeasedJob
 
 __all__ = ["Answer", "BoxRef", "RolloutEngine", "resolve_target"]
 
@@ -185,8 +189,9 @@ class RolloutEngine:
                     await to_thread.run_sync(self.store.pending_boxes, view.rollout_id))
             self._absorb(view)
 
-    async def sweep(self) -> None:
-        """Close timed-out actions, then re-read active rollouts' counters."""
+    async def expire(self) -> None:
+        """Close timed-out actions, store-wide (not only the boxes this process talks to): with
+        replicas, one of them does it, under the "rollout-timeouts" lease (`run_sweeper`)."""
         boxes, views = await to_thread.run_sync(self.store.expire_actions, self.clock())
         self._timeouts.inc(len(boxes))
         for box_id in boxes:
@@ -194,6 +199,10 @@ class RolloutEngine:
                 self._dirty.add(box_id)
         for view in views:
             self._absorb(view)
+
+    async def sweep(self) -> None:
+        """Close timed-out actions, then re-read active rollouts' counters (`expire`, `refresh`)."""
+        await self.expire()
         await self.refresh()
 
     async def run_writer(self, max_batch: int = 256) -> None:
@@ -216,21 +225,34 @@ class RolloutEngine:
         self._writes.put_nowait((fn, args, future))
         return await future
 
-    async def run_sweeper(self) -> None:
-        """Run `sweep` every `sweep_s` until cancelled (owned by the app lifespan)."""
+    async def run_sweeper(self, timeouts: LeasedJob | None = None) -> None:
+        """Run `sweep` every `sweep_s` until cancelled (owned by the app lifespan).
+
+        With `timeouts` (a `LeasedJob` whose step is `expire`; fleet_server.leases), a round runs
+        that job's round instead of `expire`: the timeouts are closed only while this replica holds
+        the job's lease, and `refresh` follows on every replica, since it refreshes this process's
+        memory. The lease is released when the sweeper stops."""
         failing = False
-        while True:
-            await asyncio.sleep(self.sweep_s)
-            try:
-                await self.sweep()
-            except StoreError as exc:
-                if not failing:
-                    log.error("rollout sweeper: store failing, timeouts wait: %s", exc)
-                failing = True
-            else:
-                if failing:
-                    log.info("rollout sweeper: store back")
-                failing = False
+        try:
+            while True:
+                await asyncio.sleep(self.sweep_s)
+                try:
+                    if timeouts is None:
+                        await self.expire()
+                    else:
+                        await timeouts.round()
+                    await self.refresh()
+                except StoreError as exc:
+                    if not failing:
+                        log.error("rollout sweeper: store failing, timeouts wait: %s", exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("rollout sweeper: store back")
+                    failing = False
+        finally:
+            if timeouts is not None:
+                await timeouts.release()
 
     # -- the box's side ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Keep the update repository's timestamp (and snapshot) signed: a task the app lifespan owns.
+"""Keep the update repository's timestamp (and snapshot) signed: a job the app lifespan runs.
 
 TUF's timestamp role is short-lived on purpose (a freeze attack can only replay metadata until it
 expires), so the server re-signs it online with the timestamp key (`Repository.refresh_timestamp`,
@@ -6,11 +6,15 @@ which also re-signs snapshot when past half its life). It does so once the times
 `refresh_fraction` of its lifetime (default: half), checking every `check_s`. A failure (key
 missing, disk full) is logged once, retried every `retry_s`, and visible in the
 `quanedge_fleet_tuf_timestamp_expires_in_s` gauge; boxes keep working until the expiry.
+
+The app runs `check` as the leased job "tuf-timestamp" (fleet_server.leases): a round every
+`check_s`, sooner after a failure, on the one replica holding the lease. Replicas therefore serve
+ONE repository directory (a shared volume): the leader re-signs it for all of them, and two never
+re-sign it at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -68,18 +72,18 @@ class TimestampKeeper:
         log.info("TUF timestamp re-signed: timestamp v%d, snapshot v%d", published.timestamp, published.snapshot)
         return True
 
-    async def run(self) -> None:
-        """Check at once, then every `check_s` (every `retry_s` while failing), until cancelled."""
-        while True:
-            try:
-                await to_thread.run_sync(self.refresh_if_due)
-            except (ManifestError, OSError) as exc:
-                if self.last_error is None:
-                    log.error("cannot re-sign the TUF timestamp (will retry every %.0f s): %s", self.retry_s, exc)
-                self.last_error = str(exc)
-                await asyncio.sleep(self.retry_s)
-                continue
-            if self.last_error is not None:
-                log.info("TUF timestamp signing works again")
-                self.last_error = None
-            await asyncio.sleep(self.check_s)
+    async def check(self) -> float | None:
+        """One check (`refresh_if_due`): None when it worked, `retry_s` (when to try again) after a
+        failure, which is logged once per failing streak. A `fleet_server.leases` step: with
+        replicas, one of them checks, under the "tuf-timestamp" lease."""
+        try:
+            await to_thread.run_sync(self.refresh_if_due)
+        except (ManifestError, OSError) as exc:
+            if self.last_error is None:
+                log.error("cannot re-sign the TUF timestamp (will retry every %.0f s): %s", self.retry_s, exc)
+            self.last_error = str(exc)
+            return self.retry_s
+        if self.last_error is not None:
+            log.info("TUF timestamp signing works again")
+            self.last_error = None
+        return None

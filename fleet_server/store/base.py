@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -35,6 +35,7 @@ from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore
 from fleet_server.store.alerts import AlertStore
+from fleet_server.store.leases import LeaseStore
 from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.seq import SeqStore
 
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
     )
     from fleet_server.rollout.windows import SitePolicy
 
-__all__ = ["BOX_ID_PATTERN", "Box", "IngestResult", "Store", "check_box_id", "hash_secret", "new_secret"]
+__all__ = [
+    "BOX_ID_PATTERN", "Box", "IngestResult", "ReadingsUpkeep", "Store", "check_box_id", "hash_secret", "new_secret",
+]
 
 #: A box id: 1-64 characters [A-Za-z0-9._-]. It appears in MQTT topics and URLs, so no '/', '+', '#'.
 BOX_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
@@ -126,13 +129,14 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, Protocol):
+class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, LeaseStore, Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
     Enrolment and admission come from `AdmissionStore` (fleet_server.store.admission), the
     quarantine methods from `QuarantineStore` (fleet_server.store.quarantine); API users and the
     audit log from `fleet_server.store.access`; alerts from `fleet_server.store.alerts`, the seq
-    tracking read side from `fleet_server.store.seq` (the Protocols included here)."""
+    tracking read side from `fleet_server.store.seq`, the leases of the periodic jobs from
+    `fleet_server.store.leases` (the Protocols included here)."""
 
     #: True when other server processes may change this store (PostgreSQL replicas): callers must
     #: then not trust what they remember of it beyond their refresh period (RolloutEngine).
@@ -266,4 +270,16 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
 
     def close(self) -> None:
         """Release the backend's resources; later calls raise `StoreError`."""
+        ...
+
+
+@runtime_checkable
+class ReadingsUpkeep(Protocol):
+    """What a backend keeping readings in daily partitions (PostgreSQL: `PgStore`) also offers; the
+    app runs it periodically as the leased job "readings-upkeep". SQLite keeps every reading (it
+    has no `upkeep`; the retention settings do not apply to it)."""
+
+    def upkeep(self, now: float, retention_days: Mapping[str, int]) -> tuple[list[str], list[str]]:
+        """Make the coming days' partitions and drop those older than each class's retention
+        ({class: days}); return (created, dropped) partition names."""
         ...

@@ -5,7 +5,8 @@ processes (replicas) on one database.
 
 The SQL is the mixins' (written once for both backends, fleet_server/store/sql.py); this module
 gives them a pooled connection inside a transaction, the dialect, and the PostgreSQL-only paths
-(readings through COPY, the credential generation kept in a row so every replica sees it).
+(readings through COPY, the credential generation kept in a row so every replica sees it, the
+readings partitions' upkeep: `upkeep`, which the app runs as the leased job "readings-upkeep").
 
 Correct together. Every write that decides on shared counters names its domain, and takes that
 domain's transaction-scoped advisory lock (`pg_advisory_xact_lock`) before it reads them:
@@ -31,7 +32,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,12 +40,13 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from fleet_server.errors import StoreError
-from fleet_server.store.pg_schema import ensure_partitions, migrate
+from fleet_server.store.pg_schema import drop_expired, ensure_partitions, migrate
 from fleet_server.store.sql import POSTGRES, SqlConn
 from fleet_server.store.sql_boxes import BoxTables
 from fleet_server.store.sqlite_admission import AdmissionTables
 from fleet_server.store.sqlite_alerts import AlertTables
 from fleet_server.store.sqlite_audit import AuditTables
+from fleet_server.store.sqlite_leases import LeaseTables
 from fleet_server.store.sqlite_quarantine import QuarantineTables
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_seq import SeqTables
@@ -84,7 +86,7 @@ class PgConn:
 
 
 class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-              SeqTables):
+              SeqTables, LeaseTables):
     """`Store` on PostgreSQL through a connection pool. `schema`: the PostgreSQL schema to use
     (search_path; tests give each run its own); `clock` is injectable for tests."""
 
@@ -162,6 +164,26 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
         with self._conn() as conn:
             row = conn.execute("SELECT value FROM store_counters WHERE name = 'credential_generation'").fetchone()
         return int(row[0]) if row else 0
+
+    # -- readings partitions ----------------------------------------------------------------------
+
+    def upkeep(self, now: float, retention_days: Mapping[str, int], *, days_ahead: int = 7,
+               days_back: int = 1) -> tuple[list[str], list[str]]:
+        """The readings partitions' upkeep (`fleet_server.store.base.ReadingsUpkeep`): make the
+        daily partitions from `days_back` days before `now` to `days_ahead` after it, then drop
+        those past each class's retention (`pg_schema.ensure_partitions`, `drop_expired`).
+        Returns (created, dropped) partition names. On a pooled connection of its own; replicas
+        running it at once are serialised by the partitions' advisory lock (the "readings-upkeep"
+        lease normally has one replica run it)."""
+        if self._closed:
+            raise StoreError(f"fleet database {self._where} is closed")
+        try:
+            with self._pool.connection() as conn:
+                created = ensure_partitions(conn, now, days_ahead=days_ahead, days_back=days_back)
+                dropped = drop_expired(conn, now, retention_days)
+        except psycopg.Error as exc:  # the pool's (e.g. no connection in time); pg_schema raises StoreError
+            raise StoreError(f"fleet database {self._where}: {exc}") from exc
+        return created, dropped
 
     def close(self) -> None:
         with self._close_lock:

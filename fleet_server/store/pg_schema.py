@@ -229,6 +229,11 @@ MIGRATIONS: list[Migration] = [
         "CREATE TABLE store_counters (name text PRIMARY KEY, value bigint NOT NULL)",
         "INSERT INTO store_counters (name, value) VALUES ('credential_generation', 0)",
     )),
+    Migration(3, "0003_leases", (
+        # Which replica runs each periodic job (sqlite_leases; fleet_server.leases).
+        "CREATE TABLE leases (name text PRIMARY KEY, holder text NOT NULL, expires_at double precision NOT NULL,"
+        " acquired_at double precision NOT NULL)",
+    )),
 ]
 
 

@@ -23,6 +23,7 @@ from fleet_server.store.sql_boxes import BoxTables
 from fleet_server.store.sqlite_admission import ADMISSION_MIGRATIONS, AdmissionTables
 from fleet_server.store.sqlite_alerts import ALERT_MIGRATIONS, AlertTables
 from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS, AuditTables
+from fleet_server.store.sqlite_leases import LEASE_MIGRATIONS, LeaseTables
 from fleet_server.store.sqlite_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
 from fleet_server.store.sqlite_rollouts import RolloutTables
 from fleet_server.store.sqlite_schema import apply_migrations, migrate, migrate_rollouts
@@ -40,14 +41,18 @@ _INSERT_READING = (
 
 
 class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-                  SeqTables):
+                  SeqTables, LeaseTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
     Enrolment and admission (tokens, re-key, pending requests, revocation) live in the
     `AdmissionTables` mixin; rollout storage (inventory, sites, rollouts, actions) in
     `RolloutTables`; the quarantine of unprocessable messages in `QuarantineTables`; API users in
     `UserTables`; the append-only audit log in `AuditTables`; alerts in `AlertTables`; seq
-    tracking's tables in `SeqTables` (its per-batch step runs inside `ingest`).
+    tracking's tables in `SeqTables` (its per-batch step runs inside `ingest`); the leases of the
+    periodic jobs in `LeaseTables` (one server per SQLite file: it always gets them).
+
+    Readings are kept for good: the retention settings (`retention_days_*`) apply to PostgreSQL's
+    daily partitions only (`PgStore.upkeep`); this store has no `upkeep` and drops nothing.
     """
 
     shared = False  # one process owns the file: what it remembers stays true
@@ -73,6 +78,7 @@ class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, U
             self.admission_migrations_applied = apply_migrations(ADMISSION_MIGRATIONS, self._db)
             self.alert_migrations_applied = apply_migrations(ALERT_MIGRATIONS, self._db)
             self.seq_migrations_applied = apply_migrations(SEQ_MIGRATIONS, self._db)
+            self.lease_migrations_applied = apply_migrations(LEASE_MIGRATIONS, self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
