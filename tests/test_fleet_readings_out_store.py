@@ -4,7 +4,9 @@ ingested between them, the filters, the limits, and the cursor that carries the 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from pg_support import BOTH_BACKENDS
 from core.reading import Quality, Reading, RecordClass
 from fleet_server.errors import UnknownBox
 from fleet_server.readings_out import BoxReading, ReadingKey, ReadingsQuery, decode_cursor, encode_cursor
+from fleet_server.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000.0  # the test clock's now: PostgreSQL has day partitions around it
 BOXES = ("box-a", "box-b", "box-c")
@@ -226,3 +229,25 @@ def test_cursors_carry_the_exact_float() -> None:
         token = encode_cursor(key)
         assert decode_cursor(token) == key and decode_cursor(token).ts == ts
         assert token.isascii() and "=" not in token and "/" not in token and "+" not in token
+
+
+def test_an_older_sqlite_file_gets_the_time_index_with_its_readings(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = SqliteStore(path)
+    provision(old, "box-a")
+    old.ingest("box-a", [reading(s, T0 + 10 - s) for s in range(1, 11)])
+    old.close()
+    with sqlite3.connect(path) as conn:   # as a server before migration 0003 left it
+        conn.execute("DROP INDEX readings_by_time")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_readings_by_time'")
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        assert store.migrations_applied == ["0003_readings_by_time"]
+        plan = store._db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM readings WHERE +box_id = ? AND (ts, box_id, seq) > (?, ?, ?)"
+            " ORDER BY ts, box_id, seq LIMIT 5", ("box-a", T0, "box-a", 1)).fetchall()
+        assert "USING INDEX readings_by_time" in str(plan) and "TEMP B-TREE" not in str(plan)
+        assert [k.seq for k in keys(walk(store, 3, box_id="box-a"))] == list(range(10, 0, -1))
+    finally:
+        store.close()
