@@ -19,9 +19,10 @@ until, an unknown parameter or one given twice is answered 400 {"error": "bad_pa
 
 The export reads the store a page at a time (`EXPORT_PAGE` rows) in a worker thread, so memory
 stays bounded and the event loop free; its first page is read before the answer starts, so an
-unknown box or a store failure is still a proper error status. A store failure later cuts the
-stream off without its end (chunked encoding unterminated), so a client can tell an export that
-failed from one that ended. A client that goes away stops it: no further page is read.
+unknown box or a store failure is still a proper error status. A store failure later is logged
+in one line and cuts the stream off without its end (the server closes the connection with the
+chunked body unterminated), so a client can tell an export that failed from one that ended.
+A client that goes away stops it: no further page is read.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Send
 
 from core.reading import MAX_NAME_LEN, RecordClass
 from core.validate import TS_MAX, TS_MIN, check_text
 from fleet_server.api.audit import parse_time
 from fleet_server.api.deps import FleetState, fleet, require_viewer
-from fleet_server.errors import BadParameter, PayloadError
+from fleet_server.errors import BadParameter, FleetError, PayloadError
 from fleet_server.readings_out import EXPORT_FIELDS, ReadingKey, ReadingsQuery, decode_cursor, encode_cursor
 from fleet_server.store.base import Store, check_box_id
 
@@ -120,8 +122,8 @@ async def export_readings(
         raise BadParameter("format", f"format must be ndjson or csv, got {kind!r:.40}")
     query = _query(since, until, box, device, point, cls, None, EXPORT_PAGE)
     first = await to_thread.run_sync(_encoded_page, state.store, query, kind, True)
-    return StreamingResponse(_stream(state.store, query, kind, first), media_type=FORMATS[kind],
-                             headers={"Content-Disposition": f'attachment; filename="readings.{kind}"'})
+    return _ExportResponse(_stream(state.store, query, kind, first), media_type=FORMATS[kind],
+                           headers={"Content-Disposition": f'attachment; filename="readings.{kind}"'})
 
 
 # -- the boundary ------------------------------------------------------------------------------------
@@ -202,6 +204,22 @@ def _encoded_page(store: Store, query: ReadingsQuery, kind: str, header: bool) -
         writer.writerows(row.values() for row in rows)
         text = out.getvalue()
     return text.encode("utf-8"), following
+
+
+class _ExportResponse(StreamingResponse):
+    """A StreamingResponse that, when the store fails midway, logs one line and leaves the answer
+    unfinished: no final chunk, so the server closes the connection ("ASGI callable returned
+    without completing response") and the client sees the export cut off, never complete."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except FleetError as exc:
+            log.error("readings export broke off: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _stream(store: Store, query: ReadingsQuery, kind: str,
