@@ -31,6 +31,7 @@ from fleet_server.store.pg_schema import (
     CLASSES,
     MIGRATIONS,
     SCHEMA_VERSION,
+    VIEWS,
     Migration,
     drop_expired,
     ensure_partitions,
@@ -149,6 +150,9 @@ def test_migrate_creates_everything_in_its_schema_and_is_idempotent(conn: Any, s
         "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
         " AND relkind IN ('r', 'p') AND NOT relispartition")}
     assert tables == TABLES
+    views = {name for name, in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'v'")}
+    assert views == set(VIEWS)   # PostgreSQL only: read-only views for downstream systems (migration 4)
     tree = conn.execute("SELECT relid::regclass::text, parentrelid::regclass::text, isleaf"
                         " FROM pg_partition_tree('readings') ORDER BY 1").fetchall()
     assert tree == sorted(

@@ -17,7 +17,8 @@ Migrations
     finds nothing to do. A database at a version above the code's (`SCHEMA_VERSION`) is refused
     with `StoreError` before anything is changed. Never edit an applied migration: append one
     (a statement is SQL text, or a callable taking the connection for data migrations).
-    Migration 1 is the whole current schema. Daily partitions are not migrations (they depend on
+    Migration 1 is the whole current schema; migration 4 adds the read-only views (`VIEWS`) for
+    systems that read the database directly (docs/data-out.md). Daily partitions are not migrations (they depend on
     the date): the store calls `ensure_partitions` at start and then periodically.
 
 Readings: partitioned by class, then by day
@@ -88,7 +89,7 @@ from psycopg.pq import TransactionStatus
 from fleet_server.errors import StoreError
 
 __all__ = [
-    "CLASSES", "DAY_S", "MIGRATE_LOCK", "MIGRATIONS", "PARTITION_LOCK", "SCHEMA_VERSION", "Migration",
+    "CLASSES", "DAY_S", "MIGRATE_LOCK", "MIGRATIONS", "PARTITION_LOCK", "SCHEMA_VERSION", "VIEWS", "Migration",
     "drop_expired", "ensure_partitions", "migrate", "partition_name",
 ]
 
@@ -219,6 +220,66 @@ _SCHEMA_V1: list[Statement] = [
     " PRIMARY KEY (box_id, first, last))",
 ]
 
+# -- read-only views for systems reading the database directly (migration 4) -------------------------
+#
+# The city platform (or a BI tool) may read PostgreSQL itself instead of the API: these views are
+# its interface, kept stable while the tables behind them change. A view runs with its owner's
+# rights (the server's role; never `security_invoker`), so a read-only role needs SELECT on the
+# views only, and no right on any table: it cannot reach a credential or token hash, which no view
+# shows (docs/data-out.md has the GRANTs). Times are timestamptz (rendered ISO 8601), and the
+# readings keep `ts` (unix seconds): filter and page on `ts`, which the index readings_by_time and
+# the day partitions serve; a condition on the computed `time` scans every partition.
+# Changing a view later: CREATE OR REPLACE VIEW may only add columns at the end; anything else is
+# DROP VIEW + CREATE VIEW in the same migration, and a column a view shows cannot change its type
+# until the view is dropped.
+_ISO_UTC = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+_VIEWS_V4: list[Statement] = [
+    "CREATE VIEW v_readings AS SELECT r.box_id, r.seq, r.ts, to_timestamp(r.ts) AS time,"
+    f" {_ISO_UTC.format('to_timestamp(r.ts)')} AS time_iso, r.device, r.point, r.value, r.unit, r.quality,"
+    " r.cls, r.text FROM readings r",
+    "COMMENT ON VIEW v_readings IS 'Every stored reading of every box. One reading is (box_id, seq);"
+    " page in the order (ts, box_id, seq) with WHERE ts >= .. AND ts < .. AND (ts, box_id, seq) > (..):"
+    " the index readings_by_time and the day partitions serve it. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_readings.ts IS 'When the box measured it: unix seconds (UTC), the box''s clock."
+    " Filter on this column (indexed, partition-pruned).'",
+    "COMMENT ON COLUMN v_readings.time IS 'ts as a timestamptz (for display; conditions on it are not indexed)'",
+    "COMMENT ON COLUMN v_readings.time_iso IS 'ts as ISO 8601 text in UTC, microseconds: 2026-12-07T10:00:00.000000Z'",
+    "COMMENT ON COLUMN v_readings.seq IS 'The box''s own sequence number, strictly increasing per box'",
+    "COMMENT ON COLUMN v_readings.value IS 'The measured value; NULL when the reading has none (see quality)'",
+    "COMMENT ON COLUMN v_readings.quality IS 'Quality flags, 0 = good: 1 missing, 2 out of range, 4 suspect,"
+    " 8 comm failure, 16 derived, 32 counter wrapped'",
+    "COMMENT ON COLUMN v_readings.cls IS 'Record class: routine, event or alarm'",
+    "COMMENT ON COLUMN v_readings.text IS 'Free text of an event or alarm; NULL for measurements'",
+    "CREATE VIEW v_boxes AS SELECT b.box_id, b.hardware, b.site, b.agent_version, b.tags::jsonb AS tags,"
+    " to_timestamp(b.enrolled_at) AS enrolled_at, to_timestamp(b.last_seen) AS last_seen,"
+    " b.online = 1 AS online, to_timestamp(b.status_ts) AS status_at, b.max_seq,"
+    " v.revoked_at IS NOT NULL AS revoked, to_timestamp(v.revoked_at) AS revoked_at,"
+    " i.models::jsonb AS models, i.firmware::jsonb AS firmware, to_timestamp(i.updated_at) AS inventory_at"
+    " FROM boxes b LEFT JOIN box_revocations v ON v.box_id = b.box_id"
+    " LEFT JOIN box_inventory i ON i.box_id = b.box_id",
+    "COMMENT ON VIEW v_boxes IS 'Every enrolled box: what it is, where, what it runs, whether it is online."
+    " No credential or token (hash) is shown. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_boxes.last_seen IS 'Server time of the last telemetry or status received from the box'",
+    "COMMENT ON COLUMN v_boxes.online IS 'The state the box last reported on its status topic (its MQTT last"
+    " will reports offline when it drops)'",
+    "COMMENT ON COLUMN v_boxes.status_at IS 'The box''s own time of that status report'",
+    "COMMENT ON COLUMN v_boxes.max_seq IS 'Highest reading seq stored for the box (0: none yet)'",
+    "COMMENT ON COLUMN v_boxes.revoked IS 'Decommissioned: its credential no longer works'",
+    "COMMENT ON COLUMN v_boxes.models IS 'Edge models the box reports running {name: version}; NULL before"
+    " its first inventory'",
+    "COMMENT ON COLUMN v_boxes.firmware IS 'Device firmware the box reports {device: version}'",
+    "CREATE VIEW v_alerts_open AS SELECT a.id, a.box_id, b.site, a.kind, a.detail::jsonb AS detail,"
+    " to_timestamp(a.raised_at) AS raised_at FROM alerts a LEFT JOIN boxes b ON b.box_id = a.box_id"
+    " WHERE a.acked_at IS NULL",
+    "COMMENT ON VIEW v_alerts_open IS 'Alerts no operator has acknowledged yet, oldest id first when"
+    " ordered by id. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_alerts_open.kind IS 'What was raised, e.g. seq_gap (readings that will never arrive)'",
+    "COMMENT ON COLUMN v_alerts_open.detail IS 'The alert''s facts; seq_gap: {first, last, missing, reason}'",
+    "COMMENT ON COLUMN v_alerts_open.box_id IS 'The box concerned; NULL for an alert about no one box'",
+]
+#: The views of migration 4: what a read-only role is granted.
+VIEWS = ("v_readings", "v_boxes", "v_alerts_open")
+
 #: Every migration, in order. Append; never edit one that has been released.
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_fleet_schema", tuple(_SCHEMA_V1)),
@@ -229,6 +290,8 @@ MIGRATIONS: list[Migration] = [
         "CREATE TABLE store_counters (name text PRIMARY KEY, value bigint NOT NULL)",
         "INSERT INTO store_counters (name, value) VALUES ('credential_generation', 0)",
     )),
+    # Version 3 belongs to another change (versions may have gaps until it lands).
+    Migration(4, "0004_read_only_views", tuple(_VIEWS_V4)),
 ]
 
 
