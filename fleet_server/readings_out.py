@@ -35,7 +35,7 @@ from core.reading import MAX_NAME_LEN, Reading, RecordClass
 from core.validate import INT64_MAX, TS_MAX, TS_MIN
 
 __all__ = [
-    "EXPORT_FIELDS", "BoxReading", "ReadingKey", "ReadingsQuery", "decode_cursor", "encode_cursor",
+    "EXPORT_FIELDS", "BoxReading", "ReadingKey", "ReadingsQuery", "check_key", "decode_cursor", "encode_cursor",
 ]
 
 _BOX_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # fleet_server.store.base.BOX_ID_PATTERN
