@@ -60,6 +60,7 @@ from fleet_server.api import (
     enrollment,
     health,
     quarantine,
+    readings,
     rollouts,
     telemetry,
     tuf,
@@ -73,6 +74,7 @@ from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.broker import accounts_from_settings
 from fleet_server.errors import (
+    BadParameter,
     BatchTooLarge,
     BrokerRefused,
     BrokerUnavailable,
@@ -127,6 +129,7 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (ActionClosed, 409),
     (RepositoryUnavailable, 503),
     (BatchTooLarge, 413),
+    (BadParameter, 400),
     (ClientGone, 400),
     (StoreError, 503),
     (BrokerUnavailable, 503),
@@ -276,7 +279,8 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected)
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
-    for module in (enrollment, admission, telemetry, boxes, health, rollouts, tuf, quarantine, users, audit, alerts):
+    for module in (enrollment, admission, telemetry, boxes, readings, health, rollouts, tuf, quarantine, users, audit,
+                   alerts):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     document_errors(app)

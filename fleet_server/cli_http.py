@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-__all__ = ["call", "fail"]
+__all__ = ["call", "fail", "reason"]
 
 
 def fail(message: str) -> NoReturn:
@@ -28,17 +28,18 @@ def call(server: str, token: str, method: str, path: str, *, timeout: float = 60
     except httpx.HTTPError as exc:
         fail(f"cannot reach {server}: {exc}")
     if r.status_code >= 400:
-        fail(f"server refused ({r.status_code}): {_reason(r)}")
+        fail(f"server refused ({r.status_code}): {reason(r)}")
     return r.json()
 
 
-def _reason(r: httpx.Response) -> str:
+def reason(r: httpx.Response) -> str:
+    """The server's reason for a refusal, in one line."""
     try:
         body = r.json()
     except ValueError:
         return r.text[:300]
-    reason = body.get("detail") if isinstance(body, dict) else body
-    if isinstance(reason, list):  # schema errors: [{"loc": [...], "msg": ...}]
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # schema errors: [{"loc": [...], "msg": ...}]
         return "; ".join(f"{'.'.join(map(str, e.get('loc', [])[1:]))}: {e.get('msg')}"
-                         for e in reason if isinstance(e, dict))
-    return str(reason)[:300]
+                         for e in detail if isinstance(e, dict))
+    return str(detail)[:300]

@@ -18,7 +18,8 @@ MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party e
         ├── UnknownBox                 no enrolled box with that id                 -> 404 (MQTT: rejected)
         ├── ClientGone                 the client went away before its body ended   -> 400 (to nobody)
         └── PayloadError               a malformed body; names the row and field    -> 400 / 422
-            └── BatchTooLarge          more rows or bytes than the server accepts   -> 413
+            ├── BatchTooLarge          more rows or bytes than the server accepts   -> 413
+            └── BadParameter           a query parameter out of its rules; names it -> 400
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from __future__ import annotations
 from core.errors import QuanedgeError
 
 __all__ = [
-    "AdmissionRequired", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "ClientGone", "EnrollmentRefused",
-    "FleetError", "Forbidden", "NotAuthenticated", "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox",
+    "AdmissionRequired", "BadParameter", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "ClientGone",
+    "EnrollmentRefused", "FleetError", "Forbidden", "NotAuthenticated", "PayloadError", "StoreError",
+    "UnknownAdmission", "UnknownBox",
 ]
 
 
@@ -122,6 +124,14 @@ class BatchTooLarge(PayloadError):
 
     def __init__(self, message: str) -> None:
         super().__init__("batch_too_large", message)
+
+
+class BadParameter(PayloadError):
+    """A query parameter the route refuses (malformed, out of range, unknown, given twice):
+    `field` names it. Answered 400 (the routes of `fleet_server.api.readings`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__("bad_parameter", message, field=field)
 
 
 class ClientGone(FleetError):

@@ -188,8 +188,8 @@ class ServerSettings:
     def _check_mqtt_identity(self) -> None:
         for key in ("mqtt_client_id", "replica_id"):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not _CLIENT_ID.match(value)):
-                raise ConfigError(f"bad {key.replace('_', ' ')}", key=key, value=value,
+            if value is not None and (not isinstance(value, str) or not _CLIENT_ID.fullmatch(value)):
+                raise ConfigError(f"bad {key.replace('_', ' ')} (--{key.replace('_', '-')})", key=key, value=value,
                                   expected="1-64 characters [A-Za-z0-9._-]")
         if self.mqtt_client_id is not None and self.replica_id is not None:
             raise ConfigError(

@@ -31,6 +31,7 @@ from fleet_server.store.pg_schema import (
     CLASSES,
     MIGRATIONS,
     SCHEMA_VERSION,
+    VIEWS,
     Migration,
     drop_expired,
     ensure_partitions,
@@ -150,6 +151,9 @@ def test_migrate_creates_everything_in_its_schema_and_is_idempotent(conn: Any, s
         "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
         " AND relkind IN ('r', 'p') AND NOT relispartition")}
     assert tables == TABLES
+    views = {name for name, in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'v'")}
+    assert views == set(VIEWS)   # PostgreSQL only: read-only views for downstream systems (migration 4)
     tree = conn.execute("SELECT relid::regclass::text, parentrelid::regclass::text, isleaf"
                         " FROM pg_partition_tree('readings') ORDER BY 1").fetchall()
     assert tree == sorted(
@@ -247,8 +251,8 @@ def test_schema_matches_the_sqlite_schema(conn: Any, tmp_path: Path) -> None:
             t, u, _, c, pred = pg_index[index]
             assert (t, u, c, _predicate(pred)) == (table, bool(unique), cols, lite_pred), index
             seen_pg.add(index)
-    # PostgreSQL's own additions: the time index of the partitioned readings, and the bookkeeping
-    assert set(pg_index) - seen_pg == {"readings_by_time", "schema_migrations_pkey", "store_counters_pkey"}
+    # PostgreSQL's own additions: the bookkeeping (readings_by_time is SQLite's too, migration 0003)
+    assert set(pg_index) - seen_pg == {"schema_migrations_pkey", "store_counters_pkey"}
     triggers = {name for name, in conn.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND NOT tgisinternal")}
     lite_triggers = {name for name, in lite.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}

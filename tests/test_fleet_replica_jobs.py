@@ -27,15 +27,15 @@ T0 = 1_700_000_000.0
 
 def test_replica_id_and_retention_settings() -> None:
     base = {"db_path": "x.db", "admin_token": ADMIN}
-    first, second = ServerSettings(**base).replica_id, ServerSettings(**base).replica_id
-    assert first != second and first.rsplit("-", 2)[1].isdigit()
-    for rid in (first, default_replica_id()):
-        assert 1 <= len(rid) <= 64 and all(c.isalnum() or c in "._-" for c in rid)
-    assert ServerSettings(**base, replica_id="fleet-1.zone_a").replica_id == "fleet-1.zone_a"
-    assert ServerSettings(**base).retention_days == {"routine": 90, "event": 365, "alarm": 730}
-    for bad in ("", "a b", "a/b", "x" * 65, "a\n", None):
-        with pytest.raises(ConfigError, match=r"replica_id.*--replica-id"):
+    default = ServerSettings(**base)
+    assert default.replica_id is None and default.replica == default_replica_id(default.port)
+    rid = default_replica_id(8080)  # stable across restarts: <host name>-<port>
+    assert rid.endswith("-8080") and 1 <= len(rid) <= 64 and all(c.isalnum() or c in "._-" for c in rid)
+    assert ServerSettings(**base, replica_id="fleet-1.zone_a").replica == "fleet-1.zone_a"
+    for bad in ("", "a b", "a/b", "x" * 65, "a\n", 5):
+        with pytest.raises(ConfigError, match=r"replica_id.*--replica-id|--replica-id.*replica_id"):
             ServerSettings(**base, replica_id=bad)
+    assert ServerSettings(**base).retention_days == {"routine": 90, "event": 365, "alarm": 730}
     for cls in ("routine", "event", "alarm"):
         for bad in (0, -5, 1.5, True, "30"):
             with pytest.raises(ConfigError, match=rf"retention_days_{cls}.*--retention-{cls}-days"):

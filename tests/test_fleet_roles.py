@@ -79,6 +79,8 @@ ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
     ("GET", "/api/v1/boxes/b00000", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/boxes/b00000/readings", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/boxes/b00000/seq", None, "viewer", 200, _nothing),
+    ("GET", "/api/v1/readings", None, "viewer", 200, _nothing),
+    ("GET", "/api/v1/readings/export", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/alerts", None, "viewer", 200, _nothing),
     ("POST", "/api/v1/alerts/{alert}/ack", None, "operator", 200, _alert),
     ("GET", "/api/v1/rollouts", None, "viewer", 200, _nothing),

@@ -40,7 +40,7 @@ def test_sqlite_store_satisfies_the_protocol(store: SqliteStore) -> None:
 def test_migrations_are_named_applied_once_and_file_is_wal(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
     first = SqliteStore(path)
-    assert first.migrations_applied == ["0001_enrollment_and_boxes", "0002_readings"]
+    assert first.migrations_applied == ["0001_enrollment_and_boxes", "0002_readings", "0003_readings_by_time"]
     first.close()
     again = SqliteStore(path)
     assert again.migrations_applied == []
@@ -50,7 +50,8 @@ def test_migrations_are_named_applied_once_and_file_is_wal(tmp_path: Path) -> No
         from sqlite_utils import Database
 
         db = Database(conn, execute_plugins=False)
-        assert [m.name for m in MIGRATIONS.applied(db)] == ["0001_enrollment_and_boxes", "0002_readings"]
+        assert [m.name for m in MIGRATIONS.applied(db)] == [
+            "0001_enrollment_and_boxes", "0002_readings", "0003_readings_by_time"]
         assert MIGRATIONS.pending(db) == []
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:

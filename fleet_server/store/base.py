@@ -11,6 +11,8 @@ Contract every backend keeps:
 - admission follows `fleet_server.store.admission` (re-key, pending requests, revocation);
 - readings are keyed by (box_id, seq): re-delivered rows are counted as duplicates and not stored
   again, so at-least-once delivery becomes exactly-once storage; one batch is one transaction;
+- readings go out across boxes in one total order, (ts, box_id, seq), by keyset pages
+  (`readings_page`, fleet_server.readings_out), an index serving that order on every backend;
 - seq tracking (issue 11, fleet_server.store.seq): that transaction also advances the box's seq
   state with the pure rules of `fleet_server.seq_tracking` and stores the gaps they find, each
   raised as a `seq_gap` alert (fleet_server.store.alerts), and the announced dropped ranges;
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from core.reading import Reading
+from fleet_server.readings_out import BoxReading, ReadingKey, ReadingsQuery
 from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore
@@ -167,6 +170,13 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
         device: str | None = None, point: str | None = None,
     ) -> list[Reading]:
         """Readings with seq > after_seq in seq order, at most `limit`; raise `UnknownBox`."""
+        ...
+
+    def readings_page(self, query: ReadingsQuery) -> tuple[list[BoxReading], ReadingKey | None]:
+        """Readings of every box matching `query`, in (ts, box_id, seq) order, strictly after
+        `query.after`, at most `query.limit`; and the key to continue after: None when no matching
+        reading follows this page (as stored when the page was read). Raises `UnknownBox` when
+        `query.box_id` names no enrolled box."""
         ...
 
     def list_boxes(self) -> list[Box]:

@@ -17,7 +17,8 @@ Migrations
     finds nothing to do. A database at a version above the code's (`SCHEMA_VERSION`) is refused
     with `StoreError` before anything is changed. Never edit an applied migration: append one
     (a statement is SQL text, or a callable taking the connection for data migrations).
-    Migration 1 is the whole current schema. Daily partitions are not migrations (they depend on
+    Migration 1 is the whole current schema; migration 4 adds the read-only views (`VIEWS`) for
+    systems that read the database directly (docs/data-out.md). Daily partitions are not migrations (they depend on
     the date): the store calls `ensure_partitions` at start and then periodically.
 
 Readings: partitioned by class, then by day
@@ -88,7 +89,7 @@ from psycopg.pq import TransactionStatus
 from fleet_server.errors import StoreError
 
 __all__ = [
-    "CLASSES", "DAY_S", "MIGRATE_LOCK", "MIGRATIONS", "PARTITION_LOCK", "SCHEMA_VERSION", "Migration",
+    "CLASSES", "DAY_S", "MIGRATE_LOCK", "MIGRATIONS", "PARTITION_LOCK", "SCHEMA_VERSION", "VIEWS", "Migration",
     "drop_expired", "ensure_partitions", "migrate", "partition_name",
 ]
 
@@ -219,6 +220,66 @@ _SCHEMA_V1: list[Statement] = [
     " PRIMARY KEY (box_id, first, last))",
 ]
 
+# -- read-only views for systems reading the database directly (migration 4) -------------------------
+#
+# The city platform (or a BI tool) may read PostgreSQL itself instead of the API: these views are
+# its interface, kept stable while the tables behind them change. A view runs with its owner's
+# rights (the server's role; never `security_invoker`), so a read-only role needs SELECT on the
+# views only, and no right on any table: it cannot reach a credential or token hash, which no view
+# shows (docs/data-out.md has the GRANTs). Times are timestamptz (rendered ISO 8601), and the
+# readings keep `ts` (unix seconds): filter and page on `ts`, which the index readings_by_time and
+# the day partitions serve; a condition on the computed `time` scans every partition.
+# Changing a view later: CREATE OR REPLACE VIEW may only add columns at the end; anything else is
+# DROP VIEW + CREATE VIEW in the same migration, and a column a view shows cannot change its type
+# until the view is dropped.
+_ISO_UTC = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+_VIEWS_V4: list[Statement] = [
+    "CREATE VIEW v_readings AS SELECT r.box_id, r.seq, r.ts, to_timestamp(r.ts) AS time,"
+    f" {_ISO_UTC.format('to_timestamp(r.ts)')} AS time_iso, r.device, r.point, r.value, r.unit, r.quality,"
+    " r.cls, r.text FROM readings r",
+    "COMMENT ON VIEW v_readings IS 'Every stored reading of every box. One reading is (box_id, seq);"
+    " page in the order (ts, box_id, seq) with WHERE ts >= .. AND ts < .. AND (ts, box_id, seq) > (..):"
+    " the index readings_by_time and the day partitions serve it. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_readings.ts IS 'When the box measured it: unix seconds (UTC), the box''s clock."
+    " Filter on this column (indexed, partition-pruned).'",
+    "COMMENT ON COLUMN v_readings.time IS 'ts as a timestamptz (for display; conditions on it are not indexed)'",
+    "COMMENT ON COLUMN v_readings.time_iso IS 'ts as ISO 8601 text in UTC, microseconds: 2026-12-07T10:00:00.000000Z'",
+    "COMMENT ON COLUMN v_readings.seq IS 'The box''s own sequence number, strictly increasing per box'",
+    "COMMENT ON COLUMN v_readings.value IS 'The measured value; NULL when the reading has none (see quality)'",
+    "COMMENT ON COLUMN v_readings.quality IS 'Quality flags, 0 = good: 1 missing, 2 out of range, 4 suspect,"
+    " 8 comm failure, 16 derived, 32 counter wrapped'",
+    "COMMENT ON COLUMN v_readings.cls IS 'Record class: routine, event or alarm'",
+    "COMMENT ON COLUMN v_readings.text IS 'Free text of an event or alarm; NULL for measurements'",
+    "CREATE VIEW v_boxes AS SELECT b.box_id, b.hardware, b.site, b.agent_version, b.tags::jsonb AS tags,"
+    " to_timestamp(b.enrolled_at) AS enrolled_at, to_timestamp(b.last_seen) AS last_seen,"
+    " b.online = 1 AS online, to_timestamp(b.status_ts) AS status_at, b.max_seq,"
+    " v.revoked_at IS NOT NULL AS revoked, to_timestamp(v.revoked_at) AS revoked_at,"
+    " i.models::jsonb AS models, i.firmware::jsonb AS firmware, to_timestamp(i.updated_at) AS inventory_at"
+    " FROM boxes b LEFT JOIN box_revocations v ON v.box_id = b.box_id"
+    " LEFT JOIN box_inventory i ON i.box_id = b.box_id",
+    "COMMENT ON VIEW v_boxes IS 'Every enrolled box: what it is, where, what it runs, whether it is online."
+    " No credential or token (hash) is shown. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_boxes.last_seen IS 'Server time of the last telemetry or status received from the box'",
+    "COMMENT ON COLUMN v_boxes.online IS 'The state the box last reported on its status topic (its MQTT last"
+    " will reports offline when it drops)'",
+    "COMMENT ON COLUMN v_boxes.status_at IS 'The box''s own time of that status report'",
+    "COMMENT ON COLUMN v_boxes.max_seq IS 'Highest reading seq stored for the box (0: none yet)'",
+    "COMMENT ON COLUMN v_boxes.revoked IS 'Decommissioned: its credential no longer works'",
+    "COMMENT ON COLUMN v_boxes.models IS 'Edge models the box reports running {name: version}; NULL before"
+    " its first inventory'",
+    "COMMENT ON COLUMN v_boxes.firmware IS 'Device firmware the box reports {device: version}'",
+    "CREATE VIEW v_alerts_open AS SELECT a.id, a.box_id, b.site, a.kind, a.detail::jsonb AS detail,"
+    " to_timestamp(a.raised_at) AS raised_at FROM alerts a LEFT JOIN boxes b ON b.box_id = a.box_id"
+    " WHERE a.acked_at IS NULL",
+    "COMMENT ON VIEW v_alerts_open IS 'Alerts no operator has acknowledged yet, oldest id first when"
+    " ordered by id. Read-only; see docs/data-out.md.'",
+    "COMMENT ON COLUMN v_alerts_open.kind IS 'What was raised, e.g. seq_gap (readings that will never arrive)'",
+    "COMMENT ON COLUMN v_alerts_open.detail IS 'The alert''s facts; seq_gap: {first, last, missing, reason}'",
+    "COMMENT ON COLUMN v_alerts_open.box_id IS 'The box concerned; NULL for an alert about no one box'",
+]
+#: The views of migration 4: what a read-only role is granted.
+VIEWS = ("v_readings", "v_boxes", "v_alerts_open")
+
 #: Every migration, in order. Append; never edit one that has been released.
 MIGRATIONS: list[Migration] = [
     Migration(1, "0001_fleet_schema", tuple(_SCHEMA_V1)),
@@ -234,6 +295,7 @@ MIGRATIONS: list[Migration] = [
         "CREATE TABLE leases (name text PRIMARY KEY, holder text NOT NULL, expires_at double precision NOT NULL,"
         " acquired_at double precision NOT NULL)",
     )),
+    Migration(4, "0004_read_only_views", tuple(_VIEWS_V4)),
 ]
 
 
@@ -361,6 +423,18 @@ def _add_day(conn: Connection, schema: str, cls: str, day: int) -> int:
     return max(moved, 0)
 
 
+#: How long an upkeep statement waits for a table lock before it gives up for this round: below
+#: PostgreSQL's deadlock_timeout (1 s), so in a lock cycle with an ingest the upkeep is the one
+#: that yields, and an ingest or read never waits on upkeep for longer than this.
+UPKEEP_LOCK_TIMEOUT = "300ms"
+
+
+def _upkeep_locks(conn: Connection) -> None:
+    """Inside an upkeep transaction: the lock timeout, then the advisory lock serialising upkeep."""
+    conn.execute(f"SET LOCAL lock_timeout = '{UPKEEP_LOCK_TIMEOUT}'")
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+
+
 def _check_count(name: str, value: int) -> None:
     if type(value) is not int or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -378,6 +452,11 @@ def ensure_partitions(conn: Connection, now: float, days_ahead: int = 7, days_ba
     Idempotent; two servers running it at once are serialised by the advisory lock
     `PARTITION_LOCK` (the second finds the partitions made). Rows the DEFAULT partition holds for
     a new day are moved into it, in the same transaction.
+
+    Each partition is its own short transaction, under `UPKEEP_LOCK_TIMEOUT`: it needs the class's
+    DEFAULT partition exclusively, and an ingest or a read holding locks on other partitions
+    could otherwise deadlock with an upkeep holding several. Upkeep yields instead: a partition
+    it could not lock in time is left for the next round (it is logged, and not in the result).
     """
     _check_now(now)
     _check_count("days_ahead", days_ahead)
@@ -387,20 +466,23 @@ def ensure_partitions(conn: Connection, now: float, days_ahead: int = 7, days_ba
     days = [first + i * DAY_S for i in range(days_back + 1 + days_ahead)]
     created: list[str] = []
     try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
-            schema = _readings_schema(conn)
-            for cls in CLASSES:
-                existing = _partitions(conn, cls)
-                for day in days:
-                    name = partition_name(cls, day)
-                    if name in existing:
-                        continue
-                    moved = _add_day(conn, schema, cls, day)
-                    if moved:
-                        log.warning("partition %s created with %d rows moved from readings_%s_default",
-                                    name, moved, cls)
-                    created.append(name)
+        schema = _readings_schema(conn)
+        for cls in CLASSES:
+            missing = [day for day in days if partition_name(cls, day) not in _partitions(conn, cls)]
+            for day in missing:
+                name = partition_name(cls, day)
+                try:
+                    with conn.transaction():
+                        _upkeep_locks(conn)
+                        if name in _partitions(conn, cls):  # made meanwhile by another server
+                            continue
+                        moved = _add_day(conn, schema, cls, day)
+                except psycopg.errors.LockNotAvailable:
+                    log.info("partition %s not created this round: its table is busy (next round)", name)
+                    continue
+                if moved:
+                    log.warning("partition %s created with %d rows moved from readings_%s_default", name, moved, cls)
+                created.append(name)
     except psycopg.Error as exc:
         raise StoreError(f"cannot create the readings partitions: {exc}") from exc
     return sorted(created)
@@ -421,17 +503,23 @@ def drop_expired(conn: Connection, now: float, retention_days: Mapping[str, int]
     _check_idle(conn, "drop_expired")
     dropped: list[str] = []
     try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
-            schema = _readings_schema(conn)
-            for cls, days in retention_days.items():
-                cutoff = now - days * DAY_S
-                for name in _expired(_partitions(conn, cls), cutoff):
-                    table = sql.Identifier(schema, name)
-                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                        sql.Identifier(schema, f"readings_{cls}"), table))
-                    conn.execute(sql.SQL("DROP TABLE {}").format(table))
-                    dropped.append(name)
+        schema = _readings_schema(conn)
+        for cls, days in retention_days.items():
+            cutoff = now - days * DAY_S
+            for name in list(_expired(_partitions(conn, cls), cutoff)):
+                table = sql.Identifier(schema, name)
+                try:
+                    with conn.transaction():  # one partition at a time, yielding to ingest (see ensure_partitions)
+                        _upkeep_locks(conn)
+                        if name not in _partitions(conn, cls):  # dropped meanwhile by another server
+                            continue
+                        conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                            sql.Identifier(schema, f"readings_{cls}"), table))
+                        conn.execute(sql.SQL("DROP TABLE {}").format(table))
+                except psycopg.errors.LockNotAvailable:
+                    log.info("partition %s not dropped this round: its table is busy (next round)", name)
+                    continue
+                dropped.append(name)
     except psycopg.Error as exc:
         raise StoreError(f"cannot drop expired readings partitions: {exc}") from exc
     for name in dropped:

@@ -6,6 +6,10 @@ upserts, `RETURNING`), and ask the dialect for the few fragments that differ.
   `?` parameter), with one column named `value`.
 - `row_order(table)`: an expression ordering a table's rows by insertion (SQLite's rowid; a
   `row_order` identity column in PostgreSQL), for ties on a timestamp.
+- `filter_only(column)`: the column in a condition that must filter rows but not pick the index
+  (SQLite `+column`: its planner has no statistics and, given `box_id = ?`, would read a box's
+  whole history through its box index and sort it for every page of a time-ordered read;
+  PostgreSQL: the column, its planner decides on statistics).
 - `lock(conn, domain)`: serialize the decisions of one domain ("rollouts", "admission", ...) across
   every server process on the database, for the rest of the current transaction. SQLite needs
   nothing (one process, one writer); PostgreSQL takes a transaction-scoped advisory lock, see
@@ -27,6 +31,8 @@ class SqlDialect(Protocol):
 
     def row_order(self, table: str) -> str: ...
 
+    def filter_only(self, column: str) -> str: ...
+
     def lock(self, conn: Any, domain: str) -> None: ...
 
 
@@ -44,6 +50,9 @@ class _Sqlite:
     def row_order(self, table: str) -> str:
         return f"{table}.rowid"
 
+    def filter_only(self, column: str) -> str:
+        return f"+{column}"  # unary plus: the same value, and no index is chosen for it
+
     def lock(self, conn: Any, domain: str) -> None:
         """Nothing: every write transaction already holds the store's one lock."""
 
@@ -56,6 +65,9 @@ class _Postgres:
 
     def row_order(self, table: str) -> str:
         return f"{table}.row_order"
+
+    def filter_only(self, column: str) -> str:
+        return column
 
     def lock(self, conn: Any, domain: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (domain_key(domain),))

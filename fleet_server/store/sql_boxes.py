@@ -8,6 +8,14 @@ into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING).
 Ingest takes the box's lock (`_sql.lock(conn, "box:<id>")`) before it reads the box's seq state,
 so two server processes storing batches of one box advance its seq tracking one after the other;
 `ingest_many` takes its boxes' locks in sorted order first, so two groups never deadlock.
+
+Readings out (`readings_page`, fleet_server.readings_out): one keyset query,
+`WHERE (ts, box_id, seq) > (?, ?, ?) ... ORDER BY ts, box_id, seq LIMIT n + 1` (row values:
+PostgreSQL, and SQLite since 3.15), served on both backends by the index `readings_by_time
+(ts, box_id, seq)` (PostgreSQL prunes the day partitions outside since/until, and the classes
+other than `cls`, too). The extra row says whether another page follows. A box filter is written
+through the dialect's `filter_only`, so SQLite keeps walking the time index instead of sorting
+the box's whole history for every page.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any, NamedTuple
 
 from core.reading import Quality, Reading, RecordClass
 from fleet_server.errors import UnknownBox
+from fleet_server.readings_out import BoxReading, ReadingKey, ReadingsQuery
 from fleet_server.rollout.model import Inventory
 from fleet_server.seq_tracking import SeqReport, seq_ranges
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
@@ -201,6 +210,36 @@ class BoxTables:
                 raise UnknownBox(box_id)
             rows = conn.execute(sql, args).fetchall()
         return [reading_from_row(row) for row in rows]
+
+    def readings_page(self, query: ReadingsQuery) -> tuple[list[BoxReading], ReadingKey | None]:
+        sql = f"SELECT box_id, {READING_COLUMNS} FROM readings WHERE 1 = 1"
+        args: list[Any] = []
+        if query.after is not None:
+            sql += " AND (ts, box_id, seq) > (?, ?, ?)"
+            args += [query.after.ts, query.after.box_id, query.after.seq]
+        if query.since is not None:
+            sql += " AND ts >= ?"
+            args.append(float(query.since))
+        if query.until is not None:
+            sql += " AND ts < ?"
+            args.append(float(query.until))
+        if query.box_id is not None:
+            sql += f" AND {self._sql.filter_only('box_id')} = ?"
+            args.append(query.box_id)
+        for column, value in (("device", query.device), ("point", query.point),
+                              ("cls", None if query.cls is None else query.cls.value)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        sql += " ORDER BY ts, box_id, seq LIMIT ?"
+        args.append(query.limit + 1)
+        with self._conn() as conn:
+            if query.box_id is not None and conn.execute(
+                    "SELECT 1 FROM boxes WHERE box_id = ?", (query.box_id,)).fetchone() is None:
+                raise UnknownBox(query.box_id)
+            rows = conn.execute(sql, args).fetchall()
+        page = [BoxReading(row[0], reading_from_row(row[1:])) for row in rows[:query.limit]]
+        return page, (page[-1].key if len(rows) > query.limit else None)
 
 
 def box_from_row(row: tuple[Any, ...]) -> Box:

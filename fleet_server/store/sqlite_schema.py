@@ -62,6 +62,15 @@ def _readings(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0003_readings_by_time")
+def _readings_by_time(db: Database) -> None:
+    # Readings out in one order across boxes (fleet_server.readings_out): keyset pages on
+    # (ts, box_id, seq), and since/until ranges. PostgreSQL has had it from its first schema.
+    db.table("readings").create_index(
+        ["ts", "box_id", "seq"], index_name="readings_by_time", if_not_exists=True
+    )
+
+
 def apply_migrations(migrations: Migrations, db: Database) -> list[str]:
     """Apply one named set's pending migrations; return the names applied now (empty when up to
     date). Every set (core, rollouts, and those of the store mixins) is applied through this."""
