@@ -17,7 +17,10 @@
   (issue 11), so the server's seq tracking runs on every batch (a server without it ignores them).
 
     python -m bench.fleet [--only checkins|rollout|create|telemetry]
-Environment: QUANEDGE_BENCH_BOXES (default 10000) for rollout_10k_s.
+    python -m bench.fleet --db postgresql://user@host/db [--only pg_ingest|pg_checkins|city]
+Environment: QUANEDGE_BENCH_BOXES (default 10000) for rollout_10k_s. With --db, the PostgreSQL
+figures of bench/fleet_pg.py (ingest against the COPY limit, check-ins across two replicas, the
+city simulation) are measured instead, in a schema of their own.
 """
 
 from __future__ import annotations
@@ -181,7 +184,9 @@ def _machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--only", choices=("checkins", "rollout", "create", "telemetry"))
+    parser.add_argument("--only", choices=("checkins", "rollout", "create", "telemetry", "pg_ingest", "pg_checkins",
+                                           "city"))
+    parser.add_argument("--db", help="a PostgreSQL URL: measure the PostgreSQL figures (bench/fleet_pg.py)")
     parser.add_argument("--loadgen", nargs=4, metavar=("URL", "CREDS", "SECONDS", "CONNECTIONS"))
     args = parser.parse_args()
     if args.loadgen:
@@ -190,6 +195,13 @@ def main() -> None:
         print(json.dumps(asyncio.run(_loadgen(url, creds, float(seconds), int(conns)))))
         return
     result: dict[str, Any] = {}
+    if args.db:
+        from bench.fleet_pg import run
+
+        result.update(run(args.db, args.only))
+        result.update(_machine())
+        print(json.dumps(result))
+        return
     for name, fn in (("checkins", bench_checkins), ("rollout", bench_rollout), ("create", bench_create),
                      ("telemetry", bench_telemetry)):
         if args.only in (None, name):

@@ -54,7 +54,8 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(self, workdir: Path, *, repo_dir: Path | None = None, checkin_interval_s: int = 10,
-                 db_path: Path | None = None) -> None:
+                 db_path: Path | str | None = None) -> None:
+        """`db_path`: a SQLite file (default <workdir>/fleet.db) or a PostgreSQL URL."""
         self.workdir = workdir
         self.db_path = db_path or workdir / "fleet.db"
         self.repo_dir = repo_dir
