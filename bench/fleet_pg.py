@@ -47,6 +47,26 @@ CITY_S = float(os.environ.get("QUANEDGE_BENCH_CITY_S", "300"))
 CITY_POLL_S = 60.0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds of every postgres process on this machine (the database's side of the cost;
+    only meaningful with the database on this machine and nothing else using it)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "postgres":
+                    total += _cpu_s(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 @contextmanager
 def _schema(url: str) -> Any:
     schema = "bench_" + secrets.token_hex(4)
@@ -84,6 +104,8 @@ def bench_ingest_and_copy(url: str) -> dict[str, Any]:
         work = Path(os.environ.get("TMPDIR", "/tmp")) / f"qe-bench-pg-{schema}"
         work.mkdir(parents=True, exist_ok=True)
         with ServerProcess(work, checkin_interval_s=60, db_path=db) as server:
+            assert server.pid is not None
+            cpu0, db0 = _cpu_s(server.pid), _postgres_cpu_s()
             wall = 0.0
             with httpx.Client(base_url=server.url, timeout=30, headers={
                     "Authorization": f"Bearer {credential}", "Content-Type": "application/json"}) as client:
@@ -97,6 +119,8 @@ def bench_ingest_and_copy(url: str) -> dict[str, Any]:
                     wall += time.perf_counter() - started
                     r.raise_for_status()
                     assert r.json()["accepted"] == BATCH, r.text
+            server_us = (_cpu_s(server.pid) - cpu0) / (BATCH * BATCHES) * 1e6
+            db_us = (_postgres_cpu_s() - db0) / (BATCH * BATCHES) * 1e6
         ingest = BATCH * BATCHES / wall
         # the limit: the same batches' rows, COPY + dedup into the same table (another box id)
         with psycopg.connect(url, options=f"-c search_path={schema}", autocommit=True) as conn:
@@ -116,7 +140,8 @@ def bench_ingest_and_copy(url: str) -> dict[str, Any]:
                 wall += time.perf_counter() - started
         limit = BATCH * BATCHES / wall
     return {"pg_ingest_rows_per_s": round(ingest), "pg_copy_limit_rows_per_s": round(limit),
-            "pg_ingest_vs_copy_limit": round(ingest / limit, 2)}
+            "pg_ingest_vs_copy_limit": round(ingest / limit, 2),
+            "pg_ingest_server_cpu_us_per_row": round(server_us, 1), "pg_ingest_db_cpu_us_per_row": round(db_us, 1)}
 
 
 def bench_checkins(url: str) -> dict[str, Any]:
@@ -128,6 +153,8 @@ def bench_checkins(url: str) -> dict[str, Any]:
             for k in range(2):
                 (base / str(k)).mkdir(parents=True, exist_ok=True)
                 servers.append(ServerProcess(base / str(k), checkin_interval_s=60, db_path=db).start())
+            cpu0 = sum(_cpu_s(s.pid) for s in servers if s.pid is not None)
+            db0 = _postgres_cpu_s()
             procs = []
             for k, server in enumerate(servers):
                 creds_file = base / f"creds-{k}.json"
@@ -136,12 +163,16 @@ def bench_checkins(url: str) -> dict[str, Any]:
                     [sys.executable, "-m", "bench.fleet", "--loadgen", server.url, str(creds_file), str(CHECKIN_S),
                      str(CONNECTIONS // 2)], stdout=subprocess.PIPE, text=True))
             results = [json.loads((p.communicate()[0] or "").strip().splitlines()[-1]) for p in procs]
+            answered = sum(r["requests"] for r in results)
+            server_us = (sum(_cpu_s(s.pid) for s in servers if s.pid is not None) - cpu0) / answered * 1e6
+            db_us = (_postgres_cpu_s() - db0) / answered * 1e6
         finally:
             for server in servers:
                 server.stop()
     return {"pg_checkins_per_s": round(sum(r["per_s"] for r in results)),
             "pg_checkin_p99_ms": round(max(r["p99_ms"] for r in results), 2),
-            "pg_checkin_non_304": sum(r["not_304"] for r in results)}
+            "pg_checkin_non_304": sum(r["not_304"] for r in results),
+            "pg_checkin_server_cpu_us": round(server_us), "pg_checkin_db_cpu_us": round(db_us)}
 
 
 async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -> dict[str, Any]:

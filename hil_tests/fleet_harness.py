@@ -86,6 +86,10 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"fleet server did not answer within {timeout_s} s")
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,8 +46,16 @@ def test_a_revocation_on_one_replica_holds_on_the_other_at_once(two: tuple[PgSto
     eb = engine(b, clock)
 
     async def run() -> None:
-        assert (await eb.authenticate(boxes["b00000"], "b00000")).box_id == "b00000"
+        assert (await eb.authenticate(boxes["b00000"], "b00000")).box_id == "b00000"   # now cached on B
+        deadline = time.monotonic() + 5
+        while not b._credentials.listening:  # B hears credential changes (LISTEN) once connected
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        seen = b.credential_generation()
         a.revoke_box("b00000")  # on the other replica
+        while b.credential_generation() == seen:  # NOTIFY reaches B at A's commit: milliseconds
+            assert time.monotonic() < deadline, "replica B never heard of the revocation"
+            await asyncio.sleep(0.005)
         with pytest.raises(NotAuthenticated):
             await eb.authenticate(boxes["b00000"], "b00000")
         assert (await eb.authenticate(boxes["b00001"], "b00001")).box_id == "b00001"
@@ -107,3 +116,14 @@ def test_replicas_assigning_at_once_never_pass_a_wave_or_assign_a_box_twice(two:
     assert len(a.open_actions()) == 5
     view = b.get_rollout("r-1")
     assert view.waves[0].assigned == 5
+
+
+def test_a_replica_not_listening_never_trusts_its_credential_cache() -> None:
+    from fleet_server.store.pg_notify import CredentialListener
+
+    deaf = CredentialListener("postgresql://postgres@127.0.0.1:1/none", {"connect_timeout": 1})
+    try:
+        assert not deaf.listening
+        assert deaf.generation != deaf.generation  # every read a new generation: the cache is emptied
+    finally:
+        deaf.close()

@@ -18,8 +18,10 @@ store-wide work, which one replica at a time does under the "rollout-timeouts" l
 
 Replicas (`store.shared`: PostgreSQL, other server processes write the same database). What this
 process remembers may then be changed by another, so:
-- credentials are checked against the store on every check-in (a revocation or re-key on another
-  replica holds at once; the in-memory credential cache is used only when the store is not shared);
+- the credential cache is emptied whenever `store.credential_generation()` moves, and on
+  PostgreSQL that generation moves on every replica when any replica re-keys, admits or revokes
+  (LISTEN/NOTIFY, fleet_server.store.pg_notify; while not listening it moves on every read, so
+  the cache is then not used);
 - every refresh (each `sweep_s`) re-reads the site policies, and marks dirty every box whose open
   action belongs to a rollout that changed (its `rev` moved) or ended, so that box's next
   check-in asks the store. An action closed or canceled on another replica is therefore served
@@ -259,13 +261,6 @@ class RolloutEngine:
     async def authenticate(self, credential: str | None, box_id: str) -> BoxRef:
         if not credential:
             raise NotAuthenticated("missing box credential")
-        if self.shared:  # another replica may revoke or re-key at any moment: ask every time
-            box = await to_thread.run_sync(self.store.box_for_credential, credential)
-            if box is None:
-                raise NotAuthenticated("missing or unknown box credential")
-            if box.box_id != box_id:
-                raise Forbidden(f"this credential belongs to box {box.box_id!r}, not {box_id!r}")
-            return BoxRef(box.box_id, box.site)
         generation = self.store.credential_generation()
         if generation != self._auth_generation:
             self._auth.clear()

@@ -40,6 +40,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from fleet_server.errors import StoreError
+from fleet_server.store.pg_notify import CHANNEL, CredentialListener
 from fleet_server.store.pg_schema import drop_expired, ensure_partitions, migrate
 from fleet_server.store.sql import POSTGRES, SqlConn
 from fleet_server.store.sql_boxes import BoxTables
@@ -111,6 +112,7 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
             with self._pool.connection() as conn:
                 self.migrations_applied = migrate(conn)
                 ensure_partitions(conn, clock())  # the days around now; upkeep keeps them coming
+            self._credentials = CredentialListener(url, kwargs)
         except StoreError:
             self._pool.close()
             raise
@@ -158,12 +160,12 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
 
     def _credentials_changed(self, conn: SqlConn) -> None:
         conn.execute("UPDATE store_counters SET value = value + 1 WHERE name = 'credential_generation'")
+        conn.execute(f"NOTIFY {CHANNEL}")  # every replica's listener hears it at the commit
 
     def credential_generation(self) -> int:
-        """Read from the database every time: another replica may have re-keyed or revoked a box."""
-        with self._conn() as conn:
-            row = conn.execute("SELECT value FROM store_counters WHERE name = 'credential_generation'").fetchone()
-        return int(row[0]) if row else 0
+        """Moves whenever any replica re-keyed, admitted or revoked (pg_notify), without a query;
+        moves on every read while this replica's listener is not connected."""
+        return self._credentials.generation
 
     # -- readings partitions ----------------------------------------------------------------------
 
@@ -189,6 +191,7 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
         with self._close_lock:
             if not self._closed:
                 self._closed = True
+                self._credentials.close()
                 self._pool.close()
 
 
