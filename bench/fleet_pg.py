@@ -178,6 +178,7 @@ def bench_checkins(url: str) -> dict[str, Any]:
 async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -> dict[str, Any]:
     pools = [HttpPool(u, size=64, timeout=10.0) for u in urls]
     latencies: list[float] = []
+    warm: list[float] = []  # after every box's first check-in (the credential cache filled, ETags known)
     lost = 0
     etags: dict[str, str] = {}
     start = time.monotonic()
@@ -196,6 +197,8 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
             lost += 1
             return
         latencies.append(time.perf_counter() - t0)
+        if time.monotonic() - start > CITY_POLL_S + 5:
+            warm.append(latencies[-1])
         if r.status == 200:
             etags[box] = r.headers.get("etag", "")
         elif r.status != 304:
@@ -216,8 +219,10 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
     for pool in pools:
         await pool.close()
     latencies.sort()
+    warm.sort()
     return {"checkins": len(latencies), "lost": lost,
-            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else None}
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else None,
+            "warm_p99_ms": warm[int(0.99 * (len(warm) - 1))] * 1000 if warm else None}
 
 
 def bench_city(url: str) -> dict[str, Any]:
@@ -235,7 +240,8 @@ def bench_city(url: str) -> dict[str, Any]:
                 server.stop()
     return {"city_sim_boxes": CITY_BOXES, "city_sim_seconds": CITY_S, "city_sim_checkins": result["checkins"],
             "city_sim_checkin_p99_ms": None if result["p99_ms"] is None else round(result["p99_ms"], 1),
-            "city_sim_lost": result["lost"]}
+            "city_sim_lost": result["lost"],
+            "city_sim_warm_checkin_p99_ms": None if result["warm_p99_ms"] is None else round(result["warm_p99_ms"], 1)}
 
 
 def run(url: str, only: str | None) -> dict[str, Any]:

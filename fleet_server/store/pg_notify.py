@@ -77,5 +77,6 @@ class CredentialListener:
             yield from conn.notifies(timeout=0.5)
 
     def close(self) -> None:
+        """Stop listening; the thread ends (closing its connection) within its 0.5 s poll, so
+        closing a store does not wait for it."""
         self._stop.set()
-        self._thread.join(5)
