@@ -144,15 +144,25 @@ def bench_ingest_and_copy(url: str) -> dict[str, Any]:
             "pg_ingest_server_cpu_us_per_row": round(server_us, 1), "pg_ingest_db_cpu_us_per_row": round(db_us, 1)}
 
 
+@contextmanager
+def _replicas(schema: str, db: str, count: int = 2) -> Any:
+    """`count` fleet server processes on one database; (their work folder, the servers)."""
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"qe-bench-pg-{schema}"
+    servers: list[ServerProcess] = []
+    try:
+        for k in range(count):
+            (base / str(k)).mkdir(parents=True, exist_ok=True)
+            servers.append(ServerProcess(base / str(k), checkin_interval_s=60, db_path=db).start())
+        yield base, servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def bench_checkins(url: str) -> dict[str, Any]:
     with _schema(url) as (schema, db):
         creds = sorted(_provision(url, schema, 1000, "load").items())
-        base = Path(os.environ.get("TMPDIR", "/tmp")) / f"qe-bench-pg-{schema}"
-        servers = []
-        try:
-            for k in range(2):
-                (base / str(k)).mkdir(parents=True, exist_ok=True)
-                servers.append(ServerProcess(base / str(k), checkin_interval_s=60, db_path=db).start())
+        with _replicas(schema, db) as (base, servers):
             cpu0 = sum(_cpu_s(s.pid) for s in servers if s.pid is not None)
             db0 = _postgres_cpu_s()
             procs = []
@@ -166,9 +176,6 @@ def bench_checkins(url: str) -> dict[str, Any]:
             answered = sum(r["requests"] for r in results)
             server_us = (sum(_cpu_s(s.pid) for s in servers if s.pid is not None) - cpu0) / answered * 1e6
             db_us = (_postgres_cpu_s() - db0) / answered * 1e6
-        finally:
-            for server in servers:
-                server.stop()
     return {"pg_checkins_per_s": round(sum(r["per_s"] for r in results)),
             "pg_checkin_p99_ms": round(max(r["p99_ms"] for r in results), 2),
             "pg_checkin_non_304": sum(r["not_304"] for r in results),
@@ -228,16 +235,8 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
 def bench_city(url: str) -> dict[str, Any]:
     with _schema(url) as (schema, db):
         creds = sorted(_provision(url, schema, CITY_BOXES, "city").items())
-        base = Path(os.environ.get("TMPDIR", "/tmp")) / f"qe-bench-pg-{schema}"
-        servers = []
-        try:
-            for k in range(2):
-                (base / str(k)).mkdir(parents=True, exist_ok=True)
-                servers.append(ServerProcess(base / str(k), checkin_interval_s=60, db_path=db).start())
+        with _replicas(schema, db) as (_, servers):
             result = asyncio.run(_city([s.url for s in servers], creds, CITY_S))
-        finally:
-            for server in servers:
-                server.stop()
     return {"city_sim_boxes": CITY_BOXES, "city_sim_seconds": CITY_S, "city_sim_checkins": result["checkins"],
             "city_sim_checkin_p99_ms": None if result["p99_ms"] is None else round(result["p99_ms"], 1),
             "city_sim_lost": result["lost"],
