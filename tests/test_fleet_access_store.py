@@ -11,9 +11,9 @@ from test_fleet_helpers import Clock, dump_text
 
 from fleet_server.access import AuditEntry, AuditQuery, Role, UnknownUser, UserExists
 from fleet_server.store.base import hash_secret
+from fleet_server.store.sql_audit import AUDIT_MIGRATIONS
+from fleet_server.store.sql_users import USER_MIGRATIONS
 from fleet_server.store.sqlite import SqliteStore
-from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS
-from fleet_server.store.sqlite_users import USER_MIGRATIONS
 
 
 def entry(ts: float, principal: str = "alice", action: str = "create_rollout", status: int = 201) -> AuditEntry:

@@ -39,7 +39,7 @@ def test_quarantine_is_admin_only_paged_and_filtered(client: TestClient, store: 
 
 def test_the_quarantine_keeps_the_newest_and_caps_payload_topic_and_detail(store: SqliteStore,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fleet_server.store.sqlite_quarantine.KEEP_MAX", 3)
+    monkeypatch.setattr("fleet_server.store.sql_quarantine.KEEP_MAX", 3)
     for n in range(5):
         store.quarantine("mqtt", "t" * 1000 + "\ud800", b"x" * (q.PAYLOAD_MAX + 10), "internal", "d\ud800" * 2000, n)
     kept = store.quarantined()

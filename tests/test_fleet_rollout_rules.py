@@ -114,7 +114,7 @@ def test_public_api_is_pinned() -> None:
         "fleet_server.rollout.engine": ["Answer", "BoxRef", "RolloutEngine", "resolve_target"],
         "fleet_server.rollout.timestamps": ["TimestampKeeper"],
         "fleet_server.rollout.cli": ["app", "render"],
-        "fleet_server.store.sqlite_rollouts": ["RolloutTables", "split_action_id"],
+        "fleet_server.store.sql_rollouts": ["RolloutTables", "split_action_id"],
     }
     for name, names in expected.items():
         module = importlib.import_module(name)

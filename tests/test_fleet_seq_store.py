@@ -15,7 +15,7 @@ from core.reading import Reading
 from fleet_server.alerts import SEQ_GAP, AlertQuery, UnknownAlert
 from fleet_server.errors import StoreError, UnknownBox
 from fleet_server.seq_tracking import BUFFER_REPLACED, UNANNOUNCED, Gap, SeqReport, SeqState
-from fleet_server.store import sqlite_seq
+from fleet_server.store import sql_seq
 from fleet_server.store.sqlite import SqliteStore
 
 
@@ -72,7 +72,7 @@ def test_gap_state_and_readings_are_one_transaction(store: SqliteStore, monkeypa
     def broken(*args: object) -> int:
         raise sqlite3.OperationalError("disk I/O error (simulated)")
 
-    monkeypatch.setattr(sqlite_seq, "insert_alert", broken)
+    monkeypatch.setattr(sql_seq, "insert_alert", broken)
     with pytest.raises(StoreError):
         store.ingest("box-1", batch(21, 5), SeqReport(low=21, base=1))
     assert [r.seq for r in store.readings("box-1")] == list(range(1, 11))   # the batch was rolled back

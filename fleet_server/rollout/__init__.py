@@ -7,6 +7,6 @@
     engine.py      RolloutEngine: check-in answers cached in memory, store calls off the loop
     timestamps.py  the lifespan task that keeps the TUF timestamp signed
     cli.py         `quanedge rollout create|status|pause|resume|cancel|list|window`
-Storage is behind the `Store` Protocol (fleet_server.store.base); SQLite: store/sqlite_rollouts.py.
+Storage is behind the `Store` Protocol (fleet_server.store.base); both backends: store/sql_rollouts.py.
 Nothing is imported here, so importing the model does not pull in the engine.
 """

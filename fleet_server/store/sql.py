@@ -1,4 +1,4 @@
-"""What differs between the SQL backends, in one place: the store mixins (`sqlite_*.py`) write
+"""What differs between the SQL backends, in one place: the store mixins (`sql_*.py`) write
 their SQL once, in the subset SQLite and PostgreSQL share (`?` placeholders, `ON CONFLICT`
 upserts, `RETURNING`), and ask the dialect for the few fragments that differ.
 

@@ -32,7 +32,7 @@ from fleet_server.rollout.model import Inventory
 from fleet_server.seq_tracking import SeqReport, seq_ranges
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
 from fleet_server.store.sql import SqlConn, SqlDialect
-from fleet_server.store.sqlite_seq import BOX_AND_SEQ, check_report, seq_state, track_batch
+from fleet_server.store.sql_seq import BOX_AND_SEQ, check_report, seq_state, track_batch
 
 __all__ = ["BOX_COLUMNS", "READING_COLUMNS", "BoxTables", "Prepared", "box_from_row", "reading_from_row"]
 
@@ -104,6 +104,11 @@ class BoxTables:
                 (hash_secret(credential),),
             ).fetchone()
         return None if row is None else box_from_row(row)
+
+    def credential_index(self, limit: int) -> list[tuple[str, str, str]] | None:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT credential_hash, box_id, site FROM boxes LIMIT ?", (limit + 1,)).fetchall()
+        return None if len(rows) > limit else [(str(h), str(b), str(s)) for h, b, s in rows]
 
     def get_box(self, box_id: str) -> Box | None:
         with self._conn() as conn:

@@ -19,16 +19,16 @@ from sqlite_utils import Database
 
 from fleet_server.errors import StoreError
 from fleet_server.store.sql import SQLITE, SqlConn
+from fleet_server.store.sql_admission import ADMISSION_MIGRATIONS, AdmissionTables
+from fleet_server.store.sql_alerts import ALERT_MIGRATIONS, AlertTables
+from fleet_server.store.sql_audit import AUDIT_MIGRATIONS, AuditTables
 from fleet_server.store.sql_boxes import BoxTables
-from fleet_server.store.sqlite_admission import ADMISSION_MIGRATIONS, AdmissionTables
-from fleet_server.store.sqlite_alerts import ALERT_MIGRATIONS, AlertTables
-from fleet_server.store.sqlite_audit import AUDIT_MIGRATIONS, AuditTables
-from fleet_server.store.sqlite_leases import LEASE_MIGRATIONS, LeaseTables
-from fleet_server.store.sqlite_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
-from fleet_server.store.sqlite_rollouts import RolloutTables
+from fleet_server.store.sql_leases import LEASE_MIGRATIONS, LeaseTables
+from fleet_server.store.sql_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
+from fleet_server.store.sql_rollouts import RolloutTables
+from fleet_server.store.sql_seq import SEQ_MIGRATIONS, SeqTables
+from fleet_server.store.sql_users import USER_MIGRATIONS, UserTables
 from fleet_server.store.sqlite_schema import apply_migrations, migrate, migrate_rollouts
-from fleet_server.store.sqlite_seq import SEQ_MIGRATIONS, SeqTables
-from fleet_server.store.sqlite_users import USER_MIGRATIONS, UserTables
 
 __all__ = ["SqliteStore"]
 

@@ -27,7 +27,7 @@ from fleet_server.errors import UnknownBox
 from fleet_server.seq_tracking import SEQ_MAX, Range, SeqReport, SeqState, Tracked, check_reason, track
 from fleet_server.store.seq import SeqStatus
 from fleet_server.store.sql import SqlConn
-from fleet_server.store.sqlite_alerts import insert_alert
+from fleet_server.store.sql_alerts import insert_alert
 
 __all__ = ["BOX_AND_SEQ", "SEQ_MIGRATIONS", "SeqTables", "check_report", "seq_state", "track_batch"]
 
