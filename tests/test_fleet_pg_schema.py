@@ -45,13 +45,12 @@ NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc).timestamp()  # noon: day
 D0 = NOW - 12 * 3600
 
 #: Kept by PostgreSQL only: migrations, and what SQLite's single process keeps in memory or in rowid.
-PG_ONLY_TABLES = {"schema_migrations", "store_counters"}
+PG_ONLY_TABLES = {"schema_migrations"}
 PG_ONLY_COLUMNS = {("rollouts", "row_order")}
 TABLES = {
     "enrollment_tokens", "boxes", "readings", "box_inventory", "box_versions", "site_policies", "rollouts",
     "rollout_waves", "rollout_boxes", "quarantine", "api_users", "audit_log", "admission_requests",
     "box_revocations", "alerts", "box_seq", "seq_gaps", "seq_dropped", "leases", "schema_migrations",
-    "store_counters",
 }
 INSERT_READING = (
     "INSERT INTO readings (box_id, seq, ts, device, point, value, unit, quality, cls, text)"
@@ -252,7 +251,7 @@ def test_schema_matches_the_sqlite_schema(conn: Any, tmp_path: Path) -> None:
             assert (t, u, c, _predicate(pred)) == (table, bool(unique), cols, lite_pred), index
             seen_pg.add(index)
     # PostgreSQL's own additions: the bookkeeping (readings_by_time is SQLite's too, migration 0003)
-    assert set(pg_index) - seen_pg == {"schema_migrations_pkey", "store_counters_pkey"}
+    assert set(pg_index) - seen_pg == {"schema_migrations_pkey"}
     triggers = {name for name, in conn.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND NOT tgisinternal")}
     lite_triggers = {name for name, in lite.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}

@@ -43,15 +43,15 @@ from fleet_server.errors import StoreError
 from fleet_server.store.pg_notify import CHANNEL, CredentialListener
 from fleet_server.store.pg_schema import drop_expired, ensure_partitions, migrate
 from fleet_server.store.sql import POSTGRES, SqlConn
+from fleet_server.store.sql_admission import AdmissionTables
+from fleet_server.store.sql_alerts import AlertTables
+from fleet_server.store.sql_audit import AuditTables
 from fleet_server.store.sql_boxes import BoxTables
-from fleet_server.store.sqlite_admission import AdmissionTables
-from fleet_server.store.sqlite_alerts import AlertTables
-from fleet_server.store.sqlite_audit import AuditTables
-from fleet_server.store.sqlite_leases import LeaseTables
-from fleet_server.store.sqlite_quarantine import QuarantineTables
-from fleet_server.store.sqlite_rollouts import RolloutTables
-from fleet_server.store.sqlite_seq import SeqTables
-from fleet_server.store.sqlite_users import UserTables
+from fleet_server.store.sql_leases import LeaseTables
+from fleet_server.store.sql_quarantine import QuarantineTables
+from fleet_server.store.sql_rollouts import RolloutTables
+from fleet_server.store.sql_seq import SeqTables
+from fleet_server.store.sql_users import UserTables
 
 __all__ = ["PgConn", "PgStore", "redact_url"]
 
@@ -159,7 +159,6 @@ class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserT
         return stored
 
     def _credentials_changed(self, conn: SqlConn) -> None:
-        conn.execute("UPDATE store_counters SET value = value + 1 WHERE name = 'credential_generation'")
         conn.execute(f"NOTIFY {CHANNEL}")  # every replica's listener hears it at the commit
 
     def credential_generation(self) -> int:
