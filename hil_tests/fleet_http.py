@@ -3,14 +3,17 @@
 httpx costs about a millisecond of CPU per request; a fleet simulator or load generator sharing
 two cores with the server under test cannot afford that. This client writes a request, reads
 the status line, headers and a Content-Length (or chunked) body, and puts the connection back
-in a pool of at most `size` connections. A request that fails on a reused connection (the
-server closed it while idle) is retried once on a fresh one; the status codes are the caller's.
+in a pool of at most `size` connections. A connection idle for `keepalive_s` (default 4 s, under
+uvicorn's 5 s keep-alive timeout) is closed rather than reused, and a request that fails on a
+reused connection anyway (the server closed it as the request went out) is retried once on a
+fresh one; the status codes are the caller's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,15 +32,16 @@ class HttpResult:
 
 
 class HttpPool:
-    def __init__(self, base_url: str, *, size: int = 32, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, size: int = 32, timeout: float = 30.0, keepalive_s: float = 4.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"only plain http://host:port URLs are supported, got {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or 80
         self.timeout = timeout
+        self.keepalive_s = keepalive_s
         self._host_header = f"{self.host}:{self.port}".encode()
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # + when returned
         self._slots = asyncio.Semaphore(size)
         self.requests = 0
 
@@ -51,9 +55,10 @@ class HttpPool:
         data = b"\r\n".join(head) + b"\r\n\r\n" + (body or b"")
         async with self._slots:
             for attempt in (0, 1):
-                reused = bool(self._idle)
-                conn = self._idle.pop() if reused else await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.timeout)
+                conn = self._reuse() if attempt == 0 else None
+                reused = conn is not None
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
                 try:
                     result, keep = await asyncio.wait_for(self._exchange(conn, data), self.timeout)
                 except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -65,12 +70,26 @@ class HttpPool:
                     conn[1].close()
                     raise
                 if keep:
-                    self._idle.append(conn)
+                    self._idle.append((*conn, time.monotonic()))
                 else:
                     conn[1].close()
                 self.requests += 1
                 return result
         raise AssertionError("unreachable")
+
+    def _reuse(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently returned idle connection not yet idle for `keepalive_s`, or None;
+        older ones (the server may be closing them) are closed."""
+        oldest = time.monotonic() - self.keepalive_s
+        stale = [c for c in self._idle if c[2] < oldest]
+        if stale:
+            self._idle = [c for c in self._idle if c[2] >= oldest]
+            for _, writer, _ in stale:
+                writer.close()
+        if not self._idle:
+            return None
+        reader, writer, _ = self._idle.pop()
+        return reader, writer
 
     async def get(self, path: str, headers: dict[str, str] | None = None) -> HttpResult:
         return await self.request("GET", path, headers)
@@ -109,5 +128,5 @@ class HttpPool:
 
     async def close(self) -> None:
         while self._idle:
-            _, writer = self._idle.pop()
+            _, writer, _ = self._idle.pop()
             writer.close()
