@@ -251,6 +251,7 @@ def create_app(
             if state.bridge is not None:
                 state.bridge_task = supervisor.start("mqtt-bridge", state.bridge.run)
             supervisor.start("rollout-writer", engine.run_writer)
+            supervisor.start("credential-cache", engine.credentials.run)
             # every replica: its own memory's refresh; the timeouts only while it holds their lease
             supervisor.start("rollout-sweeper", functools.partial(engine.run_sweeper, timeouts))
             if tuf_job is not None:

@@ -202,7 +202,8 @@ def test_healthz(client: TestClient) -> None:
     assert body.pop("replica_id") == client.app.state.fleet.settings.replica  # type: ignore[attr-defined]
     assert list(body.pop("leases")) == ["rollout-timeouts"]  # its state: tests/test_fleet_leases.py
     assert body == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
-                    "tasks": {"rollout-writer": running, "rollout-sweeper": running}}
+                    "tasks": {"rollout-writer": running, "credential-cache": running,
+                              "rollout-sweeper": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:

@@ -1,7 +1,8 @@
 """`RolloutEngine`: the box-facing side of rollouts, with check-in answers cached in memory.
 
 The store is the truth; memory only lets most check-ins skip it. What is kept (one process):
-- credential hash -> (box_id, site), dropped whenever `store.credential_generation()` moves;
+- credential hash -> (box_id, site): `CredentialCache` (fleet_server.rollout.credentials), filled
+  whole at start and after every credential change, emptied whenever the store's generation moves;
 - each box's open action (loaded at start, updated from every store result for that box);
 - each active rollout's counters and its not-yet-assigned target boxes.
 A check-in is answered from memory when the box has an open action (same answer, same ETag,
@@ -48,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from fleet_server.errors import Forbidden, NotAuthenticated, PayloadError, StoreError
 from fleet_server.rollout import planner
+from fleet_server.rollout.credentials import BoxRef, CredentialCache
 from fleet_server.rollout.errors import ActionClosed, RepositoryUnavailable
 from fleet_server.rollout.model import (
     KINDS,
@@ -60,7 +62,7 @@ from fleet_server.rollout.model import (
     WaveSpec,
 )
 from fleet_server.rollout.windows import SitePolicy
-from fleet_server.store.base import Store, hash_secret
+from fleet_server.store.base import Store
 
 if TYPE_CHECKING:
     from fleet_server.leases import LeasedJob
@@ -68,12 +70,6 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "BoxRef", "RolloutEngine", "resolve_target"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BoxRef:
-    box_id: str
-    site: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +143,7 @@ class RolloutEngine:
         body = json.dumps({"poll_interval_s": poll_interval_s, "action": None}, separators=(",", ":")).encode()
         self.idle = Answer(_etag(body), body)
         self.shared = bool(getattr(store, "shared", False))
-        self._auth: dict[str, BoxRef] = {}
-        self._auth_generation = -1
+        self.credentials = CredentialCache(store)
         self._open: dict[str, ActionView] = {}
         self._dirty: set[str] = set()
         self._rollouts: dict[str, RolloutView] = {}
@@ -169,6 +164,7 @@ class RolloutEngine:
 
     async def load(self) -> None:
         """Fill memory from the store (at start, before the first request)."""
+        await self.credentials.load()
         actions = await to_thread.run_sync(self.store.open_actions)
         self._open = {a.box_id: a for a in actions}
         self._sites = {p.site: p for p in await to_thread.run_sync(self.store.site_policies)}
@@ -261,20 +257,9 @@ class RolloutEngine:
     async def authenticate(self, credential: str | None, box_id: str) -> BoxRef:
         if not credential:
             raise NotAuthenticated("missing box credential")
-        generation = self.store.credential_generation()
-        if generation != self._auth_generation:
-            self._auth.clear()
-            self._auth_generation = generation
-        key = hash_secret(credential)
-        ref = self._auth.get(key)
+        ref = await self.credentials.lookup(credential)
         if ref is None:
-            box = await to_thread.run_sync(self.store.box_for_credential, credential)
-            if box is None:
-                raise NotAuthenticated("missing or unknown box credential")
-            ref = BoxRef(box.box_id, box.site)
-            if len(self._auth) >= 1_000_000:
-                self._auth.clear()
-            self._auth[key] = ref
+            raise NotAuthenticated("missing or unknown box credential")
         if ref.box_id != box_id:
             raise Forbidden(f"this credential belongs to box {ref.box_id!r}, not {box_id!r}")
         return ref

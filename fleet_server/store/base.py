@@ -153,6 +153,11 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
         """The box this credential belongs to, or None."""
         ...
 
+    def credential_index(self, limit: int) -> list[tuple[str, str, str]] | None:
+        """(credential hash, box id, site) of every enrolled box, in one read; None when there
+        are more than `limit` boxes (the caller then looks credentials up one at a time)."""
+        ...
+
     def ingest(self, box_id: str, rows: Sequence[Reading], report: SeqReport | None = None) -> IngestResult:
         """Store a batch of readings (each with a seq) in one transaction, advancing the box's seq
         tracking with them and `report` (the message's low / base / dropped); raise `UnknownBox`."""
