@@ -10,7 +10,8 @@
 - city_sim_boxes / city_sim_checkin_p99_ms / city_sim_checkins / city_sim_lost: N boxes
   (QUANEDGE_BENCH_CITY_BOXES, default 60,000) each polling every 60 s, spread evenly, against two
   replicas for QUANEDGE_BENCH_CITY_S seconds (default 300); a check-in that fails or times out is
-  "lost".
+  "lost". city_sim_cores_used: the CPU each side used over the run (cores: CPU s / wall s) of the
+  two servers, every postgres process and this load generator.
 
 Each run works in a schema of its own (dropped afterwards), so the database given is not changed.
 """
@@ -187,6 +188,7 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
     latencies: list[float] = []
     warm: list[float] = []  # after every box's first check-in (the credential cache filled, ETags known)
     lost = 0
+    why_lost: dict[str, int] = {}
     etags: dict[str, str] = {}
     start = time.monotonic()
     n = len(creds)
@@ -200,8 +202,10 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
         t0 = time.perf_counter()
         try:
             r = await pool.get(f"/api/v1/boxes/{box}/checkin", headers)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             lost += 1
+            why = f"{type(exc).__name__} at {time.monotonic() - start:.0f} s"
+            why_lost[why] = why_lost.get(why, 0) + 1
             return
         latencies.append(time.perf_counter() - t0)
         if time.monotonic() - start > CITY_POLL_S + 5:
@@ -210,6 +214,8 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
             etags[box] = r.headers.get("etag", "")
         elif r.status != 304:
             lost += 1
+            why = f"HTTP {r.status} {r.body[:80]!r} at {time.monotonic() - start:.0f} s"
+            why_lost[why] = why_lost.get(why, 0) + 1
 
     tasks: set[asyncio.Task[None]] = set()
     k = 0
@@ -227,7 +233,7 @@ async def _city(urls: list[str], creds: list[tuple[str, str]], seconds: float) -
         await pool.close()
     latencies.sort()
     warm.sort()
-    return {"checkins": len(latencies), "lost": lost,
+    return {"checkins": len(latencies), "lost": lost, "why_lost": why_lost,
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else None,
             "warm_p99_ms": warm[int(0.99 * (len(warm) - 1))] * 1000 if warm else None}
 
@@ -236,10 +242,16 @@ def bench_city(url: str) -> dict[str, Any]:
     with _schema(url) as (schema, db):
         creds = sorted(_provision(url, schema, CITY_BOXES, "city").items())
         with _replicas(schema, db) as (_, servers):
+            pids = [s.pid for s in servers if s.pid is not None]
+            cpu0, db0, gen0, wall0 = sum(map(_cpu_s, pids)), _postgres_cpu_s(), time.process_time(), time.monotonic()
             result = asyncio.run(_city([s.url for s in servers], creds, CITY_S))
+            wall = time.monotonic() - wall0
+            cores = {"servers": (sum(map(_cpu_s, pids)) - cpu0) / wall, "postgres": (_postgres_cpu_s() - db0) / wall,
+                     "load_generator": (time.process_time() - gen0) / wall}
     return {"city_sim_boxes": CITY_BOXES, "city_sim_seconds": CITY_S, "city_sim_checkins": result["checkins"],
+            "city_sim_cores_used": {k: round(v, 2) for k, v in cores.items()},
             "city_sim_checkin_p99_ms": None if result["p99_ms"] is None else round(result["p99_ms"], 1),
-            "city_sim_lost": result["lost"],
+            "city_sim_lost": result["lost"], "city_sim_why_lost": result["why_lost"],
             "city_sim_warm_checkin_p99_ms": None if result["warm_p99_ms"] is None else round(result["warm_p99_ms"], 1)}
 
 
