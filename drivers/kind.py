@@ -133,3 +133,7 @@ class DeviceKind:
     simulators: Callable[[], Mapping[str, Callable[..., None]]] | None = None
     #: a signal controller: how its timing plan is read and set, for [[junction]] pattern control
     signal_plan: SignalPlan | None = None
+    #: why the box cannot update this kind's firmware: the updater refuses a firmware rollout for a
+    #: device of this kind with it (reason_code "firmware_not_supported"; docs/device-firmware.md)
+    firmware_refusal: str = ("no firmware update procedure for this kind is documented "
+                             "(shared/reference/devices.md), so none is implemented")

@@ -44,9 +44,9 @@ def world(tmp_path: Path):
     server.close()
 
 
-def cfg(world, models=SPECS) -> SimpleNamespace:
+def cfg(world, models=SPECS, devices=()) -> SimpleNamespace:
     return SimpleNamespace(box=SimpleNamespace(id=BOX, hardware=HW),
-                           credential_path=world.tmp / "box" / "credential.json", models=models)
+                           credential_path=world.tmp / "box" / "credential.json", models=models, devices=devices)
 
 
 def publish_model(world, version: str, **kw) -> str:
@@ -168,7 +168,7 @@ async def test_a_model_that_does_not_load_leaves_the_old_one_running(world) -> N
 
 @pytest.mark.parametrize("kind, version, code", [
     ("agent", "0.2.0", "not_supervised"),
-    ("firmware", "2.1.0", "unsupported_kind"),
+    ("firmware", "2.1.0", "device_not_configured"),
     ("model", "1.0.0", "downgrade"),
     ("model", "1.1.0", "target_mismatch"),
 ])
@@ -184,6 +184,21 @@ async def test_updates_this_box_cannot_take_are_rejected_with_a_reason(world, ki
     final = await run_until_final(UpdaterService(cfg(world), world.ucfg, None, stage), world, action_id)
     assert (final["state"], final["reason_code"]) == ("rejected", code), final
     assert stage.versions() == {"wx_fault": "1.0.0"}
+    assert leftovers(world) == []
+
+
+@pytest.mark.parametrize("kind", ["modbus", "ntcip", "ocpp_charger"])
+async def test_device_firmware_is_refused_naming_the_device_its_kind_and_why(world, kind) -> None:
+    from drivers.registry import KINDS
+
+    blob = world.tmp / "wx_fault-2.1.0.bin"
+    blob.write_bytes(os.urandom(5000))
+    target = world.repo.publish(blob, kind="device_firmware", version="2.1.0")
+    action_id = offer(world, "firmware", target, "2.1.0", component="wx_fault")   # a device on this box
+    box = cfg(world, devices=(SimpleNamespace(name="wx_fault", kind=kind),))
+    final = await run_until_final(UpdaterService(box, world.ucfg, None, None), world, action_id)
+    assert (final["state"], final["reason_code"]) == ("rejected", "firmware_not_supported"), final
+    assert final["reason"] == f"device 'wx_fault' is a {kind}: {KINDS[kind].firmware_refusal}"
     assert leftovers(world) == []
 
 

@@ -70,6 +70,7 @@ class UpdaterService:
         self.ucfg = ucfg
         self.stage = inference_stage
         self.model_specs = {s.name: s for s in getattr(cfg, "models", ())}
+        self.device_kinds = {d.name: d.kind for d in getattr(cfg, "devices", ())}
         self._emit = emit
         self._transport = transport
         self.checkpoints = checkpoints
@@ -109,7 +110,8 @@ class UpdaterService:
         self.runner = JobRunner(
             self.journal, self.root, hardware=self.hardware, supervised=self.supervised, bootstrap_root=bootstrap,
             clock_slack_s=self.ucfg.clock_slack_s, model_health_s=self.ucfg.model_health_s, stage=self.stage,
-            model_specs=self.model_specs, closed=self._closed.get, wake=self._wakeup.set, checkpoints=self.checkpoints)
+            model_specs=self.model_specs, device_kinds=self.device_kinds, closed=self._closed.get,
+            wake=self._wakeup.set, checkpoints=self.checkpoints)
         try:
             client = await self._client()
             async with client, TaskGroup() as tg:

@@ -75,7 +75,7 @@ class _Refuse(Exception):
 class JobRunner:
     def __init__(self, journal: Journal, root: Path, *, hardware: str, supervised: bool, bootstrap_root: bytes,
                  clock_slack_s: float, model_health_s: float, stage: Any = None, model_specs: dict | None = None,
-                 closed: Callable[[str], str | None] = lambda _id: None,
+                 device_kinds: dict[str, str] | None = None, closed: Callable[[str], str | None] = lambda _id: None,
                  wake: Callable[[], None] = lambda: None, checkpoints: Checkpoints | None = None) -> None:
         self.journal = journal
         self.root = Path(root)
@@ -87,6 +87,7 @@ class JobRunner:
         self.model_health_s = model_health_s
         self.stage = stage
         self.model_specs = dict(model_specs or {})
+        self.device_kinds = dict(device_kinds or {})   # device name -> its kind (drivers.registry)
         self._closed = closed
         self._wake = wake
         self.checkpoints = checkpoints or Checkpoints()
@@ -198,7 +199,9 @@ class JobRunner:
 
     def _precheck(self, job: Job) -> None:
         kind = job.action.kind
-        if kind in ("firmware", "config"):
+        if kind == "firmware":
+            self._refuse_firmware(job)
+        if kind == "config":
             raise _Refuse("rejected", "unsupported_kind", f"this agent cannot install {kind} updates yet")
         if kind == "agent" and not self.supervised:
             raise _Refuse("rejected", "not_supervised",
@@ -207,6 +210,20 @@ class JobRunner:
             name = self._component(job)
             if self.stage is None or name not in self.model_specs:
                 raise _Refuse("rejected", "model_not_configured", f"model {name!r} is not declared on this box")
+
+    def _refuse_firmware(self, job: Job) -> None:
+        """No device kind has a firmware path (docs/device-firmware.md): refuse, naming the device,
+        its kind and that kind's reason, or that this box has no such device."""
+        from drivers.registry import KINDS
+
+        name = self._component(job)
+        kind = self.device_kinds.get(name)
+        if kind is None:
+            known = ", ".join(sorted(self.device_kinds)[:10]) or "none"
+            raise _Refuse("rejected", "device_not_configured",
+                          f"firmware for device {name!r}: this box has no such device (its devices: {known})")
+        raise _Refuse("rejected", "firmware_not_supported",
+                      f"device {name!r} is a {kind}: {KINDS[kind].firmware_refusal}")
 
     def _installed_version(self, job: Job) -> Callable[[TargetKind], str | None]:
         def installed(kind: TargetKind) -> str | None:

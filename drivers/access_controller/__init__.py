@@ -32,4 +32,7 @@ def _listen(dev: AccessControllerSettings) -> tuple[str, int] | None:
 KIND = DeviceKind(
     name="access_controller", summary="ISAPI access controller: doors, card readers, pushed events",
     parse=parse, build=build, commands=COMMANDS, listens=lambda dev: dev.listen_port is not None,
-    listen_address=_listen, simulators=simulators)
+    listen_address=_listen, simulators=simulators,
+    firmware_refusal=(
+        "an access controller's firmware upgrade is its maker's own ISAPI endpoint, which devices.md "
+        "does not describe; a failed flash leaves the gate unusable until a site visit"))

@@ -26,4 +26,7 @@ def simulators() -> dict[str, Any]:
 
 KIND = DeviceKind(name="gbt20999", summary="GB/T 20999 signal controller over TCP",
                   parse=parse, build=build, commands=COMMANDS, simulators=simulators,
-                  signal_plan=SignalPlan(point="plan", command="set_plan", argument="plan"))
+                  signal_plan=SignalPlan(point="plan", command="set_plan", argument="plan"),
+    firmware_refusal=(
+        'the GB/T 20999 frames devices.md describes carry no firmware transfer: a junction '
+        "controller is reflashed on site with its maker's tool"))

@@ -34,4 +34,7 @@ def point_names(dev: DeviceConfig) -> frozenset[str]:
 KIND = DeviceKind(
     name="modbus", summary="Modbus RTU/TCP slave on a [[bus]], register map from a profile",
     parse=parse, build=build, commands=(),  # commands come from the device's profile
-    line=lambda dev: dev.bus, owns_open=False, point_names=point_names, simulators=simulators)
+    line=lambda dev: dev.bus, owns_open=False, point_names=point_names, simulators=simulators,
+    firmware_refusal=(
+        'Modbus defines no firmware transfer: the weather stations, rain gauges and air sensors '
+        "on a bus are reflashed with their makers' own tools, which devices.md does not describe"))

@@ -26,4 +26,7 @@ def simulators() -> dict[str, Any]:
 
 KIND = DeviceKind(name="ntcip", summary="NTCIP 1202 signal controller over SNMP",
                   parse=parse, build=build, commands=COMMANDS, simulators=simulators,
-                  signal_plan=SignalPlan(point="coord_pattern", command="set_pattern", argument="pattern"))
+                  signal_plan=SignalPlan(point="coord_pattern", command="set_pattern", argument="pattern"),
+    firmware_refusal=(
+        'NTCIP 1202 objects cover timing and status, not firmware: a junction controller is '
+        "reflashed on site with its maker's tool, and devices.md describes no remote procedure"))

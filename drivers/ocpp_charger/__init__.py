@@ -36,4 +36,7 @@ KIND = DeviceKind(
     listens=lambda s: True,
     listen_address=lambda s: (s.listen_host, s.listen_port),
     simulators=_simulators,
-)
+    firmware_refusal=(
+        'OCPP 1.6J has a path (UpdateFirmware, then FirmwareStatusNotification) but '
+        "devices-city.md does not describe the chargers' side of it and the simulator does not "
+        'implement it, so it is not offered yet'))

@@ -38,4 +38,6 @@ KIND = DeviceKind(
     commands=COMMANDS,
     serial_port=lambda s: s.port,
     simulators=_simulators,
-)
+    firmware_refusal=(
+        "bay sensors and signs are reflashed by their makers' own tools or over-the-air services; "
+        'devices-city.md gives only the version a sensor reports at start-up'))

@@ -27,4 +27,7 @@ def simulators() -> dict[str, Any]:
 KIND = DeviceKind(
     name="plate_camera", summary="plate-reading camera pushing events to the box (gate)",
     parse=parse, build=build, commands=COMMANDS, listens=lambda dev: True,
-    listen_address=lambda dev: (dev.listen_host, dev.listen_port), simulators=simulators)
+    listen_address=lambda dev: (dev.listen_host, dev.listen_port), simulators=simulators,
+    firmware_refusal=(
+        "a plate camera's firmware upgrade is its maker's own HTTP interface, which devices.md "
+        'does not describe'))

@@ -27,4 +27,7 @@ def simulators() -> dict[str, Any]:
 
 KIND = DeviceKind(
     name="wxt_serial", summary="Vaisala WXT530 on its own serial line (ASCII or NMEA)",
-    parse=parse, build=build, commands=COMMANDS, serial_port=lambda dev: dev.port, simulators=simulators)
+    parse=parse, build=build, commands=COMMANDS, serial_port=lambda dev: dev.port, simulators=simulators,
+    firmware_refusal=(
+        'the WXT ASCII protocol has no firmware transfer: the station is reflashed with its '
+        "maker's service tool, which devices.md does not describe"))
