@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommandRefused, DeviceTimeout, DriverError
+from core.fleet_command import check_args
 from core.reading import Reading, RecordClass
-from core.validate import check_float, check_int, check_text
+from core.validate import check_text
 
 __all__ = ["CommandResult", "CommandRouter", "ControlEndpoint", "write_control_token", "parse_arg",
            "parse_command_request", "send_local_command", "AUDIT_POINT"]
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 AUDIT_POINT = "_command"
 BOX_DEVICE = "_box"
-_VALUE = {"done": 1.0, "refused": 0.0, "failed": -1.0}
+_VALUE = {"done": 1.0, "refused": 0.0, "failed": -1.0, "expired": -2.0}
 _ORIGIN_RE = re.compile(r"[^A-Za-z0-9@._:/-]")
 Emit = Callable[[list[Reading]], Awaitable[None]]
 
@@ -60,10 +61,11 @@ class CommandResult:
     command: str
     args: Mapping[str, Any]
     origin: str
-    status: str          # "done" | "refused" | "failed"
+    status: str          # "done" | "refused" | "failed" | "expired" (a fleet command past its deadline)
     message: str
     ts: float
     took_ms: float
+    command_id: str | None = None   # a fleet command's id (core.fleet_command), in its audit record
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "args": dict(self.args)}
@@ -109,8 +111,9 @@ class CommandRouter:
         return None
 
     async def execute(self, device: str, command: str, args: Mapping[str, Any], origin: str, *,
-                      emit: Emit | None = None) -> CommandResult:
-        """Run one command; its audit record goes to `emit` (default: the router's)."""
+                      emit: Emit | None = None, command_id: str | None = None) -> CommandResult:
+        """Run one command; its audit record goes to `emit` (default: the router's). A fleet
+        command passes its `command_id`: the audit record carries it back to the fleet."""
         started = time.monotonic()
         status, message = "refused", self._check(device, command, args)
         if message is None:
@@ -128,7 +131,7 @@ class CommandRouter:
                 log.exception("command %s on %s raised an unexpected error", command, device)
                 status, message = "failed", f"unexpected {type(exc).__name__}: {exc}"
         result = CommandResult(device, command, _plain(args), origin, status, message, self._clock(),
-                               round((time.monotonic() - started) * 1000, 1))
+                               round((time.monotonic() - started) * 1000, 1), command_id)
         await self._audit(result, emit or self._emit)
         level = logging.INFO if status == "done" else logging.WARNING
         log.log(level, "command %s %s on %s from %s: %s", command, status, device, origin, message)
@@ -138,9 +141,21 @@ class CommandRouter:
             raise refused
         return result
 
+    async def expired(self, device: str, command: str, args: Mapping[str, Any], origin: str, command_id: str,
+                      deadline: float) -> CommandResult:
+        """Audit a fleet command that arrived after its deadline: it is not run."""
+        now = self._clock()
+        result = CommandResult(device, command, _plain(args), origin, "expired",
+                               f"arrived {now - deadline:.1f} s after its deadline; not run", now, 0.0, command_id)
+        await self._audit(result, self._emit)
+        log.warning("command %s on %s from %s expired before it arrived", command, device, origin)
+        return result
+
     async def _audit(self, r: CommandResult, emit: Emit) -> None:
         record: dict[str, Any] = {"command": r.command[:64], "args": r.args, "origin": r.origin, "result": r.status,
                                   "message": r.message[:500], "ms": r.took_ms}
+        if r.command_id is not None:
+            record["id"] = r.command_id
         device = r.device
         if device not in self._drivers:
             device, record["device"] = BOX_DEVICE, r.device[:64]
@@ -198,10 +213,6 @@ class ControlEndpoint:
         return (200 if result.status == "done" else 502), json.dumps(result.to_json()).encode()
 
 
-MAX_ARGS = 16
-_MAX_DEPTH = 3
-
-
 def parse_command_request(body: bytes) -> tuple[str, str, dict[str, Any], str]:
     """(device, command, args, origin) from a POST /commands body; ValueError naming the field."""
     try:
@@ -219,36 +230,7 @@ def parse_command_request(body: bytes) -> tuple[str, str, dict[str, Any], str]:
     device = check_text(req["device"], "device", max_len=64, allow_empty=False)
     command = check_text(req["command"], "command", max_len=64, allow_empty=False)
     origin = check_text(req.get("origin", "cli"), "origin", max_len=64)
-    args = req.get("args", {})
-    if not isinstance(args, dict):
-        raise ValueError("args must be an object")
-    if len(args) > MAX_ARGS:
-        raise ValueError(f"args holds at most {MAX_ARGS} entries, got {len(args)}")
-    for name, value in args.items():
-        check_text(name, "args key", max_len=64, allow_empty=False)
-        _check_value(value, f"args.{name}", 1)
-    return device, command, args, origin
-
-
-def _check_value(value: Any, field: str, depth: int) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, str):
-        check_text(value, field, max_len=1024)
-    elif isinstance(value, int):
-        check_int(value, field, lo=-(2**53), hi=2**53)
-    elif isinstance(value, float):
-        check_float(value, field)
-    elif isinstance(value, (list, dict)):
-        if depth >= _MAX_DEPTH or len(value) > 64:
-            raise ValueError(f"{field} is nested too deep or too long (at most {_MAX_DEPTH} levels, 64 items)")
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for k, v in items:
-            if isinstance(k, str):
-                check_text(k, f"{field} key", max_len=64)
-            _check_value(v, f"{field}[{k!r}]" if isinstance(value, list) else f"{field}.{k}", depth + 1)
-    else:
-        raise ValueError(f"{field} has an unsupported type {type(value).__name__}")
+    return device, command, check_args(req.get("args", {})), origin
 
 
 def _reply(status: str, message: str) -> bytes:

@@ -49,8 +49,9 @@ TTL_INTERVAL_S = 60.0
 SHUTDOWN_FLUSH_S = 5.0
 
 
-def make_uplink_factory(cfg: AgentConfig):
-    """Returns (name, factory) for the configured uplink; checks what it needs up front."""
+def make_uplink_factory(cfg: AgentConfig, on_command: Callable[[bytes], None] | None = None):
+    """Returns (name, factory) for the configured uplink; checks what it needs up front. The MQTT
+    uplink hands the fleet's commands to `on_command` (HTTP boxes long-poll: `fleet_commands.poll_http`)."""
     box_id = cfg.box.id
     if cfg.uplink.kind == "mqtt":
         from agent.uplink.mqtt import MqttSettings, MqttUplink
@@ -66,7 +67,7 @@ def make_uplink_factory(cfg: AgentConfig):
                                 ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
                                 topic_prefix=m.topic_prefix, keepalive_s=m.keepalive_s,
                                 client_id=client_id, ack=m.ack, ack_timeout_s=m.ack_timeout_s, window=m.window)
-        return "mqtt", lambda: MqttUplink(settings, box_id)
+        return "mqtt", lambda: MqttUplink(settings, box_id, on_command=on_command)
     from agent.uplink.http import HttpSettings, HttpUplink
 
     cred = load_credential(cfg.credential_path)
@@ -95,7 +96,10 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    uplink_name, make_uplink = make_uplink_factory(cfg)
+    from agent.fleet_commands import LEDGER_FILE, FleetCommands
+
+    fleet_commands = FleetCommands(cfg.box.data_dir / LEDGER_FILE)
+    uplink_name, make_uplink = make_uplink_factory(cfg, fleet_commands.submit)
     metrics = Metrics()
     stage = _inference_stage(cfg)
     decider = None
@@ -120,6 +124,7 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
         devices = build_devices(cfg, pipeline.submit, metrics, stack, store=pipeline.store)
         router = CommandRouter(devices.drivers, {d.name: d.allow_commands for d in cfg.devices}, pipeline.submit,
                                config_file=str(cfg.path))
+        fleet_commands.router = router
         if decider is not None:
             decider.bind(router.sender("traffic_control", emit=decider.audit))
         drain = Drain(buffer, make_uplink, name=uplink_name, batch_size=cfg.uplink.batch_size, observer=metrics)
@@ -144,7 +149,11 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
                 supervised("pipeline", pipeline.run),
                 supervised("drain", drain.run),
                 supervised("ttl", lambda: _expire_loop(buffer)),
+                supervised("fleet-commands", fleet_commands.run),
             ]
+            poll = _command_poll(cfg, fleet_commands.submit)
+            if poll is not None:
+                others.append(supervised("fleet-commands-poll", poll))
             if cfg.health.enabled:
                 control = ControlEndpoint(router, write_control_token(cfg.control_token_path))
                 ready = lambda: _readiness(devices, drain, buffer, pipeline, stage, decider, sup)  # noqa: E731
@@ -174,6 +183,19 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
             stored = 0
         if stored:
             log.info("stored %d queued readings before exit", stored)
+
+
+def _command_poll(cfg: AgentConfig, submit: Callable[[bytes], None]) -> Callable[[], Any] | None:
+    """An HTTP box's long-poll for fleet commands (an MQTT box gets them on its connection)."""
+    if cfg.uplink.kind != "http":
+        return None
+    from agent.fleet_commands import poll_http
+
+    cred = load_credential(cfg.credential_path)
+    if cred is None:
+        return None
+    server = cfg.uplink.http.server if cfg.uplink.http and cfg.uplink.http.server else cred.server
+    return lambda: poll_http(server, cred.credential, cfg.box.id, submit)
 
 
 async def _expire_loop(buffer: DurableBuffer) -> None:

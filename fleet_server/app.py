@@ -66,6 +66,7 @@ from fleet_server.api import (
     tuf,
     users,
 )
+from fleet_server.api import commands as commands_api
 from fleet_server.api.audit_trail import AuditMiddleware
 from fleet_server.api.auth import AuthMiddleware, document_auth
 from fleet_server.api.deps import FleetState
@@ -73,6 +74,8 @@ from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
 from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
 from fleet_server.broker import accounts_from_settings
+from fleet_server.command_service import CommandService
+from fleet_server.commands import UnknownCommand
 from fleet_server.errors import (
     BadParameter,
     BatchTooLarge,
@@ -112,6 +115,7 @@ log = logging.getLogger(__name__)
 #: How often the "readings-upkeep" job runs (PostgreSQL): partitions are made 7 days ahead and
 #: retention counts in days, so hourly is plenty (its lease ttl: 3 h; see fleet_server.leases).
 READINGS_UPKEEP_S = 3600.0
+COMMAND_DISPATCH_S = 1.0   # commands: expiry and re-sends (fleet_server.command_service)
 
 # Most specific first.
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
@@ -124,6 +128,7 @@ _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (UnknownAction, 404),
     (UnknownUser, 404),
     (UnknownAlert, 404),
+    (UnknownCommand, 404),
     (UserExists, 409),
     (RolloutConflict, 409),
     (ActionClosed, 409),
@@ -234,10 +239,13 @@ def create_app(
             passphrase=settings.tuf_key_passphrase, registry=metrics.registry, check_s=settings.tuf_check_s,
         )
 
+    commands = CommandService(the_store, clock=clock,
+                              publish=None if state.bridge is None else state.bridge.publish_command)
     supervisor = Supervisor(metrics.registry)
     # Store-wide periodic work: one replica at a time, under leases (fleet_server.leases).
     leases = Leases(the_store, settings.replica, registry=metrics.registry, clock=clock)
     timeouts = leases.job("rollout-timeouts", engine.expire, period_s=settings.rollout_sweep_s)
+    dispatch = leases.job("command-dispatch", commands.dispatch, period_s=COMMAND_DISPATCH_S)
     tuf_job = None if keeper is None else leases.job("tuf-timestamp", keeper.check, period_s=settings.tuf_check_s)
     upkeep_job = None
     if isinstance(the_store, ReadingsUpkeep):  # PostgreSQL: daily readings partitions
@@ -252,6 +260,7 @@ def create_app(
                 state.bridge_task = supervisor.start("mqtt-bridge", state.bridge.run)
             supervisor.start("rollout-writer", engine.run_writer)
             supervisor.start("credential-cache", engine.credentials.run)
+            supervisor.start("command-dispatch", dispatch.run)
             # every replica: its own memory's refresh; the timeouts only while it holds their lease
             supervisor.start("rollout-sweeper", functools.partial(engine.run_sweeper, timeouts))
             if tuf_job is not None:
@@ -268,6 +277,7 @@ def create_app(
     app = FastAPI(title="Quanedge fleet server", version="0.1.0", lifespan=lifespan)
     app.state.fleet = state
     app.state.rollouts = engine
+    app.state.commands = commands
     app.state.timestamps = keeper
     app.state.supervisor = supervisor
     app.state.leases = leases
@@ -281,7 +291,7 @@ def create_app(
     # The box's check-in first: it is the hot path and routes are matched in order.
     app.include_router(checkin.router)
     for module in (enrollment, admission, telemetry, boxes, readings, health, rollouts, tuf, quarantine, users, audit,
-                   alerts):
+                   alerts, commands_api):
         app.include_router(module.router)
     app.include_router(rollouts.sites_router)
     document_errors(app)

@@ -6,6 +6,7 @@
     quanedge fleet user create|list|rotate|revoke ...        API users and roles (fleet_server.cli_admin)
     quanedge fleet audit [--user U] [--action A] [--since T]  the audit log
     quanedge fleet alerts list|ack ...                       alerts: seq gaps, ... (cli_alerts)
+    quanedge fleet command send|list|show ...                commands to boxes (cli_commands)
     quanedge fleet export --since T --format csv > f.csv     readings across boxes (cli_export)
     quanedge fleet box pending|admit|reject|revoke ...       admission and decommission (cli_boxes)
     quanedge fleet broker init ...                           the broker's bridge account (cli_boxes)
@@ -26,6 +27,7 @@ from core.cli import setup_logging as _setup_logging
 from core.errors import QuanedgeError
 from fleet_server.cli_admin import register as register_admin_commands
 from fleet_server.cli_alerts import register as register_alert_commands
+from fleet_server.cli_commands import register as register_command_commands
 from fleet_server.cli_export import register as register_export_command
 from fleet_server.cli_quarantine import build_quarantine_app
 
@@ -136,6 +138,7 @@ def build_app() -> typer.Typer:
     app.add_typer(build_quarantine_app(), name="quarantine")
     register_admin_commands(app)   # user create|list|rotate|revoke, audit
     register_alert_commands(app)   # alerts list|ack
+    register_command_commands(app)  # command send|list|show
     register_export_command(app)   # export
     from fleet_server.cli_boxes import register
     register(app)  # box pending|admit|reject|revoke, broker init

@@ -116,6 +116,7 @@ class MqttBridge:
         self.client_id = settings.mqtt_session_id  # this replica's own persistent session
         self.acked = 0                       # messages this bridge acknowledged to the broker
         self._refusing: dict[str, str] = {}  # box id -> reason already logged
+        self._live: aiomqtt.Client | None = None  # the connected client, while subscribed
         self._was_connected = True           # so the first failure is logged once, as a loss
         self._kicked = False                 # the last session was taken over by another client
         # The fixed client id of fleet servers before replicas, when this replica's is derived.
@@ -144,6 +145,7 @@ class MqttBridge:
         try:
             async with client:
                 await self._subscribe(client)
+                self._live = client
                 if not self._kicked:  # two replicas with one client id: back off, do not ping-pong
                     self.backoff.reset()
                 self._up()
@@ -157,10 +159,24 @@ class MqttBridge:
                         size += len(group[-1].payload or b"")
                     await self._handle_group(client, group)
         finally:
+            self._live = None
             if legacy is not None:
                 legacy.cancel()
                 await asyncio.gather(legacy, return_exceptions=True)
             self._down()
+
+    async def publish_command(self, box_id: str, payload: bytes) -> bool:
+        """Publish a command on the box's `{prefix}/{box}/commands/run` (QoS 1); False when this
+        replica is not connected or the publish failed (the dispatcher re-sends it later)."""
+        client = self._live
+        if client is None:
+            return False
+        try:
+            await client.publish(f"{self.prefix}/{box_id}/commands/run", payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            log.info("command for %s not published (%s); it is re-sent later", box_id, exc)
+            return False
+        return True
 
     async def _handle_group(self, client: aiomqtt.Client, group: list[aiomqtt.Message]) -> None:
         """Store, tell the boxes (end-to-end acks), then acknowledge to the broker (PUBACK)."""

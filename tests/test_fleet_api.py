@@ -200,10 +200,10 @@ def test_healthz(client: TestClient) -> None:
     running = {"state": "running", "restarts": 0, "last_error": None, "last_error_at": None}
     body = r.json()
     assert body.pop("replica_id") == client.app.state.fleet.settings.replica  # type: ignore[attr-defined]
-    assert list(body.pop("leases")) == ["rollout-timeouts"]  # its state: tests/test_fleet_leases.py
+    assert sorted(body.pop("leases")) == ["command-dispatch", "rollout-timeouts"]  # tests/test_fleet_leases.py
     assert body == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
                     "tasks": {"rollout-writer": running, "credential-cache": running,
-                              "rollout-sweeper": running}}
+                              "command-dispatch": running, "rollout-sweeper": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:

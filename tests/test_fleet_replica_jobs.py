@@ -63,10 +63,10 @@ def test_healthz_and_metrics_show_the_lease_and_shutdown_releases_it(tmp_path: P
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert body["replica_id"] == "replica-a" and body["status"] == "ok"
-        assert set(body["leases"]) == {"rollout-timeouts"}  # no update repository, no PostgreSQL
+        assert set(body["leases"]) == {"rollout-timeouts", "command-dispatch"}  # no update repository, no PostgreSQL
         assert body["leases"]["rollout-timeouts"]["expires_at"] > time.time()
         assert 'quanedge_fleet_lease_held{job="rollout-timeouts"} 1.0' in client.get("/metrics").text
-        (lease,) = store.leases()
+        (lease,) = [x for x in store.leases() if x.name == "rollout-timeouts"]
         assert (lease.name, lease.holder) == ("rollout-timeouts", "replica-a")
     assert store.leases() == []  # released when the sweeper stopped
     store.close()
@@ -120,7 +120,7 @@ def leading(client: TestClient) -> set[str]:
 def test_two_postgresql_replicas_share_the_jobs_and_one_takes_over_when_the_other_stops(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fleet_server.app.READINGS_UPKEEP_S", 0.05)  # hourly in production
-    jobs = {"readings-upkeep", "rollout-timeouts"}
+    jobs = {"readings-upkeep", "rollout-timeouts", "command-dispatch"}
     with pg_schema() as (url, schema):
         from fleet_server.store.pg import PgStore
 

@@ -72,6 +72,15 @@ def _alert(client: TestClient) -> dict[str, str]:
     return {"alert": str(store.raise_alert("b00000", "seq_gap", {"first": 1, "last": 2}, 1.0))}
 
 
+def _command(client: TestClient) -> dict[str, str]:
+    from fleet_server.commands import BoxCommand
+
+    store = client.app.state.fleet.store  # type: ignore[attr-defined]
+    command_id = f"c-{time.monotonic_ns() % 16**16:016x}"
+    store.create_commands([BoxCommand(command_id, "b00000", "gate", "open", {}, "fleet:t", 1.0, 2.0)])
+    return {"command": command_id}
+
+
 Setup = Callable[[TestClient], dict[str, str]]
 # (method, path template, body, minimum role, success status, setup giving the template's values)
 ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
@@ -83,6 +92,10 @@ ROUTES: list[tuple[str, str, Any, str, int, Setup]] = [
     ("GET", "/api/v1/readings/export", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/alerts", None, "viewer", 200, _nothing),
     ("POST", "/api/v1/alerts/{alert}/ack", None, "operator", 200, _alert),
+    ("GET", "/api/v1/commands", None, "viewer", 200, _nothing),
+    ("GET", "/api/v1/commands/{command}", None, "viewer", 200, _command),
+    ("POST", "/api/v1/commands", {"device": "gate", "command": "open", "box_ids": ["b00000"]}, "operator", 201,
+     _nothing),
     ("GET", "/api/v1/rollouts", None, "viewer", 200, _nothing),
     ("GET", "/api/v1/rollouts/{rid}", None, "viewer", 200, _rollout),
     ("GET", "/api/v1/rollouts/{rid}/actions", None, "viewer", 200, _rollout),
@@ -145,6 +158,7 @@ def test_the_table_covers_every_user_facing_route(tmp_path: Path) -> None:
         "/api/v1/boxes/b00000/readings": "/api/v1/boxes/{box_id}/readings",
         "/api/v1/boxes/b00000/seq": "/api/v1/boxes/{box_id}/seq",
         "/api/v1/alerts/{alert}/ack": "/api/v1/alerts/{alert_id}/ack",
+        "/api/v1/commands/{command}": "/api/v1/commands/{command_id}",
         "/api/v1/rollouts/{rollout_id}/pause": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/resume": "/api/v1/rollouts/{rollout_id}/{command}",
         "/api/v1/rollouts/{rollout_id}/cancel": "/api/v1/rollouts/{rollout_id}/{command}",
@@ -293,6 +307,7 @@ def test_openapi_declares_the_bearer_scheme_and_which_routes_need_it(tmp_path: P
         template = path.replace("{rid}", "{rollout_id}").replace("{victim}", "{name}").replace("b00000", "{box_id}")
         template = template.replace("/s1/", "/{site}/").replace("adm-0000000000000000", "{request_id}")
         template = template.replace("/no-such-box/", "/{box_id}/").replace("{alert}", "{alert_id}")
+        template = template.replace("/commands/{command}", "/commands/{command_id}")
         for command in ("pause", "resume", "cancel"):
             template = template.replace(f"/{command}", "/{command}")
         operation = schema["paths"][template][method.lower()]

@@ -6,6 +6,8 @@ Topics (``prefix`` = `MqttSettings.topic_prefix`):
     {prefix}/{box_id}/status      {"state": "online"|"offline", "ts": unix_s}, QoS 1, retained;
                                   "offline" is also the last will, so an abrupt death shows up
     {prefix}/{box_id}/ack         subscribed: the fleet server's answer per stored batch (`agent.uplink.acks`)
+    {prefix}/{box_id}/commands/#  subscribed when `on_command` is given: commands from the fleet
+                                  (agent.fleet_commands), handed over as raw payloads
 
 Why not the PUBACK: a broker acknowledges what it holds in memory. It drops queued messages past
 its per-client queue limit and loses what it had not yet saved when it dies, and the box would
@@ -40,7 +42,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -159,7 +161,8 @@ class MqttUplink:
     connect_timeout_s) and closes what it opened.
     """
 
-    def __init__(self, settings: MqttSettings, box_id: str) -> None:
+    def __init__(self, settings: MqttSettings, box_id: str,
+                 on_command: Callable[[bytes], None] | None = None) -> None:
         if not isinstance(box_id, str) or not box_id or "/" in box_id or any(c in box_id for c in _TOPIC_FORBIDDEN):
             raise ConfigError("box id cannot be used in an MQTT topic", key="box.id", value=box_id,
                               expected="non-empty, without '/', '+', '#'")
@@ -169,6 +172,8 @@ class MqttUplink:
         self.telemetry_topic = f"{settings.topic_prefix}/{box_id}/telemetry"
         self.status_topic = f"{settings.topic_prefix}/{box_id}/status"
         self.ack_topic = f"{settings.topic_prefix}/{box_id}/ack"
+        self.commands_filter = f"{settings.topic_prefix}/{box_id}/commands/#"
+        self.on_command = on_command
         self.end_to_end = settings.ack == "fleet"
         self.window = settings.window if self.end_to_end else 1
         self._acks = AckWaiters(self.ack_topic)
@@ -289,11 +294,14 @@ class MqttUplink:
             _abort(client)  # a refused CONNACK leaves paho's socket open until the broker hangs up
             self._mark(False, str(exc))
             raise
-        conn = _Connection(client, asyncio.create_task(_watch(client, self._acks),
+        conn = _Connection(client, asyncio.create_task(_watch(client, self._acks, self.commands_filter[:-1],
+                                                              self.on_command),
                                                        name=f"quanedge-mqtt-watch-{self.box_id}"))
         try:
             if self.end_to_end:
                 await self._subscribe_acks(conn)
+            if self.on_command is not None:
+                await self._subscribe_commands(conn)
             await self._publish(conn, self.status_topic, _status("online"), s.connect_timeout_s, retain=True)
             if self._closed:
                 raise UplinkUnavailable("the MQTT uplink was closed while connecting")
@@ -314,6 +322,17 @@ class MqttUplink:
             raise UplinkRejected(f"the broker refused the subscription to {self.ack_topic} ({codes}): the box's "
                                  "broker account must be allowed to subscribe to its ack topic (deploy/mosquitto), "
                                  'or set [uplink.mqtt] ack = "broker" for a broker no fleet server reads')
+
+    async def _subscribe_commands(self, conn: _Connection) -> None:
+        granted = await self._answered(conn, conn.client.subscribe(self.commands_filter, qos=1, timeout=math.inf),
+                                       "SUBACK", f"subscribe to {self.commands_filter}",
+                                       self.settings.connect_timeout_s)
+        codes = [getattr(g, "value", g) for g in (granted or [])]
+        if not codes or any(not isinstance(c, int) or c >= 0x80 for c in codes):
+            # telemetry still flows; only the fleet's commands cannot reach this box
+            log.error("the broker refused the subscription to %s (%s): commands from the fleet will not "
+                      "reach this box; its broker account must be allowed to subscribe to it", self.commands_filter,
+                      codes)
 
     async def _close(self, conn: _Connection, *, goodbye: bool) -> None:
         """Close one connection: optional retained "offline", graceful DISCONNECT, else abort."""
@@ -390,11 +409,18 @@ def _translate(exc: aiomqtt.MqttError, doing: str) -> UplinkError:
     return UplinkUnavailable(f"{doing}: {text or type(exc).__name__}")
 
 
-async def _watch(client: aiomqtt.Client, acks: AckWaiters) -> str:
-    """Hand the fleet server's acks to their waiting sends until the connection ends; returns why."""
+async def _watch(client: aiomqtt.Client, acks: AckWaiters, commands_prefix: str,
+                 on_command: Callable[[bytes], None] | None) -> str:
+    """Hand the fleet server's acks to their waiting sends, and its commands to `on_command`,
+    until the connection ends; returns why."""
     try:
         async for message in client.messages:
-            acks.deliver(message.topic.value, message.payload)
+            topic = message.topic.value
+            if on_command is not None and topic.startswith(commands_prefix):
+                payload = message.payload
+                on_command(payload if isinstance(payload, (bytes, bytearray)) else str(payload).encode())
+                continue
+            acks.deliver(topic, message.payload)
     except aiomqtt.MqttError as exc:
         return str(exc.__cause__ or exc)
     return "connection closed"  # pragma: no cover - the iterator only ends by raising

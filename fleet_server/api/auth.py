@@ -9,7 +9,7 @@ request is answered 401 at once: not one body byte is read. Otherwise the princi
 ASGI scope (`principal_of`) and the route's role dependency (`deps.require_*`) decides 403 or go.
 Refusals are counted: `quanedge_api_auth_refusals_total{reason="no_token"|"bad_token"|"role"}`.
 
-Box-facing routes (telemetry, enrollment, check-in, inventory, action status) carry a box's own
+Box-facing routes (telemetry, enrollment, check-in, inventory, commands, action status) carry a box's own
 credential or an enrollment token and are checked by their routes; /tuf/, /healthz, /metrics and
 the docs are outside /api/v1 and pass untouched.
 """
@@ -40,7 +40,7 @@ __all__ = [
 
 #: Routes under /api/v1 that a box (or an installer's enrollment token) calls, not an API user.
 BOX_FACING = re.compile(
-    r"^/api/v1/(?:telemetry|enroll(?:/status)?|boxes/[^/]+/(?:checkin|inventory|actions/[^/]+/status))/?$"
+    r"^/api/v1/(?:telemetry|enroll(?:/status)?|boxes/[^/]+/(?:checkin|inventory|commands|actions/[^/]+/status))/?$"
 )
 _SCOPE_KEY = "quanedge.principal"
 #: The OpenAPI name of the API users' bearer scheme (declared by the `deps.require_*` dependencies).

@@ -38,6 +38,7 @@ from fleet_server.seq_tracking import Gap, SeqReport
 from fleet_server.store.access import AuditStore, UserStore
 from fleet_server.store.admission import AdmissionStore
 from fleet_server.store.alerts import AlertStore
+from fleet_server.store.commands import CommandStore
 from fleet_server.store.leases import LeaseStore
 from fleet_server.store.quarantine import QuarantineStore
 from fleet_server.store.seq import SeqStore
@@ -132,7 +133,8 @@ class IngestResult:
 
 
 @runtime_checkable
-class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, LeaseStore, Protocol):
+class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, SeqStore, LeaseStore, CommandStore,
+            Protocol):
     """Fleet storage. Every method is atomic; every refusal leaves the store unchanged.
 
     Enrolment and admission come from `AdmissionStore` (fleet_server.store.admission), the

@@ -301,6 +301,16 @@ MIGRATIONS: list[Migration] = [
         # generation comes from LISTEN/NOTIFY (pg_notify), which needs no row.
         "DROP TABLE store_counters",
     )),
+    Migration(6, "0006_box_commands", (
+        # Commands to boxes (fleet_server.commands; sql_commands has SQLite's same table).
+        "CREATE TABLE box_commands (command_id text PRIMARY KEY, box_id text NOT NULL, device text NOT NULL,"
+        " command text NOT NULL, args text NOT NULL, origin text NOT NULL, created_at double precision NOT NULL,"
+        " deadline double precision NOT NULL, state text NOT NULL, sent_at double precision,"
+        " sends bigint NOT NULL DEFAULT 0, finished_at double precision, message text)",
+        "CREATE INDEX box_commands_by_box ON box_commands (box_id, created_at)",
+        "CREATE INDEX box_commands_by_state ON box_commands (state, deadline)",
+        "CREATE INDEX box_commands_by_time ON box_commands (created_at, command_id)",
+    )),
 ]
 
 

@@ -32,6 +32,7 @@ from fleet_server.rollout.model import Inventory
 from fleet_server.seq_tracking import SeqReport, seq_ranges
 from fleet_server.store.base import Box, IngestResult, check_box_id, hash_secret, new_secret
 from fleet_server.store.sql import SqlConn, SqlDialect
+from fleet_server.store.sql_commands import apply_results
 from fleet_server.store.sql_seq import BOX_AND_SEQ, check_report, seq_state, track_batch
 
 __all__ = ["BOX_COLUMNS", "READING_COLUMNS", "BoxTables", "Prepared", "box_from_row", "reading_from_row"]
@@ -187,6 +188,7 @@ class BoxTables:
         if found is None:
             raise UnknownBox(box_id)
         accepted = self._insert_readings(conn, params) if params else 0
+        apply_results(conn, box_id, params, now)   # fleet command results in the box's audit records
         max_seq = max(int(found[0]), last_seq or 0)
         conn.execute("UPDATE boxes SET max_seq = ?, last_seen = ? WHERE box_id = ?", (max_seq, now, box_id))
         tracked, dropped = track_batch(conn, box_id, seq_state(found[1:], int(found[0])), ranges, report, now)

@@ -23,6 +23,7 @@ from fleet_server.store.sql_admission import ADMISSION_MIGRATIONS, AdmissionTabl
 from fleet_server.store.sql_alerts import ALERT_MIGRATIONS, AlertTables
 from fleet_server.store.sql_audit import AUDIT_MIGRATIONS, AuditTables
 from fleet_server.store.sql_boxes import BoxTables
+from fleet_server.store.sql_commands import COMMAND_MIGRATIONS, CommandTables
 from fleet_server.store.sql_leases import LEASE_MIGRATIONS, LeaseTables
 from fleet_server.store.sql_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
 from fleet_server.store.sql_rollouts import RolloutTables
@@ -41,7 +42,7 @@ _INSERT_READING = (
 
 
 class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-                  SeqTables, LeaseTables):
+                  SeqTables, LeaseTables, CommandTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
     Enrolment and admission (tokens, re-key, pending requests, revocation) live in the
@@ -49,7 +50,8 @@ class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, U
     `RolloutTables`; the quarantine of unprocessable messages in `QuarantineTables`; API users in
     `UserTables`; the append-only audit log in `AuditTables`; alerts in `AlertTables`; seq
     tracking's tables in `SeqTables` (its per-batch step runs inside `ingest`); the leases of the
-    periodic jobs in `LeaseTables` (one server per SQLite file: it always gets them).
+    periodic jobs in `LeaseTables` (one server per SQLite file: it always gets them); commands to
+    boxes in `CommandTables`.
 
     Readings are kept for good: the retention settings (`retention_days_*`) apply to PostgreSQL's
     daily partitions only (`PgStore.upkeep`); this store has no `upkeep` and drops nothing.
@@ -79,6 +81,7 @@ class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, U
             self.alert_migrations_applied = apply_migrations(ALERT_MIGRATIONS, self._db)
             self.seq_migrations_applied = apply_migrations(SEQ_MIGRATIONS, self._db)
             self.lease_migrations_applied = apply_migrations(LEASE_MIGRATIONS, self._db)
+            self.command_migrations_applied = apply_migrations(COMMAND_MIGRATIONS, self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
