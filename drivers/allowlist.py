@@ -55,8 +55,8 @@ class AllowList:
                           separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def with_plates(self, plates: Iterable[str], version: int) -> AllowList:
-        """The same cards, these plates (normalised), a new version."""
-        return AllowList(version, normalise_plates(plates), self.cards)
+        """The same cards, these plates (already normalised: this list's own plus checked ones), a new version."""
+        return AllowList(version, tuple(sorted(set(plates))), self.cards)
 
 
 def _entries(value: Any, field: str) -> list[Any]:

@@ -82,7 +82,7 @@ class AllowListKeeper:
     async def replace(self, args: Mapping[str, Any]) -> AllowList:
         """`set_allowlist`: the whole document, applied only if newer than the one running."""
         try:
-            doc = parse_document(args, cards=self.cards)
+            doc = await asyncio.to_thread(parse_document, args, cards=self.cards)  # 100,000 plates: ~0.1 s
         except ValueError as exc:
             raise CommandRefused(f"{self.device}: set_allowlist: {exc}") from None
         async with self._lock:
