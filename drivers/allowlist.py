@@ -7,7 +7,9 @@
 - `plates`: licence plates; each is normalised with drivers.gates.normalise_plate (spaces, dots,
   dashes dropped, upper case), so "鲁A-12345" and "鲁a12345" are one entry; 1-32 characters after that.
 - `cards`: card numbers as the access controller reports them (cardNo), clean text, 1-32 characters,
-  surrounding spaces dropped. Optional: a plate camera's document may leave it out.
+  surrounding spaces dropped.
+Both lists are optional; a device kind refuses the list it has no reader for (a plate camera's
+document has no cards, an access controller's no plates).
 
 Every list is capped (MAX_ENTRIES each) and duplicates are folded. `parse_document` is the one
 boundary check, for a document from a command and for one read back from disk alike; its
@@ -94,11 +96,11 @@ def normalise_cards(cards: Iterable[Any], field: str = "allowlist.cards") -> tup
     return tuple(sorted(out))
 
 
-def parse_document(doc: Any, *, cards: bool = True) -> AllowList:
+def parse_document(doc: Any, *, plates: bool = True, cards: bool = True) -> AllowList:
     """A document (the decoded JSON object) as an AllowList; ValueError naming the field.
 
-    `cards=False`: the device kind has no cards, and a document listing some is refused (better
-    than accepting a list that nothing would ever enforce)."""
+    `cards=False` / `plates=False`: the device kind has no card reader / no plate camera, and a
+    document listing some is refused (better than accepting a list that nothing would ever enforce)."""
     if not isinstance(doc, Mapping):
         raise ValueError(f"allowlist must be an object {{version, plates, cards}}, got {type(doc).__name__}")
     unknown = sorted(str(k) for k in doc if k not in _FIELDS)
@@ -107,8 +109,10 @@ def parse_document(doc: Any, *, cards: bool = True) -> AllowList:
     if "version" not in doc:
         raise ValueError("allowlist.version is required (an integer >= 1)")
     version = check_int(doc["version"], "allowlist.version", lo=1, hi=MAX_VERSION)
-    plates = normalise_plates(_entries(doc.get("plates", []), "allowlist.plates"))
+    plate_list = _entries(doc.get("plates", []), "allowlist.plates")
+    if plate_list and not plates:
+        raise ValueError("allowlist.plates: this device reads no plates; leave plates out")
     card_list = _entries(doc.get("cards", []), "allowlist.cards")
     if card_list and not cards:
         raise ValueError("allowlist.cards: this device has no card reader; leave cards out")
-    return AllowList(version, plates, normalise_cards(card_list))
+    return AllowList(version, normalise_plates(plate_list), normalise_cards(card_list))

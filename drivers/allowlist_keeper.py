@@ -54,10 +54,12 @@ class AllowListKeeper:
     """One device's allow-list: load at build, versioned changes, persisted before they apply."""
 
     def __init__(self, device: str, config_plates: frozenset[str], store: AllowListStore | None, *,
-                 on_change: Callable[[AllowList], None], cards: bool = False) -> None:
+                 on_change: Callable[[AllowList], None], plates: bool = True, cards: bool = False,
+                 note: str = "") -> None:
         self.device = device
         self.store = store
-        self.cards = cards
+        self.plates, self.cards = plates, cards  # which lists this kind has
+        self.note = note  # appended to the point's text (e.g. what the device does not enforce)
         self._on_change = on_change
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,7 +84,8 @@ class AllowListKeeper:
     async def replace(self, args: Mapping[str, Any]) -> AllowList:
         """`set_allowlist`: the whole document, applied only if newer than the one running."""
         try:
-            doc = await asyncio.to_thread(parse_document, args, cards=self.cards)  # 100,000 plates: ~0.1 s
+            # in a worker thread: 100,000 plates take ~0.1 s to check
+            doc = await asyncio.to_thread(parse_document, args, plates=self.plates, cards=self.cards)
         except ValueError as exc:
             raise CommandRefused(f"{self.device}: set_allowlist: {exc}") from None
         async with self._lock:
@@ -99,6 +102,8 @@ class AllowListKeeper:
             norm = normalise_plate_entry(plate, "plate")
         except ValueError as exc:
             raise CommandRefused(f"{self.device}: {command}: {exc}") from None
+        if not self.plates:
+            raise CommandRefused(f"{self.device}: {command}: this device reads no plates")
         async with self._lock:
             if self.problem is not None:
                 raise CommandRefused(f"{self.device}: {command} refused while the stored allow-list is unusable "
@@ -140,5 +145,7 @@ class AllowListKeeper:
             return Reading(self.device, VERSION_POINT, None, "", ts, Quality.COMM_FAILURE,
                            text=f"running the config list ({len(doc.plates)} plates): {self.problem}"[:500])
         where = "config list" if doc.version == 0 else ("stored" if self.store is not None else "in memory only")
-        counts = f"{len(doc.plates)} plates" + (f", {len(doc.cards)} cards" if self.cards else "")
-        return Reading(self.device, VERSION_POINT, float(doc.version), "", ts, text=f"{counts}, {where}")
+        counts = ", ".join(([f"{len(doc.plates)} plates"] if self.plates else [])
+                           + ([f"{len(doc.cards)} cards"] if self.cards else []))
+        return Reading(self.device, VERSION_POINT, float(doc.version), "", ts,
+                       text=f"{counts}, {where}{self.note}"[:500])

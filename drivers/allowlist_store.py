@@ -52,9 +52,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class AllowListStore:
-    def __init__(self, path: Path, *, cards: bool = True) -> None:
+    def __init__(self, path: Path, *, plates: bool = True, cards: bool = True) -> None:
         self.path = Path(path)
-        self.cards = cards  # the device kind has cards (else a stored document listing some is refused)
+        self.plates = plates  # the device kind reads plates / cards (else a stored document listing some
+        self.cards = cards    # is refused, as the command would have been)
 
     def load(self) -> AllowList | None:
         """The stored document, or None when there is none yet; AllowListUnreadable otherwise."""
@@ -73,7 +74,7 @@ class AllowListStore:
             raise AllowListUnreadable(f"{self.path}: not a JSON document ({type(exc).__name__}: "
                                       f"{str(exc)[:120]})") from None
         try:
-            return parse_document(doc, cards=self.cards)
+            return parse_document(doc, plates=self.plates, cards=self.cards)
         except ValueError as exc:
             raise AllowListUnreadable(f"{self.path}: {exc}") from None
 

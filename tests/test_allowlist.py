@@ -22,6 +22,9 @@ from agent.devices import BuildContext
 from core.errors import CommandRefused, DriverError
 from core.reading import Quality, Reading
 from drivers import allowlist_store
+from drivers.access_controller.driver import AccessControllerDriver
+from drivers.access_controller.settings import AccessControllerSettings
+from drivers.access_controller.sim import AccessControllerSim
 from drivers.allowlist import MAX_ENTRIES, AllowList, parse_document
 from drivers.allowlist_store import AllowListStore, AllowListUnreadable, store_path
 from drivers.plate_camera import KIND
@@ -81,6 +84,8 @@ def test_plates_normalised_duplicates_folded_cards_optional() -> None:
     assert parse_document({"version": 1}) == AllowList(1)
     with pytest.raises(ValueError, match=r"^allowlist.cards: this device has no card reader"):
         parse_document({"version": 1, "cards": ["1"]}, cards=False)
+    with pytest.raises(ValueError, match=r"^allowlist.plates: this device reads no plates"):
+        parse_document({"version": 1, "plates": ["A1"]}, plates=False)
     full = parse_document({"version": 1, "plates": [f"A{i}" for i in range(MAX_ENTRIES)]})
     assert len(full.plates) == MAX_ENTRIES  # the cap itself is accepted
 
@@ -320,3 +325,42 @@ async def test_a_command_that_times_out_still_ends_with_disk_and_memory_equal(
         await asyncio.sleep(0.02)
     assert rx.allowlist.version == 1 and "京C11111" in rx.rules.allow  # the shielded change completed
     assert json.loads(store.path.read_bytes())["version"] == 1
+
+
+# --- the access controller: cards stored and reported, decided by the controller itself ----------
+def _acs(url: str, data_dir: Path | None, **kw: Any) -> AccessControllerDriver:
+    s = AccessControllerSettings(name="acs1", url=url, username="admin", password="hik12345",
+                                 allow_commands=("open", "set_allowlist"), **kw)
+    store = None if data_dir is None else AllowListStore(store_path(data_dir, "acs1"), plates=False)
+    return AccessControllerDriver(s, allowlist=store)
+
+
+async def test_access_controller_card_list_is_versioned_stored_and_reported(tmp_path: Path) -> None:
+    async with AccessControllerSim(cards=frozenset({"1001"})) as sim:
+        drv = _acs(sim.url, tmp_path)
+        await drv.open()
+        try:
+            await drv.write("set_allowlist", {"version": 3, "cards": ["1001", " 2002 ", "2002"]})
+            with pytest.raises(CommandRefused, match="version 2 is not newer than the running version 3"):
+                await drv.write("set_allowlist", {"version": 2, "cards": []})
+            with pytest.raises(CommandRefused, match="reads no plates"):
+                await drv.write("set_allowlist", {"version": 4, "plates": ["鲁A12345"]})
+            r = {x.point: x for x in await drv.read(["door1_lock", "allowlist_version"])}
+            assert r["door1_lock"].value == 0.0 and r["allowlist_version"].value == 3.0
+            assert r["allowlist_version"].text == "2 cards, stored; kept on the box, not pushed to the controller"
+            assert sim.cards == {"1001"}  # the controller's own list: no card endpoint exists to change it
+        finally:
+            await drv.close()
+    # the controller is gone (offline box): the version is still read, from the box, after a restart
+    again = _acs("http://127.0.0.1:9", tmp_path)
+    (r,) = await again.read(["allowlist_version"])
+    assert r.value == 3.0 and again.allowlist.current.cards == ("1001", "2002")
+
+
+async def test_access_controller_set_allowlist_needs_allow_commands(tmp_path: Path) -> None:
+    s = AccessControllerSettings(name="acs1", url="http://127.0.0.1:9", username="a", password="b")
+    drv = AccessControllerDriver(s, allowlist=AllowListStore(store_path(tmp_path, "acs1"), plates=False))
+    with pytest.raises(CommandRefused, match="not allowed"):
+        await drv.write("set_allowlist", {"version": 1, "cards": ["1"]})
+    assert AccessControllerSettings(name="acs1", url="http://x", username="a", password="b",
+                                    points=("allowlist_version",)).points == ("allowlist_version",)
