@@ -31,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, AnyDeviceConfig, BusConfig
@@ -211,13 +212,14 @@ def make_link(bus: BusConfig) -> Any:
 
 @dataclass
 class BuildContext:
-    """What factories may use: the Modbus links (one per [[bus]]) and an event sink per device."""
+    """What factories may use: the Modbus links (one per [[bus]]), an event sink per device, the box's data dir."""
 
     buses: Mapping[str, BusConfig]
     stack: AsyncExitStack
     emit: Emit
     observer: DeviceObserver | None = None
     store: Emit | None = None  # durable emit (Pipeline.store) for events a device waits an answer for
+    data_dir: Path | None = None  # [box] data_dir: what drivers keep across restarts (gate allow-lists)
     links: dict[str, Any] = field(default_factory=dict)
     sinks: dict[str, EventSink] = field(default_factory=dict)
 
@@ -279,7 +281,7 @@ class DeviceSet:
 
 def build_devices(cfg: AgentConfig, emit: Emit, observer: DeviceObserver | None, stack: AsyncExitStack, *,
                   store: Emit | None = None) -> DeviceSet:
-    ctx = BuildContext({b.name: b for b in cfg.buses}, stack, emit, observer, store)
+    ctx = BuildContext({b.name: b for b in cfg.buses}, stack, emit, observer, store, data_dir=cfg.box.data_dir)
     lines: dict[str, list[PolledDevice]] = {}
     locks: dict[str, asyncio.Lock] = {}
     drivers: dict[str, ManagedDriver] = {}

@@ -51,7 +51,7 @@ async def live_read(cfg: AgentConfig, device_name: str, interval: float, count: 
     last: list[Reading] = []
     n = 0
     async with AsyncExitStack() as stack:
-        ctx = BuildContext({b.name: b for b in cfg.buses}, stack, keep)
+        ctx = BuildContext({b.name: b for b in cfg.buses}, stack, keep, data_dir=cfg.box.data_dir)
         try:
             driver = build_driver(dev_cfg, ctx)
         except ValueError as exc:

@@ -60,7 +60,7 @@ class ParseContext:
 
 
 class BuildContext(Protocol):
-    """What the box hands a kind's `build`: shared links, event sinks, refusal counters."""
+    """What the box hands a kind's `build`: shared links, event sinks, refusal counters, the data directory."""
 
     def link(self, bus: str) -> Any:
         """The one link object of a [[bus]] (shared by every slave on it)."""
@@ -70,6 +70,11 @@ class BuildContext(Protocol):
 
     def refusals(self, device: str) -> Callable[[str], None] | None:
         """The counter for a receiver's refused pushes (by reason), or None."""
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The box's data directory ([box] data_dir), where a driver keeps what must survive a
+        restart (a gate's allow-list: `<data_dir>/allowlists/<device>.json`); None: nothing is kept."""
 
 
 def _never(settings: Any) -> bool:

@@ -299,7 +299,7 @@ async def test_heartbeats_unknown_cameras_commands_and_bad_bodies() -> None:
                 await asyncio.sleep(0.02)
             assert cam.heartbeats_sent >= 2
             r = {x.point: x.value for x in await rx.read()}
-            assert r == {"online.cam-A": 1.0, "events_total": 0.0, "duplicates_total": 0.0}
+            assert r == {"online.cam-A": 1.0, "events_total": 0.0, "duplicates_total": 0.0, "allowlist_version": 0.0}
             assert await other.recognise("鲁A12345") is None  # unknown camera: 403, never opens, nothing stored
             assert got == [] and rx.refused == {"identity_mismatch": 1}
             with pytest.raises(CommandRefused):

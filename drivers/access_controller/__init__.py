@@ -14,9 +14,11 @@ from drivers.kind import BuildContext, DeviceKind
 
 def build(dev: AccessControllerSettings, ctx: BuildContext) -> Any:
     from drivers.access_controller.driver import AccessControllerDriver
+    from drivers.allowlist_store import AllowListStore, store_path
 
+    store = None if ctx.data_dir is None else AllowListStore(store_path(ctx.data_dir, dev.name), plates=False)
     return AccessControllerDriver(dev, on_event=ctx.events(dev.name) if dev.listen_port is not None else None,
-                                  on_refused=ctx.refusals(dev.name))
+                                  on_refused=ctx.refusals(dev.name), allowlist=store)
 
 
 def simulators() -> dict[str, Any]:

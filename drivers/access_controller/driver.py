@@ -18,6 +18,16 @@ Basic secret and/or source addresses, drivers/push_auth.py): an unauthenticated 
 before its body is parsed and is counted (`refused`, `on_refused(reason)`); a body breaking the
 boundary rules gets 400 naming the field.
 
+Cards: the controller decides a swipe itself, against its own card list (the simulator does the
+same, and the event says valid_card / no_permission / unknown_card); the box only records the
+result. `set_allowlist` {version, cards} stores the fleet's versioned card list on the box
+(drivers/allowlist_keeper.py: newer versions only, atomic file under `<data_dir>/allowlists/`,
+kept across restarts) and reports it on the `allowlist_version` point (read locally, no request).
+NOT done: pushing the cards into the controller. Neither the reference (devices.md: door command
+and events only) nor the simulator describes a card or user endpoint, so none is invented here;
+until one is, the stored list is what the fleet sent, not what the controller enforces (the
+point's text says so).
+
 httpx errors are mapped here, at one boundary: timeouts -> DeviceTimeout, transport errors ->
 LinkError, a refusal (HTTP 4xx/5xx or ResponseStatus statusCode != 1) -> DeviceException,
 an unreadable body -> FrameError.
@@ -42,6 +52,8 @@ from core.http_listener import HttpServer, Request, Response
 from core.reading import Quality, Reading, RecordClass
 from drivers import gates
 from drivers.access_controller.settings import COMMANDS, AccessControllerSettings
+from drivers.allowlist_keeper import VERSION_POINT, AllowListKeeper
+from drivers.allowlist_store import AllowListStore
 from drivers.push_auth import PushAuth, Refusal
 
 __all__ = ["AccessControllerDriver"]
@@ -55,10 +67,12 @@ class AccessControllerDriver:
     def __init__(self, settings: AccessControllerSettings, *,
                  on_event: Callable[[Reading], Any] | None = None, clock: Callable[[], float] = time.time,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None, allowlist: AllowListStore | None = None) -> None:
         self.name = settings.name
         self.settings = settings
         self.on_event = on_event
+        self.allowlist = AllowListKeeper(self.name, frozenset(), allowlist, on_change=lambda doc: None, plates=False,
+                                         cards=True, note="; kept on the box, not pushed to the controller")
         self._clock = clock
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -119,6 +133,10 @@ class AccessControllerDriver:
         wanted = list(points) if points is not None else [
             f"door{d}_{k}" for d in self.settings.doors for k in _STATUS_KEYS]
         specs = []
+        local = [self.allowlist.reading(self._clock()) for p in wanted if p == VERSION_POINT]  # box-side, no request
+        wanted = [p for p in wanted if p != VERSION_POINT]
+        if not wanted:
+            return local
         for point in wanted:
             door, _, kind = point.removeprefix("door").partition("_")
             if kind not in _STATUS_KEYS or not door.isdigit() or not point.startswith("door"):
@@ -139,13 +157,16 @@ class AccessControllerDriver:
                 out.append(Reading(self.name, point, None, "", ts, Quality.MISSING, text=f"{key} not reported"))
             else:
                 out.append(Reading(self.name, point, float(values[i]), "", ts))
-        return out
+        return out + local
 
     async def write(self, command: str, args: Mapping[str, Any]) -> None:
-        if command not in gates.DOOR_COMMANDS:
-            raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(gates.DOOR_COMMANDS)}")
+        if command not in COMMANDS:
+            raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(COMMANDS)}")
         if command not in self.settings.allow_commands:
             raise CommandRefused(f"{self.name}: {command} is not allowed on this controller")
+        if command == "set_allowlist":  # stored on the box; the controller is not asked (see the module doc)
+            await self.allowlist.replace(args)
+            return
         door = args.get("door", self.settings.doors[0])
         if door not in self.settings.doors or isinstance(door, bool):
             raise CommandRefused(f"{self.name}: door {door!r} is not one of {self.settings.doors}")

@@ -6,7 +6,7 @@ the same rules.
     event_secret / event_user and/or event_sources are required)
 
 Door commands are refused unless listed in allow_commands (none by default: holding a door open
-is a security decision).
+is a security decision). So is set_allowlist (the versioned card list, kept on the box: see driver.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from drivers.settings_rules import (
 
 __all__ = ["COMMANDS", "AccessControllerSettings", "parse"]
 
-COMMANDS = tuple(gates.DOOR_COMMANDS)
+COMMANDS = (*gates.DOOR_COMMANDS, "set_allowlist")  # set_allowlist: the card list, stored on the box only
 URL_EXPECTED = "the controller's base URL, e.g. http://192.168.1.64"
 DOORS_EXPECTED = "door numbers 1..64, e.g. [1]"
 POINT_KINDS = ("lock", "state", "magnet")
@@ -94,10 +94,11 @@ class AccessControllerSettings:
                 PushAuth(self.event_senders)  # the checks the listener applies
             except ValueError as exc:
                 raise SettingError("event_secret", str(exc), None, "one sender per user name") from None
-        names = {f"door{d}_{k}" for d in self.doors for k in POINT_KINDS}
+        names = {f"door{d}_{k}" for d in self.doors for k in POINT_KINDS} | {"allowlist_version"}
         for p in self.points:
             if p not in names:
-                raise SettingError("points", f"unknown point {p!r}", p, "door<n>_lock/state/magnet for a door in doors")
+                raise SettingError("points", f"unknown point {p!r}", p,
+                                   "door<n>_lock/state/magnet for a door in doors, or allowlist_version")
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"AccessControllerSettings(name={self.name!r}, url={self.url!r}, doors={self.doors})"

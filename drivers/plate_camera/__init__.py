@@ -13,9 +13,11 @@ from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings, parse
 
 
 def build(dev: PlateCameraSettings, ctx: BuildContext) -> Any:
+    from drivers.allowlist_store import AllowListStore, store_path
     from drivers.plate_camera.driver import PlateReceiverDriver
 
-    return PlateReceiverDriver(dev, ctx.events(dev.name), on_refused=ctx.refusals(dev.name))
+    store = None if ctx.data_dir is None else AllowListStore(store_path(ctx.data_dir, dev.name), cards=False)
+    return PlateReceiverDriver(dev, ctx.events(dev.name), on_refused=ctx.refusals(dev.name), allowlist=store)
 
 
 def simulators() -> dict[str, Any]:

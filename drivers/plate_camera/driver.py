@@ -20,6 +20,14 @@ a forged serial never reaches the gate decision. Each refusal is counted (`refus
 `on_refused(reason)` for the agent's metrics). A body that breaks the boundary rules (gates'
 parsers: clean text, caps, ranges) gets 400 naming the field. The listener binds to loopback
 unless configured otherwise.
+
+Allow-list (drivers/allowlist_keeper.py): the plates that open are the config's `allow_list` until
+a versioned document is stored under the box's data directory (`<data_dir>/allowlists/<device>.json`),
+which then replaces it, across restarts. Commands: `allow_plate` / `revoke_plate` {plate} (version
++ 1) and `set_allowlist` {version, plates} (the whole list, only if newer than the running version;
+a plate camera's document has no cards). Each is on disk before the command returns. The running
+version is the `allowlist_version` point (0: the config list). Decisions never need the network:
+the list is in memory and on the box's disk.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from core.errors import CommandRefused, FrameError, LinkError
 from core.http_listener import HttpServer, Request, Response
 from core.reading import Quality, Reading, RecordClass
 from drivers import gates
+from drivers.allowlist import AllowList
+from drivers.allowlist_keeper import VERSION_POINT, AllowListKeeper
+from drivers.allowlist_store import AllowListStore
 from drivers.plate_camera.settings import COMMANDS, PlateCameraSettings
 from drivers.push_auth import PushAuth, Refusal
 
@@ -48,10 +59,13 @@ class PlateReceiverDriver:
     COMMANDS = COMMANDS  # the kind's commands, declared once in drivers/plate_camera/settings.py
 
     def __init__(self, settings: PlateCameraSettings, on_event: Callable[[Reading], Any], *,
-                 clock: Callable[[], float] = time.time, on_refused: Callable[[str], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, on_refused: Callable[[str], None] | None = None,
+                 allowlist: AllowListStore | None = None) -> None:
         self.name = settings.name
         self.settings = settings
-        self.rules = settings.gate_rules()  # allow_plate / revoke_plate change these, not the settings
+        self.rules = settings.gate_rules()  # the allow-list keeper replaces `allow`, never the settings
+        # loads the stored document (if any) now, before anything is decided; None: memory only
+        self.allowlist = AllowListKeeper(self.name, settings.allow_list, allowlist, on_change=self._use_allowlist)
         self.on_event = on_event
         self._clock = clock
         self._dedup = gates.Deduplicator(settings.dedup_capacity)
@@ -67,6 +81,9 @@ class PlateReceiverDriver:
         self._serials = frozenset(c.identity for c in settings.cameras)
         self._on_refused = on_refused
         self.port = settings.listen_port
+
+    def _use_allowlist(self, doc: AllowList) -> None:
+        self.rules = replace(self.rules, allow=frozenset(doc.plates))
 
     async def open(self) -> None:
         try:
@@ -163,13 +180,15 @@ class PlateReceiverDriver:
         now = self._clock()
         cameras = sorted(self._serials | set(self.last_seen))
         wanted = list(points) if points is not None else (
-            [f"online.{c}" for c in cameras] + ["events_total", "duplicates_total"])
+            [f"online.{c}" for c in cameras] + ["events_total", "duplicates_total", VERSION_POINT])
         out = []
         for point in wanted:
             if point == "events_total":
                 out.append(Reading(self.name, point, float(self.events), "", now))
             elif point == "duplicates_total":
                 out.append(Reading(self.name, point, float(self.duplicates), "", now))
+            elif point == VERSION_POINT:
+                out.append(self.allowlist.reading(now))
             elif point.startswith("online."):
                 seen = self.last_seen.get(point[7:])
                 if seen is None:
@@ -184,11 +203,12 @@ class PlateReceiverDriver:
         return out
 
     async def write(self, command: str, args: Mapping[str, Any]) -> None:
-        plate = args.get("plate")
         if command not in self.COMMANDS:
             raise CommandRefused(f"{self.name}: unknown command {command!r}; known: {', '.join(self.COMMANDS)}")
+        if command == "set_allowlist":
+            await self.allowlist.replace(args)
+            return
+        plate = args.get("plate")
         if not isinstance(plate, str) or not gates.normalise_plate(plate):
             raise CommandRefused(f"{self.name}: {command} needs a non-empty 'plate', got {plate!r}")
-        norm = gates.normalise_plate(plate)
-        allow = self.rules.allow | {norm} if command == "allow_plate" else self.rules.allow - {norm}
-        self.rules = replace(self.rules, allow=allow)
+        await self.allowlist.change_plate(plate, allow=command == "allow_plate")

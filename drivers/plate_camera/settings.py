@@ -4,6 +4,8 @@ directly meet the same rules.
 
     listen (default "127.0.0.1:8080"), cameras = [{serial, secret, user, sources}] (required),
     allow_list / deny_list (inline list or a file path), relay, heartbeat_timeout_s,
+    (allow_list is the starting list: a versioned document stored by allow_plate / revoke_plate /
+    set_allowlist replaces it, see drivers/allowlist_keeper.py)
     [device.rules] allow_prefixes, min_confidence
 
 A camera needs a `secret` (the HTTP Basic password of its push URL) and/or `sources`: a serial
@@ -25,10 +27,11 @@ from drivers.settings_rules import SettingError, common, construct, listen, read
 
 __all__ = ["COMMANDS", "PlateCameraSettings", "parse"]
 
-COMMANDS = ("allow_plate", "revoke_plate")
+COMMANDS = ("allow_plate", "revoke_plate", "set_allowlist")
 CAMERAS_EXPECTED = '[{ serial = "fe71e106-57263272", secret = "<8+ chars>", sources = ["192.168.1.100"] }]'
 PLATE_EXPECTED = "1-32 characters of a licence plate"
-POINTS_EXPECTED = "events_total, duplicates_total or online.<camera serial>"
+_FIXED_POINTS = ("events_total", "duplicates_total", "allowlist_version")
+POINTS_EXPECTED = "events_total, duplicates_total, allowlist_version or online.<camera serial>"
 
 
 def _plate_set(key: str, plates: Iterable[str]) -> frozenset[str]:
@@ -100,7 +103,7 @@ class PlateCameraSettings:
                 raise SettingError("allow_commands", f"a plate_camera device has no command {cmd!r}", cmd,
                                    "one of " + ", ".join(COMMANDS))
         for p in self.points:
-            if p not in ("events_total", "duplicates_total") and not (p.startswith("online.") and len(p) > 7):
+            if p not in _FIXED_POINTS and not (p.startswith("online.") and len(p) > 7):
                 raise SettingError("points", f"unknown point {p!r}", p, POINTS_EXPECTED)
 
     def gate_rules(self) -> gates.GateRules:
