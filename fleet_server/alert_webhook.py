@@ -65,29 +65,34 @@ class WebhookDelivery:
             raise WebhookUnavailable(f"alert webhook {self.url} answered {response.status_code}")
 
     async def step(self) -> None:
-        """One round: trim the outbox, then deliver in order until it is empty or an attempt fails."""
+        """One round: trim the outbox, then, unless backing off, deliver in order until it is empty
+        or an attempt fails; then publish the outbox depth."""
         dropped = await to_thread.run_sync(self.store.trim_alert_outbox, self.max_outbox)
         if dropped:
             log.error("alert outbox over %d entries: the %d oldest dropped undelivered", self.max_outbox, dropped)
-        try:
-            if self.clock() < self.next_attempt_at:
-                return
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                while entries := await to_thread.run_sync(self.store.alert_outbox, self.batch):
-                    for entry in entries:
-                        try:
-                            await self.post(client, entry)
-                        except WebhookUnavailable as exc:
-                            self._failed(exc)
-                            return
-                        await to_thread.run_sync(self.store.delete_alert_outbox, entry.id)
-                        self.delivered.inc()
-                        if self.failures:
-                            log.info("alert webhook %s delivering again after %d failed attempts", self.url,
-                                     self.failures)
-                        self.failures = 0
-        finally:
-            self.depth.set(await to_thread.run_sync(self.store.alert_outbox_depth))
+        if self.clock() >= self.next_attempt_at:
+            await self._drain()
+        self.depth.set(await to_thread.run_sync(self.store.alert_outbox_depth))
+
+    async def _drain(self) -> None:
+        entries = await to_thread.run_sync(self.store.alert_outbox, self.batch)
+        if not entries:
+            return
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            while entries:
+                for entry in entries:
+                    try:
+                        await self.post(client, entry)
+                    except WebhookUnavailable as exc:
+                        self._failed(exc)
+                        return
+                    await to_thread.run_sync(self.store.delete_alert_outbox, entry.id)
+                    self.delivered.inc()
+                    if self.failures:
+                        log.info("alert webhook %s takes events again after %d failed attempts", self.url,
+                                 self.failures)
+                    self.failures = 0
+                entries = await to_thread.run_sync(self.store.alert_outbox, self.batch)
 
     def _failed(self, exc: WebhookUnavailable) -> None:
         self.failed.inc()

@@ -153,7 +153,8 @@ class ServerSettings:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 10**6:
                 raise ConfigError(f"bad alert setting (--{key.replace('_', '-')})", key=key, value=value,
                                   expected="a positive number, at most 1000000")
-        if not isinstance(self.alert_disk_pct, (int, float)) or not 0 < self.alert_disk_pct < 100:
+        if (not isinstance(self.alert_disk_pct, (int, float)) or isinstance(self.alert_disk_pct, bool)
+                or not 0 < self.alert_disk_pct < 100):
             raise ConfigError("bad alert setting (--alert-disk-pct)", key="alert_disk_pct",
                               value=self.alert_disk_pct, expected="a percentage, 0 < pct < 100")
         value = self.alert_outbox_max

@@ -195,3 +195,22 @@ def test_a_bad_webhook_url_is_refused_at_load(url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--alert-webhook") as err:
         ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN, alert_webhook=url)
     assert "alert_webhook" in str(err.value)
+
+
+def test_alert_settings_become_the_rules_thresholds(tmp_path: Path) -> None:
+    settings = ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN, alert_silent_minutes=5,
+                              alert_alarm_quiet_minutes=0.5, alert_webhook="https://hooks.example.org/q")
+    assert settings.alert_thresholds == Thresholds(silent_s=300, alarm_quiet_s=30, unsent_s=1800, disk_pct=90,
+                                                   offline_s=900)
+    with pytest.raises(ConfigError, match="--alert-silent-minutes"):
+        ServerSettings(db_path=tmp_path / "fleet.db", admin_token=ADMIN, alert_silent_minutes=0)
+
+
+def test_serve_refuses_a_bad_webhook_naming_the_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from quanedge.cli import build_app
+
+    args = ["fleet", "serve", "--db", str(tmp_path / "fleet.db"), "--alert-webhook", "ftp://example.org/x"]
+    result = CliRunner().invoke(build_app(args), args, env={"QUANEDGE_ADMIN_TOKEN": ADMIN})
+    assert result.exit_code != 0 and "--alert-webhook" in result.output + result.stderr, result.output
