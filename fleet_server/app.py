@@ -14,7 +14,8 @@ on shutdown it cancels them all, then closes the store if the app created it.
 Store-wide periodic work runs on one replica at a time, under a lease that fails over
 (`fleet_server.leases`, `app.state.leases`, shown by /healthz): "rollout-timeouts" (the sweeper's
 expiry of timed-out actions; its refresh of this process's memory runs on every replica),
-"tuf-timestamp" (the keeper) and "readings-upkeep". Each replica's id is settings.replica.
+"tuf-timestamp" (the keeper), "readings-upkeep", "alert-rules" (fleet_server.alert_jobs) and, with
+settings.alert_webhook, "alert-webhook" (fleet_server.alert_webhook). Each replica's id is settings.replica.
 Three pure ASGI middlewares guard the API, outermost first: `BodyCap` (a body over its route's
 limit is refused before anything reads it), `AuditMiddleware` (records every state-changing call
 and its outcome) and `AuthMiddleware` (resolves the bearer principal, 401 before the body is
@@ -50,6 +51,8 @@ from starlette.types import Scope
 
 from fleet_server.access import UnknownUser, UserExists
 from fleet_server.admission import AdmissionService
+from fleet_server.alert_jobs import AlertRulesJob
+from fleet_server.alert_webhook import WebhookDelivery
 from fleet_server.alerts import UnknownAlert
 from fleet_server.api import (
     admission,
@@ -116,6 +119,10 @@ log = logging.getLogger(__name__)
 #: retention counts in days, so hourly is plenty (its lease ttl: 3 h; see fleet_server.leases).
 READINGS_UPKEEP_S = 3600.0
 COMMAND_DISPATCH_S = 1.0   # commands: expiry and re-sends (fleet_server.command_service)
+
+#: How often the "alert-webhook" job looks at the outbox (its backoff while the receiver is down
+#: is its own, fleet_server.alert_webhook).
+ALERT_WEBHOOK_S = 1.0
 
 # Most specific first.
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
@@ -247,6 +254,14 @@ def create_app(
     timeouts = leases.job("rollout-timeouts", engine.expire, period_s=settings.rollout_sweep_s)
     dispatch = leases.job("command-dispatch", commands.dispatch, period_s=COMMAND_DISPATCH_S)
     tuf_job = None if keeper is None else leases.job("tuf-timestamp", keeper.check, period_s=settings.tuf_check_s)
+    # Alerts: the rules every settings.alert_rules_s, and with a webhook its delivery every second.
+    webhook = None if settings.alert_webhook is None else WebhookDelivery(
+        the_store, settings.alert_webhook, registry=metrics.registry, clock=clock,
+        max_outbox=settings.alert_outbox_max)
+    rules = AlertRulesJob(the_store, settings.alert_thresholds, clock=clock,
+                          keep_outbox=0 if webhook is None else None)
+    rules_job = leases.job("alert-rules", rules.step, period_s=settings.alert_rules_s)
+    webhook_job = None if webhook is None else leases.job("alert-webhook", webhook.step, period_s=ALERT_WEBHOOK_S)
     upkeep_job = None
     if isinstance(the_store, ReadingsUpkeep):  # PostgreSQL: daily readings partitions
         upkeep_job = leases.job("readings-upkeep", _readings_upkeep(the_store, settings.retention_days, clock),
@@ -267,6 +282,9 @@ def create_app(
                 supervisor.start("tuf-timestamp-keeper", tuf_job.run)
             if upkeep_job is not None:
                 supervisor.start("readings-upkeep", upkeep_job.run)
+            supervisor.start("alert-rules", rules_job.run)
+            if webhook_job is not None:
+                supervisor.start("alert-webhook", webhook_job.run)
             yield
         finally:
             await supervisor.stop()

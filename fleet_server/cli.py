@@ -88,6 +88,17 @@ def build_app() -> typer.Typer:
             None, "--retention-event-days", help="Days event readings are kept (default 365; PostgreSQL only)."),
         retention_alarm_days: Optional[int] = typer.Option(
             None, "--retention-alarm-days", help="Days alarm readings are kept (default 730; PostgreSQL only)."),
+        alert_webhook: Optional[str] = typer.Option(
+            None, "--alert-webhook", envvar="QUANEDGE_ALERT_WEBHOOK",
+            help="POST every alert event (raised, acknowledged, resolved) as JSON to this http(s) URL, retried "
+            "with backoff while it is down."),
+        alert_silent_minutes: Optional[float] = typer.Option(
+            None, "--alert-silent-minutes", help="Alert when a box is not heard from for this long (default 15)."),
+        alert_alarm_quiet_minutes: Optional[float] = typer.Option(
+            None, "--alert-alarm-quiet-minutes", help="An ALARM reading's alert resolves after this long without "
+            "another alarm of that point (default 60), or at once when a normal reading of it comes."),
+        alert_rules_interval: Optional[float] = typer.Option(
+            None, "--alert-rules-interval", help="Seconds between evaluations of the alert rules (default 30)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Serve the fleet API (and the MQTT bridge when a broker is given)."""
@@ -98,6 +109,8 @@ def build_app() -> typer.Typer:
         given: dict[str, Any] = {key: value for key, value in (
             ("retention_days_routine", retention_routine_days),
             ("retention_days_event", retention_event_days), ("retention_days_alarm", retention_alarm_days),
+            ("alert_webhook", alert_webhook), ("alert_silent_minutes", alert_silent_minutes),
+            ("alert_alarm_quiet_minutes", alert_alarm_quiet_minutes), ("alert_rules_s", alert_rules_interval),
         ) if value is not None}  # the others keep ServerSettings' defaults
         try:
             settings = ServerSettings(db_path=db, admin_token=admin_token, host=host, port=port,

@@ -1,10 +1,12 @@
 """`quanedge fleet alerts ...`: what the server raised for an operator (fleet_server.alerts).
 
-    quanedge fleet alerts list [--kind seq_gap] [--box BOX] [--all] [--after-id N] [--limit 50] [--json]
+    quanedge fleet alerts list [--kind seq_gap] [--box BOX] [--state open|acknowledged|resolved] [--all]
+                               [--after-id N] [--limit 50] [--json]
     quanedge fleet alerts ack ID
-`list` shows open alerts, oldest first (--all: acknowledged ones too), one table row each: id,
-time raised (UTC), box, kind, what it is about (a seq gap: its range, how many readings, why),
-and who acknowledged it when; --json prints the API's objects, one per line. Listing needs a
+`list` shows open alerts, oldest first (--state: those in that state; --all: every state), one
+table row each: id, time raised (UTC), box, kind, what it is about (a seq gap: its range, how many
+readings, why; others: subject and detail), how often it was raised, its state, and who
+acknowledged it when / when it was resolved; --json prints the API's objects, one per line. Listing needs a
 viewer token, `ack` an operator's. Both take --server (QUANEDGE_SERVER) and --token
 (QUANEDGE_TOKEN or QUANEDGE_ADMIN_TOKEN); a refusal prints the server's reason and exits 1.
 """
@@ -41,19 +43,32 @@ def _when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _state(alert: dict[str, Any]) -> str:
+    """The state column: open in red; acknowledged by whom when; resolved when."""
+    text = ""
+    if alert["acked_at"] is not None:
+        text = f"acknowledged {_when(alert['acked_at'])} by {alert['acked_by']}"
+    if alert.get("resolved_at") is not None:
+        text = f"resolved {_when(alert['resolved_at'])}" + (f"; {text}" if text else "")
+    return escape(text) if text else "[red]open[/]"
+
+
 def summary(alert: dict[str, Any]) -> str:
     """One line on what the alert is about."""
     detail = alert["detail"]
     if alert["kind"] == "seq_gap":
         return f"seqs {detail['first']}..{detail['last']}: {detail['missing']} readings missing ({detail['reason']})"
     text = json.dumps(detail, separators=(",", ":"))
+    if alert.get("subject"):
+        text = f"{alert['subject']}: {text}"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def list_alerts(
     kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind, e.g. seq_gap."),
     box: Optional[str] = typer.Option(None, "--box", help="Only this box."),
-    everything: bool = typer.Option(False, "--all", help="Acknowledged alerts too."),
+    state: Optional[str] = typer.Option(None, "--state", help="open, acknowledged or resolved (default: open)."),
+    everything: bool = typer.Option(False, "--all", help="Alerts in every state."),
     after_id: int = typer.Option(0, "--after-id", help="Page: alerts after this id."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
@@ -62,8 +77,10 @@ def list_alerts(
     """Open alerts, oldest first."""
     params: dict[str, Any] = {"after_id": after_id, "limit": limit}
     params.update({k: v for k, v in (("kind", kind), ("box_id", box)) if v})
-    if not everything:
-        params["open"] = "true"
+    if state is not None:
+        params["state"] = state
+    elif not everything:
+        params["state"] = "open"
     page = call(server, token, "GET", "/api/v1/alerts", params=params, timeout=30)
     alerts = page["alerts"]
     if len(alerts) == limit:
@@ -72,11 +89,10 @@ def list_alerts(
         for alert in alerts:
             typer.echo(json.dumps(alert))
         return
-    table = Table("id", "raised (UTC)", "box", "kind", "what", "acknowledged")
+    table = Table("id", "raised (UTC)", "box", "kind", "what", "times", "state")
     for a in alerts:
-        acked = "[red]open[/]" if a["acked_at"] is None else escape(f"{_when(a['acked_at'])} by {a['acked_by']}")
         table.add_row(str(a["id"]), _when(a["raised_at"]), escape(a["box_id"] or ""), escape(a["kind"]),
-                      escape(summary(a)), acked)
+                      escape(summary(a)), str(a.get("count", 1)), _state(a))
     Console().print(table)
 
 

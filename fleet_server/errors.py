@@ -13,6 +13,7 @@ MQTT bridge maps it to "rejected" counters. Nothing else catches a third-party e
         ├── UnknownAdmission           no pending admission request with that id    -> 404
         ├── BrokerUnavailable          the broker did not confirm an account change -> 503 (retry)
         ├── BrokerRefused              the broker refused an account change         -> 502
+        ├── WebhookUnavailable         the alert webhook did not take an event (down, non-2xx): retried
         ├── NotAuthenticated           missing or unknown bearer credential         -> 401
         ├── Forbidden                  a valid credential, but not for this box     -> 403
         ├── UnknownBox                 no enrolled box with that id                 -> 404 (MQTT: rejected)
@@ -29,7 +30,7 @@ from core.errors import QuanedgeError
 __all__ = [
     "AdmissionRequired", "BadParameter", "BatchTooLarge", "BrokerRefused", "BrokerUnavailable", "ClientGone",
     "EnrollmentRefused", "FleetError", "Forbidden", "NotAuthenticated", "PayloadError", "StoreError",
-    "UnknownAdmission", "UnknownBox",
+    "UnknownAdmission", "UnknownBox", "WebhookUnavailable",
 ]
 
 
@@ -83,6 +84,13 @@ class BrokerRefused(FleetError):
     """The MQTT broker refused a box account change (misconfigured admin account or plugin)."""
 
     code = "broker_refused"
+
+
+class WebhookUnavailable(FleetError):
+    """The alert webhook receiver did not acknowledge an event with a 2xx (unreachable, timed
+    out, or another status): the delivery backs off and sends it again."""
+
+    code = "webhook_unavailable"
 
 
 class NotAuthenticated(FleetError):

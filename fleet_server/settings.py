@@ -10,8 +10,10 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError
+from fleet_server.alert_rules import Thresholds
 
 __all__ = ["ServerSettings", "default_replica_id"]
 
@@ -94,6 +96,17 @@ class ServerSettings:
     retention_days_routine: int = 90
     retention_days_event: int = 365
     retention_days_alarm: int = 730
+    # Alerts (fleet_server.alert_rules, alert_webhook): where every alert event is POSTed (None:
+    # nowhere), the rules' thresholds, how often the "alert-rules" job runs, and how many events
+    # wait for an unreachable webhook before the oldest are dropped.
+    alert_webhook: str | None = None
+    alert_silent_minutes: float = 15.0       # box_silent: not heard from for this long
+    alert_alarm_quiet_minutes: float = 60.0  # alarm_reading: resolved after this long without another alarm
+    alert_unsent_minutes: float = 30.0       # unsent_backlog: oldest unsent reading this old (fed later)
+    alert_disk_pct: float = 90.0             # disk_full: disk used above this percentage (fed later)
+    alert_offline_minutes: float = 15.0      # device_offline: no good read for this long (fed later)
+    alert_rules_s: float = 30.0
+    alert_outbox_max: int = 100_000
 
     def __post_init__(self) -> None:
         if not str(self.db_path):
@@ -116,6 +129,7 @@ class ServerSettings:
         self._check_broker_and_tls()
         self._check_rollouts()
         self._check_replicas_and_retention()
+        self._check_alerts()
 
     def _check_replicas_and_retention(self) -> None:
         for cls in ("routine", "event", "alarm"):
@@ -124,6 +138,36 @@ class ServerSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"bad retention for {cls} readings (--retention-{cls}-days)", key=key,
                                   value=value, expected="a whole number of days, at least 1")
+
+    def _check_alerts(self) -> None:
+        url = self.alert_webhook
+        if url is not None:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(
+                    ch.isspace() for ch in url):
+                raise ConfigError("bad alert webhook URL (--alert-webhook)", key="alert_webhook", value=url,
+                                  expected="an http:// or https:// URL with a host")
+        for key in ("alert_silent_minutes", "alert_alarm_quiet_minutes", "alert_unsent_minutes",
+                    "alert_offline_minutes", "alert_rules_s"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 10**6:
+                raise ConfigError(f"bad alert setting (--{key.replace('_', '-')})", key=key, value=value,
+                                  expected="a positive number, at most 1000000")
+        if (not isinstance(self.alert_disk_pct, (int, float)) or isinstance(self.alert_disk_pct, bool)
+                or not 0 < self.alert_disk_pct < 100):
+            raise ConfigError("bad alert setting (--alert-disk-pct)", key="alert_disk_pct",
+                              value=self.alert_disk_pct, expected="a percentage, 0 < pct < 100")
+        value = self.alert_outbox_max
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError("bad alert setting (--alert-outbox-max)", key="alert_outbox_max", value=value,
+                              expected="a positive integer")
+
+    @property
+    def alert_thresholds(self) -> Thresholds:
+        """The rules' thresholds in seconds (fleet_server.alert_rules)."""
+        return Thresholds(silent_s=self.alert_silent_minutes * 60, alarm_quiet_s=self.alert_alarm_quiet_minutes * 60,
+                          unsent_s=self.alert_unsent_minutes * 60, disk_pct=self.alert_disk_pct,
+                          offline_s=self.alert_offline_minutes * 60)
 
     @property
     def retention_days(self) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from core.reading import Reading
 from fleet_server.access import Role
+from fleet_server.alerts import AlertKey
 from fleet_server.app import create_app
 from fleet_server.seq_tracking import SeqReport
 from fleet_server.settings import ServerSettings
@@ -63,5 +64,10 @@ def test_list_and_ack(server: tuple[str, SqliteStore]) -> None:
     assert code == 0 and "seqs 11..30" not in out and "disk_full" in out and str(other) in out
     code, out, _ = run("fleet", "alerts", "list", "--all", "--server", url, "--token", viewer)
     assert "seqs 11..30" in out and "by otto" in out
+    store.resolve_alert(AlertKey("disk_full", None), 1_764_000_100.0)
+    code, out, _ = run("fleet", "alerts", "list", "--state", "resolved", "--server", url, "--token", viewer)
+    assert code == 0 and "disk_full" in out and "resolved 2025-11-24" in out and "seqs 11..30" not in out
+    code, out, _ = run("fleet", "alerts", "list", "--server", url, "--token", viewer)
+    assert "disk_full" not in out
     code, _, err = run("fleet", "alerts", "ack", "999", "--server", url)
     assert code == 1 and "404" in err

@@ -200,10 +200,10 @@ def test_healthz(client: TestClient) -> None:
     running = {"state": "running", "restarts": 0, "last_error": None, "last_error_at": None}
     body = r.json()
     assert body.pop("replica_id") == client.app.state.fleet.settings.replica  # type: ignore[attr-defined]
-    assert sorted(body.pop("leases")) == ["command-dispatch", "rollout-timeouts"]  # tests/test_fleet_leases.py
+    assert sorted(body.pop("leases")) == ["alert-rules", "command-dispatch", "rollout-timeouts"]  # test_fleet_leases
     assert body == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
                     "tasks": {"rollout-writer": running, "credential-cache": running,
-                              "command-dispatch": running, "rollout-sweeper": running}}
+                              "command-dispatch": running, "rollout-sweeper": running, "alert-rules": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:
@@ -322,7 +322,8 @@ def test_public_api_is_pinned() -> None:
         "fleet_server.app": ["create_app", "status_for"],
         "fleet_server.errors": ["AdmissionRequired", "BadParameter", "BatchTooLarge", "BrokerRefused",
                                 "BrokerUnavailable", "ClientGone", "EnrollmentRefused", "FleetError", "Forbidden",
-                                "NotAuthenticated", "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox"],
+                                "NotAuthenticated", "PayloadError", "StoreError", "UnknownAdmission", "UnknownBox",
+                                "WebhookUnavailable"],
         "fleet_server.ingest": ["IngestService", "TelemetryBatch", "parse_telemetry"],
         "fleet_server.metrics": ["FleetMetrics"],
         "fleet_server.mqtt_bridge": ["MqttBridge", "parse_status"],
@@ -337,7 +338,8 @@ def test_public_api_is_pinned() -> None:
         "fleet_server.seq_tracking": ["BUFFER_REPLACED", "DROPPED_MAX", "MAX_RANGES", "REASON_PATTERN", "SEQ_MAX",
                                       "UNANNOUNCED", "UNTRACKED", "Gap", "Range", "SeqReport", "SeqState", "Tracked",
                                       "check_reason", "seq_ranges", "track"],
-        "fleet_server.alerts": ["KIND_PATTERN", "SEQ_GAP", "Alert", "AlertQuery", "UnknownAlert"],
+        "fleet_server.alerts": ["ALERT_STATES", "KIND_PATTERN", "SEQ_GAP", "Alert", "AlertKey", "AlertQuery",
+                                "AlertState", "OutboxEntry", "UnknownAlert"],
         "fleet_server.store.alerts": ["AlertStore"],
         "fleet_server.store.seq": ["SeqStatus", "SeqStore"],
         "fleet_server.readings_out": ["EXPORT_FIELDS", "BoxReading", "ReadingKey", "ReadingsQuery", "check_key",

@@ -50,7 +50,7 @@ PG_ONLY_COLUMNS = {("rollouts", "row_order")}
 TABLES = {
     "enrollment_tokens", "boxes", "readings", "box_inventory", "box_versions", "site_policies", "rollouts",
     "rollout_waves", "rollout_boxes", "quarantine", "api_users", "audit_log", "admission_requests",
-    "box_revocations", "alerts", "box_seq", "seq_gaps", "seq_dropped", "leases", "schema_migrations",
+    "box_revocations", "alerts", "alert_outbox", "box_seq", "seq_gaps", "seq_dropped", "leases", "schema_migrations",
     "box_commands",
 }
 INSERT_READING = (
@@ -179,11 +179,12 @@ def _sqlite_schema(tmp_path: Path) -> sqlite3.Connection:
 
 
 def _pg_indexes(conn: Any) -> dict[str, tuple[str, bool, bool, tuple[str, ...], str | None]]:
-    """{index: (table, unique, primary, columns, predicate)} of the schema's top-level tables."""
+    """{index: (table, unique, primary, columns, predicate)} of the schema's top-level tables; an
+    expression column is None, as SQLite's PRAGMA index_info shows it."""
     rows = conn.execute(
         "SELECT i.relname, t.relname, ix.indisunique, ix.indisprimary,"
         " array(SELECT a.attname::text FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, n)"
-        "       JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.n),"
+        "       LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.n),"
         " pg_get_expr(ix.indpred, ix.indrelid)"
         " FROM pg_index ix JOIN pg_class i ON i.oid = ix.indexrelid JOIN pg_class t ON t.oid = ix.indrelid"
         " WHERE t.relnamespace = current_schema()::regnamespace AND NOT t.relispartition").fetchall()

@@ -16,6 +16,7 @@ from psycopg import sql
 
 from core.reading import Quality, Reading, RecordClass
 from fleet_server.access import Role
+from fleet_server.alerts import AlertKey
 from fleet_server.readings_out import ReadingsQuery
 from fleet_server.rollout.model import Inventory
 from fleet_server.store.pg import PgStore
@@ -129,6 +130,9 @@ def test_v_boxes_and_v_alerts_open(db: tuple[PgStore, Any]) -> None:
          utc(T0 + 40)),
         (None, None, "disk_full", {"free_bytes": 0}, utc(T0 + 50)),
     ]
+    # migration 7: a resolved alert is no longer open, acknowledged or not
+    assert store.resolve_alert(AlertKey("disk_full", None), T0 + 60) is not None
+    assert [r[0] for r in conn.execute("SELECT kind FROM v_alerts_open ORDER BY id")] == ["seq_gap"]
 
 
 def test_no_view_shows_a_secret(db: tuple[PgStore, Any]) -> None:

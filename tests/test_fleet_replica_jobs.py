@@ -59,15 +59,16 @@ def test_healthz_and_metrics_show_the_lease_and_shutdown_releases_it(tmp_path: P
                               replica_id="replica-a")
     with TestClient(create_app(settings, store)) as client:
         deadline = time.monotonic() + 10
-        while not (body := client.get("/healthz").json())["leases"]["rollout-timeouts"]["leader"]:
+        while not all((body := client.get("/healthz").json())["leases"][job]["leader"]
+                      for job in ("rollout-timeouts", "alert-rules")):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert body["replica_id"] == "replica-a" and body["status"] == "ok"
-        assert set(body["leases"]) == {"rollout-timeouts", "command-dispatch"}  # no update repository, no PostgreSQL
+        assert set(body["leases"]) == {"alert-rules", "command-dispatch", "rollout-timeouts"}  # no repo, PG, webhook
         assert body["leases"]["rollout-timeouts"]["expires_at"] > time.time()
         assert 'quanedge_fleet_lease_held{job="rollout-timeouts"} 1.0' in client.get("/metrics").text
-        (lease,) = [x for x in store.leases() if x.name == "rollout-timeouts"]
-        assert (lease.name, lease.holder) == ("rollout-timeouts", "replica-a")
+        assert {(lease.name, lease.holder) for lease in store.leases()} == {
+            ("alert-rules", "replica-a"), ("command-dispatch", "replica-a"), ("rollout-timeouts", "replica-a")}
     assert store.leases() == []  # released when the sweeper stopped
     store.close()
 
@@ -120,13 +121,14 @@ def leading(client: TestClient) -> set[str]:
 def test_two_postgresql_replicas_share_the_jobs_and_one_takes_over_when_the_other_stops(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("fleet_server.app.READINGS_UPKEEP_S", 0.05)  # hourly in production
-    jobs = {"readings-upkeep", "rollout-timeouts", "command-dispatch"}
+    jobs = {"alert-rules", "command-dispatch", "readings-upkeep", "rollout-timeouts"}
     with pg_schema() as (url, schema):
         from fleet_server.store.pg import PgStore
 
         stores = {f"replica-{i}": PgStore(url, schema=schema, max_size=3) for i in range(2)}
         clients = {rid: TestClient(create_app(ServerSettings(db_path=url, admin_token=ADMIN, rollout_sweep_s=0.02,
-                                                             replica_id=rid), s)) for rid, s in stores.items()}
+                                                             alert_rules_s=0.05, replica_id=rid), s))
+                   for rid, s in stores.items()}
         running = dict(clients)
         try:
             for client in clients.values():

@@ -93,7 +93,7 @@ def track_batch(conn: SqlConn, box_id: str, state: SeqState, ranges: Sequence[Ra
                                int(new.fresh), now))
     for gap in tracked.gaps:
         detail = {"first": gap.first, "last": gap.last, "missing": gap.missing, "reason": gap.reason}
-        alert_id = insert_alert(conn, box_id, SEQ_GAP, detail, now)
+        alert_id = insert_alert(conn, box_id, SEQ_GAP, detail, now, f"{gap.first}..{gap.last}")
         conn.execute("INSERT INTO seq_gaps (box_id, first, last, missing, reason, detected_at, alert_id)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?)", (box_id, gap.first, gap.last, gap.missing, gap.reason,
                                                          now, alert_id))
