@@ -38,7 +38,7 @@ class AlertRulesJob:
         now = self.clock()
         facts = await to_thread.run_sync(self.store.alert_rule_facts, now - self.thresholds.alarm_quiet_s)
         unresolved = await to_thread.run_sync(self.store.unresolved_alerts, RULE_KINDS)
-        to_raise, to_resolve = reconcile(evaluate(facts, now, self.thresholds), unresolved)
+        to_raise, to_resolve = reconcile(evaluate(facts, now, self.thresholds), unresolved, facts.kinds())
         if to_raise or to_resolve:
             raised, resolved = await to_thread.run_sync(self.store.apply_alert_changes, list(to_raise.items()),
                                                         to_resolve, now)

@@ -86,9 +86,18 @@ class BoxHealth:
 
 @dataclass(frozen=True, slots=True)
 class RuleFacts:
+    """What the rules read. `health_fed`: whether `health` holds the boxes' reported figures;
+    until it does, the health rules' kinds are not reconciled (`kinds`), so an alert of those
+    kinds raised by other means is not resolved merely because no figures came."""
+
     boxes: tuple[BoxSeen, ...] = ()
     alarms: tuple[AlarmPoint, ...] = ()
     health: tuple[BoxHealth, ...] = ()
+    health_fed: bool = False
+
+    def kinds(self) -> tuple[str, ...]:
+        """The rule kinds these facts decide (their unresolved alerts may be resolved)."""
+        return RULE_KINDS if self.health_fed else (BOX_SILENT, ALARM_READING)
 
 
 def box_silent(boxes: Iterable[BoxSeen], now: float, silent_s: float) -> Wanted:
@@ -137,10 +146,12 @@ def evaluate(facts: RuleFacts, now: float, thresholds: Thresholds) -> Wanted:
     return wanted
 
 
-def reconcile(wanted: Wanted, unresolved: Iterable[Alert]) -> tuple[Wanted, list[AlertKey]]:
+def reconcile(wanted: Wanted, unresolved: Iterable[Alert],
+              kinds: Iterable[str] = RULE_KINDS) -> tuple[Wanted, list[AlertKey]]:
     """(to raise, to resolve): wanted keys with no unresolved alert yet, and unresolved alerts of
-    the rules' kinds no rule wants any more (sorted, so runs are repeatable)."""
-    have = {a.key for a in unresolved if a.kind in RULE_KINDS}
+    `kinds` (the rules' decided ones) no rule wants any more (sorted, so runs are repeatable)."""
+    decided = frozenset(kinds)
+    have = {a.key for a in unresolved if a.kind in decided}
     to_raise = {key: wanted[key] for key in sorted(wanted.keys() - have, key=_order)}
     return to_raise, sorted(have - wanted.keys(), key=_order)
 

@@ -94,3 +94,15 @@ def test_reconcile_raises_the_new_and_resolves_the_gone_of_the_rules_kinds_only(
     assert set(to_resolve) == {k for k in have - want if k.kind != "seq_gap"}   # never another kind's alert
     after = (have - set(to_resolve)) | set(to_raise)                              # applied: nothing left to do
     assert reconcile(wanted, [_alert(i, k) for i, k in enumerate(after)]) == ({}, [])
+
+
+def test_health_alerts_are_left_alone_until_boxes_report_health() -> None:
+    """Without health figures the health rules decide nothing: an unresolved disk_full alert raised
+    by other means stays; once figures are fed, one that no longer holds is resolved."""
+    disk = AlertKey(DISK_FULL, "b1")
+    unresolved = [_alert(1, disk)]
+    unfed = RuleFacts()
+    assert unfed.kinds() == (BOX_SILENT, ALARM_READING)
+    assert reconcile(evaluate(unfed, NOW, Thresholds()), unresolved, unfed.kinds()) == ({}, [])
+    fed = RuleFacts(health=(BoxHealth("b1", disk_used_pct=40.0),), health_fed=True)
+    assert reconcile(evaluate(fed, NOW, Thresholds()), unresolved, fed.kinds()) == ({}, [disk])
