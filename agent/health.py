@@ -27,9 +27,11 @@ import asyncio
 import ipaddress
 import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -39,7 +41,7 @@ from prometheus_client.registry import Collector
 
 from core.http_listener import HttpServer, Request, Response
 
-__all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "uplink_status"]
+__all__ = ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "health_header", "uplink_status"]
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +277,23 @@ class _Routes:
             log.exception("control handler failed")
             return Response(500, f"internal error: {type(exc).__name__}\n".encode(), _TEXT, _NO_STORE)
         return Response(status, reply, "application/json", _NO_STORE)
+
+
+def health_header(devices: Any, buffer: Any, data_dir: Path, clock: Callable[[], float] = time.time) -> str:
+    """The box's key health figures for the check-in header (core.box_health): buffer depth, age of
+    the oldest unsent reading, disk use of the data directory, and the devices offline now with
+    the seconds since their last good read."""
+    from core.box_health import BoxHealthReport
+
+    now = clock()
+    stats = buffer.stats()
+    oldest = stats["oldest_unsent_ts"]
+    try:
+        usage = shutil.disk_usage(data_dir)
+        disk = 100.0 * (usage.total - usage.free) / usage.total if usage.total else None
+    except OSError:
+        disk = None
+    offline = {name: None if d.get("last_success") is None else max(0.0, now - d["last_success"])
+               for name, d in devices.status().items() if d.get("online") is False}
+    return BoxHealthReport(now, int(stats["depth"]), None if oldest is None else max(0.0, now - oldest), disk,
+                           offline).to_header()

@@ -35,7 +35,7 @@ from agent.config import AgentConfig
 from agent.devices import DeviceSet, build_devices
 from agent.drain import Drain
 from agent.enroll import load_credential
-from agent.health import Metrics, serve_health, uplink_status
+from agent.health import Metrics, health_header, serve_health, uplink_status
 from agent.pipeline import Pipeline
 from agent.supervise import Supervisor
 from core.compat import TaskGroup
@@ -163,7 +163,8 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event | None = None, *, inst
             if cfg.updater is not None and cfg.updater.enabled:
                 from agent.updater.service import UpdaterService
 
-                updater = UpdaterService(cfg, cfg.updater, emit=buffer.append, inference_stage=stage)
+                updater = UpdaterService(cfg, cfg.updater, emit=buffer.append, inference_stage=stage,
+                                         health=lambda: health_header(devices, buffer, cfg.box.data_dir))
                 others.append(supervised("updater", updater.run))
             if on_started is not None:
                 on_started({"supervisor": sup, "buffer": buffer, "pipeline": pipeline, "drain": drain,

@@ -16,7 +16,7 @@
   process, wall time seen by the client. Each body carries `low` and `base` like the agent's
   (issue 11), so the server's seq tracking runs on every batch (a server without it ignores them).
 
-    python -m bench.fleet [--only checkins|rollout|create|telemetry]
+    python -m bench.fleet [--only checkins|rollout|create|telemetry|commands]
     python -m bench.fleet --db postgresql://user@host/db [--only pg_ingest|pg_checkins|city]
 Environment: QUANEDGE_BENCH_BOXES (default 10000) for rollout_10k_s. With --db, the PostgreSQL
 figures of bench/fleet_pg.py (ingest against the COPY limit, check-ins across two replicas, the
@@ -184,8 +184,8 @@ def _machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet")
-    parser.add_argument("--only", choices=("checkins", "rollout", "create", "telemetry", "pg_ingest", "pg_checkins",
-                                           "city"))
+    parser.add_argument("--only", choices=("checkins", "rollout", "create", "telemetry", "commands", "pg_ingest",
+                                           "pg_checkins", "city"))
     parser.add_argument("--db", help="a PostgreSQL URL: measure the PostgreSQL figures (bench/fleet_pg.py)")
     parser.add_argument("--loadgen", nargs=4, metavar=("URL", "CREDS", "SECONDS", "CONNECTIONS"))
     args = parser.parse_args()
@@ -202,8 +202,10 @@ def main() -> None:
         result.update(_machine())
         print(json.dumps(result))
         return
+    from bench.fleet_commands import bench_commands
+
     for name, fn in (("checkins", bench_checkins), ("rollout", bench_rollout), ("create", bench_create),
-                     ("telemetry", bench_telemetry)):
+                     ("telemetry", bench_telemetry), ("commands", bench_commands)):
         if args.only in (None, name):
             with tempfile.TemporaryDirectory(prefix=f"qe-bench-{name}-") as work:
                 result.update(fn(Path(work)))

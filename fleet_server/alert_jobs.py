@@ -2,8 +2,9 @@
 
 A leased job (one replica at a time, fleet_server.leases) runs `AlertRulesJob.step` every
 `--alert-rules-interval` seconds: it reads the facts from the store (boxes' last_seen, recent
-ALARM readings), evaluates the rules at `clock()`, raises the alerts that newly hold and resolves
-the unresolved alerts of the rules' kinds that no longer hold, in one store transaction (their
+ALARM readings, the health figures the boxes sent with their check-ins within HEALTH_STALE_S:
+fleet_server.box_health), evaluates the rules at `clock()`, raises the alerts that newly hold
+and resolves the unresolved alerts of the rules' kinds that no longer hold, in one store transaction (their
 webhook events queued with them). Repeating a round changes nothing: a key already unresolved is
 not raised again.
 
@@ -15,15 +16,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from anyio import to_thread
 
-from fleet_server.alert_rules import RULE_KINDS, Thresholds, evaluate, reconcile
+from core.box_health import BoxHealthReport
+from fleet_server.alert_rules import RULE_KINDS, BoxHealth, Thresholds, evaluate, reconcile
 from fleet_server.store.base import Store
 
 __all__ = ["AlertRulesJob"]
 
 log = logging.getLogger(__name__)
+
+#: Health reports older than this are not used: a box that stopped checking in is `box_silent`.
+HEALTH_STALE_S = 900.0
+
+
+def health_facts(stored: list[tuple[str, float, BoxHealthReport]]) -> tuple[BoxHealth, ...]:
+    """The rules' view of the stored reports: the box's ages turned into fleet-clock times
+    (received_at - age), so no box clock is trusted."""
+    return tuple(BoxHealth(
+        box_id,
+        oldest_unsent=None if r.oldest_unsent_age_s is None else received_at - r.oldest_unsent_age_s,
+        disk_used_pct=r.disk_used_pct,
+        devices_last_ok={dev: 0.0 if age is None else received_at - age for dev, age in r.devices_offline.items()},
+    ) for box_id, received_at, r in stored)
 
 
 class AlertRulesJob:
@@ -37,6 +54,8 @@ class AlertRulesJob:
     async def step(self) -> None:
         now = self.clock()
         facts = await to_thread.run_sync(self.store.alert_rule_facts, now - self.thresholds.alarm_quiet_s)
+        stored = await to_thread.run_sync(self.store.box_health, now - HEALTH_STALE_S)
+        facts = replace(facts, health=health_facts(stored), health_fed=True)
         unresolved = await to_thread.run_sync(self.store.unresolved_alerts, RULE_KINDS)
         to_raise, to_resolve = reconcile(evaluate(facts, now, self.thresholds), unresolved, facts.kinds())
         if to_raise or to_resolve:

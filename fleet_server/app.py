@@ -76,6 +76,7 @@ from fleet_server.api.deps import FleetState
 from fleet_server.api.limits import DEFAULT_LIMIT, ROLLOUT_LIMIT, BodyCap
 from fleet_server.api.openapi import document_errors
 from fleet_server.api.telemetry import TELEMETRY_PATH
+from fleet_server.box_health import HealthBook
 from fleet_server.broker import accounts_from_settings
 from fleet_server.command_service import CommandService
 from fleet_server.commands import UnknownCommand
@@ -246,6 +247,7 @@ def create_app(
             passphrase=settings.tuf_key_passphrase, registry=metrics.registry, check_s=settings.tuf_check_s,
         )
 
+    health_book = HealthBook(the_store, clock=clock)
     commands = CommandService(the_store, clock=clock,
                               publish=None if state.bridge is None else state.bridge.publish_command)
     supervisor = Supervisor(metrics.registry)
@@ -276,6 +278,7 @@ def create_app(
             supervisor.start("rollout-writer", engine.run_writer)
             supervisor.start("credential-cache", engine.credentials.run)
             supervisor.start("command-dispatch", dispatch.run)
+            supervisor.start("box-health-writer", health_book.run)
             # every replica: its own memory's refresh; the timeouts only while it holds their lease
             supervisor.start("rollout-sweeper", functools.partial(engine.run_sweeper, timeouts))
             if tuf_job is not None:
@@ -296,6 +299,7 @@ def create_app(
     app.state.fleet = state
     app.state.rollouts = engine
     app.state.commands = commands
+    app.state.health = health_book
     app.state.timestamps = keeper
     app.state.supervisor = supervisor
     app.state.leases = leases

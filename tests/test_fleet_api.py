@@ -203,7 +203,8 @@ def test_healthz(client: TestClient) -> None:
     assert sorted(body.pop("leases")) == ["alert-rules", "command-dispatch", "rollout-timeouts"]  # test_fleet_leases
     assert body == {"status": "ok", "store": "ok", "mqtt": "disabled", "boxes": 0,
                     "tasks": {"rollout-writer": running, "credential-cache": running,
-                              "command-dispatch": running, "rollout-sweeper": running, "alert-rules": running}}
+                              "command-dispatch": running, "box-health-writer": running, "rollout-sweeper": running,
+                              "alert-rules": running}}
 
 
 def test_healthz_fails_when_the_store_is_gone(client: TestClient, store: SqliteStore) -> None:

@@ -51,7 +51,7 @@ TABLES = {
     "enrollment_tokens", "boxes", "readings", "box_inventory", "box_versions", "site_policies", "rollouts",
     "rollout_waves", "rollout_boxes", "quarantine", "api_users", "audit_log", "admission_requests",
     "box_revocations", "alerts", "alert_outbox", "box_seq", "seq_gaps", "seq_dropped", "leases", "schema_migrations",
-    "box_commands",
+    "box_commands", "box_health",
 }
 INSERT_READING = (
     "INSERT INTO readings (box_id, seq, ts, device, point, value, unit, quality, cls, text)"

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from agent.updater.journal import Action
+from core.box_health import HEADER as HEALTH_HEADER
 from core.errors import QuanedgeError
 
 __all__ = ["CheckinAnswer", "CheckinClient", "Delivery", "ServerRefused", "ServerUnavailable", "UpdaterError"]
@@ -78,8 +79,11 @@ class CheckinClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def checkin(self) -> CheckinAnswer:
+    async def checkin(self, health: str | None = None) -> CheckinAnswer:
+        """`health`: the box's health figures (core.box_health header value), sent along."""
         headers = {"If-None-Match": self._etag} if self._etag and self._last is not None else {}
+        if health is not None:
+            headers[HEALTH_HEADER] = health
         resp = await self._call("GET", "/checkin", headers=headers)
         if resp.status_code == 304 and self._last is not None:
             return CheckinAnswer(self._last.poll_interval_s, self._last.action, self._last.invalid, changed=False)

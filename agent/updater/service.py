@@ -63,7 +63,9 @@ Emit = Callable[[list[Reading]], Awaitable[Any]]
 
 class UpdaterService:
     def __init__(self, cfg: Any, ucfg: UpdaterConfig, emit: Emit | None = None, inference_stage: Any = None, *,
-                 transport: Any = None, checkpoints: Checkpoints | None = None) -> None:
+                 transport: Any = None, checkpoints: Checkpoints | None = None,
+                 health: Callable[[], str] | None = None) -> None:
+        """`health`: the box's health figures as the check-in header (agent.health.health_header)."""
         self.box_id = cfg.box.id
         self.hardware = cfg.box.hardware
         self.credential_path = Path(cfg.credential_path)
@@ -74,6 +76,7 @@ class UpdaterService:
         self._emit = emit
         self._transport = transport
         self.checkpoints = checkpoints
+        self.health = health
         supervised = os.environ.get(SUPERVISED_ROOT_ENV)
         self.supervised = bool(supervised)
         self.root = Path(supervised) if supervised else ucfg.root
@@ -85,6 +88,15 @@ class UpdaterService:
         self._inventory_sent: dict | None = None
         self._refused: set[str] = set()
         self.last_error: str | None = None
+
+    def _health(self) -> str | None:
+        if self.health is None:
+            return None
+        try:
+            return self.health()
+        except Exception:  # health is a courtesy: a fault in it must not stop the check-in
+            log.exception("could not gather the health figures for the check-in")
+            return None
 
     # --- life cycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -177,7 +189,7 @@ class UpdaterService:
         if job is not None and not self.supervised:
             await self._orphaned(job)
         await self._send_inventory(client)
-        answer = await client.checkin()
+        answer = await client.checkin(self._health())
         self.poll_interval_s = answer.poll_interval_s or self.ucfg.poll_interval_s
         if answer.invalid is not None:
             await self._refuse_invalid(client, *answer.invalid)

@@ -1,6 +1,6 @@
 """The box's update contract (box credential: `Authorization: Bearer <credential>`).
 
-    GET  /api/v1/boxes/{box_id}/checkin        [If-None-Match: "<etag>"]
+    GET  /api/v1/boxes/{box_id}/checkin        [If-None-Match: "<etag>"] [X-Quanedge-Health: core.box_health]
          200 {"poll_interval_s": int, "action": null | {"action_id", "rollout_id", "kind",
               "target_name", "version", "repo_url", "deadline_s"[, "component"]}}  + ETag;  304 when unchanged
     PUT  /api/v1/boxes/{box_id}/inventory      {"agent_version", "models", "firmware", "hardware"} -> 200
@@ -60,6 +60,7 @@ async def checkin(box_id: str, request: Request) -> Response:
     _check_box_id(box_id)
     engine = _engine(request)
     box = await engine.authenticate(bearer_token(request), box_id)
+    request.app.state.health.note(box.box_id, request.headers.get("x-quanedge-health"))
     answer = await engine.checkin(box, str(request.base_url))
     headers = {"etag": answer.etag, "cache-control": _NO_STORE}
     if _matches(request.headers.get("if-none-match"), answer.etag):

@@ -7,7 +7,8 @@
                           "replica_id": this server's id (settings.replica),
                           "leases": {job: {"leader": bool, "expires_at": unix s|null}}}
                      503 {"status": "failing", ..., "failing": [task names]} when the store fails or
-                     a supervised server task (mqtt-bridge, rollout-writer, credential-cache, rollout-sweeper,
+                     a supervised server task (mqtt-bridge, rollout-writer, credential-cache, command-dispatch,
+                     box-health-writer, rollout-sweeper,
                      tuf-timestamp-keeper, readings-upkeep) has died and not yet run again for a
                      few seconds
                   "leases" names the leased periodic jobs (fleet_server.leases: rollout-timeouts,

@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from core.box_health import BoxHealthReport
 from core.reading import Reading
 from fleet_server.readings_out import BoxReading, ReadingKey, ReadingsQuery
 from fleet_server.seq_tracking import Gap, SeqReport
@@ -204,6 +205,14 @@ class Store(AdmissionStore, QuarantineStore, UserStore, AuditStore, AlertStore, 
         Reports are applied in arrival order, NOT by `ts`: the broker keeps per-topic order, and
         an MQTT last will ("offline") carries the timestamp of the connect, older than the
         "online" report that followed it, so ordering by `ts` would keep dead boxes online."""
+        ...
+
+    def save_box_health(self, reports: Sequence[tuple[str, float, BoxHealthReport]]) -> None:
+        """Keep each box's latest health report (box id, received at, report); a newer one wins."""
+        ...
+
+    def box_health(self, since: float) -> list[tuple[str, float, BoxHealthReport]]:
+        """Every box's latest health report received at or after `since`, by box id."""
         ...
 
     def credential_generation(self) -> int:

@@ -48,6 +48,7 @@ from fleet_server.store.sql_alerts import AlertTables
 from fleet_server.store.sql_audit import AuditTables
 from fleet_server.store.sql_boxes import BoxTables
 from fleet_server.store.sql_commands import CommandTables
+from fleet_server.store.sql_health import HealthTables
 from fleet_server.store.sql_leases import LeaseTables
 from fleet_server.store.sql_quarantine import QuarantineTables
 from fleet_server.store.sql_rollouts import RolloutTables
@@ -88,7 +89,7 @@ class PgConn:
 
 
 class PgStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-              SeqTables, LeaseTables, CommandTables):
+              SeqTables, LeaseTables, CommandTables, HealthTables):
     """`Store` on PostgreSQL through a connection pool. `schema`: the PostgreSQL schema to use
     (search_path; tests give each run its own); `clock` is injectable for tests."""
 

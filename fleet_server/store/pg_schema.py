@@ -326,6 +326,12 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX box_commands_by_time ON box_commands (created_at, command_id)",
     )),
     Migration(7, "0007_alert_lifecycle_and_outbox", tuple(_ALERTS_V7)),
+    Migration(8, "0008_box_health", (
+        # The boxes' latest health figures from their check-ins (sql_health has SQLite's same table).
+        "CREATE TABLE box_health (box_id text PRIMARY KEY, received_at double precision NOT NULL,"
+        " box_clock double precision NOT NULL, buffer_depth bigint NOT NULL, oldest_unsent_age_s double precision,"
+        " disk_used_pct double precision, devices_offline text NOT NULL)",
+    )),
 ]
 
 

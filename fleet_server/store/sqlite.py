@@ -24,6 +24,7 @@ from fleet_server.store.sql_alerts import ALERT_MIGRATIONS, AlertTables
 from fleet_server.store.sql_audit import AUDIT_MIGRATIONS, AuditTables
 from fleet_server.store.sql_boxes import BoxTables
 from fleet_server.store.sql_commands import COMMAND_MIGRATIONS, CommandTables
+from fleet_server.store.sql_health import HEALTH_MIGRATIONS, HealthTables
 from fleet_server.store.sql_leases import LEASE_MIGRATIONS, LeaseTables
 from fleet_server.store.sql_quarantine import QUARANTINE_MIGRATIONS, QuarantineTables
 from fleet_server.store.sql_rollouts import RolloutTables
@@ -42,7 +43,7 @@ _INSERT_READING = (
 
 
 class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, UserTables, AuditTables, AlertTables,
-                  SeqTables, LeaseTables, CommandTables):
+                  SeqTables, LeaseTables, CommandTables, HealthTables):
     """`Store` backed by one SQLite file. `clock` (unix seconds) is injectable for tests.
 
     Enrolment and admission (tokens, re-key, pending requests, revocation) live in the
@@ -82,6 +83,7 @@ class SqliteStore(BoxTables, AdmissionTables, RolloutTables, QuarantineTables, U
             self.seq_migrations_applied = apply_migrations(SEQ_MIGRATIONS, self._db)
             self.lease_migrations_applied = apply_migrations(LEASE_MIGRATIONS, self._db)
             self.command_migrations_applied = apply_migrations(COMMAND_MIGRATIONS, self._db)
+            self.health_migrations_applied = apply_migrations(HEALTH_MIGRATIONS, self._db)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot prepare fleet database {self.path!r}: {exc}") from exc
