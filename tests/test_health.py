@@ -122,7 +122,7 @@ async def test_metrics_scrape_shows_every_figure(server: tuple[Metrics, int], bu
 
 
 def test_public_api_is_pinned() -> None:
-    assert health.__all__ == ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "uplink_status"]
+    assert health.__all__ == ["Metrics", "serve_health", "REQUEST_TIMEOUT_S", "health_header", "uplink_status"]
 
 
 def test_each_metrics_has_its_own_registry() -> None:
