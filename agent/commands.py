@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommandRefused, DeviceTimeout, DriverError
-from core.fleet_command import check_args
+from core.fleet_command import AUDIT_POINT, check_args, parse_arg, tag_origin
 from core.reading import Reading, RecordClass
 from core.validate import check_text
 
@@ -48,10 +47,8 @@ __all__ = ["CommandResult", "CommandRouter", "ControlEndpoint", "write_control_t
 
 log = logging.getLogger(__name__)
 
-AUDIT_POINT = "_command"
 BOX_DEVICE = "_box"
 _VALUE = {"done": 1.0, "refused": 0.0, "failed": -1.0, "expired": -2.0}
-_ORIGIN_RE = re.compile(r"[^A-Za-z0-9@._:/-]")
 Emit = Callable[[list[Reading]], Awaitable[None]]
 
 
@@ -205,7 +202,7 @@ class ControlEndpoint:
             device, command, args, who = parse_command_request(body)
         except ValueError as exc:
             return 400, _reply("bad_request", f"expected JSON {{device, command, args, origin}}: {exc}"[:300])
-        origin = "local:" + (_ORIGIN_RE.sub("_", who)[:64] or "cli")
+        origin = tag_origin("local", who, "cli")
         try:
             result = await self.router.execute(device, command, args, origin)
         except CommandRefused as exc:
@@ -238,17 +235,6 @@ def _reply(status: str, message: str) -> bytes:
 
 
 # --- the local control endpoint (client side) ----------------------------------------------------
-def parse_arg(text: str) -> tuple[str, Any]:
-    """``name=value``; the value is JSON when it parses as JSON (1, 2.5, true, [1, 2]), else a string."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise ValueError(f"--arg must look like name=value, got {text!r}")
-    try:
-        return name.strip(), json.loads(value)
-    except ValueError:
-        return name.strip(), value
-
-
 def send_local_command(cfg: Any, device: str, command: str, args: Mapping[str, Any], *, origin: str,
                        timeout_s: float = 30.0) -> tuple[int, dict[str, Any]]:
     """Ask the running agent (its health port, on loopback) to execute a command. Returns (HTTP status, body).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CommandRefused
-from core.fleet_command import FleetCommand
+from core.fleet_command import FleetCommand, tag_origin
 
 __all__ = ["CommandLedger", "FleetCommands", "LEDGER_FILE", "poll_http"]
 
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "fleet_commands.db"
 KEEP_S = 30 * 86400
 QUEUE_MAX = 1000
-_ORIGIN_RE = re.compile(r"[^A-Za-z0-9@._:/-]")
 
 
 class CommandLedger:
@@ -111,7 +109,7 @@ class FleetCommands:
             self.duplicates += 1
             log.info("fleet command %s already taken: not run again", command.command_id)
             return
-        origin = "fleet:" + (_ORIGIN_RE.sub("_", command.origin.removeprefix("fleet:"))[:64] or "fleet")
+        origin = tag_origin("fleet", command.origin.removeprefix("fleet:"), "fleet")
         if now > command.deadline:
             await self.router.expired(command.device, command.command, command.args, origin, command.command_id,
                                       command.deadline)

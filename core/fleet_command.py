@@ -23,9 +23,11 @@ from typing import Any
 
 from core.validate import check_float, check_int, check_text
 
-__all__ = ["COMMAND_ID", "FINAL", "OPEN", "RESULTS", "FleetCommand", "check_args", "new_command_id",
-           "result_of_audit"]
+__all__ = ["AUDIT_POINT", "COMMAND_ID", "FINAL", "OPEN", "RESULTS", "FleetCommand", "check_args", "new_command_id",
+           "parse_arg", "result_of_audit", "tag_origin"]
 
+#: The point of every command's audit record (the box writes it, the fleet reads fleet results from it).
+AUDIT_POINT = "_command"
 COMMAND_ID = re.compile(r"^c-[0-9a-f]{16}$")
 OPEN = ("pending", "sent")
 RESULTS = ("done", "refused", "failed", "expired")   # what the box reports (the audit record's result)
@@ -33,12 +35,31 @@ FINAL = frozenset(RESULTS)
 MAX_ARGS = 16
 MAX_DEPTH = 3
 MAX_DEADLINE_S = 7 * 86400
+_ORIGIN_RE = re.compile(r"[^A-Za-z0-9@._:/-]")
 
 
 def new_command_id() -> str:
     import secrets
 
     return "c-" + secrets.token_hex(8)
+
+
+def tag_origin(source: str, who: str, default: str) -> str:
+    """`source:who` as audited: characters of `who` outside [A-Za-z0-9@._:/-] become "_", at most 64
+    of them; `default` when nothing is left."""
+    return f"{source}:" + (_ORIGIN_RE.sub("_", who)[:64] or default)
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """``name=value`` (a CLI's --arg); the value is JSON when it parses as JSON (1, 2.5, true,
+    [1, 2]), else a string. ValueError when it is not name=value."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--arg must look like name=value, got {text!r}")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
 
 
 def check_args(args: Any, field: str = "args") -> dict[str, Any]:

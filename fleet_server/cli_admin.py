@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timezone
 from typing import Optional
 
 import typer
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleet_server.cli_http import call as _call
+from fleet_server.cli_http import when_utc
 
 __all__ = ["register"]
 
@@ -45,11 +45,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users, name="user")
     app.command("audit")(audit)
 
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def create_user(
@@ -77,8 +72,8 @@ def list_users(
     table = Table("name", "role", "status", "created", "by", "revoked", "note")
     for u in users:
         status = "[green]active[/]" if u["active"] else "[red]revoked[/]"
-        revoked = f"{_when(u['revoked_at'])} by {u['revoked_by']}" if u["revoked_at"] else ""
-        table.add_row(u["name"], u["role"], status, _when(u["created_at"]), u["created_by"], revoked, u["note"])
+        revoked = f"{when_utc(u['revoked_at'])} by {u['revoked_by']}" if u["revoked_at"] else ""
+        table.add_row(u["name"], u["role"], status, when_utc(u["created_at"]), u["created_by"], revoked, u["note"])
     Console().print(table)
 
 
@@ -92,7 +87,7 @@ def rotate_user(name: str = typer.Argument(...), server: str = ServerOpt, token:
 def revoke_user(name: str = typer.Argument(...), server: str = ServerOpt, token: str = TokenOpt) -> None:
     """Revoke a user's token; it is refused from the next request on."""
     user = _call(server, token, "DELETE", f"/api/v1/users/{name}")
-    typer.echo(f"revoked {user['name']} ({user['role']}) at {_when(user['revoked_at'])} UTC")
+    typer.echo(f"revoked {user['name']} ({user['role']}) at {when_utc(user['revoked_at'])} UTC")
 
 
 def _time(text: str | None, now: float) -> str | None:
@@ -129,6 +124,6 @@ def audit(
         style = {"ok": "green", "refused": "yellow"}.get(e["outcome"], "red")
         status = f"[{style}]{e['status']}[/]" + (f" {e['error']}" if e["error"] else "")
         params_text = e["parameters"] if len(e["parameters"]) <= 80 else e["parameters"][:77] + "..."
-        table.add_row(str(e["id"]), _when(e["ts"]), e["principal"], e["role"], f"{e['method']} {e['action']}",
+        table.add_row(str(e["id"]), when_utc(e["ts"]), e["principal"], e["role"], f"{e['method']} {e['action']}",
                       e["target"], status, e["source"], params_text)
     Console().print(table)

@@ -14,7 +14,6 @@ viewer token, `ack` an operator's. Both take --server (QUANEDGE_SERVER) and --to
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 import typer
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fleet_server.cli_http import call
+from fleet_server.cli_http import call, when_utc
 
 __all__ = ["register"]
 
@@ -39,17 +38,14 @@ def register(app: typer.Typer) -> None:
     app.add_typer(alerts, name="alerts")
 
 
-def _when(ts: float | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
 
 def _state(alert: dict[str, Any]) -> str:
     """The state column: open in red; acknowledged by whom when; resolved when."""
     text = ""
     if alert["acked_at"] is not None:
-        text = f"acknowledged {_when(alert['acked_at'])} by {alert['acked_by']}"
+        text = f"acknowledged {when_utc(alert['acked_at'])} by {alert['acked_by']}"
     if alert.get("resolved_at") is not None:
-        text = f"resolved {_when(alert['resolved_at'])}" + (f"; {text}" if text else "")
+        text = f"resolved {when_utc(alert['resolved_at'])}" + (f"; {text}" if text else "")
     return escape(text) if text else "[red]open[/]"
 
 
@@ -91,7 +87,7 @@ def list_alerts(
         return
     table = Table("id", "raised (UTC)", "box", "kind", "what", "times", "state")
     for a in alerts:
-        table.add_row(str(a["id"]), _when(a["raised_at"]), escape(a["box_id"] or ""), escape(a["kind"]),
+        table.add_row(str(a["id"]), when_utc(a["raised_at"]), escape(a["box_id"] or ""), escape(a["kind"]),
                       escape(summary(a)), str(a.get("count", 1)), _state(a))
     Console().print(table)
 
@@ -101,4 +97,4 @@ def ack_alert(alert_id: int = typer.Argument(..., min=1, help="The alert's id (f
     """Acknowledge an alert (operator role); one already acknowledged stays as it was."""
     alert = call(server, token, "POST", f"/api/v1/alerts/{alert_id}/ack", timeout=30)
     typer.echo(f"alert {alert['id']} ({alert['kind']}, {alert['box_id'] or 'no box'}) acknowledged by "
-               f"{alert['acked_by']} at {_when(alert['acked_at'])} UTC")
+               f"{alert['acked_by']} at {when_utc(alert['acked_at'])} UTC")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 import typer
@@ -24,7 +23,8 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from fleet_server.cli_http import call, fail
+from core.fleet_command import parse_arg
+from fleet_server.cli_http import call, fail, when_utc
 
 __all__ = ["register"]
 
@@ -44,18 +44,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="command")
 
 
-def _when(ts: float | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
 
 def _parse_arg(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        fail(f"--arg must look like name=value, got {text!r}")
     try:
-        return name.strip(), json.loads(value)
-    except ValueError:
-        return name.strip(), value
+        return parse_arg(text)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _table(commands: list[dict[str, Any]]) -> Table:
@@ -64,7 +58,8 @@ def _table(commands: list[dict[str, Any]]) -> Table:
     for c in commands:
         state = c["state"]
         table.add_row(c["command_id"], escape(c["box_id"]), escape(c["device"]), escape(c["command"]),
-                      f"[{colour.get(state, 'white')}]{state}[/]", escape(c["message"] or ""), _when(c["finished_at"]))
+                      f"[{colour.get(state, 'white')}]{state}[/]", escape(c["message"] or ""),
+                      when_utc(c["finished_at"]))
     return table
 
 

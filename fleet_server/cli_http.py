@@ -7,12 +7,18 @@ A refusal prints the server's reason (`detail`; FastAPI's schema errors as `fiel
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import httpx
 import typer
 
-__all__ = ["call", "fail", "reason"]
+__all__ = ["call", "fail", "reason", "when_utc"]
+
+
+def when_utc(ts: float | None) -> str:
+    """A unix time as `YYYY-MM-DD HH:MM:SS` (UTC) for a table cell; "" for None."""
+    return "" if ts is None else datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def fail(message: str) -> NoReturn:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from core.fleet_command import OPEN, result_of_audit
+from core.fleet_command import AUDIT_POINT, OPEN, result_of_audit
 from fleet_server.commands import BoxCommand, CommandQuery, UnknownCommand
 from fleet_server.errors import UnknownBox
 from fleet_server.store.sql import SqlConn
@@ -25,7 +25,6 @@ from fleet_server.store.sql import SqlConn
 __all__ = ["COMMAND_MIGRATIONS", "CommandTables", "apply_results"]
 
 COMMAND_MIGRATIONS = Migrations("quanedge_fleet_commands")
-AUDIT_POINT = "_command"     # agent.commands.AUDIT_POINT: the point of every command's audit record
 
 _COLUMNS = ("command_id, box_id, device, command, args, origin, created_at, deadline, state, sent_at, sends,"
             " finished_at, message")
