@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.validate import check_text
+from core.validate import check_text, json_object
 
 __all__ = ["HEADER", "MAX_BYTES", "MAX_DEVICES", "BoxHealthReport"]
 
@@ -58,17 +58,8 @@ class BoxHealthReport:
     @classmethod
     def parse(cls, text: str) -> BoxHealthReport:
         """From the header's value; ValueError naming the field."""
-        if len(text) > MAX_BYTES:
-            raise ValueError(f"the health header is {len(text)} bytes, at most {MAX_BYTES}")
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise ValueError(f"the health header is not JSON ({type(exc).__name__})") from None
-        if not isinstance(body, dict):
-            raise ValueError("the health header must be a JSON object")
-        unknown = set(body) - {"clock", "buffer_depth", "oldest_unsent_age_s", "disk_used_pct", "devices_offline"}
-        if unknown:
-            raise ValueError(f"unknown field {sorted(unknown)[0][:32]!r}")
+        body = json_object(text, "the health header", max_bytes=MAX_BYTES,
+                           fields=("clock", "buffer_depth", "oldest_unsent_age_s", "disk_used_pct", "devices_offline"))
         clock = _number(body.get("clock"), "clock", 1.0, 1e11)
         depth = body.get("buffer_depth")
         if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 2**53:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.validate import check_float, check_int, check_text
+from core.validate import check_float, check_int, check_text, json_object
 
 __all__ = ["AUDIT_POINT", "COMMAND_ID", "FINAL", "OPEN", "RESULTS", "FleetCommand", "check_args", "new_command_id",
            "parse_arg", "result_of_audit", "tag_origin"]
@@ -115,34 +115,24 @@ class FleetCommand:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
-    def parse(cls, payload: bytes | Mapping[str, Any]) -> FleetCommand:
-        """From the wire (bytes) or a decoded object; ValueError naming the field."""
-        if isinstance(payload, (bytes, bytearray)):
-            if len(payload) > 16 * 1024:
-                raise ValueError(f"command message is {len(payload)} bytes, at most 16 KiB")
-            try:
-                payload = json.loads(payload)
-            except (ValueError, RecursionError) as exc:
-                raise ValueError(f"command message is not JSON ({type(exc).__name__})") from None
-        if not isinstance(payload, Mapping):
-            raise ValueError("command message must be a JSON object")
-        missing = {"id", "device", "command", "deadline"} - set(payload)
+    def parse(cls, payload: bytes | bytearray) -> FleetCommand:
+        """From the wire; ValueError naming the field."""
+        body = json_object(payload, "command message", max_bytes=16 * 1024,
+                              fields=("id", "device", "command", "args", "deadline", "origin"))
+        missing = {"id", "device", "command", "deadline"} - set(body)
         if missing:
             raise ValueError(f"{sorted(missing)[0]} is required")
-        unknown = set(payload) - {"id", "device", "command", "args", "deadline", "origin"}
-        if unknown:
-            raise ValueError(f"unknown field {sorted(unknown)[0][:32]!r}")
-        command_id = payload["id"]
+        command_id = body["id"]
         if not isinstance(command_id, str) or not COMMAND_ID.match(command_id):
             raise ValueError(f"id must look like c-<16 hex digits>, got {command_id!r:.40}")
-        deadline = payload["deadline"]
+        deadline = body["deadline"]
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < 1e11:
             raise ValueError(f"deadline must be a unix time in seconds, got {deadline!r:.40}")
         return cls(command_id,
-                   check_text(payload["device"], "device", max_len=64, allow_empty=False),
-                   check_text(payload["command"], "command", max_len=64, allow_empty=False),
-                   check_args(payload.get("args", {})), float(deadline),
-                   check_text(payload.get("origin", "fleet"), "origin", max_len=80))
+                   check_text(body["device"], "device", max_len=64, allow_empty=False),
+                   check_text(body["command"], "command", max_len=64, allow_empty=False),
+                   check_args(body.get("args", {})), float(deadline),
+                   check_text(body.get("origin", "fleet"), "origin", max_len=80))
 
 
 def result_of_audit(text: str | None) -> tuple[str, str, str] | None:

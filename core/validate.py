@@ -15,13 +15,15 @@ Rules, the same on the box and the fleet server:
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Collection
 from typing import Any
 
 __all__ = [
     "INT64_MAX", "TS_MAX", "TS_MIN", "VALUE_ABS_MAX", "check_float", "check_int", "check_id",
-    "check_text", "check_ts", "is_clean_text",
+    "check_text", "check_ts", "is_clean_text", "json_object",
 ]
 
 INT64_MAX = 2**63 - 1
@@ -113,3 +115,22 @@ def _show(value: Any) -> str:
         return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def json_object(payload: str | bytes | bytearray, what: str, *, max_bytes: int,
+                fields: Collection[str] | None = None) -> dict[str, Any]:
+    """`payload` decoded as one JSON object of at most `max_bytes`; with `fields`, no key outside
+    them. ValueError naming what is wrong (`what` names the message, e.g. "the health header")."""
+    if len(payload) > max_bytes:
+        raise ValueError(f"{what} is {len(payload)} bytes, at most {max_bytes}")
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{what} is not JSON ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(body).__name__}")
+    if fields is not None:
+        unknown = set(body) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown field {sorted(unknown)[0][:32]!r}")
+    return body

@@ -17,12 +17,12 @@ logged once, and never confirms anything.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from core.errors import UplinkMalformed, UplinkRejected
+from core.validate import json_object
 
 __all__ = ["Ack", "AckWaiters", "parse_ack"]
 
@@ -45,14 +45,7 @@ def _seq(value: object) -> TypeGuard[int]:
 
 def parse_ack(payload: bytes | bytearray | str) -> Ack:
     """Decode one ack payload; ValueError naming what is wrong."""
-    if len(payload) > 65536:
-        raise ValueError(f"ack payload of {len(payload)} bytes is too large")
-    try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"ack is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"ack must be a JSON object, got {type(body).__name__}")
+    body = json_object(payload, "ack", max_bytes=65536)
     first, last = body.get("first"), body.get("last")
     if not _seq(first) or not _seq(last) or first > last:
         raise ValueError(f"ack needs seqs first <= last in 1..2**63-1, got {str(first)[:30]}..{str(last)[:30]}")
