@@ -22,6 +22,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from core.fleet_command import COMMAND_ID
 from fleet_server.access import Principal
 from fleet_server.api.deps import FleetState, bearer_token, fleet, require_operator, require_viewer
 from fleet_server.command_service import MAX_WAIT_S, CommandService
@@ -54,7 +55,7 @@ async def list_commands(
     box_id: Annotated[str | None, Query(pattern=BOX_ID_PATTERN)] = None,
     command_state: Annotated[str | None, Query(alias="state", pattern="^(" + "|".join(STATES) + ")$")] = None,
     before_ts: Annotated[float | None, Query(ge=0, le=1e11)] = None,
-    before_id: Annotated[str | None, Query(pattern=r"^c-[0-9a-f]{16}$")] = None,
+    before_id: Annotated[str | None, Query(pattern=COMMAND_ID.pattern)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     before = None if before_ts is None or before_id is None else (before_ts, before_id)
